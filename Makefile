@@ -1,0 +1,50 @@
+# The two commands: `make demo` and `make test`. Everything else is a step of those.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv up down status demo worker test test-unit test-integration test-e2e lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: venv
+	$(BIN)/leadscore services up
+
+down:
+	$(BIN)/leadscore services down
+
+status: venv
+	$(BIN)/leadscore services status
+
+demo: up
+	$(BIN)/leadscore demo
+
+worker: up
+	$(BIN)/leadscore worker
+
+# The test session starts the services it needs itself (tests/conftest.py).
+test: venv
+	$(BIN)/pytest
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-integration: venv
+	$(BIN)/pytest tests/integration
+
+test-e2e: venv
+	$(BIN)/pytest tests/e2e
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

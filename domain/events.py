@@ -1,0 +1,55 @@
+"""Lead-events as the domain receives them, after decoding and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    LEAD_CREATED = "LeadCreated"
+    LEAD_UPDATED = "LeadUpdated"
+    ACTIVITY_RECORDED = "ActivityRecorded"
+    LEAD_CONVERTED = "LeadConverted"
+    LEAD_DISQUALIFIED = "LeadDisqualified"
+
+
+class ActivityKind(StrEnum):
+    PAGE_VIEW = "page_view"
+    EMAIL_OPEN = "email_open"
+    EMAIL_CLICK = "email_click"
+    FORM_SUBMIT = "form_submit"
+    DEMO_REQUEST = "demo_request"
+    PRICING_PAGE = "pricing_page"
+    WEBINAR = "webinar"
+    CONTENT_DOWNLOAD = "content_download"
+    OTHER = "other"
+
+
+PROFILE_FIELDS: tuple[str, ...] = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "title",
+    "industry",
+    "employees",
+    "country",
+    "source",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeadEvent:
+    """One upstream lead-event. ``profile`` holds only the fields the event set."""
+
+    event_id: str
+    event_type: EventType
+    org_id: str
+    lead_id: str
+    occurred_at: datetime
+    profile: dict[str, str | int] = field(default_factory=dict)
+    activity_kind: ActivityKind | None = None
+    activity_properties: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None

@@ -1,0 +1,114 @@
+"""How a lead's score is made: the model (through a port), components and grade."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from domain.features import FEATURE_NAMES, features
+from domain.firmographics import is_free_mail, seniority
+from domain.lead import Lead
+
+
+class Scorer(Protocol):
+    """Port to a conversion model. Adapters: ONNX runtime in production, fakes in tests."""
+
+    version: str
+    feature_names: tuple[str, ...]
+
+    def predict(self, rows: Sequence[Sequence[float]]) -> Sequence[float]:
+        """Conversion probability in [0, 1] for each row, in order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreCard:
+    total: float
+    fit: float
+    engagement: float
+    grade: str
+    model_version: str
+
+    @property
+    def components(self) -> dict[str, float]:
+        return {"fit": self.fit, "engagement": self.engagement}
+
+
+class ModelMismatchError(ValueError):
+    """The model was trained on other features than the domain computes."""
+
+
+def fit_component(lead: Lead) -> float:
+    """Who the lead is, 0-100: seniority, company size, a business address, a full profile."""
+    p = lead.profile
+    employees = p.get("employees")
+    size = (
+        min(math.log10(employees) / 4.0, 1.0) if isinstance(employees, int) and employees > 0
+        else 0.0
+    )
+    filled = sum(1 for v in p.values() if v not in (None, ""))
+    raw = (
+        40.0 * seniority(p.get("title")) / 6.0
+        + 30.0 * size
+        + 15.0 * min(filled / 9.0, 1.0)
+        + (0.0 if is_free_mail(p.get("email")) else 15.0)
+    )
+    return round(max(0.0, min(100.0, raw)), 1)
+
+
+def engagement_component(lead: Lead, now: datetime) -> float:
+    """What the lead did, 0-100, decayed by age: a quiet lead's engagement falls."""
+    total = sum(lead.engagement_at(now).values())
+    return round(100.0 * (1.0 - math.exp(-total / 20.0)), 1)
+
+
+def grade(fit: float, engagement: float) -> str:
+    """Place a lead on the fit x engagement matrix: A-C (fit) and 1-3 (engagement)."""
+    letter = "A" if fit >= 60 else "B" if fit >= 35 else "C"
+    digit = "1" if engagement >= 60 else "2" if engagement >= 25 else "3"
+    return letter + digit
+
+
+def check_model(scorer: Scorer) -> None:
+    if tuple(scorer.feature_names) != FEATURE_NAMES:
+        raise ModelMismatchError(
+            f"model {scorer.version} expects features {scorer.feature_names}, "
+            f"the domain computes {FEATURE_NAMES}"
+        )
+
+
+def score_leads(
+    leads: Sequence[Lead], now: Sequence[datetime], scorer: Scorer
+) -> list[ScoreCard]:
+    """Score many leads with one model call; ``now[i]`` is the clock for ``leads[i]``."""
+    if not leads:
+        return []
+    rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
+    probabilities = scorer.predict(rows)
+    cards = []
+    for lead, at, p in zip(leads, now, probabilities, strict=True):
+        fit = fit_component(lead)
+        eng = engagement_component(lead, at)
+        cards.append(
+            ScoreCard(
+                total=round(100.0 * float(p), 1),
+                fit=fit,
+                engagement=eng,
+                grade=grade(fit, eng),
+                model_version=scorer.version,
+            )
+        )
+    return cards
+
+
+def is_change(lead: Lead, card: ScoreCard) -> bool:
+    """Only a changed score (or grade, or model) becomes a LeadScored event."""
+    return (
+        lead.score is None
+        or card.total != lead.score
+        or card.grade != lead.grade
+        or card.model_version != lead.model_version
+    )

@@ -1,0 +1,1 @@
+"""Lead scoring engine: composition root, settings, CLI and local services."""

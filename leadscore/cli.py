@@ -1,0 +1,160 @@
+"""`leadscore`: every command a user needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leadscore.logs import configure_logging
+from leadscore.services.cli import app as services_app
+from leadscore.settings import get_settings
+
+app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+@app.callback()
+def _setup() -> None:
+    s = get_settings()
+    configure_logging(s.log_format, s.log_level)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker: consume lead-events, score, store, publish score-events."""
+    from leadscore.bootstrap import bootstrap
+    from leadscore.services import ensure_topics
+    from streams.worker import run_worker
+
+    s = get_settings()
+    ensure_topics(
+        s.kafka_bootstrap,
+        [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
+        s.topic_partitions,
+    )
+    run_worker(bootstrap(s))
+
+
+@app.command()
+def produce(
+    orgs: Annotated[int, typer.Option(help="Organizations (tenants)")] = 5,
+    leads: Annotated[int, typer.Option(help="Distinct leads")] = 2_000,
+    events: Annotated[int, typer.Option(help="Lead-events in all")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the workload")] = 7,
+) -> None:
+    """Produce a realistic lead-event workload to Kafka."""
+    from leadscore.producer import produce_events
+    from leadscore.workload import generate
+    from streams.relay import kafka_producer
+    from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+
+    s = get_settings()
+    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    with _progress() as progress:
+        task = progress.add_task("producing", total=events)
+        report = produce_events(
+            kafka_producer(s.kafka_bootstrap),
+            s.topic_lead_events,
+            encoder,
+            generate(orgs, leads, events, seed=seed),
+            rate=rate or None,
+            on_progress=lambda n: progress.update(task, completed=n),
+        )
+    console.print(
+        f"sent {report.sent:,} lead-events ({report.failed} failed) in {report.seconds:.1f}s "
+        f"= {report.rate:,.0f}/s to {s.topic_lead_events}"
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    version: Annotated[str, typer.Option(help="Version name, e.g. v2")],
+    orgs: int = 20,
+    leads: int = 20_000,
+    events: int = 200_000,
+    seed: int = 7,
+) -> None:
+    """Train a LightGBM model on a generated labelled history and export it to ONNX."""
+    from leadscore.training import train_from_workload
+
+    s = get_settings()
+    meta = train_from_workload(
+        version, Path(s.model_dir), orgs=orgs, leads=leads, events=events, seed=seed
+    )
+    console.print_json(data=_as_dict(meta))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the models in models/onnx with their metrics."""
+    from leadscore.modelstore import list_models
+
+    table = Table("version", "trained_at", "AUC", "log-loss", "lift@10%", "features")
+    for m in list_models(Path(get_settings().model_dir)):
+        metrics = m.get("metrics", {})
+        table.add_row(
+            m["version"],
+            str(m.get("trained_at", "")),
+            f"{metrics.get('auc', float('nan')):.3f}",
+            f"{metrics.get('log_loss', float('nan')):.3f}",
+            f"{metrics.get('lift_top_decile', float('nan')):.2f}",
+            str(len(m.get("feature_names", []))),
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(
+    orgs: int = 5,
+    leads: int = 2_000,
+    events: int = 20_000,
+    rate: Annotated[float, typer.Option(help="Offered load, events/s")] = 2_000,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every lead's score")] = 300,
+) -> None:
+    """Start a worker, produce a workload, wait until every lead is scored, summarise."""
+    from leadscore.demo import run_demo
+
+    ok = run_demo(
+        get_settings(), console, orgs=orgs, leads=leads, events=events, rate=rate, timeout=timeout
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _as_dict(obj: object) -> dict[str, object]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return obj
+    return dict(vars(obj))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

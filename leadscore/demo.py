@@ -1,0 +1,265 @@
+"""`make demo`: a worker, a workload, every lead scored, and what happened."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from domain.events import LeadEvent
+from domain.lead import lead_aggregate_id
+from leadscore.eventstore import open_store
+from leadscore.producer import ProduceReport, produce_events
+from leadscore.services import ensure_topics
+from leadscore.settings import Settings
+from leadscore.workload import generate
+from streams.relay import kafka_producer
+from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "leadscore.cli", "worker"],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for_group(settings: Settings, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return once the worker's consumer group is stable with partitions assigned."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        futures = admin.describe_consumer_groups([settings.consumer_group], request_timeout=5)
+        try:
+            group = futures[settings.consumer_group].result()
+        except Exception:  # the group does not exist yet
+            group = None
+        if (
+            group is not None
+            and group.state == ConsumerGroupState.STABLE
+            and any(m.assignment.topic_partitions for m in group.members)
+        ):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the worker did not join its consumer group in time")
+
+
+class ScoreEventTail:
+    """Reads score-events produced from now on, decoding and timing each one."""
+
+    def __init__(self, settings: Settings, catalog: SchemaCatalog) -> None:
+        self.catalog = catalog
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"leadscore-demo-{secrets.token_hex(4)}",
+                "enable.auto.commit": False,
+            }
+        )
+        topic = settings.topic_score_events
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        # Explicit assignment at the current end: nothing produced after now is missed.
+        parts = []
+        for p in meta.partitions:
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, high))
+        self.consumer.assign(parts)
+        self.received: list[tuple[float, dict[str, Any]]] = []
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for msg in self.consumer.consume(1000, timeout=0.1):
+                if msg.error():
+                    continue
+                self.received.append((time.time(), self.catalog.decode(msg.value())))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def tagged(events: Iterator[LeadEvent], run: str) -> Iterator[LeadEvent]:
+    """Give this run's leads their own ids, so demo runs never merge different people."""
+    for ev in events:
+        yield dataclasses.replace(ev, lead_id=f"{ev.lead_id}-{run}")
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    *,
+    orgs: int,
+    leads: int,
+    events: int,
+    rate: float,
+    timeout: float,
+) -> bool:
+    s = settings
+    ensure_topics(
+        s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
+        s.topic_partitions,
+    )
+    catalog = SchemaCatalog(s.pg_dsn)
+    encoder = AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    run = secrets.token_hex(3)
+    workload = list(tagged(generate(orgs, leads, events, seed=int(run, 16)), run))
+    last_event = {(e.org_id, e.lead_id): e.event_id for e in workload}
+    console.rule(f"[bold]demo run {run}")
+    console.print(
+        f"{len(workload):,} lead-events over {len(last_event):,} leads in {orgs} orgs, "
+        f"offered at {rate:,.0f} events/s"
+    )
+
+    log_path = s.run_path / "logs" / "worker-demo.log"
+    worker = start_worker(s, log_path)
+    tail = ScoreEventTail(s, catalog)
+    try:
+        with console.status("starting the worker (Faust joins its consumer group)"):
+            wait_for_group(s, worker, timeout=120)
+        console.print(f"worker up (pid {worker.pid}, log {log_path})")
+
+        report = ProduceReport()
+
+        def send() -> None:
+            nonlocal report
+            report = produce_events(
+                kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, iter(workload),
+                rate=rate, track_send_times=True,
+            )
+
+        sender = threading.Thread(target=send, name="demo-producer")
+        started = time.monotonic()
+        sender.start()
+        scored_leads: set[str] = set()
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console,
+        ) as progress:
+            task = progress.add_task("leads scored", total=len(last_event))
+            while time.monotonic() - started < timeout:
+                tail.poll(0.5)
+                scored_leads.update(r["lead_id"] for _, r in tail.received)
+                progress.update(task, completed=len(scored_leads))
+                if not sender.is_alive() and len(scored_leads) >= len(last_event):
+                    break
+        sender.join()
+        done = _settled(s, tail, last_event, timeout - (time.monotonic() - started))
+        elapsed = time.monotonic() - started
+    finally:
+        tail.close()
+        stop_worker(worker)
+
+    _summarise(console, s, report, tail.received, last_event, elapsed)
+    if not done:
+        console.print("[red]not every lead was scored in time; see " + str(log_path))
+    return done
+
+
+def _settled(
+    s: Settings, tail: ScoreEventTail, last_event: dict[tuple[str, str], str], budget: float
+) -> bool:
+    """Every lead holds its last event, and every stored score reached score-events."""
+    store = open_store(s.pg_dsn, cache_size=0)
+    ids = [lead_aggregate_id(org, lead) for org, lead in last_event]
+    deadline = time.monotonic() + max(budget, 5)
+    try:
+        while time.monotonic() < deadline:
+            leads = store.load(ids)
+            applied = all(
+                lead is not None and last_event[(lead.org_id, lead.lead_id)] in lead.applied_event_ids
+                for lead in leads.values()
+            )
+            expected = sum(lead.score_count for lead in leads.values() if lead is not None)
+            tail.poll(0.5)
+            got = {(r["lead_id"], r["position"]) for _, r in tail.received}
+            if applied and len(got) >= expected:
+                return True
+        return False
+    finally:
+        store.close()
+
+
+def _summarise(
+    console: Console,
+    s: Settings,
+    report: ProduceReport,
+    received: list[tuple[float, dict[str, Any]]],
+    last_event: dict[tuple[str, str], str],
+    elapsed: float,
+) -> None:
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    latencies = []
+    for at, r in received:
+        key = (r["org_id"], r["lead_id"])
+        if key in last_event and r["position"] >= latest.get(key, {"position": -1})["position"]:
+            latest[key] = r
+        sent = report.sent_at.get(r["caused_by_event_id"])
+        if sent is not None:
+            latencies.append((at - sent) * 1000)
+
+    summary = Table(title="what happened", show_header=False)
+    summary.add_row("lead-events in", f"{report.sent:,} ({report.failed} failed to send)")
+    summary.add_row("leads", f"{len(last_event):,}")
+    summary.add_row("leads scored", f"{len(latest):,}")
+    summary.add_row("score-events out", f"{len(received):,}")
+    summary.add_row("wall time", f"{elapsed:.1f}s")
+    if latencies:
+        q = statistics.quantiles(latencies, n=100)
+        summary.add_row(
+            "event -> score-event latency",
+            f"p50 {statistics.median(latencies):.0f} ms, p99 {q[98]:.0f} ms "
+            f"({len(latencies):,} samples)",
+        )
+    console.print(summary)
+
+    store = open_store(s.pg_dsn, cache_size=0)
+    try:
+        best = sorted(latest.values(), key=lambda r: r["new_score"], reverse=True)[:10]
+        profiles = store.load([lead_aggregate_id(r["org_id"], r["lead_id"]) for r in best])
+    finally:
+        store.close()
+    top = Table(title="ten best leads")
+    for col in ("org", "lead", "title", "company", "score", "grade", "fit", "engagement", "model"):
+        top.add_column(col)
+    for r in best:
+        lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
+        p = lead.profile if lead else {}
+        top.add_row(
+            r["org_id"], r["lead_id"], str(p.get("title", "")), str(p.get("company", "")),
+            f"{r['new_score']:.1f}", r["grade"], f"{r['components']['fit']:.0f}",
+            f"{r['components']['engagement']:.0f}", r["model_version"],
+        )
+    console.print(top)

@@ -1,0 +1,94 @@
+"""The event store: the Lead aggregates in PostgreSQL through the eventsourcing library.
+
+It is the single source of truth. Its notification log gives every stored domain
+event one global position; score-events and read models follow that log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlparse
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Notification
+
+from domain.lead import Lead
+
+SCORED_TOPIC = f"{Lead.LeadScored.__module__}:{Lead.LeadScored.__qualname__}"
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer stored events for a lead in this batch first (e.g. during a rebalance)."""
+
+
+def postgres_env(dsn: str, *, cache_size: int, pool_size: int = 4) -> dict[str, str]:
+    """eventsourcing's POSTGRES_* settings from a libpq URL."""
+    url = urlparse(dsn)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.path.lstrip("/") or "postgres",
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        # The worker owning a partition is the only writer of its leads, so the
+        # cache is authoritative; a stale entry surfaces as a version conflict.
+        "AGGREGATE_CACHE_MAXSIZE": str(cache_size),
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }
+
+
+class LeadStore(Application[UUID]):
+    """Leads as event-sourced aggregates. Synchronous: call it off the event loop."""
+
+    name = "Leads"
+
+    def load(self, ids: Iterable[UUID]) -> dict[UUID, Lead | None]:
+        found: dict[UUID, Lead | None] = {}
+        for agg_id in ids:
+            try:
+                found[agg_id] = self.repository.get(agg_id)
+            except AggregateNotFoundError:
+                found[agg_id] = None
+        return found
+
+    def save_leads(self, leads: Sequence[Lead]) -> None:
+        """Store all new events of ``leads`` in one transaction."""
+        if not leads:
+            return
+        try:
+            self.save(*leads)
+        except IntegrityError as exc:
+            self.evict([lead.id for lead in leads])
+            raise ConcurrentWriteError(str(exc)) from exc
+
+    def evict(self, ids: Iterable[UUID]) -> None:
+        cache = self.repository.cache
+        if cache is None:
+            return
+        for agg_id in ids:
+            try:
+                cache.get(agg_id, evict=True)
+            except KeyError:
+                pass
+
+    def notifications(
+        self, after: int, limit: int, topics: Sequence[str] = ()
+    ) -> Sequence[Notification]:
+        return self.recorder.select_notifications(
+            after, limit, topics=topics, inclusive_of_start=False
+        )
+
+    def to_event(self, notification: Notification) -> Any:
+        return self.mapper.to_domain_event(notification)
+
+    def max_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+
+def open_store(dsn: str, *, cache_size: int = 100_000) -> LeadStore:
+    return LeadStore(env=postgres_env(dsn, cache_size=cache_size))

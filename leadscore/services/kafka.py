@@ -1,0 +1,296 @@
+"""A single-node Apache Kafka (KRaft broker + controller) run from Maven Central jars."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import signal
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from leadscore.services import process
+from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.progress import Progress
+from leadscore.services.topics import ensure_topics, round_trip
+from leadscore.settings import Settings
+
+# Pinned to the 3.x line on purpose: Kafka 4.0 removed the old protocol versions
+# (e.g. pre-v3 Produce/Fetch, KIP-896) that aiokafka, and so Faust, still speak;
+# see aio-libs/aiokafka#1085. Move to 4.x only once aiokafka supports it.
+KAFKA_VERSION = "3.9.1"
+NAME = "kafka"
+_MARKER = "kafka.Kafka"
+_FETCH_TIMEOUT = 900.0
+_READY_TIMEOUT = 120.0
+_STOP_TIMEOUT = 60.0
+_JVM_OPTS = [
+    "-Xms1g",
+    "-Xmx1g",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+]
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "libs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "kafka.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.logs / "kafka.out"
+
+    @property
+    def libs_marker(self) -> Path:
+        return self.libs / ".kafka-version"
+
+    @property
+    def classpath(self) -> str:
+        return f"{self.libs}/*"  # java expands the wildcard itself
+
+
+def layout(settings: Settings) -> Layout:
+    return Layout(settings.run_path / "kafka")
+
+
+def _ports(settings: Settings) -> tuple[str, int, int]:
+    first = settings.kafka_bootstrap.split(",")[0].strip()
+    host, port = process.split_host_port(first, 9092)
+    # The controller listens on the next port (9093 for the default 9092).
+    return host, port, port + 1
+
+
+def status(settings: Settings) -> ServiceStatus:
+    paths = layout(settings)
+    host, port, _ = _ports(settings)
+    pid = process.owned_pid(paths.pidfile, _MARKER)
+    if pid is not None:
+        state = STARTED_BY_US
+    elif process.port_open(host, port):
+        state = EXTERNAL
+    else:
+        state = STOPPED
+    return ServiceStatus(NAME, f"{host}:{port}", state, pid, paths.data)
+
+
+def start(settings: Settings, progress: Progress) -> int:
+    """Fetch, configure, format and launch the broker; return its pid without waiting."""
+    host, _, _ = _ports(settings)
+    if host not in process.LOOPBACK:
+        raise ServiceError(f"Kafka at {settings.kafka_bootstrap} is not local and does not answer")
+    paths = layout(settings)
+    for d in (paths.data, paths.logs, paths.config):
+        d.mkdir(parents=True, exist_ok=True)
+    if not _libs_ready(paths):
+        with progress.step(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central"):
+            _fetch_libs(paths)
+    _write_config(settings, paths)
+    if not (paths.data / "meta.properties").exists():
+        with progress.step("formatting Kafka storage (KRaft)"):
+            _format(paths)
+    with progress.step("launching Kafka"):
+        return process.spawn_detached(
+            [
+                _java(),
+                *_JVM_OPTS,
+                f"-Dlog4j.configuration=file:{paths.config / 'log4j.properties'}",
+                f"-Dkafka.logs.dir={paths.logs}",
+                "-cp",
+                paths.classpath,
+                "kafka.Kafka",
+                paths.config / "server.properties",
+            ],
+            paths.log,
+            paths.pidfile,
+            cwd=paths.root,
+        )
+
+
+def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
+    """Wait until a produce/consume round trip succeeds, then create the engine's topics."""
+    host, port, _ = _ports(settings)
+
+    def answers() -> bool:
+        if not process.port_open(host, port):
+            return False
+        try:
+            round_trip(settings.kafka_bootstrap, timeout=10.0)
+        except ServiceError:
+            return False
+        return True
+
+    paths = layout(settings)
+    with progress.step(f"Kafka produce/consume round trip on {host}:{port}"):
+        process.wait_ready(
+            "Kafka", answers, _READY_TIMEOUT, pid, [paths.log, paths.logs / "server.log"]
+        )
+    names = [settings.topic_lead_events, settings.topic_score_events, settings.topic_dlq]
+    with progress.step(f"topics {', '.join(names)} ({settings.topic_partitions} partitions)"):
+        ensure_topics(settings.kafka_bootstrap, names, settings.topic_partitions)
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the broker if we started it; True if something was stopped."""
+    paths = layout(settings)
+    pid = process.owned_pid(paths.pidfile, _MARKER)
+    if pid is None:
+        return False
+    # SIGTERM runs Kafka's shutdown hook: a clean log flush, so the next start skips recovery.
+    if not process.stop_pid(pid, signal.SIGTERM, _STOP_TIMEOUT):
+        raise ServiceError(f"Kafka (pid {pid}) ignored SIGTERM for {_STOP_TIMEOUT:.0f}s; killed")
+    paths.pidfile.unlink(missing_ok=True)
+    return True
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError(
+            "java not found on PATH; Kafka needs Java 17 (apt-get install openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def _libs_ready(paths: Layout) -> bool:
+    try:
+        return paths.libs_marker.read_text().strip() == KAFKA_VERSION
+    except OSError:
+        return False
+
+
+def _fetch_libs(paths: Layout) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError(
+            "mvn not found on PATH; it fetches the Kafka jars (apt-get install maven)"
+        )
+    pom = paths.root / "pom.xml"
+    pom.write_text(resources.files(__package__).joinpath("kafka-pom.xml").read_text())
+    # Fetch into a scratch directory so an interrupted download never looks complete.
+    scratch = paths.root / "libs.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    process.run_checked(
+        [
+            mvn, "-B", "-q", "-f", pom, "dependency:copy-dependencies",
+            f"-Dkafka.version={KAFKA_VERSION}",
+            f"-DoutputDirectory={scratch}",
+            "-DincludeScope=runtime",
+        ],
+        what="mvn dependency:copy-dependencies",
+        cwd=paths.root,
+        timeout=_FETCH_TIMEOUT,
+    )  # fmt: skip
+    if not any(scratch.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
+        raise ServiceError(f"mvn finished but {scratch} has no kafka_2.13-{KAFKA_VERSION}.jar")
+    shutil.rmtree(paths.libs, ignore_errors=True)
+    scratch.rename(paths.libs)
+    paths.libs_marker.write_text(KAFKA_VERSION + "\n")
+
+
+def _cluster_id(paths: Layout) -> str:
+    idfile = paths.root / "cluster.id"
+    if idfile.exists():
+        return idfile.read_text().strip()
+    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    idfile.write_text(cluster_id + "\n")
+    return cluster_id
+
+
+def _format(paths: Layout) -> None:
+    process.run_checked(
+        [
+            _java(),
+            f"-Dlog4j.configuration=file:{paths.config / 'tools-log4j.properties'}",
+            "-cp", paths.classpath,
+            "kafka.tools.StorageTool", "format",
+            "-t", _cluster_id(paths),
+            "-c", paths.config / "server.properties",
+            "--ignore-formatted",
+        ],
+        what="kafka StorageTool format",
+        cwd=paths.root,
+        timeout=120.0,
+    )  # fmt: skip
+
+
+def _write_config(settings: Settings, paths: Layout) -> None:
+    # Rewritten on every start so a changed port or run dir takes effect.
+    host, port, controller = _ports(settings)
+    server = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        # A static quorum of one voter: the simplest KRaft setup that formats without --standalone.
+        "controller.quorum.voters": f"1@{host}:{controller}",
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(paths.data),
+        # One node: every replication factor and ISR must be 1 or internal topics never appear.
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        # Consumers (Faust workers, tests) should not idle 3 s waiting for a rebalance.
+        "group.initial.rebalance.delay.ms": "0",
+        "num.partitions": "6",
+        # Faust creates its changelog and repartition topics on demand.
+        "auto.create.topics.enable": "true",
+        # Sized for a 2-core machine.
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "2",
+    }
+    (paths.config / "server.properties").write_text(
+        "".join(f"{key}={value}\n" for key, value in server.items())
+    )
+    (paths.config / "log4j.properties").write_text(_LOG4J.format(logs=paths.logs))
+    (paths.config / "tools-log4j.properties").write_text(_TOOLS_LOG4J)
+
+
+_LOG4J = """\
+log4j.rootLogger=INFO, server
+log4j.appender.server=org.apache.log4j.RollingFileAppender
+log4j.appender.server.File={logs}/server.log
+log4j.appender.server.MaxFileSize=50MB
+log4j.appender.server.MaxBackupIndex=3
+log4j.appender.server.layout=org.apache.log4j.PatternLayout
+log4j.appender.server.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.raft=INFO
+"""
+
+_TOOLS_LOG4J = """\
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""

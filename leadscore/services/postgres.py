@@ -1,0 +1,340 @@
+"""A local PostgreSQL cluster under the run dir, plus per-test database helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from leadscore.services import process
+from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.progress import Progress
+from leadscore.settings import Settings
+
+NAME = "postgres"
+SUPERUSER = "postgres"
+_READY_TIMEOUT = 60.0
+_STOP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log" / "postgres.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "postgres.pid"
+
+
+def layout(settings: Settings) -> Layout:
+    return Layout(settings.run_path / "pg")
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+
+def target(dsn: str) -> Target:
+    params = conninfo_to_dict(dsn)
+    return Target(
+        host=str(params.get("host") or "127.0.0.1"),
+        port=int(params.get("port") or 5432),
+        user=str(params.get("user") or "leadscore"),
+        password=str(params.get("password") or ""),
+        dbname=str(params.get("dbname") or params.get("user") or "leadscore"),
+    )
+
+
+def status(settings: Settings) -> ServiceStatus:
+    paths = layout(settings)
+    t = target(settings.pg_dsn)
+    pid = process.owned_pid(paths.pidfile, str(paths.data))
+    if pid is not None:
+        state = STARTED_BY_US
+    elif process.port_open(t.host, t.port):
+        state = EXTERNAL
+    else:
+        state = STOPPED
+    return ServiceStatus(NAME, f"{t.host}:{t.port}", state, pid, paths.data)
+
+
+def start(settings: Settings, progress: Progress) -> int:
+    """Initialise the cluster if needed and launch postgres; return its pid without waiting."""
+    t = target(settings.pg_dsn)
+    if t.host not in process.LOOPBACK:
+        raise ServiceError(f"PostgreSQL at {t.host}:{t.port} is not local and does not answer")
+    paths = layout(settings)
+    bindir = _bindir(progress)
+    user = _service_user()
+    for d in (paths.data, paths.log.parent, paths.socket_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        _hand_over(paths.root, user)
+    paths.data.chmod(0o700)  # postgres refuses a group- or world-readable data directory
+    if not (paths.data / "PG_VERSION").exists():
+        with progress.step(f"initdb {paths.data}"):
+            process.run_checked(
+                [
+                    bindir / "initdb", "-D", paths.data, "-U", SUPERUSER,
+                    "--encoding=UTF8", "--locale=C.UTF-8",
+                    # Local dev stack: the unix socket lives in our run dir and trusts its
+                    # users; TCP on loopback still checks the role's password.
+                    "--auth-local=trust", "--auth-host=scram-sha-256",
+                ],
+                what="initdb",
+                cwd=paths.root,
+                user=user,
+                timeout=120.0,
+            )  # fmt: skip
+    _write_config(settings, paths, user)
+    with progress.step("launching PostgreSQL"):
+        return process.spawn_detached(
+            [bindir / "postgres", "-D", paths.data],
+            paths.log,
+            paths.pidfile,
+            cwd=paths.root,
+            user=user,
+        )
+
+
+def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
+    """Wait for the server; when it is ours, create the role and database of the DSN."""
+    t = target(settings.pg_dsn)
+    paths = layout(settings)
+    if pid is not None:
+        with progress.step(f"PostgreSQL accepting connections on {t.host}:{t.port}"):
+            process.wait_ready(
+                "PostgreSQL", lambda: _ping(_admin_dsn(settings)), _READY_TIMEOUT, pid, [paths.log]
+            )
+        with progress.step(f"role {t.user} and database {t.dbname}"):
+            _provision(_admin_dsn(settings), t)
+    with progress.step(f"PostgreSQL SELECT 1 as {t.user}@{t.dbname}"):
+        try:
+            with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            hint = (
+                ""
+                if pid is not None
+                else " (an external server: does it have this role and database?)"
+            )
+            raise ServiceError(
+                f"PostgreSQL at {t.host}:{t.port} refuses {t.user}@{t.dbname}{hint}: {exc}"
+            ) from exc
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the server if we started it; True if something was stopped."""
+    paths = layout(settings)
+    pid = process.owned_pid(paths.pidfile, str(paths.data))
+    if pid is None:
+        return False
+    # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for idle clients to disconnect.
+    if not process.stop_pid(pid, signal.SIGINT, _STOP_TIMEOUT):
+        raise ServiceError(
+            f"PostgreSQL (pid {pid}) ignored SIGINT for {_STOP_TIMEOUT:.0f}s; killed"
+        )
+    paths.pidfile.unlink(missing_ok=True)
+    return True
+
+
+def ensure_database(dsn_or_settings: Settings | str, dbname: str) -> str:
+    """Create `dbname` if missing, owned by the DSN's role (leadscore); return a DSN for it.
+
+    The role needs CREATEDB, which `up` grants to the leadscore role.
+    """
+    dsn = dsn_or_settings.pg_dsn if isinstance(dsn_or_settings, Settings) else dsn_or_settings
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+        if exists is None:
+            # Another test process may create it at the same moment.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    return with_dbname(dsn, dbname)
+
+
+def drop_database(dsn_or_settings: Settings | str, dbname: str) -> None:
+    """Drop `dbname` if it exists, disconnecting its sessions."""
+    dsn = dsn_or_settings.pg_dsn if isinstance(dsn_or_settings, Settings) else dsn_or_settings
+    maintenance = dsn if target(dsn).dbname != dbname else with_dbname(dsn, "postgres")
+    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The same DSN pointing at another database, keeping URL form (asyncpg accepts only URLs)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def _admin_dsn(settings: Settings) -> str:
+    t = target(settings.pg_dsn)
+    return make_conninfo(
+        host=str(layout(settings).socket_dir), port=t.port, user=SUPERUSER, dbname="postgres"
+    )
+
+
+def _ping(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _provision(admin_dsn: str, t: Target) -> None:
+    role, db = sql.Identifier(t.user), sql.Identifier(t.dbname)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [t.user]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(role))
+        # Re-applied every time so the role always matches the DSN.
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                role, sql.Literal(t.password)
+            )
+        )
+        if (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [t.dbname]).fetchone()
+            is None
+        ):
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+
+
+def _service_user() -> str | None:
+    """initdb and postgres refuse to run as root: use the postgres system user then."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SUPERUSER)
+    except KeyError as exc:
+        raise ServiceError("running as root but there is no 'postgres' system user") from exc
+    return SUPERUSER
+
+
+def _hand_over(root: Path, user: str) -> None:
+    account = pwd.getpwnam(user)
+    for parent in root.resolve().parents:
+        mode = parent.stat().st_mode
+        if not (mode & stat.S_IXOTH or parent.stat().st_uid == account.pw_uid):
+            raise ServiceError(
+                f"{parent} is not traversable by the '{user}' user; choose a run dir it can reach"
+            )
+    # Not recursive: initdb and postgres create everything inside as that user already.
+    for path in [root, *root.iterdir()]:
+        os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
+def _bindir(progress: Progress) -> Path:
+    found = _find_bindir()
+    if found is not None:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServiceError(
+            "PostgreSQL server binaries not found; install PostgreSQL (initdb, postgres)"
+        )
+    with progress.step("apt-get install postgresql"):
+        process.run_checked(["apt-get", "update"], what="apt-get update", timeout=600.0)
+        process.run_checked(
+            ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
+            what="apt-get install postgresql",
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            timeout=900.0,
+        )
+    found = _find_bindir()
+    if found is None:
+        raise ServiceError("apt-get installed postgresql but initdb is still not found")
+    return found
+
+
+def _find_bindir() -> Path | None:
+    candidates: list[Path] = []
+    if shutil.which("pg_config"):
+        try:
+            out = process.run_checked(["pg_config", "--bindir"], what="pg_config", timeout=10.0)
+            candidates.append(Path(out.strip()))
+        except ServiceError:
+            pass
+    # Debian keeps server binaries off PATH, one directory per major version; newest first.
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True)
+    candidates += [Path(d) for d in debian]
+    for d in candidates:
+        if (d / "initdb").exists() and (d / "postgres").exists():
+            return d
+    return None
+
+
+def _major(bindir: str) -> int:
+    try:
+        return int(Path(bindir).parent.name)
+    except ValueError:
+        return 0
+
+
+def _write_config(settings: Settings, paths: Layout, user: str | None) -> None:
+    t = target(settings.pg_dsn)
+    conf = {
+        "listen_addresses": "'127.0.0.1'",
+        "port": str(t.port),
+        "unix_socket_directories": f"'{paths.socket_dir}'",
+        # Sized for a 2-core, many-GiB dev box running Kafka and the engine beside it.
+        "max_connections": "200",
+        "shared_buffers": "256MB",
+        "effective_cache_size": "2GB",
+        "work_mem": "8MB",
+        "maintenance_work_mem": "128MB",
+        "wal_buffers": "16MB",
+        "min_wal_size": "256MB",
+        "max_wal_size": "2GB",
+        "checkpoint_completion_target": "0.9",
+        "random_page_cost": "1.1",
+        "max_worker_processes": "4",
+        "max_parallel_workers": "2",
+        "max_parallel_workers_per_gather": "1",
+        "timezone": "'UTC'",
+        "log_timezone": "'UTC'",
+        "log_line_prefix": "'%m [%p] %q%u@%d '",
+        "log_min_duration_statement": "1000",
+    }
+    # Our settings live in their own file, rewritten each start; postgresql.conf only includes it.
+    ours = paths.data / "leadscore.conf"
+    ours.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
+    if user is not None:
+        account = pwd.getpwnam(user)
+        os.chown(ours, account.pw_uid, account.pw_gid)
+    main = paths.data / "postgresql.conf"
+    text = main.read_text()
+    if "include_if_exists = 'leadscore.conf'" not in text:
+        main.write_text(text + "\ninclude_if_exists = 'leadscore.conf'\n")

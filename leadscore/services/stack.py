@@ -1,0 +1,82 @@
+"""The local stack as a whole: bring every service up, report on it, take down what we started."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+from rich.console import Console
+
+from leadscore.services import kafka, postgres, redis
+from leadscore.services.model import STOPPED, ServiceError, ServiceStatus
+from leadscore.services.progress import Progress
+from leadscore.settings import Settings
+
+# Kafka first: its JVM boots while PostgreSQL and Redis are being started.
+SERVICES: dict[str, ModuleType] = {"kafka": kafka, "postgres": postgres, "redis": redis}
+
+
+def _selected(only: Iterable[str] | None) -> list[str]:
+    if only is None:
+        return list(SERVICES)
+    names = list(only)
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        raise ServiceError(f"unknown service(s) {unknown}; known: {list(SERVICES)}")
+    return [name for name in SERVICES if name in names]
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    # Parallel test sessions may all call up(); one at a time, the rest then find it running.
+    settings.run_path.mkdir(parents=True, exist_ok=True)
+    with (settings.run_path / "services.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def status(settings: Settings, only: Iterable[str] | None = None) -> list[ServiceStatus]:
+    return [SERVICES[name].status(settings) for name in _selected(only)]
+
+
+def up(
+    settings: Settings, only: Iterable[str] | None = None, console: Console | None = None
+) -> None:
+    """Start what is not running, then return once every service answers for real.
+
+    A server already listening on a service's port is reused as external. Services started
+    here get pid files under the run dir, so `down` stops exactly those.
+    """
+    progress = Progress(console)
+    started = time.monotonic()
+    names = _selected(only)
+    with _locked(settings):
+        pids: dict[str, int | None] = {}
+        for name in names:
+            current = SERVICES[name].status(settings)
+            if current.state == STOPPED:
+                pids[name] = SERVICES[name].start(settings, progress)
+            else:
+                progress.note(f"{name} {current.state} on {current.address}")
+                pids[name] = current.pid
+        for name in names:
+            SERVICES[name].wait(settings, pids[name], progress)
+    progress.note(f"services up in {time.monotonic() - started:.1f}s")
+
+
+def down(
+    settings: Settings, only: Iterable[str] | None = None, console: Console | None = None
+) -> None:
+    """Stop the services this run dir started; external servers are left alone."""
+    progress = Progress(console)
+    with _locked(settings):
+        for name in reversed(_selected(only)):
+            current = SERVICES[name].status(settings)
+            if current.pid is None:
+                progress.note(f"{name} {current.state}: nothing of ours to stop")
+                continue
+            with progress.step(f"stopping {name} (pid {current.pid})"):
+                SERVICES[name].stop(settings)

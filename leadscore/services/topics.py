@@ -1,0 +1,126 @@
+"""Kafka topic administration and a produce/consume health check (confluent-kafka)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from leadscore.services.model import ServiceError
+
+log = structlog.get_logger(__name__)
+
+HEALTH_TOPIC = "leadscore.healthcheck"
+# Quiet librdkafka: while a broker boots its connection errors are expected and would
+# otherwise be printed on stderr; failures still surface as exceptions and timeouts here.
+_QUIET = {"log_level": 2}
+
+
+def ensure_topics(
+    bootstrap: str,
+    names: list[str],
+    partitions: int,
+    *,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Create the missing topics and wait until every partition of each has a leader.
+
+    Existing topics are left as they are, even with another partition count: adding
+    partitions would move keys to other partitions and break per-lead ordering.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, **_QUIET})
+    deadline = time.monotonic() + timeout
+    existing = _metadata(admin, deadline).topics
+    missing = [name for name in names if name not in existing]
+    for name in names:
+        if name in existing and len(existing[name].partitions) != partitions:
+            log.warning(
+                "topic has a different partition count; left unchanged",
+                topic=name,
+                partitions=len(existing[name].partitions),
+                wanted=partitions,
+            )
+    if missing:
+        # -1 lets the broker apply default.replication.factor, so this also suits a real cluster.
+        new = [NewTopic(n, partitions, -1, config=dict(config or {})) for n in missing]
+        for name, future in admin.create_topics(new, request_timeout=15.0).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ServiceError(f"could not create topic {name}: {exc}") from exc
+    while True:
+        pending = _without_leaders(_metadata(admin, deadline), names)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise ServiceError(f"topics without partition leaders after {timeout:.0f}s: {pending}")
+        time.sleep(0.1)
+
+
+def _metadata(admin: AdminClient, deadline: float) -> ClusterMetadata:
+    # Listing all topics, not one by name: a named metadata request may auto-create the topic.
+    try:
+        return admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+    except KafkaException as exc:
+        raise ServiceError(f"Kafka metadata unavailable: {exc}") from exc
+
+
+def _without_leaders(metadata: ClusterMetadata, names: list[str]) -> list[str]:
+    pending = []
+    for name in names:
+        topic = metadata.topics.get(name)
+        ready = (
+            topic is not None
+            and topic.error is None
+            and bool(topic.partitions)
+            and all(p.leader >= 0 and p.error is None for p in topic.partitions.values())
+        )
+        if not ready:
+            pending.append(name)
+    return pending
+
+
+def round_trip(bootstrap: str, topic: str = HEALTH_TOPIC, timeout: float = 30.0) -> float:
+    """Produce one record and read it back; return the seconds it took."""
+    started = time.monotonic()
+    ensure_topics(bootstrap, [topic], 1, config={"retention.ms": "3600000"}, timeout=timeout)
+    token = uuid.uuid4().hex.encode()
+    delivered: list[tuple[KafkaError | None, Message]] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **_QUIET})
+    producer.produce(
+        topic, value=token, partition=0, on_delivery=lambda err, msg: delivered.append((err, msg))
+    )
+    if producer.flush(timeout) or not delivered:
+        raise ServiceError(f"Kafka at {bootstrap}: produce to {topic} not acknowledged")
+    err, msg = delivered[0]
+    if err is not None:
+        raise ServiceError(f"Kafka at {bootstrap}: produce to {topic} failed: {err}")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "leadscore-healthcheck",
+            "enable.auto.commit": False,
+            **_QUIET,
+        }
+    )
+    try:
+        # Assigning the exact offset avoids a consumer-group join, which is slower.
+        consumer.assign([TopicPartition(topic, 0, msg.offset())])
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            record = consumer.poll(0.2)
+            if record is None:
+                continue
+            if record.error() is not None:
+                raise ServiceError(f"Kafka at {bootstrap}: consume failed: {record.error()}")
+            if record.value() == token:
+                return time.monotonic() - started
+    finally:
+        consumer.close()
+    raise ServiceError(f"Kafka at {bootstrap}: produced record not read back in {timeout:.0f}s")

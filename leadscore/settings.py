@@ -1,0 +1,62 @@
+"""Typed settings, read once from the environment (prefix ``LEADSCORE_``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+PREFIX = "LEADSCORE_"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_run_dir() -> str:
+    return str(ROOT / ".run")
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
+    run_dir: str = field(default_factory=_default_run_dir)
+
+    topic_lead_events: str = "lead-events"
+    topic_score_events: str = "score-events"
+    topic_dlq: str = "lead-events.dlq"
+    topic_partitions: int = 6
+    consumer_group: str = "leadscore-worker"
+
+    model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
+    model_version: str = ""  # empty: the newest committed model
+    batch_size: int = 1000
+    batch_timeout_ms: int = 50
+    aggregate_cache_size: int = 100_000
+    publish_interval_ms: int = 20
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    log_format: str = "console"  # "json" in production
+    log_level: str = "info"
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = int(raw) if f.type in ("int", int) else raw
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

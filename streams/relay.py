@@ -1,0 +1,195 @@
+"""The outbox relay: stored LeadScored events -> score-events on Kafka, at least once.
+
+It follows the event store's notification log from a position kept in PostgreSQL.
+The position advances only after Kafka acknowledged every message before it, so a
+crash republishes (same event_id) rather than loses; nothing unstored is sent.
+One relay publishes at a time: a PostgreSQL advisory lock elects it among workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import structlog
+from confluent_kafka import KafkaException, Producer
+
+from domain.lead import score_event_id
+from leadscore.eventstore import SCORED_TOPIC, LeadStore
+from streams import metrics
+from streams.wire import AvroTopic
+
+log = structlog.get_logger(__name__)
+
+SCORE_EVENT_TYPE = "lead.score.updated"
+_LOCK_KEY = "leadscore.relay.score-events"
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge every score-event of a batch."""
+
+
+def score_record(event: Any, position: int) -> dict[str, Any]:
+    """The score-event (seed envelope) for a stored LeadScored domain event."""
+    return {
+        "event_id": str(score_event_id(event.originator_id, event.originator_version)),
+        "event_type": SCORE_EVENT_TYPE,
+        "occurred_at": event.scored_at,
+        "org_id": event.org_id,
+        "lead_id": event.lead_id,
+        "previous_score": event.previous_score,
+        "new_score": event.score,
+        "components": dict(event.components),
+        "grade": event.grade,
+        "model_version": event.model_version,
+        "top_factors": list(event.factors),
+        "caused_by_event_id": event.caused_by_event_id,
+        "position": position,
+        "metadata": {"source": "leadscore", "version": "1.0"},
+    }
+
+
+class Tracking:
+    """Named positions in PostgreSQL; also holds the advisory lock of the elected relay."""
+
+    DDL = "CREATE TABLE IF NOT EXISTS tracking (name text PRIMARY KEY, position bigint NOT NULL)"
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self.name = name
+        self.dsn = dsn
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute(self.DDL)
+
+    def reconnect(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            try:
+                self.conn = psycopg.connect(self.dsn, autocommit=True)
+            except psycopg.OperationalError as exc:
+                log.warning("PostgreSQL still away", error=str(exc))
+
+    def try_lock(self) -> bool:
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (_LOCK_KEY + ":" + self.name,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def get(self) -> int:
+        row = self.conn.execute(
+            "SELECT position FROM tracking WHERE name = %s", (self.name,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set(self, position: int) -> None:
+        self.conn.execute(
+            "INSERT INTO tracking (name, position) VALUES (%s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            (self.name, position),
+        )
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def kafka_producer(bootstrap: str, **overrides: Any) -> Producer:
+    config = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+class ScoreEventRelay:
+    def __init__(
+        self,
+        store: LeadStore,
+        tracking: Tracking,
+        producer: Producer,
+        topic: str,
+        encoder: AvroTopic,
+        *,
+        batch_size: int = 5000,
+    ) -> None:
+        self.store = store
+        self.tracking = tracking
+        self.producer = producer
+        self.topic = topic
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.position = tracking.get()
+
+    def publish_once(self) -> int:
+        """Publish the next batch of stored scores; returns how many were sent."""
+        notes = self.store.notifications(self.position, self.batch_size, topics=[SCORED_TOPIC])
+        if not notes:
+            return 0
+        errors: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        for note in notes:
+            event = self.store.to_event(note)
+            self.producer.produce(
+                self.topic,
+                key=event.lead_id.encode(),
+                value=self.encoder.encode(score_record(event, note.id)),
+                on_delivery=on_delivery,
+            )
+            self.producer.poll(0)
+        remaining = self.producer.flush(30)
+        if errors or remaining:
+            raise PublishError(f"{len(errors)} failed, {remaining} unacknowledged: {errors[:3]}")
+        self.position = notes[-1].id
+        self.tracking.set(self.position)
+        metrics.SCORE_EVENTS_PUBLISHED.inc(len(notes))
+        return len(notes)
+
+    def run(self, stop: threading.Event, idle_wait: float = 0.02) -> None:
+        """Publish until ``stop`` is set: get elected, then follow the log."""
+        while not stop.is_set():
+            try:
+                if not self.tracking.try_lock():
+                    stop.wait(1.0)
+                    continue
+                self.position = self.tracking.get()
+                log.info("score-event relay elected", position=self.position)
+                self._follow(stop, idle_wait)
+            except psycopg.OperationalError as exc:
+                # The lock went with the connection: reconnect and stand again.
+                log.warning("relay lost PostgreSQL, reconnecting", error=str(exc))
+                stop.wait(1.0)
+                self.tracking.reconnect()
+
+    def _follow(self, stop: threading.Event, idle_wait: float) -> None:
+        while not stop.is_set():
+            try:
+                sent = self.publish_once()
+            except (PublishError, KafkaException) as exc:
+                log.warning("relay retrying", error=str(exc))
+                stop.wait(1.0)
+                continue
+            if sent < self.batch_size:
+                stop.wait(idle_wait)
+
+
+def start_relay_thread(relay: ScoreEventRelay, stop: threading.Event) -> threading.Thread:
+    def target() -> None:
+        try:
+            relay.run(stop)
+        except Exception:
+            log.exception("score-event relay stopped")
+
+    thread = threading.Thread(target=target, name="score-event-relay", daemon=True)
+    thread.start()
+    return thread
+
+

@@ -1,0 +1,58 @@
+"""Test session: unit tests need nothing; the others get real services, started here."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from leadscore.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def services(base_settings: Settings) -> Settings:
+    """Start Kafka, PostgreSQL and Redis (or reuse running ones); fail if they cannot start."""
+    from leadscore import services as stack
+
+    stack.up(base_settings)
+    return base_settings
+
+
+@pytest.fixture
+def settings(services: Settings) -> Iterator[Settings]:
+    """Settings isolated for one test: its own database, topics and consumer group."""
+    import dataclasses
+
+    from leadscore import services as stack
+
+    tag = secrets.token_hex(4)
+    dbname = f"leadscore_test_{tag}"
+    dsn = stack.ensure_database(services, dbname)
+    s = dataclasses.replace(
+        services,
+        pg_dsn=dsn,
+        topic_lead_events=f"lead-events-{tag}",
+        topic_score_events=f"score-events-{tag}",
+        topic_dlq=f"lead-events-{tag}.dlq",
+        topic_partitions=3,
+        consumer_group=f"leadscore-test-{tag}",
+        aggregate_cache_size=10_000,
+    )
+    stack.ensure_topics(
+        s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], 3
+    )
+    yield s
+    stack.drop_database(services, dbname)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The LEADSCORE_* environment that reproduces ``s`` in a subprocess."""
+    import dataclasses
+
+    return {f"LEADSCORE_{f.name.upper()}": str(getattr(s, f.name)) for f in dataclasses.fields(s)}
