@@ -7,7 +7,6 @@ from pathlib import Path
 
 from domain.scoring import Scorer
 from leadscore.eventstore import LeadStore, open_store
-from leadscore.modelstore import load_scorer
 from leadscore.settings import Settings
 from streams.processor import BatchProcessor
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
@@ -42,5 +41,7 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     # Register the schemas we speak so their ids exist before any producer needs them.
     AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
     if scorer is None:
+        from leadscore.modelstore import load_scorer  # onnxruntime loads only when used
+
         scorer = load_scorer(Path(settings.model_dir), settings.model_version or None)
     return Engine(settings, store, catalog, scorer, BatchProcessor(store, catalog, scorer))

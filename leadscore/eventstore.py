@@ -34,8 +34,17 @@ def postgres_env(dsn: str, *, cache_size: int, pool_size: int = 4) -> dict[str, 
         "POSTGRES_USER": unquote(url.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(url.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
-        # The worker owning a partition is the only writer of its leads, so the
-        # cache is authoritative; a stale entry surfaces as a version conflict.
+        **cache_env(cache_size),
+    }
+
+
+def cache_env(cache_size: int) -> dict[str, str]:
+    """A bounded aggregate cache, or none when ``cache_size`` is 0 (readers that poll)."""
+    if cache_size <= 0:
+        return {}
+    # The worker owning a partition is the only writer of its leads, so the
+    # cache is authoritative; a stale entry surfaces as a version conflict.
+    return {
         "AGGREGATE_CACHE_MAXSIZE": str(cache_size),
         "AGGREGATE_CACHE_FASTFORWARD": "n",
         "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",

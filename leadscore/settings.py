@@ -36,6 +36,8 @@ class Settings:
     aggregate_cache_size: int = 100_000
     publish_interval_ms: int = 20
 
+    metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_format: str = "console"  # "json" in production

@@ -125,6 +125,16 @@ class ScoreEventRelay:
         self.batch_size = batch_size
         self.position = tracking.get()
 
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.tracking.close()
+
+    def __enter__(self) -> ScoreEventRelay:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def publish_once(self) -> int:
         """Publish the next batch of stored scores; returns how many were sent."""
         notes = self.store.notifications(self.position, self.batch_size, topics=[SCORED_TOPIC])
@@ -187,6 +197,8 @@ def start_relay_thread(relay: ScoreEventRelay, stop: threading.Event) -> threadi
             relay.run(stop)
         except Exception:
             log.exception("score-event relay stopped")
+        finally:
+            relay.close()
 
     thread = threading.Thread(target=target, name="score-event-relay", daemon=True)
     thread.start()

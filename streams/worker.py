@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import prometheus_client
 import psycopg
 import structlog
 
@@ -78,6 +79,8 @@ async def _process_until_stored(
 
 
 def run_worker(engine: Engine) -> None:
+    if engine.settings.metrics_port:
+        prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
     app = create_app(engine)
     worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -21,7 +21,6 @@ from leadscore.settings import Settings
 # see aio-libs/aiokafka#1085. Move to 4.x only once aiokafka supports it.
 KAFKA_VERSION = "3.9.1"
 NAME = "kafka"
-_MARKER = "kafka.Kafka"
 _FETCH_TIMEOUT = 900.0
 _READY_TIMEOUT = 120.0
 _STOP_TIMEOUT = 60.0
@@ -57,6 +56,10 @@ class Layout:
         return self.root / "config"
 
     @property
+    def server_properties(self) -> Path:
+        return self.config / "server.properties"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "kafka.pid"
 
@@ -87,7 +90,7 @@ def _ports(settings: Settings) -> tuple[str, int, int]:
 def status(settings: Settings) -> ServiceStatus:
     paths = layout(settings)
     host, port, _ = _ports(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
+    pid = process.owned_pid(paths.pidfile, str(paths.server_properties))
     if pid is not None:
         state = STARTED_BY_US
     elif process.port_open(host, port):
@@ -122,7 +125,7 @@ def start(settings: Settings, progress: Progress) -> int:
                 "-cp",
                 paths.classpath,
                 "kafka.Kafka",
-                paths.config / "server.properties",
+                paths.server_properties,
             ],
             paths.log,
             paths.pidfile,
@@ -156,7 +159,7 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
 def stop(settings: Settings) -> bool:
     """Stop the broker if we started it; True if something was stopped."""
     paths = layout(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
+    pid = process.owned_pid(paths.pidfile, str(paths.server_properties))
     if pid is None:
         return False
     # SIGTERM runs Kafka's shutdown hook: a clean log flush, so the next start skips recovery.
@@ -229,7 +232,7 @@ def _format(paths: Layout) -> None:
             "-cp", paths.classpath,
             "kafka.tools.StorageTool", "format",
             "-t", _cluster_id(paths),
-            "-c", paths.config / "server.properties",
+            "-c", paths.server_properties,
             "--ignore-formatted",
         ],
         what="kafka StorageTool format",
@@ -268,9 +271,7 @@ def _write_config(settings: Settings, paths: Layout) -> None:
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "2",
     }
-    (paths.config / "server.properties").write_text(
-        "".join(f"{key}={value}\n" for key, value in server.items())
-    )
+    paths.server_properties.write_text("".join(f"{key}={value}\n" for key, value in server.items()))
     (paths.config / "log4j.properties").write_text(_LOG4J.format(logs=paths.logs))
     (paths.config / "tools-log4j.properties").write_text(_TOOLS_LOG4J)
 

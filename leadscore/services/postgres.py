@@ -135,7 +135,10 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
                 "PostgreSQL", lambda: _ping(_admin_dsn(settings)), _READY_TIMEOUT, pid, [paths.log]
             )
         with progress.step(f"role {t.user} and database {t.dbname}"):
-            _provision(_admin_dsn(settings), t)
+            try:
+                _provision(_admin_dsn(settings), t)
+            except psycopg.Error as exc:
+                raise ServiceError(f"could not create {t.user}@{t.dbname}: {exc}") from exc
     with progress.step(f"PostgreSQL SELECT 1 as {t.user}@{t.dbname}"):
         try:
             with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:

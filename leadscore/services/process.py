@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,14 +16,14 @@ from pathlib import Path
 from leadscore.services.model import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC)\b|^Caused by:|Exception: ")
 
-# Launching through a short-lived intermediate makes the service a child of init rather than
-# of this Python process: nothing here has to reap it (no zombies when `down` runs in the same
-# process as `up`, e.g. in tests) and it outlives the CLI. A shell would do the same, but a
-# non-interactive shell starts background jobs with SIGINT ignored, which PostgreSQL and the
-# JVM honour.
-# The launcher drops to `user` only for the service itself: the Python running it may live
-# where that user cannot read (e.g. under /root).
+# Services are launched through a short-lived intermediate so that they become children of
+# init, not of this Python process: they outlive the CLI, and nothing here has to reap them
+# (no zombies when `down` runs in the process that ran `up`, as in tests). A shell would do
+# the same, but a non-interactive shell starts background jobs with SIGINT ignored, which
+# PostgreSQL and the JVM honour. The intermediate runs as us and drops to `user` only for the
+# service: the Python running it may live where that user cannot read (e.g. under /root).
 _LAUNCHER = """
 import subprocess, sys
 user = sys.argv[2] or None
@@ -51,11 +52,6 @@ def split_host_port(address: str, default_port: int) -> tuple[str, int]:
 
 
 def pid_alive(pid: int) -> bool:
-    # A dead child we launched ourselves would linger as a zombie that kill(pid, 0) still finds.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,6 +62,7 @@ def pid_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
+    # A zombie (exited, not yet reaped by its parent) still answers kill(pid, 0).
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
@@ -144,11 +141,17 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2)
 
 
 def tail(path: Path, lines: int = 30) -> str:
+    """The end of a log, preceded by its last error lines, which a stack trace can push out."""
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:]) or f"(empty log {path})"
+    if not text:
+        return f"(empty log {path})"
+    end = text[-lines:]
+    errors = [line for line in text[:-lines] if _ERROR_LINE.search(line)][-8:]
+    head = [*errors, "..."] if errors else []
+    return "\n".join([*head, *end])
 
 
 def run_checked(

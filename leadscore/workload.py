@@ -1,0 +1,640 @@
+"""A realistic, seeded lead-event workload: for tests, benchmarks, demos and training.
+
+Each org has an ideal customer profile (ICP). Every lead gets a hidden conversion
+propensity from its fit to its org's ICP, its seniority, its e-mail and its source;
+that propensity drives how much the lead does, how much of it is intent (demo
+requests, pricing pages) and, finally, whether it converts. A model can therefore
+learn it from the events, but not perfectly: the propensity carries noise the
+events never reveal.
+
+Pure: no I/O, no clock. The same arguments always yield the same events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import accumulate
+
+import numpy as np
+
+from domain.events import ActivityKind, EventType, LeadEvent
+from domain.firmographics import COUNTRIES, INDUSTRIES, SOURCES
+
+# A fixed default start (a Monday) keeps runs reproducible; pass ``start`` for "now".
+DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
+DAY_MS = 86_400_000
+
+# ---------------------------------------------------------------------------
+# Vocabularies: what people actually type into forms.
+# ---------------------------------------------------------------------------
+
+FIRST_NAMES = (
+    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
+    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas",
+    "Sarah", "Chris", "Karen", "Daniel", "Nancy", "Matthew", "Lisa", "Anthony", "Emily",
+    "Mark", "Ashley", "Priya", "Rahul", "Wei", "Mei", "Hiroshi", "Yuki", "Lukas", "Anna",
+    "Jonas", "Lea", "Pierre", "Camille", "Sven", "Ingrid", "Carlos", "Sofia", "Mateus",
+    "Ana", "Olga", "Dmitri", "Fatima", "Omar", "Aisha", "Kwame", "Liam", "Noah", "Emma",
+    "Olivia", "Sanjay", "Deepa", "Tom", "Kate",
+)
+LAST_NAMES = (
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis",
+    "Rodriguez", "Martinez", "Hernandez", "Lopez", "Wilson", "Anderson", "Taylor", "Thomas",
+    "Moore", "Jackson", "Martin", "Lee", "Thompson", "White", "Harris", "Clark", "Lewis",
+    "Walker", "Young", "Allen", "King", "Wright", "Patel", "Sharma", "Singh", "Chen", "Wang",
+    "Li", "Tanaka", "Suzuki", "Sato", "Mueller", "Schmidt", "Schneider", "Fischer", "Dubois",
+    "Laurent", "Bernard", "van Dijk", "de Vries", "Jansen", "Silva", "Santos", "Oliveira",
+    "Ivanov", "Petrov", "Kowalski", "Nowak", "O'Brien", "Murphy", "Nguyen", "Kim",
+)
+_COMPANY_A = (
+    "Blue", "North", "Bright", "Iron", "Silver", "Red", "Green", "Quantum", "Apex", "Nova",
+    "Summit", "Cedar", "Harbor", "Granite", "Vertex", "Atlas", "Polar", "Crimson", "Swift",
+    "Clear", "Open", "Deep", "Solid", "True", "Rapid", "Lumen", "Orbit", "Pioneer",
+)
+_COMPANY_B = (
+    "Wave", "Peak", "Stone", "Bridge", "Field", "Path", "Forge", "Works", "Labs", "Logic",
+    "Point", "Line", "Scale", "Cloud", "Data", "Systems", "Dynamics", "Sphere", "Mark",
+    "Gate", "Flow", "Stack", "Grid", "Signal",
+)
+_COMPANY_SUFFIX = (
+    "", "", "", " Inc.", " LLC", " Ltd", " GmbH", " Group", " Technologies", " Solutions",
+    " Analytics", " Health", " Partners", " & Co", " AG", " S.A.", " Holdings",
+)
+_TLDS = (".com", ".com", ".com", ".io", ".co", ".de", ".net", ".ai")
+FREE_MAIL = ("gmail.com", "gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "icloud.com",
+             "gmx.de", "web.de", "protonmail.com")
+
+# Industries as companies describe themselves: mostly the vocabulary's words in some
+# casing, sometimes a synonym the vocabulary does not know (it maps to "other").
+_INDUSTRY_SYNONYMS = {
+    "software": ("SaaS", "Computer Software"), "fintech": ("Financial Services",),
+    "healthcare": ("Hospital & Health Care",), "retail": ("E-commerce",),
+}
+
+_COUNTRY_WEIGHTS = {
+    "US": 34, "GB": 10, "DE": 9, "FR": 6, "NL": 4, "CA": 6, "AU": 4, "IN": 8, "BR": 5,
+    "JP": 3, "ES": 4, "SE": 2, "MX": 2, "SG": 2, "PL": 1,  # the last ones map to "other"
+}
+_SOURCE_WEIGHTS = {
+    "organic": 22, "paid_search": 18, "paid_social": 12, "referral": 7, "event": 7,
+    "outbound": 12, "partner": 5, "content": 10, "webinar": 6, "other": 1,
+}
+# Effect of the acquisition channel on propensity (log-odds): warm channels convert.
+_SOURCE_EFFECT = {
+    "organic": 0.2, "paid_search": 0.0, "paid_social": -0.4, "referral": 0.7, "event": 0.4,
+    "outbound": -0.3, "partner": 0.5, "content": 0.0, "webinar": 0.3, "other": 0.0,
+}
+
+# Departments use domain.firmographics.DEPARTMENTS codes: 0 other .. 8 executive.
+_DEPT_WEIGHTS = (10, 22, 10, 20, 14, 7, 8, 4, 5)
+# Seniority levels 0 (student/intern) .. 6 (C-level/founder), as domain.firmographics ranks.
+_LEVEL_WEIGHTS = (6, 15, 30, 22, 13, 8, 6)
+_LEVEL_EFFECT = (-1.8, -0.6, 0.0, 0.3, 0.7, 0.8, 0.6)
+
+_FUNCTIONS: dict[int, tuple[str, ...]] = {
+    0: ("Product", "Customer Success", "Strategy", "Legal", "Projects"),
+    1: ("Engineering", "Software Engineering", "Platform Engineering", "R&D", "DevOps"),
+    2: ("IT", "IT Operations", "Infrastructure", "Information Security", "Systems"),
+    3: ("Marketing", "Growth", "Demand Gen", "Brand", "Product Marketing", "Content"),
+    4: ("Sales", "Business Development", "Revenue", "Enterprise Sales", "Sales Operations"),
+    5: ("Finance", "Procurement", "Accounting", "FP&A"),
+    6: ("Operations", "Supply Chain", "Logistics", "Business Operations"),
+    7: ("HR", "People", "Talent Acquisition", "People Operations"),
+    8: ("Strategy",),
+}
+_C_LEVEL: dict[int, tuple[str, ...]] = {
+    0: ("Chief Product Officer", "CPO", "Chief Strategy Officer"),
+    1: ("CTO", "CTO & Co-Founder", "Chief Technology Officer", "Co-founder, CTO"),
+    2: ("CIO", "CISO", "Chief Information Officer"),
+    3: ("CMO", "Chief Marketing Officer"),
+    4: ("CRO", "Chief Revenue Officer"),
+    5: ("CFO", "Chief Financial Officer"),
+    6: ("COO", "Chief Operating Officer"),
+    7: ("Chief People Officer", "CHRO"),
+    8: ("CEO", "Founder", "Co-Founder & CEO", "Owner", "President", "Founder/CEO",
+        "Managing Director", "CEO and Founder"),
+}
+_LEVEL_TEMPLATES: dict[int, tuple[str, ...]] = {
+    5: ("VP {f}", "VP of {f}", "Vice President, {f}", "Vice President of {f}", "SVP {f}",
+        "EVP, {f}", "VP, {f}"),
+    4: ("Director of {f}", "{f} Director", "Head of {f}", "Sr. Director, {f}", "Director, {f}",
+        "Global Head of {f}"),
+    3: ("{f} Manager", "Manager, {f}", "Senior {f} Manager", "{f} Team Lead", "{f} Lead"),
+}
+_INDIVIDUAL: dict[int, tuple[str, ...]] = {
+    0: ("Product Manager", "Consultant", "Project Manager", "Product Owner", "Analyst",
+        "Customer Success Manager"),
+    1: ("Software Engineer", "Sr. Software Engineer", "Senior Backend Engineer",
+        "Solutions Architect", "Data Engineer", "Staff Engineer", "Full Stack Developer"),
+    2: ("Network Engineer", "Security Analyst", "IT Specialist", "Systems Administrator"),
+    3: ("Marketing Specialist", "Growth Marketer", "SEO Specialist", "Marketing Analyst",
+        "Content Strategist"),
+    4: ("Account Executive", "Sr. Account Executive", "Sales Engineer", "Sales Consultant"),
+    5: ("Financial Analyst", "Senior Accountant", "Procurement Specialist"),
+    6: ("Operations Analyst", "Logistics Specialist", "Supply Chain Analyst"),
+    7: ("HR Specialist", "Recruiter", "Talent Partner"),
+    8: ("Chief of Staff", "Senior Consultant"),
+}
+_JUNIOR: dict[int, tuple[str, ...]] = {
+    0: ("Associate", "Junior Analyst", "Office Coordinator"),
+    1: ("Junior Developer", "Jr. Software Engineer", "Associate Engineer"),
+    2: ("IT Support Associate", "Help Desk Representative"),
+    3: ("Marketing Coordinator", "Marketing Associate", "Social Media Coordinator"),
+    4: ("Sales Representative", "SDR", "BDR", "Inside Sales Rep"),
+    5: ("Jr. Accountant", "Associate, Finance", "Finance Coordinator"),
+    6: ("Operations Coordinator", "Logistics Coordinator"),
+    7: ("HR Coordinator", "Recruiting Coordinator"),
+    8: ("Executive Assistant", "Associate"),
+}
+_STUDENT = ("student", "Student", "MBA Student", "PhD student", "Intern", "Trainee",
+            "Executive Assistant to the CEO")
+_STUDENT_BY_DEPT: dict[int, tuple[str, ...]] = {
+    1: ("Software Engineering Intern",), 3: ("Marketing Intern",), 4: ("Sales Trainee",),
+    5: ("Finance Intern",), 7: ("HR Intern",),
+}
+_ODD_TITLES = ("n/a", "-", "Other", "Freelancer", "Self-employed", "Member of Technical Staff")
+
+_PAGES = ("/", "/product", "/product/integrations", "/customers", "/blog/lead-scoring-101",
+          "/blog/intent-data", "/docs/getting-started", "/security", "/about", "/careers",
+          "/case-studies/acme", "/features/analytics")
+_CAMPAIGNS = ("welcome-series-1", "welcome-series-2", "nurture-q1-3", "product-update-jan",
+              "webinar-invite", "newsletter-weekly", "abm-enterprise-2", "reactivation-1")
+_FORMS = ("contact-us", "newsletter", "trial-signup", "event-registration", "gated-content")
+_WEBINARS = ("scoring-masterclass", "revops-roundtable", "product-tour-live",
+             "customer-panel-q1")
+_ASSETS = ("whitepaper-intent-signals", "ebook-b2b-funnel", "report-state-of-revops",
+           "checklist-lead-routing", "case-study-fintech", "roi-calculator")
+_UTM = ("google", "linkedin", "newsletter", "partner-portal", "g2", "twitter")
+
+_CONVERT_REASONS = ("opportunity_created", "sql_accepted", "closed_won", "trial_started")
+_DISQUALIFY_REASONS = ("no_budget", "not_a_fit", "chose_competitor", "unresponsive",
+                       "student_or_job_seeker", "bad_contact_info", "duplicate", "too_small")
+
+_KINDS = (
+    ActivityKind.PAGE_VIEW, ActivityKind.EMAIL_OPEN, ActivityKind.EMAIL_CLICK,
+    ActivityKind.FORM_SUBMIT, ActivityKind.DEMO_REQUEST, ActivityKind.PRICING_PAGE,
+    ActivityKind.WEBINAR, ActivityKind.CONTENT_DOWNLOAD,
+)
+# Base mix of activity kinds; intent kinds are scaled by the lead's propensity below.
+_BASE_MIX = (0.40, 0.26, 0.09, 0.05, 0.0, 0.0, 0.04, 0.07)
+_SIZE_BANDS = ((1.0, 2.0), (1.7, 2.7), (2.3, 3.5), (3.0, 4.7))  # log10(employees)
+
+
+def _property_templates() -> dict[ActivityKind, tuple[dict[str, str], ...]]:
+    """Every property dict an activity can carry, built once; events copy one."""
+    page = [{"url": p} for p in _PAGES] + [
+        {"url": p, "utm_source": u} for p in _PAGES[:4] for u in _UTM
+    ]
+    return {
+        ActivityKind.PAGE_VIEW: tuple(page),
+        ActivityKind.EMAIL_OPEN: tuple({"campaign": c} for c in _CAMPAIGNS),
+        ActivityKind.EMAIL_CLICK: tuple(
+            {"campaign": c, "url": p} for c in _CAMPAIGNS for p in _PAGES[:6]
+        ),
+        ActivityKind.FORM_SUBMIT: tuple(
+            {"form": f, "url": f"/forms/{f}"} for f in _FORMS
+        ),
+        ActivityKind.DEMO_REQUEST: (
+            {"form": "demo-request", "url": "/demo"},
+            {"form": "demo-request", "url": "/pricing", "plan": "enterprise"},
+            {"form": "contact-sales", "url": "/contact-sales"},
+        ),
+        ActivityKind.PRICING_PAGE: (
+            {"url": "/pricing"}, {"url": "/pricing/enterprise"}, {"url": "/pricing#compare"},
+            {"url": "/pricing", "utm_source": "google"},
+        ),
+        ActivityKind.WEBINAR: tuple(
+            {"webinar": w, "attended": a} for w in _WEBINARS for a in ("true", "false")
+        ),
+        ActivityKind.CONTENT_DOWNLOAD: tuple({"asset": a} for a in _ASSETS),
+    }
+
+
+_PROPERTIES = _property_templates()
+
+
+def org_ids(orgs: int) -> list[str]:
+    """The org ids a workload of ``orgs`` orgs uses: org-001, org-002, ..."""
+    return [f"org-{i:03d}" for i in range(1, orgs + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Company:
+    name: str
+    domain: str
+
+
+def _companies(r: random.Random, n: int) -> list[_Company]:
+    out = []
+    for _ in range(n):
+        name = r.choice(_COMPANY_A) + r.choice(_COMPANY_B)
+        if r.random() < 0.3:
+            name = f"{r.choice(_COMPANY_A)} {r.choice(_COMPANY_B)}"
+        full = name + r.choice(_COMPANY_SUFFIX)
+        slug = "".join(ch for ch in name.lower() if ch.isalnum())
+        out.append(_Company(full, slug + r.choice(_TLDS)))
+    return out
+
+
+def _industry_label(r: random.Random, code: int) -> str:
+    word = INDUSTRIES[code]
+    x = r.random()
+    if x < 0.08 and word in _INDUSTRY_SYNONYMS:
+        return r.choice(_INDUSTRY_SYNONYMS[word])
+    if x < 0.55:
+        return word.capitalize()
+    return word
+
+
+def _title(r: random.Random, level: int, dept: int) -> str:
+    if level == 6:
+        title = r.choice(_C_LEVEL[dept])
+    elif level in _LEVEL_TEMPLATES:
+        title = r.choice(_LEVEL_TEMPLATES[level]).format(f=r.choice(_FUNCTIONS[dept]))
+    elif level == 2:
+        title = r.choice(_INDIVIDUAL[dept])
+    elif level == 1:
+        title = r.choice(_JUNIOR[dept]) if r.random() < 0.92 else r.choice(_ODD_TITLES)
+    else:
+        title = r.choice(_STUDENT_BY_DEPT.get(dept, _STUDENT) + _STUDENT)
+    x = r.random()
+    if x < 0.04:
+        return title.lower()
+    if x < 0.06:
+        return title.upper()
+    return title
+
+
+def _email(r: random.Random, first: str, last: str, domain: str | None) -> str:
+    f = first.lower()
+    la = "".join(ch for ch in last.lower() if ch.isalpha())
+    if domain is None:
+        user = r.choice((f"{f}.{la}", f"{f}{la}{r.randint(1, 99)}", f"{f[0]}{la}",
+                         f"{f}_{la}{r.randint(70, 99)}"))
+        return f"{user}@{r.choice(FREE_MAIL)}"
+    user = r.choice((f"{f}.{la}", f"{f[0]}{la}", f, f"{f}_{la}", f"{f}.{la[0]}"))
+    return f"{user}@{domain}"
+
+
+# Version-4 UUID bits, as uuid.UUID(int=..., version=4) sets them.
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID_SET = (0x8000 << 48) | (0x4000 << 64)
+
+
+def _uuid4_str(bits: int) -> str:
+    """str(uuid.UUID(int=bits, version=4)), without building the object (hot path)."""
+    h = "%032x" % ((bits & _UUID_CLEAR) | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _ms_aligned(start: datetime | None) -> datetime:
+    if start is None:
+        return DEFAULT_START
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    # Avro carries milliseconds: align so events survive an encode/decode round trip.
+    return start.replace(microsecond=start.microsecond // 1000 * 1000)
+
+
+def generate(
+    orgs: int,
+    leads: int,
+    events: int,
+    *,
+    seed: int = 7,
+    start: datetime | None = None,
+    span_days: int = 60,
+) -> Iterator[LeadEvent]:
+    """Yield exactly ``events`` lead-events for up to ``leads`` leads over ``orgs`` orgs.
+
+    Events come in ``occurred_at`` order (ties in a fixed order), all within
+    ``[start, start + span_days)``; ``start`` defaults to a fixed date so runs are
+    reproducible. Every lead starts with a LeadCreated, so when ``events < leads`` only
+    the first ``events`` leads appear (each with only its LeadCreated). What a lead does
+    after that comes from the budget left: outcomes first, then updates, then
+    activities, shared out by each lead's intensity.
+    """
+    if orgs < 1:
+        raise ValueError("orgs must be >= 1")
+    if leads < 0 or events < 0 or span_days < 1:
+        raise ValueError("leads and events must be >= 0, span_days >= 1")
+    n = min(leads, events)
+    if n == 0:
+        return
+    begin = _ms_aligned(start)
+    span_ms = span_days * DAY_MS
+    r = random.Random(seed)
+    g = np.random.default_rng(seed)
+
+    # -- orgs and their ideal customer profiles ---------------------------
+    org_names = org_ids(orgs)
+    n_ind, n_cty = len(INDUSTRIES), len(COUNTRIES)
+    icp_industry = np.zeros((orgs, n_ind), dtype=bool)
+    icp_country = np.zeros((orgs, n_cty), dtype=bool)
+    icp_dept = np.zeros((orgs, 9), dtype=bool)
+    band = np.zeros((orgs, 2))
+    for o in range(orgs):
+        icp_industry[o, g.choice(np.arange(1, n_ind), size=g.integers(2, 4), replace=False)] = True
+        icp_country[o, g.choice(np.arange(1, n_cty), size=g.integers(2, 5), replace=False)] = True
+        icp_dept[o, g.choice(np.arange(1, 8), size=g.integers(1, 3), replace=False)] = True
+        band[o] = _SIZE_BANDS[g.integers(len(_SIZE_BANDS))]
+    # Orgs differ in size: a few big tenants, a long tail.
+    org_w = 1.0 / np.arange(1, orgs + 1) ** 0.7
+    g.shuffle(org_w)
+
+    # -- the market: companies shared by all orgs ---------------------------
+    n_comp = max(50, min(n // 3, 30_000))
+    companies = _companies(r, n_comp)
+    comp_industry = g.integers(1, n_ind, size=n_comp)
+    comp_employees = np.maximum(1, np.round(g.lognormal(math.log(150), 1.7, size=n_comp)))
+    comp_employees = np.minimum(comp_employees, 400_000).astype(np.int64)
+    cty_names = list(_COUNTRY_WEIGHTS)
+    cty_p = np.array(list(_COUNTRY_WEIGHTS.values()), dtype=float)
+    comp_country = g.choice(len(cty_names), size=n_comp, p=cty_p / cty_p.sum())
+    cty_code = np.array([COUNTRIES.index(c) if c in COUNTRIES else 0 for c in cty_names])
+
+    # -- leads: who they are -----------------------------------------------
+    lead_org = g.choice(orgs, size=n, p=org_w / org_w.sum())
+    # Marketing aims at the ICP, so about half the leads come from ICP industries.
+    company = g.integers(0, n_comp, size=n)
+    aim = g.random(n) < 0.45
+    for o in range(orgs):
+        pool = np.flatnonzero(icp_industry[o, comp_industry])
+        rows = np.flatnonzero(aim & (lead_org == o))
+        if len(pool) and len(rows):
+            company[rows] = pool[g.integers(0, len(pool), size=len(rows))]
+    dept = g.choice(9, size=n, p=np.array(_DEPT_WEIGHTS) / sum(_DEPT_WEIGHTS))
+    level = g.choice(7, size=n, p=np.array(_LEVEL_WEIGHTS) / sum(_LEVEL_WEIGHTS))
+    level[dept == 8] = np.where(g.random(int((dept == 8).sum())) < 0.8, 6, 0)
+    free_mail = g.random(n) < np.where(level == 0, 0.6, 0.14)
+    src_names = list(_SOURCE_WEIGHTS)
+    src_p = np.array(list(_SOURCE_WEIGHTS.values()), dtype=float)
+    source = g.choice(len(src_names), size=n, p=src_p / src_p.sum())
+    industry = comp_industry[company]
+    employees = comp_employees[company]
+    country = cty_code[comp_country[company]]
+
+    # -- the hidden propensity (log-odds) ----------------------------------
+    log_emp = np.log10(employees)
+    in_band = (log_emp >= band[lead_org, 0]) & (log_emp <= band[lead_org, 1])
+    logit = (
+        -2.4
+        + 1.1 * icp_industry[lead_org, industry]
+        + 0.9 * in_band
+        + 0.5 * icp_country[lead_org, country]
+        + 0.7 * icp_dept[lead_org, dept]
+        + np.array(_LEVEL_EFFECT)[level]
+        - 0.9 * free_mail
+        + np.array([_SOURCE_EFFECT[s] for s in src_names])[source]
+        + g.normal(0.0, 0.9, size=n)  # what no event reveals: budget, timing, luck
+    )
+    q = _sigmoid(logit)
+
+    # -- when: creation time, outcome and its delay --------------------------
+    day = g.integers(0, span_days, size=n)
+    busy = g.random(n) < 0.75  # most form fills happen in (someone's) office hours
+    tod = np.where(busy, g.normal(14.5, 3.0, size=n), g.uniform(0, 24, size=n))
+    created = day * DAY_MS + (np.clip(tod, 0, 23.99) * 3_600_000).astype(np.int64)
+    created = np.minimum(created, span_ms - 60_000)
+    order = np.argsort(created, kind="stable")
+    (created, lead_org, company, dept, level, free_mail, source, industry, employees,
+     country, logit, q) = (a[order] for a in (
+        created, lead_org, company, dept, level, free_mail, source, industry, employees,
+        country, logit, q))
+
+    u = g.random(n)
+    converted = u < q
+    disqualified = ~converted & (g.random(n) < 0.7)
+    delay_days = np.where(
+        converted, g.lognormal(math.log(11), 0.6, size=n),
+        np.where(disqualified, g.lognormal(math.log(14), 0.7, size=n),
+                 g.lognormal(math.log(18), 0.6, size=n)),
+    )
+    delay = (np.clip(delay_days, 0.3, 80.0) * DAY_MS).astype(np.int64)
+    room = span_ms - 1 - created  # an outcome past the end of the span has not happened yet
+    censored = delay > room
+    has_outcome = (converted | disqualified) & ~censored
+    horizon = np.maximum(np.minimum(delay, room), 2)
+
+    # -- the budget: created > outcomes > updates > activities ---------------
+    budget = events - n
+    outcome_idx = np.flatnonzero(has_outcome)
+    if len(outcome_idx) > budget:
+        has_outcome[outcome_idx[budget:]] = False
+    budget -= int(has_outcome.sum())
+    wants_update = g.random(n) < 0.08
+    upd_idx = np.flatnonzero(wants_update)
+    if len(upd_idx) > budget:
+        wants_update[upd_idx[budget:]] = False
+    budget -= int(wants_update.sum())
+    # Keen leads do more, over longer windows; the log-normal gives a realistic long tail.
+    weight = np.exp(0.8 * logit + g.normal(0.0, 0.6, size=n)) * np.sqrt(horizon / DAY_MS + 0.3)
+    n_act = g.multinomial(budget, weight / weight.sum()) if budget > 0 else np.zeros(n, int)
+    # Intent share grows with propensity: demo requests and pricing visits are rare
+    # from poor fits, common from good ones.
+    demo_share = 0.004 + 0.05 * q
+    pricing_share = 0.01 + 0.07 * q
+
+    outcome_kind = np.where(converted, 1, 2) * has_outcome
+    cols = (created.tolist(), lead_org.tolist(), company.tolist(), dept.tolist(),
+            level.tolist(), free_mail.tolist(), source.tolist(), industry.tolist(),
+            employees.tolist(), country.tolist(), horizon.tolist(), delay.tolist(),
+            outcome_kind.tolist(), wants_update.tolist(), n_act.tolist(),
+            demo_share.tolist(), pricing_share.tolist())
+    del order, u, weight
+
+    yield from _stream(
+        r, begin, org_names, companies, src_names, n_comp, comp_industry.tolist(), cols,
+    )
+
+
+def _stream(
+    r: random.Random,
+    begin: datetime,
+    org_names: list[str],
+    companies: list[_Company],
+    src_names: list[str],
+    n_comp: int,
+    comp_industry: list[int],
+    cols: tuple[list, ...],
+) -> Iterator[LeadEvent]:
+    """Merge the leads' schedules into one time-ordered stream (a heap of cursors)."""
+    (created, lead_org, company, dept, level, free_mail, source, industry, employees,
+     country, horizon, delay, outcome_kind, wants_update, n_act, demo_share,
+     pricing_share) = cols
+    n = len(created)
+    getbits = r.getrandbits
+    ms = timedelta(milliseconds=1)
+    activity = EventType.ACTIVITY_RECORDED
+    heap: list[tuple[int, int, int, list[tuple[int, object, object]], str, str]] = []
+    push, replace, pop = heapq.heappush, heapq.heapreplace, heapq.heappop
+    nxt = 0
+    while True:
+        if nxt < n and (not heap or created[nxt] < heap[0][0]
+                        or (created[nxt] == heap[0][0] and nxt < heap[0][1])):
+            i = nxt
+            nxt += 1
+            org = org_names[lead_org[i]]
+            lid = f"lead-{i + 1:06d}"
+            profile = _profile(r, i, companies, src_names, industry, employees, country,
+                               company, dept, level, free_mail, source)
+            yield LeadEvent(
+                event_id=_uuid4_str(getbits(128)),
+                event_type=EventType.LEAD_CREATED,
+                org_id=org,
+                lead_id=lid,
+                occurred_at=begin + created[i] * ms,
+                profile=profile,
+            )
+            sched = _schedule(r, i, created, horizon, delay, outcome_kind, wants_update,
+                              n_act, demo_share, pricing_share, profile, companies, n_comp,
+                              comp_industry, level, dept)
+            if sched:
+                push(heap, (sched[0][0], i, 0, sched, org, lid))
+            continue
+        if not heap:
+            return
+        t, i, k, sched, org, lid = heap[0]
+        _, what, payload = sched[k]
+        eid = _uuid4_str(getbits(128))
+        if what is activity:
+            kind, props = payload  # type: ignore[misc]
+            yield LeadEvent(eid, activity, org, lid, begin + t * ms, {}, kind, dict(props))
+        elif what is EventType.LEAD_UPDATED:
+            yield LeadEvent(eid, what, org, lid, begin + t * ms, payload)  # type: ignore[arg-type]
+        else:
+            yield LeadEvent(eid, what, org, lid, begin + t * ms, reason=payload)  # type: ignore[arg-type]
+        if k + 1 < len(sched):
+            replace(heap, (sched[k + 1][0], i, k + 1, sched, org, lid))
+        else:
+            pop(heap)
+
+
+def _profile(
+    r: random.Random, i: int, companies: list[_Company], src_names: list[str],
+    industry: list[int], employees: list[int], country: list[int], company: list[int],
+    dept: list[int], level: list[int], free_mail: list[bool], source: list[int],
+) -> dict[str, str | int]:
+    first, last = r.choice(FIRST_NAMES), r.choice(LAST_NAMES)
+    comp = companies[company[i]]
+    p: dict[str, str | int] = {
+        "email": _email(r, first, last, None if free_mail[i] else comp.domain),
+        "first_name": first,
+        "last_name": last,
+    }
+    # Forms are filled in partially: each optional field is sometimes missing.
+    x = r.random
+    if x() < 0.96:
+        p["company"] = comp.name
+    if x() < 0.95:
+        p["title"] = _title(r, level[i], dept[i])
+    if x() < 0.85:
+        p["industry"] = _industry_label(r, industry[i])
+    if x() < 0.88:
+        p["employees"] = employees[i]
+    if x() < 0.93:
+        p["country"] = COUNTRIES[country[i]] if country[i] else r.choice(("SE", "MX", "SG", "PL"))
+    if x() < 0.97:
+        p["source"] = src_names[source[i]]
+    return p
+
+
+def _schedule(
+    r: random.Random, i: int, created: list[int], horizon: list[int], delay: list[int],
+    outcome_kind: list[int], wants_update: list[bool], n_act: list[int],
+    demo_share: list[float], pricing_share: list[float], profile: dict[str, str | int],
+    companies: list[_Company], n_comp: int, comp_industry: list[int], level: list[int],
+    dept: list[int],
+) -> list[tuple[int, object, object]]:
+    """A lead's events after its creation, as (time ms, type, payload), in time order."""
+    c0 = created[i]
+    h = horizon[i]
+    n = n_act[i]
+    out: list[tuple[int, object, object]] = []
+    if n:
+        mix = list(_BASE_MIX)
+        mix[4], mix[5] = demo_share[i], pricing_share[i]
+        kinds = r.choices(_KINDS, cum_weights=list(accumulate(mix)), k=n)
+        if outcome_kind[i] == 1 and r.random() < 0.35:
+            # A conversion is often preceded by a demo or pricing visit shortly before.
+            kinds[-1] = ActivityKind.DEMO_REQUEST if r.random() < 0.6 else ActivityKind.PRICING_PAGE
+        times = _session_times(r, c0, h, n)
+        act = EventType.ACTIVITY_RECORDED
+        props = _PROPERTIES
+        rand = r.random
+        # Kinds are placed in time order so the forced intent really comes last.
+        out = [
+            (t, act, (k, props[k][int(rand() * len(props[k]))]))
+            for t, k in zip(times, kinds, strict=True)
+        ]
+    if wants_update[i]:
+        t = c0 + 1 + int(r.random() * (h - 1))
+        out.append((t, EventType.LEAD_UPDATED, _update(r, profile, companies, n_comp,
+                                                       comp_industry, level[i], dept[i])))
+        out.sort(key=_first)
+    if outcome_kind[i]:
+        t = c0 + max(delay[i], out[-1][0] - c0 if out else 1)
+        if outcome_kind[i] == 1:
+            out.append((t, EventType.LEAD_CONVERTED, r.choice(_CONVERT_REASONS)))
+        else:
+            out.append((t, EventType.LEAD_DISQUALIFIED, r.choice(_DISQUALIFY_REASONS)))
+    return out
+
+
+def _first(item: tuple[int, object, object]) -> int:
+    return item[0]
+
+
+def _session_times(r: random.Random, c0: int, h: int, n: int) -> list[int]:
+    """``n`` activity times in ``(c0, c0 + h)``, in visits of a few clicks each."""
+    times: list[int] = []
+    lo, hi = c0 + 1, c0 + h - 1
+    rand = r.random
+    while len(times) < n:
+        size = min(n - len(times), 1 + int(r.expovariate(0.6)))
+        t = lo + int(rand() * (hi - lo))
+        for _ in range(size):
+            times.append(min(t, hi))
+            t += 15_000 + int(rand() * 240_000)  # 15 s to ~4 min between clicks
+    times.sort()
+    return times
+
+
+def _update(
+    r: random.Random, profile: dict[str, str | int], companies: list[_Company], n_comp: int,
+    comp_industry: list[int], level: int, dept: int,
+) -> dict[str, str | int]:
+    """A LeadUpdated's changes: enrichment, a promotion or a job change."""
+    missing = [f for f in ("industry", "employees", "country", "title") if f not in profile]
+    x = r.random()
+    if missing and x < 0.5:
+        f = r.choice(missing)
+        # Enrichment fills a gap; the value is plausible, not necessarily the truth.
+        if f == "industry":
+            return {"industry": r.choice(INDUSTRIES[1:])}
+        if f == "employees":
+            return {"employees": int(10 ** r.uniform(0.7, 4.3))}
+        if f == "country":
+            return {"country": r.choice(COUNTRIES[1:])}
+        return {"title": _title(r, level, dept)}
+    if x < 0.8:
+        return {"title": _title(r, min(6, level + 1), dept)}
+    j = r.randrange(n_comp)
+    comp = companies[j]
+    first = str(profile.get("first_name", "alex"))
+    last = str(profile.get("last_name", "doe"))
+    return {
+        "company": comp.name,
+        "email": _email(r, first, last, comp.domain),
+        "industry": _industry_label(r, comp_industry[j]),
+        "title": _title(r, level, dept),
+    }

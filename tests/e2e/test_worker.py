@@ -1,0 +1,152 @@
+"""The worker as a real process on the real broker and database, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from domain.events import EventType
+from domain.lead import lead_aggregate_id
+from leadscore.demo import stop_worker, wait_for_group
+from leadscore.eventstore import open_store
+from leadscore.producer import produce_events
+from leadscore.settings import Settings
+from leadscore.workload import generate
+from streams.relay import kafka_producer
+from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+from tests.conftest import settings_env
+from tests.integration.test_pipeline import consume_all
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env(settings), "LEADSCORE_LOG_LEVEL": "info"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "leadscore.cli", "worker"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def metric(port: int, name: str, outcome: str | None = None) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    label = f'{name}{{outcome="{outcome}"}}' if outcome else name
+    for line in body.splitlines():
+        if line.startswith(label + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def committed_all(settings: Settings) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    req = ConsumerGroupTopicPartitions(settings.consumer_group)
+    committed = admin.list_consumer_group_offsets([req])[settings.consumer_group].result()
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "watermarks"})
+    try:
+        for tp in committed.topic_partitions:
+            _lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
+            if tp.offset < hi:
+                return False
+        return len(committed.topic_partitions) == settings.topic_partitions
+    finally:
+        c.close()
+
+
+def reset_offsets(settings: Settings) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    parts = [TopicPartition(settings.topic_lead_events, p, 0) for p in range(settings.topic_partitions)]
+    req = ConsumerGroupTopicPartitions(settings.consumer_group, parts)
+    admin.alter_consumer_group_offsets([req])[settings.consumer_group].result()
+
+
+def test_worker_scores_every_lead_and_redelivery_changes_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = dataclasses.replace(settings, metrics_port=free_port())
+    workload = list(generate(3, 200, 2_000, seed=11))
+    leads = {(e.org_id, e.lead_id) for e in workload}
+    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    report = produce_events(kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload)
+    assert report.sent == len(workload) and report.failed == 0
+
+    log = tmp_path / "worker.log"
+    worker = start(s, log)
+    try:
+        wait_for_group(s, worker, timeout=120)
+        wait_until(lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= len(workload),
+                   120, "the worker to take every lead-event")
+        store = open_store(s.pg_dsn, cache_size=0)
+        ids = [lead_aggregate_id(o, l) for o, l in leads]
+        wait_until(lambda: committed_all(s), 60, "offsets to be committed")
+        stored = store.load(ids)
+        assert all(lead is not None for lead in stored.values())
+        applied = Counter(eid for lead in stored.values() if lead for eid in lead.applied_event_ids)
+        assert set(applied) == {e.event_id for e in workload} and max(applied.values()) == 1
+
+        # The event store holds exactly the applied events: one domain event per lead-event.
+        notes = []
+        while batch := store.notifications(notes[-1].id if notes else 0, 5000):
+            notes.extend(batch)
+        kinds = Counter(n.topic.rsplit(".", 1)[-1] for n in notes)
+        produced = Counter(str(e.event_type) for e in workload)
+        assert kinds["LeadCreated"] == produced[EventType.LEAD_CREATED] == len(leads)
+        assert kinds["ActivityRecorded"] == produced[EventType.ACTIVITY_RECORDED]
+        assert kinds["LeadUpdated"] == produced[EventType.LEAD_UPDATED]
+        assert kinds["LeadConverted"] == produced[EventType.LEAD_CONVERTED]
+        assert kinds["LeadDisqualified"] == produced[EventType.LEAD_DISQUALIFIED]
+
+        # Every stored score reached score-events, and every lead got at least one.
+        n_scores = kinds["LeadScored"]
+        wait_until(lambda: metric(s.metrics_port, "leadscore_score_events_published_total") >= n_scores,
+                   60, "the relay to publish every score")
+        catalog = SchemaCatalog(s.pg_dsn)
+        records = [catalog.decode(v) for _k, v in consume_all(s, expected=n_scores)]
+        assert len(records) == n_scores
+        assert {(r["org_id"], r["lead_id"]) for r in records} == leads
+        assert all(0 <= r["new_score"] <= 100 and r["model_version"] for r in records)
+        assert len({r["event_id"] for r in records}) == n_scores
+
+        # Redeliver everything: reset the group's offsets and run a new worker.
+        stop_worker(worker)
+        reset_offsets(s)
+        worker = start(s, log)
+        wait_for_group(s, worker, timeout=120)
+        wait_until(lambda: metric(s.metrics_port, "leadscore_lead_events_total", "duplicate") >= len(workload),
+                   120, "the worker to see every redelivered event")
+        assert metric(s.metrics_port, "leadscore_lead_events_total", "applied") == 0
+        after = []
+        while batch := store.notifications(after[-1].id if after else 0, 5000):
+            after.extend(batch)
+        assert len(after) == len(notes)  # no domain event duplicated, no score re-recorded
+        store.close()
+    finally:
+        stop_worker(worker)
+        print(log.read_text()[-3000:])

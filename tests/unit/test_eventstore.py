@@ -1,0 +1,62 @@
+"""The event store port, proven on the in-memory backend; tests/integration runs it on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from domain.events import ActivityKind
+from domain.lead import lead_aggregate_id
+from domain.processing import apply_batch, event_time
+from leadscore.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore, cache_env
+from tests.factories import T0, FixedScorer, activity, created
+
+
+class LeadStoreContract:
+    """Assertions every LeadStore backend must pass."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[LeadStore]:
+        raise NotImplementedError  # each backend provides its own
+
+    def test_saved_batch_reloads_and_is_logged_in_order(self, store: LeadStore) -> None:
+        events = [created(lead="a"), created(lead="b"), activity(ActivityKind.DEMO_REQUEST, lead="a")]
+        out = apply_batch(events, store.load({lead_aggregate_id("org-1", "a")}), FixedScorer(), event_time, T0)
+        store.save_leads(list(out.touched.values()))
+        store.evict(out.touched)
+        loaded = store.load(out.touched)
+        assert {lead.lead_id for lead in loaded.values() if lead} == {"a", "b"}
+        notes = store.notifications(0, 100)
+        assert [n.id for n in notes] == sorted(n.id for n in notes)
+        assert len(notes) == 3 + 2  # three lead-events, two scores
+        scored = store.notifications(0, 100, topics=[SCORED_TOPIC])
+        assert len(scored) == 2
+        assert store.max_position() == notes[-1].id
+
+    def test_missing_lead_loads_as_none(self, store: LeadStore) -> None:
+        agg = lead_aggregate_id("org-1", "nobody")
+        assert store.load([agg]) == {agg: None}
+
+    def test_conflicting_writer_is_detected(self, store: LeadStore) -> None:
+        first = apply_batch([created(lead="c")], {}, FixedScorer(), event_time, T0)
+        store.save_leads(list(first.touched.values()))
+        agg = lead_aggregate_id("org-1", "c")
+        store.evict([agg])
+        mine = store.load([agg])[agg]
+        store.evict([agg])
+        theirs = store.load([agg])[agg]
+        assert mine is not None and theirs is not None and mine is not theirs
+        theirs.handle(activity(lead="c"))
+        store.save_leads([theirs])
+        mine.handle(activity(lead="c"))
+        with pytest.raises(ConcurrentWriteError):
+            store.save_leads([mine])
+
+
+class TestInMemoryLeadStore(LeadStoreContract):
+    @pytest.fixture
+    def store(self) -> Iterator[LeadStore]:
+        s = LeadStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo", **cache_env(100)})
+        yield s
+        s.close()
