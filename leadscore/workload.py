@@ -182,6 +182,8 @@ _KINDS = (
 )
 # Base mix of activity kinds; intent kinds are scaled by the lead's propensity below.
 _BASE_MIX = (0.40, 0.26, 0.09, 0.05, 0.0, 0.0, 0.04, 0.07)
+import os
+_BASE=float(os.environ.get('B','-2.4')); _SPREAD=float(os.environ.get('S','1')); _NOISE=float(os.environ.get('N','0.7'))
 _SIZE_BANDS = ((1.0, 2.0), (1.7, 2.7), (2.3, 3.5), (3.0, 4.7))  # log10(employees)
 
 
@@ -386,17 +388,17 @@ def generate(
     # -- the hidden propensity (log-odds) ----------------------------------
     log_emp = np.log10(employees)
     in_band = (log_emp >= band[lead_org, 0]) & (log_emp <= band[lead_org, 1])
-    logit = (
-        -2.4
-        + 1.1 * icp_industry[lead_org, industry]
+    fit = (
+        1.1 * icp_industry[lead_org, industry]
         + 0.9 * in_band
         + 0.5 * icp_country[lead_org, country]
         + 0.7 * icp_dept[lead_org, dept]
         + np.array(_LEVEL_EFFECT)[level]
         - 0.9 * free_mail
         + np.array([_SOURCE_EFFECT[s] for s in src_names])[source]
-        + g.normal(0.0, 0.9, size=n)  # what no event reveals: budget, timing, luck
     )
+    # What no event reveals (budget, timing, luck) keeps the outcome uncertain.
+    logit = _BASE + _SPREAD * fit + g.normal(0.0, _NOISE, size=n)
     q = _sigmoid(logit)
 
     # -- when: creation time, outcome and its delay --------------------------
@@ -437,7 +439,7 @@ def generate(
         wants_update[upd_idx[budget:]] = False
     budget -= int(wants_update.sum())
     # Keen leads do more, over longer windows; the log-normal gives a realistic long tail.
-    weight = np.exp(0.8 * logit + g.normal(0.0, 0.6, size=n)) * np.sqrt(horizon / DAY_MS + 0.3)
+    weight = np.exp(1.0 * logit + g.normal(0.0, 0.6, size=n)) * np.sqrt(horizon / DAY_MS + 0.3)
     n_act = g.multinomial(budget, weight / weight.sum()) if budget > 0 else np.zeros(n, int)
     # Intent share grows with propensity: demo requests and pricing visits are rare
     # from poor fits, common from good ones.
@@ -445,6 +447,7 @@ def generate(
     pricing_share = 0.01 + 0.07 * q
 
     outcome_kind = np.where(converted, 1, 2) * has_outcome
+    global _DIAG; _DIAG = (q.copy(), outcome_kind.copy())
     cols = (created.tolist(), lead_org.tolist(), company.tolist(), dept.tolist(),
             level.tolist(), free_mail.tolist(), source.tolist(), industry.tolist(),
             employees.tolist(), country.tolist(), horizon.tolist(), delay.tolist(),

@@ -50,16 +50,6 @@ def create_app(engine: Engine) -> faust.App:
             stats = await _process_until_stored(loop, executor, engine, values)
             log.debug("batch", **vars(stats))
 
-    relay_stop = threading.Event()
-
-    @app.task
-    async def start_relay() -> None:
-        start_relay_thread(engine.relay(), relay_stop)
-
-    @app.on_shutdown.connect
-    async def stop_relay(_app: faust.App, **_: object) -> None:
-        relay_stop.set()
-
     return app
 
 
@@ -82,5 +72,11 @@ def run_worker(engine: Engine) -> None:
     if engine.settings.metrics_port:
         prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
     app = create_app(engine)
+    relay_stop = threading.Event()
+    relay_thread = start_relay_thread(engine.relay(), relay_stop)
     worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        relay_stop.set()
+        relay_thread.join(10)
