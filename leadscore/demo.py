@@ -34,14 +34,14 @@ from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "leadscore.cli", "worker"],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-        start_new_session=True,
-    )
+    with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "leadscore.cli", "worker"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+            start_new_session=True,
+        )
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -386,7 +386,9 @@ def train(
     metrics["train_auc"] = round(auc(y[tr], booster.predict(X[tr])), 4)
     metrics["train_positive_rate"] = round(float(y[tr].mean()), 4)
     metrics["holdout_from"] = str(t[ho].min()) + "Z"
-    metrics["rows_by_kind"] = {k: int((kinds == k).sum()) for k in ("converted", "disqualified", "open")}
+    metrics["rows_by_kind"] = {
+        k: int((kinds == k).sum()) for k in ("converted", "disqualified", "open")
+    }
     gain = booster.feature_importance(importance_type="gain")
     metrics["feature_importance_gain"] = {
         name: round(float(v), 2)
@@ -420,6 +422,7 @@ def _write(target: Path, model_bytes: bytes, meta: ModelMetadata, *, overwrite: 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is for everyone to read
         (tmp / "model.onnx").write_bytes(model_bytes)
         (tmp / "metadata.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
         if target.exists() and overwrite:
@@ -453,12 +456,18 @@ def train_from_workload(
                      provenance=provenance, **train_kwargs)
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TimeElapsedColumn,
+    )
 
     # Progress on stderr keeps stdout for the metadata the CLI prints.
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+        SpinnerColumn(), "[progress.description]{task.description}", BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
     ) as bar:
         task = bar.add_task("generating + replaying events", total=events)
 

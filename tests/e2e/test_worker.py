@@ -39,14 +39,16 @@ def free_port() -> int:
 
 def start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env(settings), "LEADSCORE_LOG_LEVEL": "info"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "leadscore.cli", "worker"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "leadscore.cli", "worker"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
 
 
 def metric(port: int, name: str, outcome: str | None = None) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
     label = f'{name}{{outcome="{outcome}"}}' if outcome else name
     for line in body.splitlines():
         if line.startswith(label + " "):
