@@ -10,7 +10,10 @@ import re
 _SENIORITY_RULES: tuple[tuple[int, re.Pattern[str]], ...] = (
     (0, re.compile(r"\b(student|intern|trainee|apprentice|assistant to)\b")),
     (5, re.compile(r"\b(vp|svp|evp|vice[ -]president)\b")),
-    (6, re.compile(r"\b(ceo|cto|cfo|coo|cmo|cio|ciso|cro|chief|founder|co-founder|owner|president)\b")),
+    (6, re.compile(
+        r"\b(ceo|cto|cfo|coo|cmo|cio|ciso|cro|chro|chief|founder|co-founder|president"
+        r"|managing director|(?<!product )owner)\b"
+    )),
     (4, re.compile(r"\b(head of|director|dir\.?)\b")),
     (3, re.compile(r"\b(manager|mgr|lead|principal)\b")),
     (2, re.compile(r"\b(senior|sr\.?|specialist|engineer|analyst|consultant|architect)\b")),
@@ -23,10 +26,10 @@ _DEPARTMENT_RULES: tuple[tuple[int, re.Pattern[str]], ...] = (
     (2, re.compile(r"\b(it|cio|ciso|infrastructure|security|systems|network)\b")),
     (3, re.compile(r"\b(marketing|cmo|growth|demand gen|brand|content)\b")),
     (4, re.compile(r"\b(sales|cro|account executive|business development|bdr|sdr|revenue)\b")),
-    (5, re.compile(r"\b(finance|cfo|controller|accounting|procurement)\b")),
+    (5, re.compile(r"\b(financ\w*|cfo|controller|account(ing|ant)|procurement)\b")),
+    (7, re.compile(r"\b(hr|chro|people|talent|recruit\w*)\b")),
     (6, re.compile(r"\b(operations|ops|coo|supply chain|logistics)\b")),
-    (7, re.compile(r"\b(hr|people|talent|recruit\w*)\b")),
-    (8, re.compile(r"\b(ceo|founder|co-founder|owner|president|general manager)\b")),
+    (8, re.compile(r"\b(ceo|founder|co-founder|(?<!product )owner|president|general manager)\b")),
 )
 DEPARTMENTS = (
     "other", "engineering", "it", "marketing", "sales", "finance", "operations", "hr",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -39,6 +40,7 @@ ACTIVITY_WEIGHT: dict[str, float] = {
 }
 
 
+@lru_cache(maxsize=65_536)
 def lead_aggregate_id(org_id: str, lead_id: str) -> UUID:
     """Stable aggregate id: the same upstream lead always maps to one stream, per org."""
     return uuid5(LEAD_NAMESPACE, f"{org_id}\x1f{lead_id}")

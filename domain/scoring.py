@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from domain.events import PROFILE_FIELDS
 from domain.features import FEATURE_NAMES, features
 from domain.firmographics import is_free_mail, seniority
 from domain.lead import Lead
@@ -49,11 +50,11 @@ def fit_component(lead: Lead) -> float:
         min(math.log10(employees) / 4.0, 1.0) if isinstance(employees, int) and employees > 0
         else 0.0
     )
-    filled = sum(1 for v in p.values() if v not in (None, ""))
+    filled = sum(1 for f in PROFILE_FIELDS if p.get(f) not in (None, ""))
     raw = (
         40.0 * seniority(p.get("title")) / 6.0
         + 30.0 * size
-        + 15.0 * min(filled / 9.0, 1.0)
+        + 15.0 * filled / len(PROFILE_FIELDS)
         + (0.0 if is_free_mail(p.get("email")) else 15.0)
     )
     return round(max(0.0, min(100.0, raw)), 1)

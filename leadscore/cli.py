@@ -119,7 +119,7 @@ def demo(
     orgs: int = 5,
     leads: int = 2_000,
     events: int = 20_000,
-    rate: Annotated[float, typer.Option(help="Offered load, events/s")] = 2_000,
+    rate: Annotated[float, typer.Option(help="Offered load, events/s")] = 1_000,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every lead's score")] = 300,
 ) -> None:
     """Start a worker, produce a workload, wait until every lead is scored, summarise."""

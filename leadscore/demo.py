@@ -235,6 +235,8 @@ def _summarise(
     summary.add_row("leads", f"{len(last_event):,}")
     summary.add_row("leads scored", f"{len(latest):,}")
     summary.add_row("score-events out", f"{len(received):,}")
+    models = sorted({r["model_version"] for _, r in received})
+    summary.add_row("model", ", ".join(models) or "-")
     summary.add_row("wall time", f"{elapsed:.1f}s")
     if latencies:
         q = statistics.quantiles(latencies, n=100)
@@ -252,14 +254,18 @@ def _summarise(
     finally:
         store.close()
     top = Table(title="ten best leads")
-    for col in ("org", "lead", "title", "company", "score", "grade", "fit", "engagement", "model"):
-        top.add_column(col)
+    top.add_column("org", no_wrap=True)
+    top.add_column("lead", no_wrap=True)
+    top.add_column("title", overflow="ellipsis", no_wrap=True, max_width=26)
+    top.add_column("company", overflow="ellipsis", no_wrap=True, max_width=18)
+    for col in ("score", "grade", "fit", "eng."):
+        top.add_column(col, justify="right", no_wrap=True)
     for r in best:
         lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
         p = lead.profile if lead else {}
         top.add_row(
             r["org_id"], r["lead_id"], str(p.get("title", "")), str(p.get("company", "")),
             f"{r['new_score']:.1f}", r["grade"], f"{r['components']['fit']:.0f}",
-            f"{r['components']['engagement']:.0f}", r["model_version"],
+            f"{r['components']['engagement']:.0f}",
         )
     console.print(top)

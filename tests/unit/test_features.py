@@ -60,6 +60,10 @@ def test_titles_are_normalised_the_way_people_write_them() -> None:
     assert seniority("Director of IT") > seniority("Marketing Manager") > seniority("Marketing Intern")
     assert seniority("Vice President, Marketing") == seniority("VP Sales")
     assert seniority("student") == 0
+    assert seniority("Product Owner") < seniority("Owner") == seniority("Managing Director")
+    assert seniority("CHRO") == seniority("CEO")
+    assert department("Financial Analyst") == department("Senior Accountant") == department("CFO")
+    assert department("People Operations") == department("HR Business Partner")
     assert department("Sr. Software Engineer") == department("Head of Engineering")
     assert department("VP Sales") != department("Vice President, Marketing")
 
