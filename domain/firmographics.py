@@ -10,10 +10,13 @@ import re
 _SENIORITY_RULES: tuple[tuple[int, re.Pattern[str]], ...] = (
     (0, re.compile(r"\b(student|intern|trainee|apprentice|assistant to)\b")),
     (5, re.compile(r"\b(vp|svp|evp|vice[ -]president)\b")),
-    (6, re.compile(
-        r"\b(ceo|cto|cfo|coo|cmo|cio|ciso|cro|chro|chief|founder|co-founder|president"
-        r"|managing director|(?<!product )owner)\b"
-    )),
+    (
+        6,
+        re.compile(
+            r"\b(ceo|cto|cfo|coo|cmo|cio|ciso|cro|chro|chief|founder|co-founder|president"
+            r"|managing director|(?<!product )owner)\b"
+        ),
+    ),
     (4, re.compile(r"\b(head of|director|dir\.?)\b")),
     (3, re.compile(r"\b(manager|mgr|lead|principal)\b")),
     (2, re.compile(r"\b(senior|sr\.?|specialist|engineer|analyst|consultant|architect)\b")),
@@ -32,24 +35,59 @@ _DEPARTMENT_RULES: tuple[tuple[int, re.Pattern[str]], ...] = (
     (8, re.compile(r"\b(ceo|founder|co-founder|(?<!product )owner|president|general manager)\b")),
 )
 DEPARTMENTS = (
-    "other", "engineering", "it", "marketing", "sales", "finance", "operations", "hr",
+    "other",
+    "engineering",
+    "it",
+    "marketing",
+    "sales",
+    "finance",
+    "operations",
+    "hr",
     "executive",
 )
 
 FREE_MAIL_DOMAINS = frozenset(
     {
-        "gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "aol.com", "icloud.com",
-        "gmx.de", "web.de", "mail.ru", "yandex.ru", "protonmail.com", "live.com",
+        "gmail.com",
+        "yahoo.com",
+        "hotmail.com",
+        "outlook.com",
+        "aol.com",
+        "icloud.com",
+        "gmx.de",
+        "web.de",
+        "mail.ru",
+        "yandex.ru",
+        "protonmail.com",
+        "live.com",
     }
 )
 
 INDUSTRIES = (
-    "other", "software", "fintech", "healthcare", "manufacturing", "retail", "education",
-    "logistics", "media", "telecom", "government", "consulting",
+    "other",
+    "software",
+    "fintech",
+    "healthcare",
+    "manufacturing",
+    "retail",
+    "education",
+    "logistics",
+    "media",
+    "telecom",
+    "government",
+    "consulting",
 )
 SOURCES = (
-    "other", "organic", "paid_search", "paid_social", "referral", "event", "outbound",
-    "partner", "content", "webinar",
+    "other",
+    "organic",
+    "paid_search",
+    "paid_social",
+    "referral",
+    "event",
+    "outbound",
+    "partner",
+    "content",
+    "webinar",
 )
 COUNTRIES = ("other", "US", "GB", "DE", "FR", "NL", "CA", "AU", "IN", "BR", "JP", "ES")
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.events import PROFILE_FIELDS, ActivityKind, EventType, LeadEvent
+from domain.events import ActivityKind, EventType, LeadEvent
 
 LEAD_NAMESPACE = uuid5(NAMESPACE_URL, "https://leadscore.io/leads")
 
@@ -55,7 +55,8 @@ class Lead(Aggregate):
     """A lead's event-sourced state.
 
     Every lead-event becomes one domain event carrying its ``source_event_id``;
-    the set of applied ids makes redelivery harmless.
+    the set of applied ids makes redelivery harmless. Every event also carries
+    ``org_id`` and ``lead_id`` so the log is self-describing for projections.
     """
 
     @staticmethod
@@ -125,14 +126,21 @@ class Lead(Aggregate):
             return False
         if ev.event_type in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED):
             changes = {k: v for k, v in ev.profile.items() if self.profile.get(k) != v}
-            self._update_profile(ev.event_id, ev.occurred_at, changes)
+            self._update_profile(self.org_id, self.lead_id, ev.event_id, ev.occurred_at, changes)
         elif ev.event_type is EventType.ACTIVITY_RECORDED:
             kind = ev.activity_kind or ActivityKind.OTHER
-            self._record_activity(ev.event_id, ev.occurred_at, str(kind), ev.activity_properties)
+            self._record_activity(
+                self.org_id,
+                self.lead_id,
+                ev.event_id,
+                ev.occurred_at,
+                str(kind),
+                ev.activity_properties,
+            )
         elif ev.event_type is EventType.LEAD_CONVERTED:
-            self._convert(ev.event_id, ev.occurred_at, ev.reason)
+            self._convert(self.org_id, self.lead_id, ev.event_id, ev.occurred_at, ev.reason)
         elif ev.event_type is EventType.LEAD_DISQUALIFIED:
-            self._disqualify(ev.event_id, ev.occurred_at, ev.reason)
+            self._disqualify(self.org_id, self.lead_id, ev.event_id, ev.occurred_at, ev.reason)
         else:  # pragma: no cover - EventType is closed
             raise ValueError(f"unknown event type {ev.event_type!r}")
         return True
@@ -165,7 +173,12 @@ class Lead(Aggregate):
 
     @event("LeadUpdated")
     def _update_profile(
-        self, source_event_id: str, occurred_at: datetime, changes: dict[str, Any]
+        self,
+        org_id: str,
+        lead_id: str,
+        source_event_id: str,
+        occurred_at: datetime,
+        changes: dict[str, Any],
     ) -> None:
         self.applied_event_ids.add(source_event_id)
         self.profile.update(changes)
@@ -173,7 +186,13 @@ class Lead(Aggregate):
 
     @event("ActivityRecorded")
     def _record_activity(
-        self, source_event_id: str, occurred_at: datetime, kind: str, properties: dict[str, str]
+        self,
+        org_id: str,
+        lead_id: str,
+        source_event_id: str,
+        occurred_at: datetime,
+        kind: str,
+        properties: dict[str, str],
     ) -> None:
         self.applied_event_ids.add(source_event_id)
         self.activity_counts[kind] = self.activity_counts.get(kind, 0) + 1
@@ -186,7 +205,14 @@ class Lead(Aggregate):
         self._touch(occurred_at)
 
     @event("LeadConverted")
-    def _convert(self, source_event_id: str, occurred_at: datetime, reason: str | None) -> None:
+    def _convert(
+        self,
+        org_id: str,
+        lead_id: str,
+        source_event_id: str,
+        occurred_at: datetime,
+        reason: str | None,
+    ) -> None:
         self.applied_event_ids.add(source_event_id)
         self.outcome = "converted"
         self.outcome_at = occurred_at
@@ -194,7 +220,12 @@ class Lead(Aggregate):
 
     @event("LeadDisqualified")
     def _disqualify(
-        self, source_event_id: str, occurred_at: datetime, reason: str | None
+        self,
+        org_id: str,
+        lead_id: str,
+        source_event_id: str,
+        occurred_at: datetime,
+        reason: str | None,
     ) -> None:
         self.applied_event_ids.add(source_event_id)
         self.outcome = "disqualified"

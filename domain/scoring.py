@@ -47,7 +47,8 @@ def fit_component(lead: Lead) -> float:
     p = lead.profile
     employees = p.get("employees")
     size = (
-        min(math.log10(employees) / 4.0, 1.0) if isinstance(employees, int) and employees > 0
+        min(math.log10(employees) / 4.0, 1.0)
+        if isinstance(employees, int) and employees > 0
         else 0.0
     )
     filled = sum(1 for f in PROFILE_FIELDS if p.get(f) not in (None, ""))
@@ -81,9 +82,7 @@ def check_model(scorer: Scorer) -> None:
         )
 
 
-def score_leads(
-    leads: Sequence[Lead], now: Sequence[datetime], scorer: Scorer
-) -> list[ScoreCard]:
+def score_leads(leads: Sequence[Lead], now: Sequence[datetime], scorer: Scorer) -> list[ScoreCard]:
     """Score many leads with one model call; ``now[i]`` is the clock for ``leads[i]``."""
     if not leads:
         return []

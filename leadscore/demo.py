@@ -129,7 +129,8 @@ def run_demo(
 ) -> bool:
     s = settings
     ensure_topics(
-        s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
+        s.kafka_bootstrap,
+        [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
         s.topic_partitions,
     )
     catalog = SchemaCatalog(s.pg_dsn)
@@ -156,8 +157,12 @@ def run_demo(
         def send() -> None:
             nonlocal report
             report = produce_events(
-                kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, iter(workload),
-                rate=rate, track_send_times=True,
+                kafka_producer(s.kafka_bootstrap),
+                s.topic_lead_events,
+                encoder,
+                iter(workload),
+                rate=rate,
+                track_send_times=True,
             )
 
         sender = threading.Thread(target=send, name="demo-producer")
@@ -165,8 +170,11 @@ def run_demo(
         sender.start()
         scored_leads: set[str] = set()
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
         ) as progress:
             task = progress.add_task("leads scored", total=len(last_event))
             while time.monotonic() - started < timeout:
@@ -199,7 +207,8 @@ def _settled(
         while time.monotonic() < deadline:
             leads = store.load(ids)
             applied = all(
-                lead is not None and last_event[(lead.org_id, lead.lead_id)] in lead.applied_event_ids
+                lead is not None
+                and last_event[(lead.org_id, lead.lead_id)] in lead.applied_event_ids
                 for lead in leads.values()
             )
             expected = sum(lead.score_count for lead in leads.values() if lead is not None)
@@ -264,8 +273,13 @@ def _summarise(
         lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
         p = lead.profile if lead else {}
         top.add_row(
-            r["org_id"], r["lead_id"], str(p.get("title", "")), str(p.get("company", "")),
-            f"{r['new_score']:.1f}", r["grade"], f"{r['components']['fit']:.0f}",
+            r["org_id"],
+            r["lead_id"],
+            str(p.get("title", "")),
+            str(p.get("company", "")),
+            f"{r['new_score']:.1f}",
+            r["grade"],
+            f"{r['components']['fit']:.0f}",
             f"{r['components']['engagement']:.0f}",
         )
     console.print(top)

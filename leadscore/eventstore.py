@@ -6,6 +6,7 @@ event one global position; score-events and read models follow that log.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -80,10 +81,8 @@ class LeadStore(Application[UUID]):
         if cache is None:
             return
         for agg_id in ids:
-            try:
+            with contextlib.suppress(KeyError):
                 cache.get(agg_id, evict=True)
-            except KeyError:
-                pass
 
     def notifications(
         self, after: int, limit: int, topics: Sequence[str] = ()

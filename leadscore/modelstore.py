@@ -83,8 +83,10 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def _is_model_dir(path: Path) -> bool:
     return (
-        path.is_dir() and not path.name.startswith(".")
-        and (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
+        path.is_dir()
+        and not path.name.startswith(".")
+        and (path / MODEL_FILE).is_file()
+        and (path / METADATA_FILE).is_file()
     )
 
 
@@ -118,7 +120,5 @@ def load_scorer(model_dir: Path, version: str | None = None) -> OnnxScorer:
     # A version is a directory name, never a path out of the model directory.
     if Path(version).name != version or version.startswith(".") or not _is_model_dir(target):
         available = ", ".join(str(m["version"]) for m in list_models(root)) or "none"
-        raise ModelNotFoundError(
-            f"no model version {version!r} in {root} (available: {available})"
-        )
+        raise ModelNotFoundError(f"no model version {version!r} in {root} (available: {available})")
     return OnnxScorer(target)

@@ -52,7 +52,9 @@ def produce_events(
         value = encoder.encode(event_to_record(ev))
         while True:
             try:
-                producer.produce(topic, key=ev.lead_id.encode(), value=value, on_delivery=on_delivery)
+                producer.produce(
+                    topic, key=ev.lead_id.encode(), value=value, on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 producer.poll(0.05)  # local queue full: let deliveries drain

@@ -223,12 +223,14 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, 
     for b in range(bins):
         mask = idx == b
         n = int(mask.sum())
-        table.append({
-            "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
-            "n": n,
-            "mean_predicted": round(float(p[mask].mean()), 4) if n else None,
-            "observed_rate": round(float(y[mask].mean()), 4) if n else None,
-        })
+        table.append(
+            {
+                "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
+                "n": n,
+                "mean_predicted": round(float(p[mask].mean()), 4) if n else None,
+                "observed_rate": round(float(y[mask].mean()), 4) if n else None,
+            }
+        )
     return table
 
 
@@ -239,8 +241,7 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     table = calibration(y, p)
     # Expected calibration error: bin gaps weighted by bin size.
     ece = sum(
-        row["n"] * abs(row["mean_predicted"] - row["observed_rate"])
-        for row in table if row["n"]
+        row["n"] * abs(row["mean_predicted"] - row["observed_rate"]) for row in table if row["n"]
     ) / max(1, len(y))
     return {
         "auc": round(auc(y, p), 4),
@@ -261,7 +262,11 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
 
 
 def lightgbm_params(
-    *, num_leaves: int, learning_rate: float, min_data_in_leaf: int, seed: int,
+    *,
+    num_leaves: int,
+    learning_rate: float,
+    min_data_in_leaf: int,
+    seed: int,
     num_threads: int,
 ) -> dict[str, Any]:
     return {
@@ -305,7 +310,9 @@ def onnx_probabilities(model_bytes: bytes, X: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    booster: lgb.Booster, model_bytes: bytes, X: np.ndarray,
+    booster: lgb.Booster,
+    model_bytes: bytes,
+    X: np.ndarray,
     tolerance: float = PARITY_TOLERANCE,
 ) -> float:
     """Max |ONNX - LightGBM| probability over ``X``; raises ParityError above ``tolerance``."""
@@ -369,8 +376,11 @@ def train(
             raise ValueError(f"the {name} set needs both converted and other leads")
 
     params = lightgbm_params(
-        num_leaves=num_leaves, learning_rate=learning_rate,
-        min_data_in_leaf=min_data_in_leaf, seed=seed, num_threads=num_threads,
+        num_leaves=num_leaves,
+        learning_rate=learning_rate,
+        min_data_in_leaf=min_data_in_leaf,
+        seed=seed,
+        num_threads=num_threads,
     )
     data = lgb.Dataset(X[tr], label=y[tr], feature_name=list(FEATURE_NAMES), free_raw_data=True)
     booster = lgb.train(params, data, num_boost_round=num_trees)
@@ -400,8 +410,12 @@ def train(
         trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
         feature_names=list(FEATURE_NAMES),
         metrics=metrics,
-        params={**params, "num_trees": num_trees, "holdout_fraction": holdout_fraction,
-                "open_cutoff_days": open_cutoff_days},
+        params={
+            **params,
+            "num_trees": num_trees,
+            "holdout_fraction": holdout_fraction,
+            "open_cutoff_days": open_cutoff_days,
+        },
         n_train=len(tr),
         n_holdout=len(ho),
         opset=_opset(model_bytes),
@@ -449,11 +463,20 @@ def train_from_workload(
     stream: Iterable[LeadEvent] = generate(orgs, leads, events, seed=seed)
     provenance = {
         "generator": "leadscore.workload.generate",
-        "orgs": orgs, "leads": leads, "events": events, "seed": seed,
+        "orgs": orgs,
+        "leads": leads,
+        "events": events,
+        "seed": seed,
     }
     if not progress:
-        return train(stream, version=version, out_dir=out_dir, seed=seed,
-                     provenance=provenance, **train_kwargs)
+        return train(
+            stream,
+            version=version,
+            out_dir=out_dir,
+            seed=seed,
+            provenance=provenance,
+            **train_kwargs,
+        )
 
     from rich.console import Console
     from rich.progress import (
@@ -466,8 +489,12 @@ def train_from_workload(
 
     # Progress on stderr keeps stdout for the metadata the CLI prints.
     with Progress(
-        SpinnerColumn(), "[progress.description]{task.description}", BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task("generating + replaying events", total=events)
 
@@ -480,5 +507,11 @@ def train_from_workload(
             bar.update(task, completed=n)
             bar.add_task("training LightGBM, exporting ONNX, checking parity", total=None)
 
-        return train(counted(stream), version=version, out_dir=out_dir, seed=seed,
-                     provenance=provenance, **train_kwargs)
+        return train(
+            counted(stream),
+            version=version,
+            out_dir=out_dir,
+            seed=seed,
+            provenance=provenance,
+            **train_kwargs,
+        )

@@ -34,60 +34,267 @@ DAY_MS = 86_400_000
 # ---------------------------------------------------------------------------
 
 FIRST_NAMES = (
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
-    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas",
-    "Sarah", "Chris", "Karen", "Daniel", "Nancy", "Matthew", "Lisa", "Anthony", "Emily",
-    "Mark", "Ashley", "Priya", "Rahul", "Wei", "Mei", "Hiroshi", "Yuki", "Lukas", "Anna",
-    "Jonas", "Lea", "Pierre", "Camille", "Sven", "Ingrid", "Carlos", "Sofia", "Mateus",
-    "Ana", "Olga", "Dmitri", "Fatima", "Omar", "Aisha", "Kwame", "Liam", "Noah", "Emma",
-    "Olivia", "Sanjay", "Deepa", "Tom", "Kate",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Chris",
+    "Karen",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Lisa",
+    "Anthony",
+    "Emily",
+    "Mark",
+    "Ashley",
+    "Priya",
+    "Rahul",
+    "Wei",
+    "Mei",
+    "Hiroshi",
+    "Yuki",
+    "Lukas",
+    "Anna",
+    "Jonas",
+    "Lea",
+    "Pierre",
+    "Camille",
+    "Sven",
+    "Ingrid",
+    "Carlos",
+    "Sofia",
+    "Mateus",
+    "Ana",
+    "Olga",
+    "Dmitri",
+    "Fatima",
+    "Omar",
+    "Aisha",
+    "Kwame",
+    "Liam",
+    "Noah",
+    "Emma",
+    "Olivia",
+    "Sanjay",
+    "Deepa",
+    "Tom",
+    "Kate",
 )
 LAST_NAMES = (
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis",
-    "Rodriguez", "Martinez", "Hernandez", "Lopez", "Wilson", "Anderson", "Taylor", "Thomas",
-    "Moore", "Jackson", "Martin", "Lee", "Thompson", "White", "Harris", "Clark", "Lewis",
-    "Walker", "Young", "Allen", "King", "Wright", "Patel", "Sharma", "Singh", "Chen", "Wang",
-    "Li", "Tanaka", "Suzuki", "Sato", "Mueller", "Schmidt", "Schneider", "Fischer", "Dubois",
-    "Laurent", "Bernard", "van Dijk", "de Vries", "Jansen", "Silva", "Santos", "Oliveira",
-    "Ivanov", "Petrov", "Kowalski", "Nowak", "O'Brien", "Murphy", "Nguyen", "Kim",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Thomas",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Thompson",
+    "White",
+    "Harris",
+    "Clark",
+    "Lewis",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Patel",
+    "Sharma",
+    "Singh",
+    "Chen",
+    "Wang",
+    "Li",
+    "Tanaka",
+    "Suzuki",
+    "Sato",
+    "Mueller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Dubois",
+    "Laurent",
+    "Bernard",
+    "van Dijk",
+    "de Vries",
+    "Jansen",
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Ivanov",
+    "Petrov",
+    "Kowalski",
+    "Nowak",
+    "O'Brien",
+    "Murphy",
+    "Nguyen",
+    "Kim",
 )
 _COMPANY_A = (
-    "Blue", "North", "Bright", "Iron", "Silver", "Red", "Green", "Quantum", "Apex", "Nova",
-    "Summit", "Cedar", "Harbor", "Granite", "Vertex", "Atlas", "Polar", "Crimson", "Swift",
-    "Clear", "Open", "Deep", "Solid", "True", "Rapid", "Lumen", "Orbit", "Pioneer",
+    "Blue",
+    "North",
+    "Bright",
+    "Iron",
+    "Silver",
+    "Red",
+    "Green",
+    "Quantum",
+    "Apex",
+    "Nova",
+    "Summit",
+    "Cedar",
+    "Harbor",
+    "Granite",
+    "Vertex",
+    "Atlas",
+    "Polar",
+    "Crimson",
+    "Swift",
+    "Clear",
+    "Open",
+    "Deep",
+    "Solid",
+    "True",
+    "Rapid",
+    "Lumen",
+    "Orbit",
+    "Pioneer",
 )
 _COMPANY_B = (
-    "Wave", "Peak", "Stone", "Bridge", "Field", "Path", "Forge", "Works", "Labs", "Logic",
-    "Point", "Line", "Scale", "Cloud", "Data", "Systems", "Dynamics", "Sphere", "Mark",
-    "Gate", "Flow", "Stack", "Grid", "Signal",
+    "Wave",
+    "Peak",
+    "Stone",
+    "Bridge",
+    "Field",
+    "Path",
+    "Forge",
+    "Works",
+    "Labs",
+    "Logic",
+    "Point",
+    "Line",
+    "Scale",
+    "Cloud",
+    "Data",
+    "Systems",
+    "Dynamics",
+    "Sphere",
+    "Mark",
+    "Gate",
+    "Flow",
+    "Stack",
+    "Grid",
+    "Signal",
 )
 _COMPANY_SUFFIX = (
-    "", "", "", " Inc.", " LLC", " Ltd", " GmbH", " Group", " Technologies", " Solutions",
-    " Analytics", " Health", " Partners", " & Co", " AG", " S.A.", " Holdings",
+    "",
+    "",
+    "",
+    " Inc.",
+    " LLC",
+    " Ltd",
+    " GmbH",
+    " Group",
+    " Technologies",
+    " Solutions",
+    " Analytics",
+    " Health",
+    " Partners",
+    " & Co",
+    " AG",
+    " S.A.",
+    " Holdings",
 )
 _TLDS = (".com", ".com", ".com", ".io", ".co", ".de", ".net", ".ai")
-FREE_MAIL = ("gmail.com", "gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "icloud.com",
-             "gmx.de", "web.de", "protonmail.com")
+FREE_MAIL = (
+    "gmail.com",
+    "gmail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "outlook.com",
+    "icloud.com",
+    "gmx.de",
+    "web.de",
+    "protonmail.com",
+)
 
 # Industries as companies describe themselves: mostly the vocabulary's words in some
 # casing, sometimes a synonym the vocabulary does not know (it maps to "other").
 _INDUSTRY_SYNONYMS = {
-    "software": ("SaaS", "Computer Software"), "fintech": ("Financial Services",),
-    "healthcare": ("Hospital & Health Care",), "retail": ("E-commerce",),
+    "software": ("SaaS", "Computer Software"),
+    "fintech": ("Financial Services",),
+    "healthcare": ("Hospital & Health Care",),
+    "retail": ("E-commerce",),
 }
 
 _COUNTRY_WEIGHTS = {
-    "US": 34, "GB": 10, "DE": 9, "FR": 6, "NL": 4, "CA": 6, "AU": 4, "IN": 8, "BR": 5,
-    "JP": 3, "ES": 4, "SE": 2, "MX": 2, "SG": 2, "PL": 1,  # the last ones map to "other"
+    "US": 34,
+    "GB": 10,
+    "DE": 9,
+    "FR": 6,
+    "NL": 4,
+    "CA": 6,
+    "AU": 4,
+    "IN": 8,
+    "BR": 5,
+    "JP": 3,
+    "ES": 4,
+    "SE": 2,
+    "MX": 2,
+    "SG": 2,
+    "PL": 1,  # the last ones map to "other"
 }
 _SOURCE_WEIGHTS = {
-    "organic": 22, "paid_search": 18, "paid_social": 12, "referral": 7, "event": 7,
-    "outbound": 12, "partner": 5, "content": 10, "webinar": 6, "other": 1,
+    "organic": 22,
+    "paid_search": 18,
+    "paid_social": 12,
+    "referral": 7,
+    "event": 7,
+    "outbound": 12,
+    "partner": 5,
+    "content": 10,
+    "webinar": 6,
+    "other": 1,
 }
 # Effect of the acquisition channel on propensity (log-odds): warm channels convert.
 _SOURCE_EFFECT = {
-    "organic": 0.2, "paid_search": 0.0, "paid_social": -0.4, "referral": 0.7, "event": 0.4,
-    "outbound": -0.3, "partner": 0.5, "content": 0.0, "webinar": 0.3, "other": 0.0,
+    "organic": 0.2,
+    "paid_search": 0.0,
+    "paid_social": -0.4,
+    "referral": 0.7,
+    "event": 0.4,
+    "outbound": -0.3,
+    "partner": 0.5,
+    "content": 0.0,
+    "webinar": 0.3,
+    "other": 0.0,
 }
 
 # The channels are the domain's vocabulary: a source it does not know would score as "other".
@@ -120,24 +327,63 @@ _C_LEVEL: dict[int, tuple[str, ...]] = {
     5: ("CFO", "Chief Financial Officer"),
     6: ("COO", "Chief Operating Officer"),
     7: ("Chief People Officer", "CHRO"),
-    8: ("CEO", "Founder", "Co-Founder & CEO", "Owner", "President", "Founder/CEO",
-        "Managing Director", "CEO and Founder"),
+    8: (
+        "CEO",
+        "Founder",
+        "Co-Founder & CEO",
+        "Owner",
+        "President",
+        "Founder/CEO",
+        "Managing Director",
+        "CEO and Founder",
+    ),
 }
 _LEVEL_TEMPLATES: dict[int, tuple[str, ...]] = {
-    5: ("VP {f}", "VP of {f}", "Vice President, {f}", "Vice President of {f}", "SVP {f}",
-        "EVP, {f}", "VP, {f}"),
-    4: ("Director of {f}", "{f} Director", "Head of {f}", "Sr. Director, {f}", "Director, {f}",
-        "Global Head of {f}"),
+    5: (
+        "VP {f}",
+        "VP of {f}",
+        "Vice President, {f}",
+        "Vice President of {f}",
+        "SVP {f}",
+        "EVP, {f}",
+        "VP, {f}",
+    ),
+    4: (
+        "Director of {f}",
+        "{f} Director",
+        "Head of {f}",
+        "Sr. Director, {f}",
+        "Director, {f}",
+        "Global Head of {f}",
+    ),
     3: ("{f} Manager", "Manager, {f}", "Senior {f} Manager", "{f} Team Lead", "{f} Lead"),
 }
 _INDIVIDUAL: dict[int, tuple[str, ...]] = {
-    0: ("Product Manager", "Consultant", "Project Manager", "Product Owner", "Analyst",
-        "Customer Success Manager"),
-    1: ("Software Engineer", "Sr. Software Engineer", "Senior Backend Engineer",
-        "Solutions Architect", "Data Engineer", "Staff Engineer", "Full Stack Developer"),
+    0: (
+        "Product Manager",
+        "Consultant",
+        "Project Manager",
+        "Product Owner",
+        "Analyst",
+        "Customer Success Manager",
+    ),
+    1: (
+        "Software Engineer",
+        "Sr. Software Engineer",
+        "Senior Backend Engineer",
+        "Solutions Architect",
+        "Data Engineer",
+        "Staff Engineer",
+        "Full Stack Developer",
+    ),
     2: ("Network Engineer", "Security Analyst", "IT Specialist", "Systems Administrator"),
-    3: ("Marketing Specialist", "Growth Marketer", "SEO Specialist", "Marketing Analyst",
-        "Content Strategist"),
+    3: (
+        "Marketing Specialist",
+        "Growth Marketer",
+        "SEO Specialist",
+        "Marketing Analyst",
+        "Content Strategist",
+    ),
     4: ("Account Executive", "Sr. Account Executive", "Sales Engineer", "Sales Consultant"),
     5: ("Financial Analyst", "Senior Accountant", "Procurement Specialist"),
     6: ("Operations Analyst", "Logistics Specialist", "Supply Chain Analyst"),
@@ -155,34 +401,82 @@ _JUNIOR: dict[int, tuple[str, ...]] = {
     7: ("HR Coordinator", "Recruiting Coordinator"),
     8: ("Executive Assistant", "Associate"),
 }
-_STUDENT = ("student", "Student", "MBA Student", "PhD student", "Intern", "Trainee",
-            "Executive Assistant to the CEO")
+_STUDENT = (
+    "student",
+    "Student",
+    "MBA Student",
+    "PhD student",
+    "Intern",
+    "Trainee",
+    "Executive Assistant to the CEO",
+)
 _STUDENT_BY_DEPT: dict[int, tuple[str, ...]] = {
-    1: ("Software Engineering Intern",), 3: ("Marketing Intern",), 4: ("Sales Trainee",),
-    5: ("Finance Intern",), 7: ("HR Intern",),
+    1: ("Software Engineering Intern",),
+    3: ("Marketing Intern",),
+    4: ("Sales Trainee",),
+    5: ("Finance Intern",),
+    7: ("HR Intern",),
 }
 _ODD_TITLES = ("n/a", "-", "Other", "Freelancer", "Self-employed", "Member of Technical Staff")
 
-_PAGES = ("/", "/product", "/product/integrations", "/customers", "/blog/lead-scoring-101",
-          "/blog/intent-data", "/docs/getting-started", "/security", "/about", "/careers",
-          "/case-studies/acme", "/features/analytics")
-_CAMPAIGNS = ("welcome-series-1", "welcome-series-2", "nurture-q1-3", "product-update-jan",
-              "webinar-invite", "newsletter-weekly", "abm-enterprise-2", "reactivation-1")
+_PAGES = (
+    "/",
+    "/product",
+    "/product/integrations",
+    "/customers",
+    "/blog/lead-scoring-101",
+    "/blog/intent-data",
+    "/docs/getting-started",
+    "/security",
+    "/about",
+    "/careers",
+    "/case-studies/acme",
+    "/features/analytics",
+)
+_CAMPAIGNS = (
+    "welcome-series-1",
+    "welcome-series-2",
+    "nurture-q1-3",
+    "product-update-jan",
+    "webinar-invite",
+    "newsletter-weekly",
+    "abm-enterprise-2",
+    "reactivation-1",
+)
 _FORMS = ("contact-us", "newsletter", "trial-signup", "event-registration", "gated-content")
-_WEBINARS = ("scoring-masterclass", "revops-roundtable", "product-tour-live",
-             "customer-panel-q1")
-_ASSETS = ("whitepaper-intent-signals", "ebook-b2b-funnel", "report-state-of-revops",
-           "checklist-lead-routing", "case-study-fintech", "roi-calculator")
+_WEBINARS = ("scoring-masterclass", "revops-roundtable", "product-tour-live", "customer-panel-q1")
+_ASSETS = (
+    "whitepaper-intent-signals",
+    "ebook-b2b-funnel",
+    "report-state-of-revops",
+    "checklist-lead-routing",
+    "case-study-fintech",
+    "roi-calculator",
+)
 _UTM = ("google", "linkedin", "newsletter", "partner-portal", "g2", "twitter")
 
 _CONVERT_REASONS = ("opportunity_created", "sql_accepted", "closed_won", "trial_started")
-_DISQUALIFY_REASONS = ("no_budget", "not_a_fit", "chose_competitor", "unresponsive",
-                       "student_or_job_seeker", "bad_contact_info", "duplicate", "too_small")
+_DISQUALIFY_REASONS = (
+    "no_budget",
+    "not_a_fit",
+    "chose_competitor",
+    "unresponsive",
+    "student_or_job_seeker",
+    "bad_contact_info",
+    "duplicate",
+    "too_small",
+)
 
 _KINDS = (
-    ActivityKind.PAGE_VIEW, ActivityKind.EMAIL_OPEN, ActivityKind.EMAIL_CLICK,
-    ActivityKind.FORM_SUBMIT, ActivityKind.DEMO_REQUEST, ActivityKind.PRICING_PAGE,
-    ActivityKind.WEBINAR, ActivityKind.CONTENT_DOWNLOAD, ActivityKind.OTHER,
+    ActivityKind.PAGE_VIEW,
+    ActivityKind.EMAIL_OPEN,
+    ActivityKind.EMAIL_CLICK,
+    ActivityKind.FORM_SUBMIT,
+    ActivityKind.DEMO_REQUEST,
+    ActivityKind.PRICING_PAGE,
+    ActivityKind.WEBINAR,
+    ActivityKind.CONTENT_DOWNLOAD,
+    ActivityKind.OTHER,
 )
 # Base mix of activity kinds; intent kinds (demo, pricing) are set per lead from its
 # propensity. "other" is what trackers send that fits no kind (chats, booth scans).
@@ -204,16 +498,16 @@ def _property_templates() -> dict[ActivityKind, tuple[dict[str, str], ...]]:
         ActivityKind.EMAIL_CLICK: tuple(
             {"campaign": c, "url": p} for c in _CAMPAIGNS for p in _PAGES[:6]
         ),
-        ActivityKind.FORM_SUBMIT: tuple(
-            {"form": f, "url": f"/forms/{f}"} for f in _FORMS
-        ),
+        ActivityKind.FORM_SUBMIT: tuple({"form": f, "url": f"/forms/{f}"} for f in _FORMS),
         ActivityKind.DEMO_REQUEST: (
             {"form": "demo-request", "url": "/demo"},
             {"form": "demo-request", "url": "/pricing", "plan": "enterprise"},
             {"form": "contact-sales", "url": "/contact-sales"},
         ),
         ActivityKind.PRICING_PAGE: (
-            {"url": "/pricing"}, {"url": "/pricing/enterprise"}, {"url": "/pricing#compare"},
+            {"url": "/pricing"},
+            {"url": "/pricing/enterprise"},
+            {"url": "/pricing#compare"},
             {"url": "/pricing", "utm_source": "google"},
         ),
         ActivityKind.WEBINAR: tuple(
@@ -221,8 +515,10 @@ def _property_templates() -> dict[ActivityKind, tuple[dict[str, str], ...]]:
         ),
         ActivityKind.CONTENT_DOWNLOAD: tuple({"asset": a} for a in _ASSETS),
         ActivityKind.OTHER: (
-            {"type": "chat_started", "url": "/pricing"}, {"type": "chat_started", "url": "/"},
-            {"type": "booth_scan", "event": "saastr-2026"}, {"type": "meeting_booked"},
+            {"type": "chat_started", "url": "/pricing"},
+            {"type": "chat_started", "url": "/"},
+            {"type": "booth_scan", "event": "saastr-2026"},
+            {"type": "meeting_booked"},
         ),
     }
 
@@ -286,8 +582,14 @@ def _email(r: random.Random, first: str, last: str, domain: str | None) -> str:
     f = first.lower()
     la = "".join(ch for ch in last.lower() if ch.isalpha())
     if domain is None:
-        user = r.choice((f"{f}.{la}", f"{f}{la}{r.randint(1, 99)}", f"{f[0]}{la}",
-                         f"{f}_{la}{r.randint(70, 99)}"))
+        user = r.choice(
+            (
+                f"{f}.{la}",
+                f"{f}{la}{r.randint(1, 99)}",
+                f"{f[0]}{la}",
+                f"{f}_{la}{r.randint(70, 99)}",
+            )
+        )
         return f"{user}@{r.choice(FREE_MAIL)}"
     user = r.choice((f"{f}.{la}", f"{f[0]}{la}", f, f"{f}_{la}", f"{f}.{la[0]}"))
     return f"{user}@{domain}"
@@ -418,18 +720,48 @@ def generate(
     created = day * DAY_MS + (np.clip(tod, 0, 23.99) * 3_600_000).astype(np.int64)
     created = np.minimum(created, span_ms - 60_000)
     order = np.argsort(created, kind="stable")
-    (created, lead_org, company, dept, level, free_mail, source, industry, employees,
-     country, logit, q) = (a[order] for a in (
-        created, lead_org, company, dept, level, free_mail, source, industry, employees,
-        country, logit, q))
+    (
+        created,
+        lead_org,
+        company,
+        dept,
+        level,
+        free_mail,
+        source,
+        industry,
+        employees,
+        country,
+        logit,
+        q,
+    ) = (
+        a[order]
+        for a in (
+            created,
+            lead_org,
+            company,
+            dept,
+            level,
+            free_mail,
+            source,
+            industry,
+            employees,
+            country,
+            logit,
+            q,
+        )
+    )
 
     u = g.random(n)
     converted = u < q
     disqualified = ~converted & (g.random(n) < 0.7)
     delay_days = np.where(
-        converted, g.lognormal(math.log(11), 0.6, size=n),
-        np.where(disqualified, g.lognormal(math.log(14), 0.7, size=n),
-                 g.lognormal(math.log(18), 0.6, size=n)),
+        converted,
+        g.lognormal(math.log(11), 0.6, size=n),
+        np.where(
+            disqualified,
+            g.lognormal(math.log(14), 0.7, size=n),
+            g.lognormal(math.log(18), 0.6, size=n),
+        ),
     )
     delay = (np.clip(delay_days, 0.3, 80.0) * DAY_MS).astype(np.int64)
     room = span_ms - 1 - created  # an outcome past the end of the span has not happened yet
@@ -457,15 +789,36 @@ def generate(
     pricing_share = 0.01 + 0.07 * q
 
     outcome_kind = np.where(converted, 1, 2) * has_outcome
-    cols = (created.tolist(), lead_org.tolist(), company.tolist(), dept.tolist(),
-            level.tolist(), free_mail.tolist(), source.tolist(), industry.tolist(),
-            employees.tolist(), country.tolist(), horizon.tolist(), delay.tolist(),
-            outcome_kind.tolist(), wants_update.tolist(), n_act.tolist(),
-            demo_share.tolist(), pricing_share.tolist())
+    cols = (
+        created.tolist(),
+        lead_org.tolist(),
+        company.tolist(),
+        dept.tolist(),
+        level.tolist(),
+        free_mail.tolist(),
+        source.tolist(),
+        industry.tolist(),
+        employees.tolist(),
+        country.tolist(),
+        horizon.tolist(),
+        delay.tolist(),
+        outcome_kind.tolist(),
+        wants_update.tolist(),
+        n_act.tolist(),
+        demo_share.tolist(),
+        pricing_share.tolist(),
+    )
     del order, u, weight
 
     yield from _stream(
-        r, begin, org_names, companies, src_names, n_comp, comp_industry.tolist(), cols,
+        r,
+        begin,
+        org_names,
+        companies,
+        src_names,
+        n_comp,
+        comp_industry.tolist(),
+        cols,
     )
 
 
@@ -480,9 +833,25 @@ def _stream(
     cols: tuple[list, ...],
 ) -> Iterator[LeadEvent]:
     """Merge the leads' schedules into one time-ordered stream (a heap of cursors)."""
-    (created, lead_org, company, dept, level, free_mail, source, industry, employees,
-     country, horizon, delay, outcome_kind, wants_update, n_act, demo_share,
-     pricing_share) = cols
+    (
+        created,
+        lead_org,
+        company,
+        dept,
+        level,
+        free_mail,
+        source,
+        industry,
+        employees,
+        country,
+        horizon,
+        delay,
+        outcome_kind,
+        wants_update,
+        n_act,
+        demo_share,
+        pricing_share,
+    ) = cols
     n = len(created)
     getbits = r.getrandbits
     ms = timedelta(milliseconds=1)
@@ -491,14 +860,29 @@ def _stream(
     push, replace, pop = heapq.heappush, heapq.heapreplace, heapq.heappop
     nxt = 0
     while True:
-        if nxt < n and (not heap or created[nxt] < heap[0][0]
-                        or (created[nxt] == heap[0][0] and nxt < heap[0][1])):
+        if nxt < n and (
+            not heap
+            or created[nxt] < heap[0][0]
+            or (created[nxt] == heap[0][0] and nxt < heap[0][1])
+        ):
             i = nxt
             nxt += 1
             org = org_names[lead_org[i]]
             lid = f"lead-{i + 1:06d}"
-            profile = _profile(r, i, companies, src_names, industry, employees, country,
-                               company, dept, level, free_mail, source)
+            profile = _profile(
+                r,
+                i,
+                companies,
+                src_names,
+                industry,
+                employees,
+                country,
+                company,
+                dept,
+                level,
+                free_mail,
+                source,
+            )
             yield LeadEvent(
                 event_id=_uuid4_str(getbits(128)),
                 event_type=EventType.LEAD_CREATED,
@@ -507,9 +891,24 @@ def _stream(
                 occurred_at=begin + created[i] * ms,
                 profile=profile,
             )
-            sched = _schedule(r, i, created, horizon, delay, outcome_kind, wants_update,
-                              n_act, demo_share, pricing_share, profile, companies, n_comp,
-                              comp_industry, level, dept)
+            sched = _schedule(
+                r,
+                i,
+                created,
+                horizon,
+                delay,
+                outcome_kind,
+                wants_update,
+                n_act,
+                demo_share,
+                pricing_share,
+                profile,
+                companies,
+                n_comp,
+                comp_industry,
+                level,
+                dept,
+            )
             if sched:
                 push(heap, (sched[0][0], i, 0, sched, org, lid))
             continue
@@ -532,9 +931,18 @@ def _stream(
 
 
 def _profile(
-    r: random.Random, i: int, companies: list[_Company], src_names: list[str],
-    industry: list[int], employees: list[int], country: list[int], company: list[int],
-    dept: list[int], level: list[int], free_mail: list[bool], source: list[int],
+    r: random.Random,
+    i: int,
+    companies: list[_Company],
+    src_names: list[str],
+    industry: list[int],
+    employees: list[int],
+    country: list[int],
+    company: list[int],
+    dept: list[int],
+    level: list[int],
+    free_mail: list[bool],
+    source: list[int],
 ) -> dict[str, str | int]:
     first, last = r.choice(FIRST_NAMES), r.choice(LAST_NAMES)
     comp = companies[company[i]]
@@ -561,10 +969,21 @@ def _profile(
 
 
 def _schedule(
-    r: random.Random, i: int, created: list[int], horizon: list[int], delay: list[int],
-    outcome_kind: list[int], wants_update: list[bool], n_act: list[int],
-    demo_share: list[float], pricing_share: list[float], profile: dict[str, str | int],
-    companies: list[_Company], n_comp: int, comp_industry: list[int], level: list[int],
+    r: random.Random,
+    i: int,
+    created: list[int],
+    horizon: list[int],
+    delay: list[int],
+    outcome_kind: list[int],
+    wants_update: list[bool],
+    n_act: list[int],
+    demo_share: list[float],
+    pricing_share: list[float],
+    profile: dict[str, str | int],
+    companies: list[_Company],
+    n_comp: int,
+    comp_industry: list[int],
+    level: list[int],
     dept: list[int],
 ) -> list[tuple[int, object, object]]:
     """A lead's events after its creation, as (time ms, type, payload), in time order."""
@@ -590,8 +1009,13 @@ def _schedule(
         ]
     if wants_update[i]:
         t = c0 + 1 + int(r.random() * (h - 1))
-        out.append((t, EventType.LEAD_UPDATED, _update(r, profile, companies, n_comp,
-                                                       comp_industry, level[i], dept[i])))
+        out.append(
+            (
+                t,
+                EventType.LEAD_UPDATED,
+                _update(r, profile, companies, n_comp, comp_industry, level[i], dept[i]),
+            )
+        )
         out.sort(key=_first)
     if outcome_kind[i]:
         t = c0 + max(delay[i], out[-1][0] - c0 if out else 1)
@@ -622,8 +1046,13 @@ def _session_times(r: random.Random, c0: int, h: int, n: int) -> list[int]:
 
 
 def _update(
-    r: random.Random, profile: dict[str, str | int], companies: list[_Company], n_comp: int,
-    comp_industry: list[int], level: int, dept: int,
+    r: random.Random,
+    profile: dict[str, str | int],
+    companies: list[_Company],
+    n_comp: int,
+    comp_industry: list[int],
+    level: int,
+    dept: int,
 ) -> dict[str, str | int]:
     """A LeadUpdated's changes: enrichment, a promotion or a job change."""
     missing = [f for f in ("industry", "employees", "country", "title") if f not in profile]

@@ -19,5 +19,7 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 BATCH_SIZE = Histogram(
-    "leadscore_batch_events", "Lead-events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 5000)
+    "leadscore_batch_events",
+    "Lead-events per batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
 )

@@ -203,5 +203,3 @@ def start_relay_thread(relay: ScoreEventRelay, stop: threading.Event) -> threadi
     thread = threading.Thread(target=target, name="score-event-relay", daemon=True)
     thread.start()
     return thread
-
-

@@ -17,7 +17,9 @@ def next_id() -> str:
     return f"evt-{next(_ids):08d}"
 
 
-def created(lead: str = "lead-1", org: str = "org-1", at: datetime = T0, **profile: object) -> LeadEvent:
+def created(
+    lead: str = "lead-1", org: str = "org-1", at: datetime = T0, **profile: object
+) -> LeadEvent:
     profile = profile or {
         "email": "ada@example.io",
         "first_name": "Ada",
@@ -38,13 +40,20 @@ def activity(
     at: datetime = T0,
 ) -> LeadEvent:
     return LeadEvent(
-        next_id(), EventType.ACTIVITY_RECORDED, org, lead, at, activity_kind=kind,
+        next_id(),
+        EventType.ACTIVITY_RECORDED,
+        org,
+        lead,
+        at,
+        activity_kind=kind,
         activity_properties={"url": "/pricing"},
     )
 
 
 def outcome(
-    kind: EventType = EventType.LEAD_CONVERTED, lead: str = "lead-1", org: str = "org-1",
+    kind: EventType = EventType.LEAD_CONVERTED,
+    lead: str = "lead-1",
+    org: str = "org-1",
     at: datetime = T0 + timedelta(days=10),
 ) -> LeadEvent:
     return LeadEvent(next_id(), kind, org, lead, at, reason="closed won")

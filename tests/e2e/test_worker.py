@@ -42,7 +42,10 @@ def start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "leadscore.cli", "worker"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
 
 
@@ -84,7 +87,9 @@ def committed_all(settings: Settings) -> bool:
 
 def reset_offsets(settings: Settings) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    parts = [TopicPartition(settings.topic_lead_events, p, 0) for p in range(settings.topic_partitions)]
+    parts = [
+        TopicPartition(settings.topic_lead_events, p, 0) for p in range(settings.topic_partitions)
+    ]
     req = ConsumerGroupTopicPartitions(settings.consumer_group, parts)
     admin.alter_consumer_group_offsets([req])[settings.consumer_group].result()
 
@@ -96,17 +101,24 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     workload = list(generate(3, 200, 2_000, seed=11))
     leads = {(e.org_id, e.lead_id) for e in workload}
     encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
-    report = produce_events(kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload)
+    report = produce_events(
+        kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
+    )
     assert report.sent == len(workload) and report.failed == 0
 
     log = tmp_path / "worker.log"
     worker = start(s, log)
     try:
         wait_for_group(s, worker, timeout=120)
-        wait_until(lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= len(workload),
-                   120, "the worker to take every lead-event")
+        wait_until(
+            lambda: (
+                metric(s.metrics_port, "leadscore_lead_events_total", "received") >= len(workload)
+            ),
+            120,
+            "the worker to take every lead-event",
+        )
         store = open_store(s.pg_dsn, cache_size=0)
-        ids = [lead_aggregate_id(o, l) for o, l in leads]
+        ids = [lead_aggregate_id(org, lead) for org, lead in leads]
         wait_until(lambda: committed_all(s), 60, "offsets to be committed")
         stored = store.load(ids)
         assert all(lead is not None for lead in stored.values())
@@ -127,8 +139,11 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
 
         # Every stored score reached score-events, and every lead got at least one.
         n_scores = kinds["LeadScored"]
-        wait_until(lambda: metric(s.metrics_port, "leadscore_score_events_published_total") >= n_scores,
-                   60, "the relay to publish every score")
+        wait_until(
+            lambda: metric(s.metrics_port, "leadscore_score_events_published_total") >= n_scores,
+            60,
+            "the relay to publish every score",
+        )
         catalog = SchemaCatalog(s.pg_dsn)
         records = [catalog.decode(v) for _k, v in consume_all(s, expected=n_scores)]
         assert len(records) == n_scores
@@ -141,8 +156,13 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         reset_offsets(s)
         worker = start(s, log)
         wait_for_group(s, worker, timeout=120)
-        wait_until(lambda: metric(s.metrics_port, "leadscore_lead_events_total", "duplicate") >= len(workload),
-                   120, "the worker to see every redelivered event")
+        wait_until(
+            lambda: (
+                metric(s.metrics_port, "leadscore_lead_events_total", "duplicate") >= len(workload)
+            ),
+            120,
+            "the worker to see every redelivered event",
+        )
         assert metric(s.metrics_port, "leadscore_lead_events_total", "applied") == 0
         after = []
         while batch := store.notifications(after[-1].id if after else 0, 5000):

@@ -33,7 +33,9 @@ def encoded(engine: Engine, events: list) -> list[bytes]:  # type: ignore[type-a
     return [enc.encode(event_to_record(ev)) for ev in events]
 
 
-def consume_all(settings: Settings, expected: int, timeout: float = 30) -> list[tuple[bytes, bytes]]:
+def consume_all(
+    settings: Settings, expected: int, timeout: float = 30
+) -> list[tuple[bytes, bytes]]:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,

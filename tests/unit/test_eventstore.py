@@ -1,4 +1,4 @@
-"""The event store port, proven on the in-memory backend; tests/integration runs it on PostgreSQL."""
+"""The event store port, proven in memory here; tests/integration runs it on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,8 +21,14 @@ class LeadStoreContract:
         raise NotImplementedError  # each backend provides its own
 
     def test_saved_batch_reloads_and_is_logged_in_order(self, store: LeadStore) -> None:
-        events = [created(lead="a"), created(lead="b"), activity(ActivityKind.DEMO_REQUEST, lead="a")]
-        out = apply_batch(events, store.load({lead_aggregate_id("org-1", "a")}), FixedScorer(), event_time, T0)
+        events = [
+            created(lead="a"),
+            created(lead="b"),
+            activity(ActivityKind.DEMO_REQUEST, lead="a"),
+        ]
+        out = apply_batch(
+            events, store.load({lead_aggregate_id("org-1", "a")}), FixedScorer(), event_time, T0
+        )
         store.save_leads(list(out.touched.values()))
         store.evict(out.touched)
         loaded = store.load(out.touched)

@@ -21,7 +21,9 @@ def build(history: list[tuple[ActivityKind, int]]) -> Lead:
 
 
 @given(st.lists(st.tuples(kinds, offsets), max_size=30), st.integers(0, 400))
-def test_features_are_finite_and_complete(history: list[tuple[ActivityKind, int]], days: int) -> None:
+def test_features_are_finite_and_complete(
+    history: list[tuple[ActivityKind, int]], days: int
+) -> None:
     lead = build(history)
     row = features(lead, T0 + timedelta(days=days))
     assert len(row) == len(FEATURE_NAMES)
@@ -57,7 +59,9 @@ def test_counts_follow_activities() -> None:
 
 def test_titles_are_normalised_the_way_people_write_them() -> None:
     assert seniority("CTO & Co-Founder") > seniority("VP Sales") > seniority("Director of IT")
-    assert seniority("Director of IT") > seniority("Marketing Manager") > seniority("Marketing Intern")
+    assert (
+        seniority("Director of IT") > seniority("Marketing Manager") > seniority("Marketing Intern")
+    )
     assert seniority("Vice President, Marketing") == seniority("VP Sales")
     assert seniority("student") == 0
     assert seniority("Product Owner") < seniority("Owner") == seniority("Managing Director")

@@ -96,10 +96,18 @@ def test_session_is_single_threaded(v1: OnnxScorer) -> None:
 
 
 def test_newest_by_trained_at(tmp_path: Path) -> None:
-    copy_model(MODEL_DIR / "v1", tmp_path / "b-old", version="b-old",
-               trained_at="2025-01-01T00:00:00+00:00")
-    copy_model(MODEL_DIR / "v1", tmp_path / "a-new", version="a-new",
-               trained_at="2026-06-01T00:00:00+00:00")
+    copy_model(
+        MODEL_DIR / "v1",
+        tmp_path / "b-old",
+        version="b-old",
+        trained_at="2025-01-01T00:00:00+00:00",
+    )
+    copy_model(
+        MODEL_DIR / "v1",
+        tmp_path / "a-new",
+        version="a-new",
+        trained_at="2026-06-01T00:00:00+00:00",
+    )
     (tmp_path / ".a-half-written").mkdir()  # training's temporary directory: ignored
     assert [m["version"] for m in list_models(tmp_path)] == ["b-old", "a-new"]
     assert load_scorer(tmp_path).version == "a-new"

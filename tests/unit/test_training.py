@@ -53,9 +53,9 @@ def dataset(history: list[LeadEvent]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 @pytest.fixture(scope="module")
-def trained(history: list[LeadEvent], tmp_path_factory: pytest.TempPathFactory) -> tuple[
-    ModelMetadata, Path
-]:
+def trained(
+    history: list[LeadEvent], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ModelMetadata, Path]:
     out = tmp_path_factory.mktemp("models")
     return train(history, version="t1", out_dir=out, seed=7), out
 
@@ -192,10 +192,15 @@ def test_onnx_matches_lightgbm_on_the_holdout(
     order = np.argsort(t, kind="stable")
     tr, ho = order[: meta.n_train], order[meta.n_train :]
     assert t[ho].min() >= t[tr].max()  # a time split: the holdout is the later part
-    params = {k: v for k, v in meta.params.items() if k in lightgbm_params(
-        num_leaves=1, learning_rate=1, min_data_in_leaf=1, seed=1, num_threads=1)}
+    params = {
+        k: v
+        for k, v in meta.params.items()
+        if k
+        in lightgbm_params(num_leaves=1, learning_rate=1, min_data_in_leaf=1, seed=1, num_threads=1)
+    }
     booster = lgb.train(
-        params, lgb.Dataset(X[tr], label=y[tr], feature_name=list(FEATURE_NAMES)),
+        params,
+        lgb.Dataset(X[tr], label=y[tr], feature_name=list(FEATURE_NAMES)),
         num_boost_round=meta.params["num_trees"],
     )
     model_bytes = (out / "t1" / "model.onnx").read_bytes()
@@ -207,9 +212,11 @@ def test_onnx_matches_lightgbm_on_the_holdout(
 def test_a_tampered_model_fails_the_parity_check(history: list[LeadEvent]) -> None:
     X, y, _ = build_dataset(history[:10_000])
     booster = lgb.train(
-        lightgbm_params(num_leaves=7, learning_rate=0.1, min_data_in_leaf=20, seed=1,
-                        num_threads=1),
-        lgb.Dataset(X, label=y), num_boost_round=10,
+        lightgbm_params(
+            num_leaves=7, learning_rate=0.1, min_data_in_leaf=20, seed=1, num_threads=1
+        ),
+        lgb.Dataset(X, label=y),
+        num_boost_round=10,
     )
     good = to_onnx(booster, "x")
     assert check_parity(booster, good, X) <= 1e-4

@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import fastavro
@@ -44,7 +45,5 @@ def test_invalid_records_are_refused(field: str, value: object) -> None:
 
 @given(st.binary(max_size=64))
 def test_random_headers_never_escape_as_other_errors(value: bytes) -> None:
-    try:
+    with contextlib.suppress(SerializationError):
         split_header(value)
-    except SerializationError:
-        pass

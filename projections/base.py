@@ -1,0 +1,144 @@
+"""What a projection is, and the runner that keeps each one following the log.
+
+A projection applies log entries in order and records the position of the last
+one it applied *atomically with what it wrote* (or writes idempotently by position),
+so a restart or a redelivered batch converges to the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from projections.log import LogEntry, LogReader, table_exists
+
+log = structlog.get_logger(__name__)
+
+STATUS_DDL = """
+CREATE TABLE IF NOT EXISTS projection_status (
+    name text PRIMARY KEY,
+    position bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class Projection(Protocol):
+    """A read model that follows the notification log."""
+
+    name: str
+
+    async def setup(self) -> None:
+        """Create the read model's tables or keys if missing (idempotent)."""
+
+    async def position(self) -> int:
+        """Position of the last log entry applied (0 when none)."""
+
+    async def project(self, entries: Sequence[LogEntry]) -> None:
+        """Apply ``entries`` (ascending positions) and record the last position, atomically.
+
+        Entries at or below the recorded position must change nothing.
+        """
+
+    async def reset(self) -> None:
+        """Drop the read model and its position, ready to rebuild from 0."""
+
+    async def close(self) -> None: ...
+
+
+class ProjectionRunner:
+    """Follows the log for a set of projections, one elected runner per projection.
+
+    Election is a PostgreSQL advisory lock per projection name, held on a dedicated
+    connection: with several workers, each read model still has one writer.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        projections: Sequence[Projection],
+        *,
+        batch_size: int = 2000,
+        idle_wait: float = 0.05,
+    ) -> None:
+        self.pool = pool
+        self.reader = LogReader(pool)
+        self.projections = list(projections)
+        self.batch_size = batch_size
+        self.idle_wait = idle_wait
+
+    async def catch_up(self, projection: Projection, until: int | None = None) -> int:
+        """Apply everything after the projection's position (up to ``until``); returns count."""
+        if not await table_exists(self.pool):
+            return 0
+        applied = 0
+        position = await projection.position()
+        while until is None or position < until:
+            entries = await self.reader.read(position, self.batch_size)
+            if until is not None:
+                entries = [e for e in entries if e.position <= until]
+            if not entries:
+                break
+            await projection.project(entries)
+            position = entries[-1].position
+            applied += len(entries)
+            await self._report(projection.name, position)
+        return applied
+
+    async def follow(self, projection: Projection, stop: asyncio.Event) -> None:
+        """Elect, then keep the projection caught up until ``stop`` is set."""
+        await projection.setup()
+        key = f"leadscore.projection.{projection.name}"
+        async with self.pool.acquire() as lock_conn:
+            while not stop.is_set():
+                got = await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key)
+                if got:
+                    break
+                await _wait(stop, 1.0)
+            if stop.is_set():
+                return
+            log.info("projection elected", projection=projection.name)
+            try:
+                while not stop.is_set():
+                    try:
+                        n = await self.catch_up(projection)
+                    except (OSError, asyncpg.PostgresConnectionError) as exc:
+                        log.warning(
+                            "projection retrying", projection=projection.name, error=str(exc)
+                        )
+                        await _wait(stop, 1.0)
+                        continue
+                    if n == 0:
+                        await _wait(stop, self.idle_wait)
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(STATUS_DDL)
+        await asyncio.gather(*(self.follow(p, stop) for p in self.projections))
+
+    async def rebuild(self, projection: Projection) -> int:
+        await projection.reset()
+        await projection.setup()
+        return await self.catch_up(projection)
+
+    async def _report(self, name: str, position: int) -> None:
+        # Best effort, for `leadscore projections status`; the projection's own
+        # store holds the authoritative position.
+        await self.pool.execute(
+            "INSERT INTO projection_status (name, position, updated_at) VALUES ($1, $2, now()) "
+            "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+            name,
+            position,
+        )
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

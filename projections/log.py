@@ -1,0 +1,87 @@
+"""Reading the event store's notification log: one global order, from any position."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    UUIDAsHex,
+)
+
+from leadscore.eventstore import LeadStore
+
+EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One stored domain event at its position in the log."""
+
+    position: int
+    aggregate_id: UUID
+    version: int
+    # LeadCreated, LeadUpdated, ActivityRecorded, LeadConverted, LeadDisqualified, LeadScored
+    kind: str
+    event: Any  # the domain event; every kind carries org_id and lead_id
+
+
+def log_mapper() -> Mapper[UUID]:
+    """The same mapping the event store writes with (JSON, UUID/datetime/Decimal transcodings)."""
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    return Mapper(transcoder=transcoder)
+
+
+class LogReader:
+    """Async reader of the notification log (asyncpg), decoding rows to domain events."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.mapper = log_mapper()
+
+    async def read(self, after: int, limit: int) -> list[LogEntry]:
+        rows = await self.pool.fetch(
+            f"SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE notification_id > $1 ORDER BY notification_id LIMIT $2",
+            after,
+            limit,
+        )
+        return [self._entry(r) for r in rows]
+
+    async def head(self) -> int:
+        """The newest position in the log (0 when empty)."""
+        value = await self.pool.fetchval(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
+        return int(value or 0)
+
+    def _entry(self, row: Sequence[Any]) -> LogEntry:
+        position, originator_id, version, topic, state = row
+        event = self.mapper.to_domain_event(
+            StoredEvent(
+                originator_id=originator_id,
+                originator_version=version,
+                topic=topic,
+                state=bytes(state),
+            )
+        )
+        return LogEntry(
+            position=position,
+            aggregate_id=originator_id,
+            version=version,
+            kind=topic.rsplit(".", 1)[-1],
+            event=event,
+        )
+
+
+async def table_exists(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT to_regclass($1) IS NOT NULL", EVENTS_TABLE))

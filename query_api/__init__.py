@@ -1,0 +1,1 @@
+"""The thin Starlette API over the read models."""
