@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leadscore.cli_projections import app as projections_app
 from leadscore.logs import configure_logging
 from leadscore.services.cli import app as services_app
 from leadscore.settings import get_settings
 
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
+app.add_typer(projections_app, name="projections")
 models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console()

@@ -17,6 +17,10 @@ from eventsourcing.persistence import IntegrityError, Notification
 
 from domain.lead import Lead
 
+# Positions of everything that follows the log (the score-event relay, projections).
+TRACKING_DDL = (
+    "CREATE TABLE IF NOT EXISTS tracking (name text PRIMARY KEY, position bigint NOT NULL)"
+)
 SCORED_TOPIC = f"{Lead.LeadScored.__module__}:{Lead.LeadScored.__qualname__}"
 
 

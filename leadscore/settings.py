@@ -20,6 +20,7 @@ class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
     clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
     run_dir: str = field(default_factory=_default_run_dir)
 
@@ -35,6 +36,9 @@ class Settings:
     batch_timeout_ms: int = 50
     aggregate_cache_size: int = 100_000
     publish_interval_ms: int = 20
+    # Which projections a worker runs: "auto" = postgres and redis, plus clickhouse
+    # when it is a server (embedded chdb belongs to the API process).
+    worker_projections: str = "auto"
 
     metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
 

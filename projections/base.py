@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS projection_status (
     updated_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+class ProjectionBusyError(RuntimeError):
+    """Another process holds the projection (it is running there)."""
 
 
 class Projection(Protocol):
@@ -71,8 +75,14 @@ class ProjectionRunner:
         self.projections = list(projections)
         self.batch_size = batch_size
         self.idle_wait = idle_wait
+        self._status_ready = False
 
-    async def catch_up(self, projection: Projection, until: int | None = None) -> int:
+    async def catch_up(
+        self,
+        projection: Projection,
+        until: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Apply everything after the projection's position (up to ``until``); returns count."""
         if not await table_exists(self.pool):
             return 0
@@ -88,6 +98,8 @@ class ProjectionRunner:
             position = entries[-1].position
             applied += len(entries)
             await self._report(projection.name, position)
+            if on_progress:
+                on_progress(position)
         return applied
 
     async def follow(self, projection: Projection, stop: asyncio.Event) -> None:
@@ -119,18 +131,41 @@ class ProjectionRunner:
                 await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(STATUS_DDL)
         await asyncio.gather(*(self.follow(p, stop) for p in self.projections))
 
-    async def rebuild(self, projection: Projection) -> int:
-        await projection.reset()
-        await projection.setup()
-        return await self.catch_up(projection)
+    async def rebuild(
+        self, projection: Projection, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Drop the read model and replay the whole log into it, holding its election lock."""
+        key = f"leadscore.projection.{projection.name}"
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                raise ProjectionBusyError(
+                    f"projection {projection.name!r} is being run by another process "
+                    "(a worker or the API); stop it before rebuilding"
+                )
+            try:
+                await projection.reset()
+                await projection.setup()
+                return await self.catch_up(projection, on_progress=on_progress)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+    async def status(self) -> list[dict[str, object]]:
+        """Each projection's position and lag behind the head of the log."""
+        head = await self.reader.head() if await table_exists(self.pool) else 0
+        out: list[dict[str, object]] = []
+        for p in self.projections:
+            position = await p.position()
+            out.append({"name": p.name, "position": position, "head": head, "lag": head - position})
+        return out
 
     async def _report(self, name: str, position: int) -> None:
-        # Best effort, for `leadscore projections status`; the projection's own
-        # store holds the authoritative position.
+        # For `leadscore projections status`; the projection's own store holds
+        # the authoritative position.
+        if not self._status_ready:
+            await self.pool.execute(STATUS_DDL)
+            self._status_ready = True
         await self.pool.execute(
             "INSERT INTO projection_status (name, position, updated_at) VALUES ($1, $2, now()) "
             "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",

@@ -16,7 +16,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from domain.lead import score_event_id
-from leadscore.eventstore import SCORED_TOPIC, LeadStore
+from leadscore.eventstore import SCORED_TOPIC, TRACKING_DDL, LeadStore
 from streams import metrics
 from streams.wire import AvroTopic
 
@@ -53,13 +53,11 @@ def score_record(event: Any, position: int) -> dict[str, Any]:
 class Tracking:
     """Named positions in PostgreSQL; also holds the advisory lock of the elected relay."""
 
-    DDL = "CREATE TABLE IF NOT EXISTS tracking (name text PRIMARY KEY, position bigint NOT NULL)"
-
     def __init__(self, dsn: str, name: str) -> None:
         self.name = name
         self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute(self.DDL)
+        self.conn.execute(TRACKING_DDL)
 
     def reconnect(self) -> None:
         try:

@@ -12,6 +12,7 @@ import psycopg
 import structlog
 
 from leadscore.bootstrap import Engine
+from projections.runner import start_projection_thread, worker_projection_names
 from streams.processor import BatchStats
 from streams.relay import start_relay_thread
 
@@ -74,9 +75,13 @@ def run_worker(engine: Engine) -> None:
     app = create_app(engine)
     relay_stop = threading.Event()
     relay_thread = start_relay_thread(engine.relay(), relay_stop)
+    names = worker_projection_names(engine.settings)
+    projections_thread, projections_stop = start_projection_thread(engine.settings, names)
     worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
         relay_stop.set()
+        projections_stop.set()
         relay_thread.join(10)
+        projections_thread.join(10)

@@ -1,0 +1,233 @@
+"""The PostgreSQL read model: the record of leads, their current scores and score history.
+
+Rows and the projection's position are written in one transaction; entries at or
+below the stored position are skipped, so a redelivered batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from leadscore.eventstore import TRACKING_DDL
+from projections.log import LogEntry
+
+POSITION_NAME = "projection:postgres"
+PROFILE_COLUMNS = (
+    "email", "first_name", "last_name", "company", "title", "industry", "employees",
+    "country", "source",
+)  # fmt: skip
+
+DDL = f"""
+{TRACKING_DDL};
+CREATE TABLE IF NOT EXISTS leads (
+    aggregate_id uuid PRIMARY KEY,
+    org_id text NOT NULL,
+    lead_id text NOT NULL,
+    email text, first_name text, last_name text, company text, title text,
+    industry text, employees integer, country text, source text,
+    status text NOT NULL DEFAULT 'open',
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    UNIQUE (org_id, lead_id)
+);
+CREATE TABLE IF NOT EXISTS lead_scores (
+    aggregate_id uuid PRIMARY KEY,
+    org_id text NOT NULL,
+    lead_id text NOT NULL,
+    total double precision NOT NULL,
+    fit double precision NOT NULL,
+    engagement double precision NOT NULL,
+    grade text NOT NULL,
+    model_version text NOT NULL,
+    updated_at timestamptz NOT NULL,
+    position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lead_scores_org_total_idx
+    ON lead_scores (org_id, total DESC, lead_id);
+CREATE TABLE IF NOT EXISTS score_history (
+    aggregate_id uuid NOT NULL,
+    version bigint NOT NULL,
+    org_id text NOT NULL,
+    lead_id text NOT NULL,
+    score double precision NOT NULL,
+    previous_score double precision,
+    components jsonb NOT NULL,
+    factors jsonb NOT NULL,
+    grade text NOT NULL,
+    model_version text NOT NULL,
+    caused_by_event_id text NOT NULL,
+    at timestamptz NOT NULL,
+    position bigint NOT NULL,
+    PRIMARY KEY (aggregate_id, version)
+);
+CREATE INDEX IF NOT EXISTS score_history_org_lead_pos_idx
+    ON score_history (org_id, lead_id, position DESC);
+"""
+
+_UPSERT_LEAD = f"""
+INSERT INTO leads (aggregate_id, org_id, lead_id, {", ".join(PROFILE_COLUMNS)},
+                   status, created_at, updated_at)
+VALUES ($1, $2, $3, {", ".join(f"${i}" for i in range(4, 4 + len(PROFILE_COLUMNS)))},
+        $13, $14, $15)
+ON CONFLICT (aggregate_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in PROFILE_COLUMNS)},
+    status = EXCLUDED.status,
+    created_at = EXCLUDED.created_at,
+    updated_at = EXCLUDED.updated_at
+"""
+_UPSERT_SCORE = """
+INSERT INTO lead_scores (aggregate_id, org_id, lead_id, total, fit, engagement, grade,
+                         model_version, updated_at, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (aggregate_id) DO UPDATE SET
+    total = EXCLUDED.total, fit = EXCLUDED.fit, engagement = EXCLUDED.engagement,
+    grade = EXCLUDED.grade, model_version = EXCLUDED.model_version,
+    updated_at = EXCLUDED.updated_at, position = EXCLUDED.position
+WHERE lead_scores.position < EXCLUDED.position
+"""
+_INSERT_HISTORY = """
+INSERT INTO score_history (aggregate_id, version, org_id, lead_id, score, previous_score,
+                           components, factors, grade, model_version, caused_by_event_id,
+                           at, position)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13)
+ON CONFLICT (aggregate_id, version) DO NOTHING
+"""
+
+
+class PostgresProjection:
+    name = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def setup(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(DDL)
+
+    async def position(self) -> int:
+        value = await self.pool.fetchval(
+            "SELECT position FROM tracking WHERE name = $1", POSITION_NAME
+        )
+        return int(value or 0)
+
+    async def reset(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DROP TABLE IF EXISTS score_history, lead_scores, leads")
+            await conn.execute(TRACKING_DDL)
+            await conn.execute("DELETE FROM tracking WHERE name = $1", POSITION_NAME)
+
+    async def close(self) -> None:
+        """The pool belongs to the caller."""
+
+    async def project(self, entries: Sequence[LogEntry]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Lock our position row: two writers of this read model serialise here.
+            current = await conn.fetchval(
+                "INSERT INTO tracking (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO UPDATE SET position = tracking.position "
+                "RETURNING position",
+                POSITION_NAME,
+            )
+            fresh = [e for e in entries if e.position > current]
+            if not fresh:
+                return
+            leads, scores, history = await self._rows(conn, fresh)
+            if leads:
+                await conn.executemany(_UPSERT_LEAD, leads)
+            if scores:
+                await conn.executemany(_UPSERT_SCORE, scores)
+            if history:
+                await conn.executemany(_INSERT_HISTORY, history)
+            await conn.execute(
+                "UPDATE tracking SET position = $2 WHERE name = $1",
+                POSITION_NAME,
+                fresh[-1].position,
+            )
+
+    async def _rows(
+        self, conn: asyncpg.Connection, entries: Sequence[LogEntry]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Fold the batch per lead in memory, then one upsert per touched lead."""
+        touched = {e.aggregate_id for e in entries if e.kind != "LeadScored"}
+        state: dict[Any, dict[str, Any]] = {}
+        if touched:
+            rows = await conn.fetch(
+                "SELECT * FROM leads WHERE aggregate_id = ANY($1::uuid[])", list(touched)
+            )
+            state = {r["aggregate_id"]: dict(r) for r in rows}
+        latest_score: dict[Any, tuple[Any, ...]] = {}
+        history: list[tuple[Any, ...]] = []
+        for e in entries:
+            ev = e.event
+            if e.kind == "LeadScored":
+                history.append(_history_row(e))
+                latest_score[e.aggregate_id] = _score_row(e)
+                continue
+            lead = state.get(e.aggregate_id)
+            if lead is None:
+                lead = state[e.aggregate_id] = {
+                    "aggregate_id": e.aggregate_id,
+                    "org_id": ev.org_id,
+                    "lead_id": ev.lead_id,
+                    **dict.fromkeys(PROFILE_COLUMNS),
+                    "status": "open",
+                    "created_at": getattr(ev, "created_at", None) or ev.occurred_at,
+                    "updated_at": getattr(ev, "created_at", None) or ev.occurred_at,
+                }
+            _fold(lead, e)
+        lead_rows = [
+            (
+                lead["aggregate_id"],
+                lead["org_id"],
+                lead["lead_id"],
+                *(lead[c] for c in PROFILE_COLUMNS),
+                lead["status"],
+                lead["created_at"],
+                lead["updated_at"],
+            )  # fmt: skip
+            for agg, lead in state.items()
+            if agg in touched
+        ]
+        return lead_rows, list(latest_score.values()), history
+
+
+def _fold(lead: dict[str, Any], e: LogEntry) -> None:
+    ev = e.event
+    if e.kind == "LeadCreated":
+        lead.update({k: v for k, v in ev.profile.items() if k in PROFILE_COLUMNS})
+        lead["created_at"] = ev.created_at
+        at = ev.created_at
+    elif e.kind == "LeadUpdated":
+        lead.update({k: v for k, v in ev.changes.items() if k in PROFILE_COLUMNS})
+        at = ev.occurred_at
+    elif e.kind == "LeadConverted":
+        lead["status"] = "converted"
+        at = ev.occurred_at
+    elif e.kind == "LeadDisqualified":
+        lead["status"] = "disqualified"
+        at = ev.occurred_at
+    else:
+        at = ev.occurred_at
+    if lead["updated_at"] is None or at > lead["updated_at"]:
+        lead["updated_at"] = at
+
+
+def _score_row(e: LogEntry) -> tuple[Any, ...]:
+    ev = e.event
+    return (
+        e.aggregate_id, ev.org_id, ev.lead_id, ev.score, ev.components["fit"],
+        ev.components["engagement"], ev.grade, ev.model_version, ev.scored_at, e.position,
+    )  # fmt: skip
+
+
+def _history_row(e: LogEntry) -> tuple[Any, ...]:
+    ev = e.event
+    return (
+        e.aggregate_id, e.version, ev.org_id, ev.lead_id, ev.score, ev.previous_score,
+        orjson.dumps(ev.components).decode(), orjson.dumps(ev.factors).decode(), ev.grade,
+        ev.model_version, ev.caused_by_event_id, ev.scored_at, e.position,
+    )  # fmt: skip

@@ -1,0 +1,104 @@
+"""The Redis read model: hot current scores, per-org leaderboards and recent changes.
+
+A Lua script applies a whole batch atomically: it skips entries at or below the
+stored position, writes the rest and moves the position, so redelivered or replayed
+entries change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import redis.asyncio as aioredis
+
+from projections.log import LogEntry
+
+PREFIX = "leadscore"
+RECENT_LIMIT = 100
+
+# ARGV: position_key, recent_limit, then per score: position, org, lead, score, grade, fit,
+# engagement, model_version, at, change_json. ARGV[n] is the last position of the batch.
+_APPLY = """
+local position_key = ARGV[1]
+local recent_limit = tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', position_key) or '0')
+local prefix = ARGV[3]
+local n = #ARGV - 1
+local i = 4
+while i <= n do
+  local pos = tonumber(ARGV[i])
+  if pos > current then
+    local org, lead = ARGV[i + 1], ARGV[i + 2]
+    local base = prefix .. ':' .. org
+    redis.call('HSET', base .. ':lead:' .. lead,
+      'score', ARGV[i + 3], 'grade', ARGV[i + 4], 'fit', ARGV[i + 5],
+      'engagement', ARGV[i + 6], 'model_version', ARGV[i + 7], 'updated_at', ARGV[i + 8],
+      'position', ARGV[i])
+    redis.call('ZADD', base .. ':leaderboard', ARGV[i + 3], lead)
+    redis.call('LPUSH', base .. ':recent', ARGV[i + 9])
+    redis.call('LTRIM', base .. ':recent', 0, recent_limit - 1)
+  end
+  i = i + 10
+end
+local last = tonumber(ARGV[#ARGV])
+if last > current then
+  redis.call('SET', position_key, ARGV[#ARGV])
+end
+return current
+"""
+
+
+class RedisProjection:
+    name = "redis"
+
+    def __init__(self, client: aioredis.Redis, prefix: str = PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.position_key = f"{prefix}:projection:redis:position"
+        self._script = client.register_script(_APPLY)
+
+    async def setup(self) -> None:
+        """Redis needs no schema."""
+
+    async def position(self) -> int:
+        value = await self.client.get(self.position_key)
+        return int(value or 0)
+
+    async def project(self, entries: Sequence[LogEntry]) -> None:
+        if not entries:
+            return
+        args: list[str | int | float] = [self.position_key, RECENT_LIMIT, self.prefix]
+        for e in entries:
+            if e.kind != "LeadScored":
+                continue
+            ev = e.event
+            at = ev.scored_at.isoformat()
+            change = {
+                "lead_id": ev.lead_id,
+                "score": ev.score,
+                "previous_score": ev.previous_score,
+                "grade": ev.grade,
+                "model_version": ev.model_version,
+                "at": at,
+                "position": e.position,
+            }
+            args += [
+                e.position, ev.org_id, ev.lead_id, ev.score, ev.grade,
+                ev.components["fit"], ev.components["engagement"], ev.model_version, at,
+                orjson.dumps(change).decode(),
+            ]  # fmt: skip
+        args.append(entries[-1].position)
+        await self._script(keys=[], args=args)
+
+    async def reset(self) -> None:
+        cursor = 0
+        while True:
+            cursor, keys = await self.client.scan(cursor, match=f"{self.prefix}:*", count=1000)
+            if keys:
+                await self.client.delete(*keys)
+            if cursor == 0:
+                break
+
+    async def close(self) -> None:
+        """The client belongs to the caller."""
