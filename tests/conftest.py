@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -43,12 +44,28 @@ def settings(services: Settings) -> Iterator[Settings]:
         topic_partitions=3,
         consumer_group=f"leadscore-test-{tag}",
         aggregate_cache_size=10_000,
+        redis_prefix=f"leadscore-test-{tag}",
+        clickhouse_dsn=f"chdb://{services.run_path}/test-chdb-{tag}",
     )
     stack.ensure_topics(
         s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], 3
     )
     yield s
     stack.drop_database(services, dbname)
+    _forget_redis_keys(s)
+    shutil.rmtree(s.clickhouse_dsn.removeprefix("chdb://"), ignore_errors=True)
+
+
+def _forget_redis_keys(s: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(s.redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{s.redis_prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def settings_env(s: Settings) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -12,7 +13,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -23,10 +26,18 @@ from leadscore.eventstore import open_store
 from leadscore.producer import produce_events
 from leadscore.settings import Settings
 from leadscore.workload import generate
+from projections.postgres import PostgresProjection
+from projections.redis import RedisProjection
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.conftest import settings_env
 from tests.integration.test_pipeline import consume_all
+from tests.integration.test_projections import (
+    expected_redis,
+    expected_state,
+    pg_state,
+    redis_state,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -151,6 +162,13 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         assert all(0 <= r["new_score"] <= 100 and r["model_version"] for r in records)
         assert len({r["event_id"] for r in records}) == n_scores
 
+        # The read models the worker projects converge to the event store's state.
+        want = expected_state(s)
+        wait_until(
+            lambda: asyncio.run(projected_position(s)) >= want["head"], 60, "the projections"
+        )
+        assert asyncio.run(read_models(s)) == read_models_expected(want)
+
         # Redeliver everything: reset the group's offsets and run a new worker.
         stop_worker(worker)
         reset_offsets(s)
@@ -168,7 +186,38 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         while batch := store.notifications(after[-1].id if after else 0, 5000):
             after.extend(batch)
         assert len(after) == len(notes)  # no domain event duplicated, no score re-recorded
+        assert asyncio.run(read_models(s)) == read_models_expected(want)
         store.close()
     finally:
         stop_worker(worker)
         print(log.read_text()[-3000:])
+
+
+async def projected_position(s: Settings) -> int:
+    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
+    client = aioredis.from_url(s.redis_url)
+    try:
+        positions = [
+            await PostgresProjection(pool).position(),
+            await RedisProjection(client, s.redis_prefix).position(),
+        ]
+        return min(positions)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+async def read_models(s: Settings) -> tuple[object, object]:
+    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
+    client = aioredis.from_url(s.redis_url)
+    try:
+        pg = await pg_state(pool)
+        orgs = {lead[0] for lead in pg["leads"]}
+        return pg, await redis_state(client, s.redis_prefix, orgs)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def read_models_expected(want: dict) -> tuple[object, object]:  # type: ignore[type-arg]
+    return {k: want[k] for k in ("leads", "scores", "n_scores")}, expected_redis(want)

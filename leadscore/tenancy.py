@@ -1,0 +1,199 @@
+"""Tenants (organizations) and their API keys, in PostgreSQL.
+
+An API key is ``lsk_`` followed by 43 URL-safe characters (32 random bytes). Only
+its SHA-256 is stored: the key has 256 bits of entropy, so a fast unsalted hash is
+the standard choice (GitHub, Stripe) and lets a request find its key by an indexed
+equality lookup. The prefix makes leaked keys easy to recognise in logs and scanners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+KEY_PREFIX = "lsk_"
+_KEY_BYTES = 32
+# token_urlsafe(32) is 43 characters of base64url without padding.
+_KEY_RE = re.compile(r"^lsk_[A-Za-z0-9_-]{43}$")
+ORG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+SCHEMA_DDL = """
+CREATE TABLE IF NOT EXISTS organizations (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    industry text,
+    plan_type text NOT NULL DEFAULT 'standard',
+    settings jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id text PRIMARY KEY,
+    org_id text NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    key_hash bytea NOT NULL UNIQUE,
+    name text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS api_keys_org_idx ON api_keys (org_id);
+"""
+
+Executor = asyncpg.Connection | asyncpg.Pool
+
+
+class TenancyError(ValueError):
+    """A tenancy command that cannot be carried out (unknown org, duplicate id, bad input)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    id: str
+    name: str
+    industry: str | None
+    plan_type: str
+    settings: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    id: str
+    org_id: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def ensure_schema(db: Executor) -> None:
+    """Create the tenancy tables if missing; safe to run concurrently from several processes."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            await _ensure_schema(conn)
+    else:
+        await _ensure_schema(db)
+
+
+async def _ensure_schema(conn: asyncpg.Connection) -> None:
+    # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog; the lock orders them.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('leadscore.tenancy.schema'))")
+        await conn.execute(SCHEMA_DDL)
+
+
+async def create_org(
+    db: Executor,
+    org_id: str,
+    name: str,
+    *,
+    industry: str | None = None,
+    plan_type: str = "standard",
+    settings: dict[str, Any] | None = None,
+) -> Organization:
+    if not ORG_ID_RE.match(org_id):
+        raise TenancyError(
+            f"invalid org id {org_id!r}: 1-128 letters, digits or . _ : - (starting alphanumeric)"
+        )
+    if not name.strip():
+        raise TenancyError("an organization needs a name")
+    try:
+        row = await db.fetchrow(
+            "INSERT INTO organizations (id, name, industry, plan_type, settings) "
+            "VALUES ($1, $2, $3, $4, $5::jsonb) "
+            "RETURNING id, name, industry, plan_type, settings, created_at",
+            org_id,
+            name,
+            industry,
+            plan_type,
+            orjson.dumps(settings or {}).decode(),
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise TenancyError(f"organization {org_id!r} already exists") from exc
+    assert row is not None
+    return _org(row)
+
+
+async def list_orgs(db: Executor) -> list[Organization]:
+    rows = await db.fetch(
+        "SELECT id, name, industry, plan_type, settings, created_at FROM organizations ORDER BY id"
+    )
+    return [_org(r) for r in rows]
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(_KEY_BYTES)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def looks_like_key(key: str) -> bool:
+    """Cheap shape check, so garbage never costs a database round trip."""
+    return bool(_KEY_RE.match(key))
+
+
+async def create_api_key(db: Executor, org_id: str, name: str | None = None) -> tuple[str, str]:
+    """A new key for ``org_id``: returns (key id, the key). The key itself is not stored."""
+    key = generate_key()
+    # The id names the key in listings and revocation without revealing it.
+    key_id = "key_" + secrets.token_hex(8)
+    try:
+        await db.execute(
+            "INSERT INTO api_keys (id, org_id, key_hash, name) VALUES ($1, $2, $3, $4)",
+            key_id,
+            org_id,
+            hash_key(key),
+            name,
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise TenancyError(
+            f"no organization {org_id!r}; create it with `leadscore orgs create`"
+        ) from exc
+    return key_id, key
+
+
+async def list_api_keys(db: Executor, org_id: str | None = None) -> list[ApiKeyInfo]:
+    rows = await db.fetch(
+        "SELECT id, org_id, name, created_at, revoked_at FROM api_keys "
+        "WHERE $1::text IS NULL OR org_id = $1 ORDER BY created_at, id",
+        org_id,
+    )
+    return [ApiKeyInfo(r["id"], r["org_id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows]
+
+
+async def revoke_api_key(db: Executor, key_id: str) -> bool:
+    """Revoke a key by id; False when there is no such active key."""
+    status = await db.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+    )
+    return status.endswith(" 1")
+
+
+async def org_for_key(db: Executor, key: str) -> str | None:
+    """The org of an active key, or None for an unknown, revoked or malformed key."""
+    if not looks_like_key(key):
+        return None
+    value = await db.fetchval(
+        "SELECT org_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
+    )
+    return str(value) if value is not None else None
+
+
+def _org(row: asyncpg.Record) -> Organization:
+    settings = row["settings"]
+    return Organization(
+        id=row["id"],
+        name=row["name"],
+        industry=row["industry"],
+        plan_type=row["plan_type"],
+        # asyncpg hands jsonb back as text unless a codec is registered.
+        settings=orjson.loads(settings) if isinstance(settings, str) else dict(settings or {}),
+        created_at=row["created_at"],
+    )
