@@ -46,11 +46,28 @@ def log_mapper() -> Mapper[UUID]:
 class LogReader:
     """Async reader of the notification log (asyncpg), decoding rows to domain events."""
 
+    RECENT_BATCHES = 8
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.mapper = log_mapper()
+        # Projections that follow the log together ask for the same batches:
+        # decode each once. A cached batch may be shorter than the log is now,
+        # which is still correct: the next read continues from its end.
+        self._recent: dict[tuple[int, int], list[LogEntry]] = {}
 
     async def read(self, after: int, limit: int) -> list[LogEntry]:
+        cached = self._recent.get((after, limit))
+        if cached:
+            return cached
+        entries = await self._fetch(after, limit)
+        if entries:
+            if len(self._recent) >= self.RECENT_BATCHES:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[(after, limit)] = entries
+        return entries
+
+    async def _fetch(self, after: int, limit: int) -> list[LogEntry]:
         rows = await self.pool.fetch(
             f"SELECT notification_id, originator_id, originator_version, topic, state "
             f"FROM {EVENTS_TABLE} WHERE notification_id > $1 ORDER BY notification_id LIMIT $2",
