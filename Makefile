@@ -18,6 +18,7 @@ up: venv
 	$(BIN)/leadscore services up
 
 down:
+	-$(BIN)/leadscore demo --down
 	$(BIN)/leadscore services down
 
 status: venv

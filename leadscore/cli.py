@@ -123,9 +123,14 @@ def demo(
     events: int = 20_000,
     rate: Annotated[float, typer.Option(help="Offered load, events/s")] = 1_000,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every lead's score")] = 300,
+    down: Annotated[bool, typer.Option("--down", help="Stop the API a demo left running")] = False,
 ) -> None:
     """Start a worker, produce a workload, wait until every lead is scored, summarise."""
-    from leadscore.demo import run_demo
+    from leadscore.demo import run_demo, stop_api
+
+    if down:
+        stop_api(get_settings())
+        return
 
     ok = run_demo(
         get_settings(), console, orgs=orgs, leads=leads, events=events, rate=rate, timeout=timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import secrets
@@ -11,10 +12,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
@@ -23,6 +27,7 @@ from rich.table import Table
 
 from domain.events import LeadEvent
 from domain.lead import lead_aggregate_id
+from leadscore import tenancy
 from leadscore.eventstore import open_store
 from leadscore.producer import ProduceReport, produce_events
 from leadscore.services import ensure_topics
@@ -193,7 +198,108 @@ def run_demo(
     _summarise(console, s, report, tail.received, last_event, elapsed)
     if not done:
         console.print("[red]not every lead was scored in time; see " + str(log_path))
-    return done
+        return False
+    return _serve(console, s, sorted({org for org, _ in last_event}), last_event)
+
+
+def _serve(
+    console: Console, s: Settings, orgs: list[str], last_event: dict[tuple[str, str], str]
+) -> bool:
+    """Leave the query API running with a key for the first org, and show how to use it."""
+    key = asyncio.run(_demo_key(s, orgs))
+    stop_api(s)
+    api = start_api(s, s.run_path / "logs" / "api-demo.log")
+    base = f"http://{s.api_host}:{s.api_port}"
+    lead = next(lead for org, lead in sorted(last_event) if org == orgs[0])
+    with console.status("starting the query API (it also builds the ClickHouse read model)"):
+        ready = _wait_http(f"{base}/health", api, timeout=120)
+    if not ready:
+        console.print(f"[red]the API did not come up; see {s.run_path / 'logs' / 'api-demo.log'}")
+        return False
+    console.rule("[bold]the query API is running")
+    console.print(f"API {base} (pid {api.pid}); key for {orgs[0]}, shown once:")
+    console.print(key, soft_wrap=True)
+    for path in (
+        "/leaderboard?limit=5",
+        f"/leads/{lead}",
+        f"/leads/{lead}/scores?limit=3",
+        "/leads?min_score=80&limit=5",
+        "/analytics/funnel",
+        "/analytics/score-distribution",
+        "/analytics/conversion-by-source",
+        "/models",
+    ):
+        console.print(f"  curl -s -H 'Authorization: Bearer {key}' '{base}{path}'", soft_wrap=True)
+    console.print(f"  curl -s {base}/health     # no key needed; also /metrics, /openapi.json")
+    console.print("`make down` stops the API and the services; `leadscore worker` scores more.")
+    return True
+
+
+async def _demo_key(s: Settings, orgs: list[str]) -> str:
+    conn = await asyncpg.connect(s.pg_dsn)
+    try:
+        await tenancy.ensure_schema(conn)
+        known = {o.id for o in await tenancy.list_orgs(conn)}
+        for org in orgs:
+            if org not in known:
+                await tenancy.create_org(conn, org, f"Demo {org}", plan_type="demo")
+        _key_id, key = await tenancy.create_api_key(conn, orgs[0], name="demo")
+        return key
+    finally:
+        await conn.close()
+
+
+def _api_pidfile(s: Settings) -> Path:
+    return s.run_path / "api.pid"
+
+
+def start_api(s: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leadscore.cli", "api"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+            start_new_session=True,
+        )
+    _api_pidfile(s).write_text(str(proc.pid))
+    return proc
+
+
+def stop_api(s: Settings) -> bool:
+    """Stop the API a demo left running (and only that one)."""
+    pidfile = _api_pidfile(s)
+    if not pidfile.exists():
+        return False
+    pid = int(pidfile.read_text().strip() or 0)
+    pidfile.unlink()
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"leadscore.cli" not in f.read():
+                return False
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    return True
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def _settled(

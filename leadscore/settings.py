@@ -66,3 +66,8 @@ class Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings.from_env()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The LEADSCORE_* environment that reproduces ``settings`` in a subprocess."""
+    return {PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(settings)}

@@ -165,7 +165,9 @@ async def list_api_keys(db: Executor, org_id: str | None = None) -> list[ApiKeyI
         "WHERE $1::text IS NULL OR org_id = $1 ORDER BY created_at, id",
         org_id,
     )
-    return [ApiKeyInfo(r["id"], r["org_id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows]
+    return [
+        ApiKeyInfo(r["id"], r["org_id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows
+    ]
 
 
 async def revoke_api_key(db: Executor, key_id: str) -> bool:

@@ -35,14 +35,15 @@ class Params:
     def _fail(self, name: str, location: str, message: str) -> None:
         self.errors.append({"parameter": name, "in": location, "message": message})
 
-    def lead_id(self, name: str = "id") -> str:
+    def lead_id(self, name: str = "id") -> str | None:
+        """The path's lead id, or None when no lead can have it (blank, too long, NUL).
+
+        Such ids answer 404 like any other unknown lead rather than 422: the id is a
+        name to look up, and the ingest side guarantees no stored lead has one.
+        """
         value = str(self.path.get(name, ""))
-        if not value.strip():
-            self._fail(name, "path", "must not be blank")
-        elif len(value) > MAX_ID_LENGTH:
-            self._fail(name, "path", f"must be at most {MAX_ID_LENGTH} characters")
-        elif "\x00" in value:
-            self._fail(name, "path", "must not contain NUL")
+        if not value.strip() or len(value) > MAX_ID_LENGTH or "\x00" in value:
+            return None
         return value
 
     def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -82,8 +83,8 @@ class Params:
         raw = self.query.get(name)
         if raw is None:
             return None
-        if not raw or len(raw) > max_length or "\x00" in raw:
-            self._fail(name, "query", f"must be 1 to {max_length} characters, without NUL")
+        if not raw or len(raw) > max_length:
+            self._fail(name, "query", f"must be 1 to {max_length} characters")
             return None
         return raw
 

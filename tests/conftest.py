@@ -66,10 +66,3 @@ def _forget_redis_keys(s: Settings) -> None:
             client.delete(*keys)
     finally:
         client.close()
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    """The LEADSCORE_* environment that reproduces ``s`` in a subprocess."""
-    import dataclasses
-
-    return {f"LEADSCORE_{f.name.upper()}": str(getattr(s, f.name)) for f in dataclasses.fields(s)}

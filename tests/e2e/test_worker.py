@@ -24,13 +24,12 @@ from domain.lead import lead_aggregate_id
 from leadscore.demo import stop_worker, wait_for_group
 from leadscore.eventstore import open_store
 from leadscore.producer import produce_events
-from leadscore.settings import Settings
+from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.conftest import settings_env
 from tests.integration.test_pipeline import consume_all
 from tests.integration.test_projections import (
     expected_redis,

@@ -1,0 +1,121 @@
+"""`leadscore api`, `leadscore orgs create|list`, `leadscore apikeys create|list|revoke`.
+
+Mounted on the main app by ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leadscore import tenancy
+from leadscore.settings import get_settings
+
+T = TypeVar("T")
+
+orgs_app = typer.Typer(help="Organizations (tenants) of the query API.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="API keys of the query API.", no_args_is_help=True)
+console = Console()
+
+
+def api(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default LEADSCORE_API_HOST)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default LEADSCORE_API_PORT)")] = None,
+) -> None:
+    """Serve the query API (and, with embedded chDB, run the ClickHouse projection)."""
+    from query_api.server import serve
+
+    serve(get_settings(), host=host, port=port)
+
+
+def _run(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def main() -> T:
+        conn = await asyncpg.connect(get_settings().pg_dsn)
+        try:
+            await tenancy.ensure_schema(conn)
+            return await action(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(main())
+    except tenancy.TenancyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@orgs_app.command("create")
+def orgs_create(
+    org_id: Annotated[str, typer.Option("--id", help="Org id, as lead-events carry it")],
+    name: Annotated[str, typer.Option(help="Display name")],
+    industry: Annotated[str | None, typer.Option(help="Industry")] = None,
+    plan_type: Annotated[str, typer.Option(help="Plan")] = "standard",
+) -> None:
+    """Register an organization."""
+    org = _run(
+        lambda c: tenancy.create_org(c, org_id, name, industry=industry, plan_type=plan_type)
+    )
+    console.print(f"created organization {org.id} ({org.name})")
+
+
+@orgs_app.command("list")
+def orgs_list() -> None:
+    """List the organizations."""
+    orgs = _run(tenancy.list_orgs)
+    table = Table("id", "name", "industry", "plan", "created")
+    for o in orgs:
+        table.add_row(o.id, o.name, o.industry or "", o.plan_type, f"{o.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    org: Annotated[str, typer.Option(help="Org id the key reads as")],
+    name: Annotated[str | None, typer.Option(help="What the key is for")] = None,
+) -> None:
+    """Create an API key. The key is printed once, alone on the last line; only its hash is kept."""
+    key_id, key = _run(lambda c: tenancy.create_api_key(c, org, name))
+    console.print(f"API key {key_id} for {org}; store it now, it is not shown again:")
+    # Plain print: rich could wrap or style it, and scripts read the last line.
+    print(key, flush=True)
+
+
+@apikeys_app.command("list")
+def apikeys_list(
+    org: Annotated[str | None, typer.Option(help="Only this org's keys")] = None,
+) -> None:
+    """List API keys (ids, never the keys)."""
+    keys = _run(lambda c: tenancy.list_api_keys(c, org))
+    table = Table("id", "org", "name", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.org_id,
+            k.name or "",
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    console.print(table)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (key_...)")]) -> None:
+    """Revoke a key; running APIs stop accepting it within their key-cache TTL (30 s)."""
+    if not _run(lambda c: tenancy.revoke_api_key(c, key_id)):
+        console.print(f"[red]error:[/red] no active key {key_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(api)
+    app.add_typer(orgs_app, name="orgs")
+    app.add_typer(apikeys_app, name="apikeys")

@@ -1,0 +1,12 @@
+"""``python -m query_api``: the same as ``leadscore api``."""
+
+from __future__ import annotations
+
+from leadscore.logs import configure_logging
+from leadscore.settings import get_settings
+from query_api.server import serve
+
+if __name__ == "__main__":
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    serve(settings)

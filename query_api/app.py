@@ -1,0 +1,34 @@
+"""The Starlette application: ``create_app(settings)`` wires routes, middleware and resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from leadscore.settings import Settings
+from query_api import resources, routes_analytics, routes_leads, routes_system
+from query_api.auth import BearerAuth
+from query_api.errors import exception_handlers
+from query_api.metrics import PrometheusMiddleware
+
+
+def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with resources.opened(settings) as res:
+            app.state.resources = res
+            yield
+
+    return Starlette(
+        routes=[*routes_leads.routes, *routes_analytics.routes, *routes_system.routes()],
+        # Outermost first: metrics see every answer, 401s included.
+        middleware=[
+            Middleware(PrometheusMiddleware),
+            Middleware(BearerAuth, cache_ttl=key_cache_ttl),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )

@@ -1,0 +1,558 @@
+"""The OpenAPI 3.1 document, written by hand next to the handlers it describes.
+
+Hand-written because the useful parts (response schemas, error bodies, bounds) do not
+live in docstrings; tests/e2e/test_api_schemathesis.py holds the server to it. Objects
+the API builds itself are closed (``additionalProperties: false``) so any drift between
+a handler and this document fails that test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from query_api.routes_analytics import DEFAULT_BAND, DEFAULT_BUCKET
+from query_api.routes_leads import (
+    DEFAULT_LEADERBOARD,
+    DEFAULT_PAGE,
+    GRADES,
+    MAX_LEADERBOARD,
+    MAX_PAGE,
+    MAX_SOURCE_LENGTH,
+)
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    if "$ref" in schema:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def obj(properties: dict[str, Schema], description: str | None = None) -> Schema:
+    out: Schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+    if description:
+        out["description"] = description
+    return out
+
+
+STRING: Schema = {"type": "string"}
+INTEGER: Schema = {"type": "integer"}
+COUNT: Schema = {"type": "integer", "minimum": 0}
+NUMBER: Schema = {"type": "number"}
+SCORE: Schema = {"type": "number", "minimum": 0, "maximum": 100}
+RATE: Schema = nullable({"type": "number", "minimum": 0, "maximum": 1})
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+GRADE: Schema = {"type": "string", "enum": sorted(GRADES)}
+CURSOR_OUT: Schema = nullable(
+    {"type": "string", "description": "Pass as `cursor` for the next page; null on the last."}
+)
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj(
+        {
+            "error": {
+                "type": "string",
+                "enum": [
+                    "unauthorized",
+                    "not_found",
+                    "method_not_allowed",
+                    "invalid_parameters",
+                    "internal_error",
+                    "unavailable",
+                    "bad_request",
+                    "error",
+                ],
+            },
+            "message": STRING,
+            "details": {"type": "array", "items": ref("ParameterError")},
+        },
+        "Every error has this shape; `details` lists each invalid parameter (422).",
+    ),
+    "ParameterError": obj(
+        {"parameter": STRING, "in": {"type": "string", "enum": ["query", "path"]}, "message": STRING}
+    ),
+    "Score": obj(
+        {
+            "score": SCORE,
+            "grade": GRADE,
+            "fit": SCORE,
+            "engagement": SCORE,
+            "model_version": STRING,
+            "updated_at": TIMESTAMP,
+            "position": {"type": "integer", "minimum": 1, "description": "Log position"},
+        },
+        "A lead's current score: 100 x P(conversion), its fit and engagement components "
+        "(0-100) and the grade on the fit (A-C) x engagement (1-3) matrix.",
+    ),
+    "Lead": obj(
+        {
+            "org_id": STRING,
+            "lead_id": STRING,
+            "email": nullable(STRING),
+            "first_name": nullable(STRING),
+            "last_name": nullable(STRING),
+            "company": nullable(STRING),
+            "title": nullable(STRING),
+            "industry": nullable(STRING),
+            "employees": nullable(INTEGER),
+            "country": nullable(STRING),
+            "source": nullable(STRING),
+            "status": {"type": "string", "enum": ["open", "converted", "disqualified"]},
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+            "score": nullable(ref("Score")),
+        }
+    ),
+    "LeadPage": obj({"items": {"type": "array", "items": ref("Lead")}, "next_cursor": CURSOR_OUT}),
+    "Factor": {
+        "type": "object",
+        "description": "One of the score's top factors.",
+        "properties": {"feature": STRING, "label": STRING, "contribution": NUMBER},
+    },
+    "ScoreChange": obj(
+        {
+            "version": {"type": "integer", "minimum": 1},
+            "position": {"type": "integer", "minimum": 1},
+            "score": SCORE,
+            "previous_score": nullable(SCORE),
+            "grade": GRADE,
+            "components": {
+                "type": "object",
+                "properties": {"fit": SCORE, "engagement": SCORE},
+                "required": ["fit", "engagement"],
+            },
+            "factors": {"type": "array", "items": ref("Factor")},
+            "model_version": STRING,
+            "caused_by_event_id": STRING,
+            "at": TIMESTAMP,
+        }
+    ),
+    "ScoreHistoryPage": obj(
+        {
+            "lead_id": STRING,
+            "items": {"type": "array", "items": ref("ScoreChange")},
+            "next_cursor": CURSOR_OUT,
+        }
+    ),
+    "LeaderboardEntry": obj(
+        {
+            "rank": {"type": "integer", "minimum": 1},
+            "lead_id": STRING,
+            "score": SCORE,
+            "grade": nullable(GRADE),
+        }
+    ),
+    "Leaderboard": obj({"items": {"type": "array", "items": ref("LeaderboardEntry")}}),
+    "ScoreDistribution": obj(
+        {
+            "org_id": STRING,
+            "bucket": {"type": "integer", "minimum": 1, "maximum": 100},
+            "leads": COUNT,
+            "buckets": {
+                "type": "array",
+                "items": obj({"from": INTEGER, "to": INTEGER, "count": COUNT}),
+            },
+            "grades": {"type": "array", "items": obj({"grade": GRADE, "count": COUNT})},
+        },
+        "Current scores of the org's leads in buckets [from, to), and per grade.",
+    ),
+    "Funnel": obj(
+        {
+            "org_id": STRING,
+            "items": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "step": {
+                            "type": "string",
+                            "enum": ["created", "engaged", "high_score", "converted"],
+                        },
+                        "leads": COUNT,
+                        "step_rate": RATE,
+                        "overall_rate": RATE,
+                    }
+                ),
+            },
+        },
+        "Nested steps: created, engaged (an activity), high score (>= 70 at any time), "
+        "converted; each counts leads that passed the steps before it.",
+    ),
+    "ConversionBySource": obj(
+        {
+            "org_id": STRING,
+            "items": {
+                "type": "array",
+                "items": obj(
+                    {"source": nullable(STRING), "leads": COUNT, "converted": COUNT, "rate": RATE}
+                ),
+            },
+        }
+    ),
+    "ConversionByScoreBand": obj(
+        {
+            "org_id": STRING,
+            "band": {"type": "integer", "minimum": 1, "maximum": 100},
+            "items": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "from": INTEGER,
+                        "to": INTEGER,
+                        "leads": COUNT,
+                        "converted": COUNT,
+                        "rate": RATE,
+                    }
+                ),
+            },
+        },
+        "Leads by the score they had before their outcome (their current one while open).",
+    ),
+    "ModelComparison": obj(
+        {
+            "org_id": STRING,
+            "items": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "model_version": STRING,
+                        "scores": COUNT,
+                        "leads": COUNT,
+                        "mean_score": SCORE,
+                        "high_leads": COUNT,
+                        "high_converted": COUNT,
+                        "high_conversion_rate": RATE,
+                    }
+                ),
+            },
+        },
+        "Per model version over the org's score history: how many leads it put at >= 70 "
+        "and how many of those converted.",
+    ),
+    "Model": obj(
+        {
+            "version": STRING,
+            "trained_at": nullable(STRING),
+            "active": {"type": "boolean"},
+            "metrics": {
+                "type": "object",
+                "description": "Hold-out metrics from metadata.json (auc, log_loss, ...).",
+            },
+            "feature_names": {"type": "array", "items": STRING},
+            "n_train": nullable(COUNT),
+            "n_holdout": nullable(COUNT),
+        }
+    ),
+    "Models": obj(
+        {
+            "active_version": nullable(STRING),
+            "active": nullable(ref("Model")),
+            "items": {"type": "array", "items": ref("Model")},
+        },
+        "Models in the model directory, oldest first. The active one is the configured "
+        "LEADSCORE_MODEL_VERSION, else the newest.",
+    ),
+    "Check": obj(
+        {
+            "status": {"type": "string", "enum": ["up", "down"]},
+            "latency_ms": NUMBER,
+            "error": nullable(STRING),
+        }
+    ),
+    "ProjectionStatus": obj(
+        {
+            "name": STRING,
+            "running": {"type": "boolean"},
+            "position": COUNT,
+            "head": COUNT,
+            "lag": COUNT,
+            "restarts": COUNT,
+            "last_error": nullable(STRING),
+        },
+        "The ClickHouse projection this process runs (embedded chDB only).",
+    ),
+    "Health": obj(
+        {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "checks": obj(
+                {"postgresql": ref("Check"), "redis": ref("Check"), "clickhouse": ref("Check")}
+            ),
+            "projection": nullable(ref("ProjectionStatus")),
+        }
+    ),
+}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> Schema:
+    out: Schema = {
+        "description": description,
+        "content": {"application/json": {"schema": ref("Error")}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+RESPONSES: dict[str, Schema] = {
+    "Unauthorized": _error(
+        "Missing, malformed, unknown or revoked API key.",
+        {"WWW-Authenticate": {"schema": STRING, "description": "Bearer challenge"}},
+    ),
+    "NotFound": _error("No such lead in the key's organization (also another org's lead)."),
+    "InvalidParameters": _error("A parameter is out of range, malformed or not allowed."),
+    "Unavailable": _error(
+        "A backing store is down; retry.",
+        {"Retry-After": {"schema": STRING, "description": "Seconds to wait"}},
+    ),
+}
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+def _limit(default: int, maximum: int) -> Schema:
+    return _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        "Items per page.",
+    )
+
+
+CURSOR_IN = _query(
+    "cursor",
+    {"type": "string", "maxLength": 512, "pattern": "^[A-Za-z0-9_-]*$"},
+    "Opaque `next_cursor` of the previous page; absent or empty for the first page.",
+)
+LEAD_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    "description": "The lead's id as the upstream systems name it.",
+}
+
+
+def _ok(schema_name: str, description: str) -> Schema:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": ref(schema_name)}},
+    }
+
+
+def _read(
+    summary: str,
+    schema_name: str,
+    parameters: list[Schema] | None = None,
+    *,
+    tag: str,
+    not_found: bool = False,
+    description: str | None = None,
+) -> Schema:
+    """An authenticated read: 200, 401, 422 and 503 always, 404 where a lead is named."""
+    responses: dict[str, Schema] = {
+        "200": _ok(schema_name, summary),
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+        "422": {"$ref": "#/components/responses/InvalidParameters"},
+        "503": {"$ref": "#/components/responses/Unavailable"},
+    }
+    if not_found:
+        responses["404"] = {"$ref": "#/components/responses/NotFound"}
+    op: Schema = {
+        "summary": summary,
+        "tags": [tag],
+        "operationId": summary.lower().replace(" ", "_").replace("'", ""),
+        "parameters": parameters or [],
+        "responses": dict(sorted(responses.items())),
+    }
+    if description:
+        op["description"] = description
+    return op
+
+
+def _public(summary: str, responses: dict[str, Schema], description: str) -> Schema:
+    return {
+        "summary": summary,
+        "tags": ["operations"],
+        "operationId": summary.lower().replace(" ", "_"),
+        "description": description,
+        "security": [],
+        "responses": responses,
+    }
+
+
+PATHS: dict[str, Schema] = {
+    "/leads": {
+        "get": _read(
+            "List leads",
+            "LeadPage",
+            [
+                _query("min_score", {"type": "number", "minimum": 0, "maximum": 100},
+                       "Only leads scoring at least this."),  # fmt: skip
+                _query("grade", GRADE, "Only leads of this grade."),
+                _query("source", {"type": "string", "minLength": 1,
+                                  "maxLength": MAX_SOURCE_LENGTH}, "Only leads from this source."),  # fmt: skip
+                CURSOR_IN,
+                _limit(DEFAULT_PAGE, MAX_PAGE),
+            ],
+            tag="leads",
+            description="Scored leads of the key's organization, by current score descending "
+            "then lead id (keyset pagination). Source: PostgreSQL.",
+        )
+    },
+    "/leads/{id}": {
+        "get": _read(
+            "Get a lead",
+            "Lead",
+            [LEAD_ID],
+            tag="leads",
+            not_found=True,
+            description="Profile (PostgreSQL) and current score (Redis; PostgreSQL when "
+            "Redis has none or an older one).",
+        )
+    },
+    "/leads/{id}/scores": {
+        "get": _read(
+            "Get a lead's score history",
+            "ScoreHistoryPage",
+            [LEAD_ID, CURSOR_IN, _limit(DEFAULT_PAGE, MAX_PAGE)],
+            tag="leads",
+            not_found=True,
+            description="Every score change of the lead, newest first (keyset pagination "
+            "by log position). Source: PostgreSQL.",
+        )
+    },
+    "/leaderboard": {
+        "get": _read(
+            "Get the leaderboard",
+            "Leaderboard",
+            [_limit(DEFAULT_LEADERBOARD, MAX_LEADERBOARD)],
+            tag="leads",
+            description="The organization's top leads by current score. Source: Redis.",
+        )
+    },
+    "/analytics/score-distribution": {
+        "get": _read(
+            "Get the score distribution",
+            "ScoreDistribution",
+            [
+                _query("bucket", {"type": "integer", "minimum": 1, "maximum": 100,
+                                  "default": DEFAULT_BUCKET}, "Bucket width in points."),  # fmt: skip
+            ],
+            tag="analytics",
+            description="Source: ClickHouse.",
+        )
+    },
+    "/analytics/funnel": {
+        "get": _read("Get the funnel", "Funnel", tag="analytics", description="Source: ClickHouse.")
+    },
+    "/analytics/conversion-by-source": {
+        "get": _read(
+            "Get conversion by source",
+            "ConversionBySource",
+            tag="analytics",
+            description="Per lead source: leads, converted, rate. Source: ClickHouse.",
+        )
+    },
+    "/analytics/conversion-by-score-band": {
+        "get": _read(
+            "Get conversion by score band",
+            "ConversionByScoreBand",
+            [
+                _query("band", {"type": "integer", "minimum": 1, "maximum": 100,
+                                "default": DEFAULT_BAND}, "Band width in points."),  # fmt: skip
+            ],
+            tag="analytics",
+            description="Source: ClickHouse.",
+        )
+    },
+    "/analytics/models": {
+        "get": _read(
+            "Compare models",
+            "ModelComparison",
+            tag="analytics",
+            description="Source: ClickHouse.",
+        )
+    },
+    "/models": {
+        "get": _read(
+            "List models",
+            "Models",
+            tag="models",
+            description="Versions in the model directory with their metadata.json metrics.",
+        )
+    },
+    "/health": {
+        "get": _public(
+            "Health",
+            {
+                "200": _ok("Health", "Every dependency is up."),
+                "503": _ok("Health", "At least one dependency is down; see `checks`."),
+            },
+            "Checks PostgreSQL, Redis and ClickHouse. No authentication.",
+        )
+    },
+    "/metrics": {
+        "get": _public(
+            "Metrics",
+            {
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": STRING}},
+                }
+            },
+            "Prometheus metrics. No authentication.",
+        )
+    },
+    "/openapi.json": {
+        "get": _public(
+            "OpenAPI",
+            {
+                "200": {
+                    "description": "This document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+            "This OpenAPI document. No authentication.",
+        )
+    },
+}
+
+
+def document(server_url: str | None = None) -> Schema:
+    doc: Schema = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "leadscore query API",
+            "version": "1.0.0",
+            "description": "Read-only API over the lead-scoring read models. Every read is "
+            "scoped to the organization of the bearer API key (`leadscore apikeys create`).",
+        },
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": RESPONSES,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "lsk_ API key",
+                    "description": "`Authorization: Bearer lsk_...`",
+                }
+            },
+        },
+        "security": [{"bearerAuth": []}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

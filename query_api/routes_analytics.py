@@ -1,0 +1,59 @@
+"""Analytics from the ClickHouse read model (projections/analytics.py), per org."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from query_api.auth import org_of
+from query_api.params import Params
+from query_api.responses import JSON
+from query_api.routes_leads import resources
+
+DEFAULT_BUCKET = 10
+DEFAULT_BAND = 20
+
+
+async def score_distribution(request: Request) -> Response:
+    p = Params(request)
+    bucket = p.integer("bucket", DEFAULT_BUCKET, 1, 100)
+    p.check()
+    org = org_of(request)
+    return JSON(await resources(request).analytics(lambda a: a.score_distribution(org, bucket)))
+
+
+async def funnel(request: Request) -> Response:
+    org = org_of(request)
+    steps = await resources(request).analytics(lambda a: a.funnel(org))
+    return JSON({"org_id": org, "items": steps})
+
+
+async def conversion_by_source(request: Request) -> Response:
+    org = org_of(request)
+    rows = await resources(request).analytics(lambda a: a.conversion_by_source(org))
+    return JSON({"org_id": org, "items": rows})
+
+
+async def conversion_by_score_band(request: Request) -> Response:
+    p = Params(request)
+    band = p.integer("band", DEFAULT_BAND, 1, 100)
+    p.check()
+    org = org_of(request)
+    rows = await resources(request).analytics(lambda a: a.conversion_by_score_band(org, band))
+    return JSON({"org_id": org, "band": band, "items": rows})
+
+
+async def model_comparison(request: Request) -> Response:
+    org = org_of(request)
+    rows = await resources(request).analytics(lambda a: a.model_comparison(org))
+    return JSON({"org_id": org, "items": rows})
+
+
+routes = [
+    Route("/analytics/score-distribution", score_distribution, methods=["GET"]),
+    Route("/analytics/funnel", funnel, methods=["GET"]),
+    Route("/analytics/conversion-by-source", conversion_by_source, methods=["GET"]),
+    Route("/analytics/conversion-by-score-band", conversion_by_score_band, methods=["GET"]),
+    Route("/analytics/models", model_comparison, methods=["GET"]),
+]

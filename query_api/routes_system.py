@@ -1,0 +1,108 @@
+"""Operations and catalogue: health, metrics, the OpenAPI document, the models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from leadscore.modelstore import list_models
+from query_api import metrics
+from query_api.openapi import document
+from query_api.responses import JSON, dumps
+from query_api.routes_leads import resources
+
+log = structlog.get_logger(__name__)
+
+CHECK_TIMEOUT = 2.0
+
+
+async def _check(probe: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        status, detail = "down", error or type(exc).__name__
+    else:
+        status, detail = "up", None
+    return {
+        "status": status,
+        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+        "error": detail,
+    }
+
+
+async def health(request: Request) -> Response:
+    res = resources(request)
+    pg, rd, ch = await asyncio.gather(
+        _check(lambda: res.pool.fetchval("SELECT 1")),
+        _check(res.redis.ping),
+        _check(res.clickhouse.ping),
+    )
+    ok = all(c["status"] == "up" for c in (pg, rd, ch))
+    projection = None
+    if res.projection is not None:
+        try:
+            projection = await asyncio.wait_for(res.projection.status(), CHECK_TIMEOUT)
+        except Exception as exc:
+            log.warning("projection status unavailable", error=repr(exc))
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "checks": {"postgresql": pg, "redis": rd, "clickhouse": ch},
+        "projection": projection,
+    }
+    return JSON(body, status_code=200 if ok else 503)
+
+
+def _model(meta: dict[str, Any], active: str | None) -> dict[str, Any]:
+    def count(key: str) -> int | None:
+        value = meta.get(key)
+        return value if isinstance(value, int) and value >= 0 else None
+
+    trained_at = meta.get("trained_at")
+    metrics_ = meta.get("metrics")
+    return {
+        "version": str(meta["version"]),
+        "trained_at": None if trained_at is None else str(trained_at),
+        "active": str(meta["version"]) == active,
+        "metrics": metrics_ if isinstance(metrics_, dict) else {},
+        "feature_names": [str(f) for f in meta.get("feature_names", [])],
+        "n_train": count("n_train"),
+        "n_holdout": count("n_holdout"),
+    }
+
+
+async def models(request: Request) -> Response:
+    settings = resources(request).settings
+    metas = await asyncio.to_thread(list_models, Path(settings.model_dir))
+    newest = str(metas[-1]["version"]) if metas else None
+    active = settings.model_version or newest
+    items = [_model(m, active) for m in metas]
+    current = next((m for m in items if m["active"]), None)
+    return JSON({"active_version": active, "active": current, "items": items})
+
+
+def openapi_route(server_url: str | None) -> Route:
+    body = dumps(document(server_url))  # rendered once: the document never changes at run time
+
+    async def openapi(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi, methods=["GET"])
+
+
+def routes(server_url: str | None = None) -> list[Route]:
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),
+        openapi_route(server_url),
+    ]
