@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down status demo worker test test-unit test-integration test-e2e lint clean
+.PHONY: venv up down status demo worker test test-unit test-integration test-e2e lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-integration: venv
 
 test-e2e: venv
 	$(BIN)/pytest tests/e2e
+
+# Benchmarks print medians of several runs and a ratio to a peer measured in the same run;
+# results are appended to bench/results/. Never part of `make test`.
+bench: up
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python -m bench.api
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_projections import app as projections_app
 from leadscore.logs import configure_logging
 from leadscore.services.cli import app as services_app
@@ -18,9 +20,11 @@ from leadscore.settings import get_settings
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(projections_app, name="projections")
+register_api_commands(app)
 models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
+# Logs and CI have no terminal to measure: give tables room rather than 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 @app.callback()

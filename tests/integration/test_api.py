@@ -1,0 +1,648 @@
+"""The query API over HTTP: a real uvicorn process on real PostgreSQL, Redis and chDB.
+
+One server per module, seeded once by the real engine (processor + projections), then
+probed like a client would: every endpoint, pagination walks, auth, tenancy, bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.client
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+import orjson
+import pytest
+import redis as redis_sync
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from domain.events import ActivityKind
+from leadscore import tenancy
+from leadscore.bootstrap import bootstrap
+from leadscore.eventstore import SCORED_TOPIC, open_store
+from leadscore.settings import Settings
+from leadscore.workload import generate
+from projections.base import ProjectionRunner
+from projections.postgres import PostgresProjection
+from projections.redis import RedisProjection
+from tests.conftest import settings_env
+from tests.factories import FixedScorer, activity, created
+from tests.integration.test_pipeline import encoded
+
+pytestmark = pytest.mark.integration
+
+ORG_A, ORG_B, ORG_EMPTY = "org-001", "org-002", "org-empty"
+SHARED = "shared-lead"  # one lead id that exists in both orgs, with different profiles
+
+
+# -- the running API ----------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def body(self) -> Any:
+        return orjson.loads(self.raw)
+
+
+@dataclass
+class Api:
+    port: int
+    settings: Settings
+    keys: dict[str, str]  # org -> a valid key
+    expected: dict[str, Any]
+    process: subprocess.Popen[bytes]
+
+    def get(
+        self, path: str, org: str | None = ORG_A, *, auth: str | None = None, **query: Any
+    ) -> Reply:
+        headers = {}
+        if auth is not None:
+            headers["Authorization"] = auth
+        elif org is not None:
+            headers["Authorization"] = f"Bearer {self.keys[org]}"
+        if query:
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
+        return request(self.port, "GET", path, headers)
+
+
+def request(port: int, method: str, path: str, headers: dict[str, str] | None = None) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env(settings)}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "query_api"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    """Until /health is 200 and the in-process ClickHouse projection has caught up."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"API exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            reply = request(port, "GET", "/health")
+            last = reply.body
+            projection = last.get("projection")
+            if reply.status == 200 and projection and projection["lag"] == 0:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"API not ready: {last}\n{log.read_text()}")
+
+
+def stop_api(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- seeding: the real engine, the real projections -----------------------------------
+
+
+def seed_events(settings: Settings) -> None:
+    events = list(generate(2, 60, 900, seed=11))
+    # The same lead id in both orgs, and leads that exist only in one org.
+    events += [
+        created(lead=SHARED, org=ORG_A, company="Alpha Corp", source="referral"),
+        created(lead=SHARED, org=ORG_B, company="Beta Ltd", source="webinar"),
+        created(lead="only-b", org=ORG_B, company="Beta Ltd", source="event"),
+        activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
+        activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
+    ]
+    engine = bootstrap(settings, scorer=FixedScorer())
+    try:
+        values = encoded(engine, events)
+        for i in range(0, len(values), 150):
+            engine.processor.process(values[i : i + 150])
+    finally:
+        engine.close()
+
+
+async def project(settings: Settings) -> None:
+    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=4)
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        runner = ProjectionRunner(pool, [])
+        for projection in (
+            PostgresProjection(pool),
+            RedisProjection(client, settings.redis_prefix),
+        ):
+            await projection.setup()
+            await runner.catch_up(projection)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def expected_state(settings: Settings) -> dict[str, Any]:
+    """What the API must answer, from the event store itself (not from the read models)."""
+    store = open_store(settings.pg_dsn, cache_size=0)
+    try:
+        notes = []
+        while batch := store.notifications(notes[-1].id if notes else 0, 5000):
+            notes.extend(batch)
+        scored: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for note in notes:
+            if note.topic != SCORED_TOPIC:
+                continue
+            ev = store.to_event(note)
+            scored.setdefault((ev.org_id, ev.lead_id), []).append(
+                {
+                    "position": note.id,
+                    "version": ev.originator_version,
+                    "score": ev.score,
+                    "grade": ev.grade,
+                    "fit": ev.components["fit"],
+                    "engagement": ev.components["engagement"],
+                    "model_version": ev.model_version,
+                }
+            )
+        leads = {}
+        for lead in store.load({n.originator_id for n in notes}).values():
+            assert lead is not None
+            leads[(lead.org_id, lead.lead_id)] = {
+                "profile": dict(lead.profile),
+                "status": {"converted": "converted", "disqualified": "disqualified"}.get(
+                    lead.outcome or "", "open"
+                ),
+            }
+    finally:
+        store.close()
+    return {"leads": leads, "scores": scored}
+
+
+def org_leads(api: Api, org: str) -> dict[str, dict[str, Any]]:
+    return {lid: v for (o, lid), v in api.expected["leads"].items() if o == org}
+
+
+def current_scores(api: Api, org: str) -> dict[str, dict[str, Any]]:
+    return {lid: h[-1] for (o, lid), h in api.expected["scores"].items() if o == org}
+
+
+@pytest.fixture(scope="module")
+def api(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    from leadscore import services as stack
+
+    tag = secrets.token_hex(4)
+    dbname = f"leadscore_api_{tag}"
+    tmp = tmp_path_factory.mktemp("api")
+    port = free_port()
+    settings = dataclasses.replace(
+        services,
+        pg_dsn=stack.ensure_database(services, dbname),
+        redis_prefix=f"leadscore-api-test-{tag}",
+        clickhouse_dsn=f"chdb://{tmp / 'chdb'}",
+        api_port=port,
+        aggregate_cache_size=10_000,
+    )
+    seed_events(settings)
+    asyncio.run(project(settings))
+
+    async def tenants() -> dict[str, str]:
+        conn = await asyncpg.connect(settings.pg_dsn)
+        try:
+            await tenancy.ensure_schema(conn)
+            keys = {}
+            for org in (ORG_A, ORG_B, ORG_EMPTY):
+                await tenancy.create_org(conn, org, f"Org {org}")
+                keys[org] = (await tenancy.create_api_key(conn, org, "tests"))[1]
+            return keys
+        finally:
+            await conn.close()
+
+    keys = asyncio.run(tenants())
+    log = tmp / "api.log"
+    process = start_api(settings, log)
+    try:
+        wait_ready(port, process, log)
+        yield Api(port, settings, keys, expected_state(settings), process)
+    finally:
+        stop_api(process)
+        r = redis_sync.Redis.from_url(settings.redis_url)
+        # Only our keys: the Redis server is shared with other tests and engineers.
+        for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+            r.delete(key)
+        r.close()
+        stack.drop_database(services, dbname)
+
+
+# -- operations -----------------------------------------------------------------------
+
+
+def test_health_checks_every_dependency_without_auth(api: Api) -> None:
+    reply = api.get("/health", org=None)
+    assert reply.status == 200
+    body = reply.body
+    assert body["status"] == "ok"
+    assert {name: c["status"] for name, c in body["checks"].items()} == {
+        "postgresql": "up",
+        "redis": "up",
+        "clickhouse": "up",
+    }
+    # With embedded chDB this process runs the ClickHouse projection itself.
+    assert body["projection"]["name"] == "clickhouse" and body["projection"]["running"]
+    assert body["projection"]["lag"] == 0 and body["projection"]["position"] > 0
+
+
+def test_metrics_count_requests_by_route_template(api: Api) -> None:
+    lead_id = next(iter(org_leads(api, ORG_A)))
+    assert api.get(f"/leads/{lead_id}").status == 200
+    reply = api.get("/metrics", org=None)
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.raw.decode()
+    assert 'route="/leads/{id}",status="200"' in text
+    assert lead_id not in text  # ids never become label values
+
+
+def test_openapi_documents_every_route_and_the_bearer_scheme(api: Api) -> None:
+    doc = api.get("/openapi.json", org=None).body
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/leads",
+        "/leads/{id}",
+        "/leads/{id}/scores",
+        "/leaderboard",
+        "/analytics/score-distribution",
+        "/analytics/funnel",
+        "/analytics/conversion-by-source",
+        "/analytics/conversion-by-score-band",
+        "/analytics/models",
+        "/models",
+        "/health",
+        "/metrics",
+        "/openapi.json",
+    }
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for path, item in doc["paths"].items():
+        responses = item["get"]["responses"]
+        if item["get"].get("security") == []:
+            continue
+        assert {"200", "401", "422"} <= set(responses), path
+        if "{id}" in path:
+            assert "404" in responses
+
+
+def test_models_names_the_newest_version_active_with_its_metrics(api: Api) -> None:
+    body = api.get("/models").body
+    versions = [m["version"] for m in body["items"]]
+    assert versions and body["active_version"] == versions[-1]
+    assert body["active"]["version"] == versions[-1] and body["active"]["active"]
+    assert 0.5 < body["active"]["metrics"]["auc"] <= 1.0
+    assert sum(m["active"] for m in body["items"]) == 1
+
+
+# -- leads ----------------------------------------------------------------------------
+
+
+def test_get_lead_returns_profile_status_and_current_score(api: Api) -> None:
+    scores = current_scores(api, ORG_A)
+    for lead_id, want in list(org_leads(api, ORG_A).items())[:25]:
+        reply = api.get(f"/leads/{quote(lead_id, safe='')}")
+        assert reply.status == 200, reply.body
+        got = reply.body
+        assert (got["org_id"], got["lead_id"], got["status"]) == (ORG_A, lead_id, want["status"])
+        for field, value in want["profile"].items():
+            assert got[field] == value, field
+        score = scores[lead_id]
+        assert got["score"] is not None
+        assert {k: got["score"][k] for k in ("score", "grade", "fit", "engagement", "position")} == {
+            k: score[k] for k in ("score", "grade", "fit", "engagement", "position")
+        }
+
+
+def test_current_score_comes_from_redis_when_it_is_newer(api: Api) -> None:
+    lead_id = SHARED
+    key = f"{api.settings.redis_prefix}:{ORG_A}:lead:{lead_id}"
+    r = redis_sync.Redis.from_url(api.settings.redis_url, decode_responses=True)
+    saved = r.hgetall(key)
+    try:
+        r.hset(key, mapping={"score": "12.5", "position": str(int(saved["position"]) + 1)})
+        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == 12.5
+        # A stale hash (older position than PostgreSQL's row) loses to the record.
+        r.hset(key, mapping={"score": "13.5", "position": "1"})
+        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == saved_score(saved)
+    finally:
+        r.hset(key, mapping=saved)
+        r.close()
+
+
+def saved_score(h: dict[str, str]) -> float:
+    return float(h["score"])
+
+
+def test_shared_lead_id_answers_each_org_its_own_lead(api: Api) -> None:
+    a = api.get(f"/leads/{SHARED}", ORG_A).body
+    b = api.get(f"/leads/{SHARED}", ORG_B).body
+    assert (a["org_id"], a["company"]) == (ORG_A, "Alpha Corp")
+    assert (b["org_id"], b["company"]) == (ORG_B, "Beta Ltd")
+    assert a["score"]["score"] != b["score"]["score"]  # A's demo requests raised its score
+
+
+def test_other_orgs_lead_is_404_exactly_like_a_missing_one(api: Api) -> None:
+    other = api.get("/leads/only-b", ORG_A)
+    missing = api.get("/leads/no-such-lead", ORG_A)
+    assert other.status == missing.status == 404
+    assert other.body == missing.body
+    assert api.get("/leads/only-b/scores", ORG_A).body == api.get("/leads/nope/scores").body
+    assert api.get("/leads/only-b", ORG_B).status == 200
+    # An org with no data sees nothing of anyone's.
+    assert api.get("/leads", ORG_EMPTY).body == {"items": [], "next_cursor": None}
+    assert api.get("/leaderboard", ORG_EMPTY).body == {"items": []}
+
+
+def test_score_history_walks_every_change_newest_first(api: Api) -> None:
+    histories = {lid: h for (o, lid), h in api.expected["scores"].items() if o == ORG_A}
+    lead_id = max(histories, key=lambda k: len(histories[k]))
+    want = [h["position"] for h in reversed(histories[lead_id])]
+    assert len(want) >= 3
+    got: list[int] = []
+    cursor = ""  # ?cursor=&limit= is the first page
+    pages = 0
+    while cursor is not None:
+        body = api.get(f"/leads/{lead_id}/scores", cursor=cursor, limit=2).body
+        assert len(body["items"]) <= 2
+        got += [item["position"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        pages += 1
+    assert got == want  # newest first, nothing missing, nothing twice
+    assert pages == -(-len(want) // 2)
+    first = api.get(f"/leads/{lead_id}/scores", limit=1).body["items"][0]
+    newest = histories[lead_id][-1]
+    assert (first["score"], first["grade"], first["version"]) == (
+        newest["score"],
+        newest["grade"],
+        newest["version"],
+    )
+    assert set(first["components"]) == {"fit", "engagement"}
+    assert isinstance(first["factors"], list)
+
+
+def walk(api: Api, org: str, limit: int, **filters: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        reply = api.get("/leads", org, cursor=cursor, limit=limit, **filters)
+        assert reply.status == 200, reply.body
+        body = reply.body
+        assert len(body["items"]) <= limit
+        items += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return items
+
+
+@pytest.mark.parametrize("limit", [1, 7, 500])
+def test_list_leads_walks_all_pages_in_score_order(api: Api, limit: int) -> None:
+    items = walk(api, ORG_A, limit)
+    ids = [i["lead_id"] for i in items]
+    assert len(ids) == len(set(ids))  # nothing twice
+    assert set(ids) == set(current_scores(api, ORG_A))  # nothing missing, nothing foreign
+    keys = [(-i["score"]["score"], i["lead_id"]) for i in items]
+    assert keys == sorted(keys)  # score desc, then lead id
+    assert all(i["org_id"] == ORG_A for i in items)
+
+
+def test_list_leads_filters(api: Api) -> None:
+    scores = current_scores(api, ORG_A)
+    leads = org_leads(api, ORG_A)
+    median = sorted(s["score"] for s in scores.values())[len(scores) // 2]
+    got = {i["lead_id"] for i in walk(api, ORG_A, 5, min_score=median)}
+    assert got == {lid for lid, s in scores.items() if s["score"] >= median}
+    grade = max({s["grade"] for s in scores.values()}, key=lambda g: sum(
+        s["grade"] == g for s in scores.values()))  # fmt: skip
+    got = {i["lead_id"] for i in walk(api, ORG_A, 5, grade=grade)}
+    assert got == {lid for lid, s in scores.items() if s["grade"] == grade}
+    source = next(v["profile"]["source"] for v in leads.values() if v["profile"].get("source"))
+    got = {i["lead_id"] for i in walk(api, ORG_A, 5, source=source, grade=None)}
+    assert got == {lid for lid in scores if leads[lid]["profile"].get("source") == source}
+    assert walk(api, ORG_A, 5, source="no-such-source") == []
+
+
+def test_leaderboard_is_the_top_current_scores(api: Api) -> None:
+    scores = current_scores(api, ORG_A)
+    body = api.get("/leaderboard", limit=10).body
+    items = body["items"]
+    assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
+    want = sorted((s["score"] for s in scores.values()), reverse=True)[:10]
+    assert [i["score"] for i in items] == want
+    for i in items:
+        assert scores[i["lead_id"]]["score"] == i["score"]
+        assert scores[i["lead_id"]]["grade"] == i["grade"]
+    everyone = api.get("/leaderboard", limit=1000).body["items"]
+    assert {i["lead_id"] for i in everyone} == set(scores)
+
+
+# -- analytics ------------------------------------------------------------------------
+
+
+def test_analytics_cover_the_orgs_leads(api: Api) -> None:
+    scores = current_scores(api, ORG_A)
+    leads = org_leads(api, ORG_A)
+    dist = api.get("/analytics/score-distribution", bucket=25).body
+    assert dist["org_id"] == ORG_A and dist["bucket"] == 25
+    assert dist["leads"] == len(scores) == sum(b["count"] for b in dist["buckets"])
+    assert [b["from"] for b in dist["buckets"]] == [0, 25, 50, 75]
+    assert {g["grade"]: g["count"] for g in dist["grades"]} == {
+        g: sum(s["grade"] == g for s in scores.values()) for g in {s["grade"] for s in scores.values()}
+    }
+    funnel = api.get("/analytics/funnel").body["items"]
+    assert [s["step"] for s in funnel] == ["created", "engaged", "high_score", "converted"]
+    assert funnel[0]["leads"] == len(leads)
+    assert all(a["leads"] >= b["leads"] for a, b in zip(funnel, funnel[1:], strict=False))
+    by_source = api.get("/analytics/conversion-by-source").body["items"]
+    assert sum(s["leads"] for s in by_source) == len(leads)
+    converted = sum(v["status"] == "converted" for v in leads.values())
+    assert sum(s["converted"] for s in by_source) == converted
+    bands = api.get("/analytics/conversion-by-score-band", band=50).body
+    assert bands["band"] == 50 and [b["from"] for b in bands["items"]] == [0, 50]
+    models = api.get("/analytics/models").body["items"]
+    assert [m["model_version"] for m in models] == ["test-1"]
+    assert models[0]["scores"] == sum(len(h) for (o, _), h in api.expected["scores"].items()
+                                      if o == ORG_A)  # fmt: skip
+
+
+def test_analytics_are_per_org(api: Api) -> None:
+    a = api.get("/analytics/funnel", ORG_A).body
+    b = api.get("/analytics/funnel", ORG_B).body
+    empty = api.get("/analytics/funnel", ORG_EMPTY).body
+    assert a["items"][0]["leads"] == len(org_leads(api, ORG_A))
+    assert b["items"][0]["leads"] == len(org_leads(api, ORG_B))
+    assert [s["leads"] for s in empty["items"]] == [0, 0, 0, 0]
+    assert api.get("/analytics/models", ORG_EMPTY).body == {"org_id": ORG_EMPTY, "items": []}
+
+
+# -- auth and errors ------------------------------------------------------------------
+
+PROTECTED = [
+    "/leads",
+    "/leads/x",
+    "/leads/x/scores",
+    "/leaderboard",
+    "/analytics/score-distribution",
+    "/analytics/funnel",
+    "/analytics/conversion-by-source",
+    "/analytics/conversion-by-score-band",
+    "/analytics/models",
+    "/models",
+]
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+def test_missing_or_invalid_key_is_401(api: Api, path: str) -> None:
+    forged = tenancy.generate_key()
+    for auth in (None, "", "Bearer", f"Bearer {forged}", "Bearer not-a-key",
+                 f"Basic {api.keys[ORG_A]}", api.keys[ORG_A]):  # fmt: skip
+        reply = request(api.port, "GET", path, {} if auth is None else {"Authorization": auth})
+        assert reply.status == 401, (path, auth)
+        assert reply.body["error"] == "unauthorized"
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_revoked_key_is_401(api: Api) -> None:
+    async def revoked_key() -> str:
+        conn = await asyncpg.connect(api.settings.pg_dsn)
+        try:
+            key_id, key = await tenancy.create_api_key(conn, ORG_A)
+            assert await tenancy.revoke_api_key(conn, key_id)
+            return key
+        finally:
+            await conn.close()
+
+    key = asyncio.run(revoked_key())
+    assert api.get("/leads", auth=f"Bearer {key}").status == 401
+    assert api.get("/leads", auth=f"bearer {api.keys[ORG_A]}").status == 200  # scheme: any case
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "parameter"),
+    [
+        ("/leads", {"limit": "0"}, "limit"),
+        ("/leads", {"limit": "501"}, "limit"),
+        ("/leads", {"limit": "ten"}, "limit"),
+        ("/leads", {"limit": "1_0"}, "limit"),
+        ("/leads", {"min_score": "-1"}, "min_score"),
+        ("/leads", {"min_score": "nan"}, "min_score"),
+        ("/leads", {"min_score": "1e999"}, "min_score"),
+        ("/leads", {"grade": "D4"}, "grade"),
+        ("/leads", {"source": ""}, "source"),
+        ("/leads", {"source": "x" * 129}, "source"),
+        ("/leads", {"cursor": "!!"}, "cursor"),
+        ("/leads", {"cursor": "bm90IGpzb24"}, "cursor"),  # base64 of "not json"
+        ("/leads", {"cursor": "WyJoaXN0b3J5IiwzXQ"}, "cursor"),  # a history cursor
+        ("/leads", {"cursor": "WyJsZWFkcyIsdHJ1ZSwieCJd"}, "cursor"),  # ["leads",true,"x"]
+        ("/leads/x/scores", {"cursor": "WyJsZWFkcyIsMSwieCJd"}, "cursor"),
+        ("/leads/x/scores", {"limit": "-5"}, "limit"),
+        ("/leaderboard", {"limit": "1001"}, "limit"),
+        ("/analytics/score-distribution", {"bucket": "0"}, "bucket"),
+        ("/analytics/conversion-by-score-band", {"band": "101"}, "band"),
+    ],
+)
+def test_invalid_parameters_are_422_with_details(
+    api: Api, path: str, query: dict[str, str], parameter: str
+) -> None:
+    reply = api.get(path, **query)
+    assert reply.status == 422, reply.raw
+    body = reply.body
+    assert body["error"] == "invalid_parameters"
+    assert [d["parameter"] for d in body["details"]] == [parameter]
+
+
+def test_every_problem_is_reported_at_once(api: Api) -> None:
+    body = api.get("/leads", limit="0", grade="Z", min_score="x").body
+    assert {d["parameter"] for d in body["details"]} == {"limit", "grade", "min_score"}
+
+
+def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
+    auth = {"Authorization": f"Bearer {api.keys[ORG_A]}"}
+    missing = request(api.port, "GET", "/nope", auth)
+    assert missing.status == 404 and missing.body["error"] == "not_found"
+    post = request(api.port, "POST", "/leads", auth)
+    assert post.status == 405 and "GET" in post.headers["allow"]
+    assert post.body["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("lead_id", ["%00", "%20", "a" * 129, "%E2%80%8B", "..", "%FF%FE"])
+def test_impossible_lead_ids_are_404_not_500(api: Api, lead_id: str) -> None:
+    assert api.get(f"/leads/{lead_id}").status == 404
+    assert api.get(f"/leads/{lead_id}/scores").status == 404
+
+
+# -- tenancy, by property -------------------------------------------------------------
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_key_or_id_leaks_across_orgs(api: Api, data: st.DataObject) -> None:
+    known = sorted({lid for (_org, lid) in api.expected["leads"]})
+    lead_id = data.draw(st.one_of(st.sampled_from(known), st.text(min_size=1, max_size=40)))
+    org = data.draw(st.sampled_from([ORG_A, ORG_B, ORG_EMPTY]))
+    path = f"/leads/{quote(lead_id, safe='')}"
+    reply = api.get(path, org)
+    exists = (org, lead_id) in api.expected["leads"]
+    if exists:
+        assert reply.status == 200 and reply.body["org_id"] == org
+        assert reply.body["lead_id"] == lead_id
+    else:
+        assert reply.status == 404, (org, lead_id, reply.raw)
+    history = api.get(path + "/scores", org)
+    assert history.status == (200 if exists else 404)
+    # A random key, or a real key altered, never authenticates as anyone.
+    real = api.keys[org]
+    forged = data.draw(
+        st.one_of(
+            st.text(max_size=60),
+            st.builds(lambda k: tenancy.KEY_PREFIX + k, st.text("abcXYZ019_-", min_size=43,
+                                                                max_size=43)),  # fmt: skip
+            st.integers(0, len(real) - 1).map(lambda i: real[:i] + ("A" if real[i] != "A" else "B")
+                                              + real[i + 1 :]),  # fmt: skip
+        )
+    )
+    token = forged.encode("latin-1", "ignore").decode("latin-1").strip()
+    if token == real:
+        return
+    header = "Bearer " + "".join(c for c in token if c.isprintable() and c not in "\r\n")
+    assert api.get(path, auth=header).status == 401
