@@ -22,7 +22,9 @@ KEY_PREFIX = "lsk_"
 _KEY_BYTES = 32
 # token_urlsafe(32) is 43 characters of base64url without padding.
 _KEY_RE = re.compile(r"^lsk_[A-Za-z0-9_-]{43}$")
-ORG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# No ":" — the Redis read model joins org and lead ids with it into keys, so an org id
+# holding one could name another tenant's keys.
+ORG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 SCHEMA_DDL = """
 CREATE TABLE IF NOT EXISTS organizations (
@@ -98,7 +100,7 @@ async def create_org(
 ) -> Organization:
     if not ORG_ID_RE.match(org_id):
         raise TenancyError(
-            f"invalid org id {org_id!r}: 1-128 letters, digits or . _ : - (starting alphanumeric)"
+            f"invalid org id {org_id!r}: 1-128 letters, digits or . _ - (starting alphanumeric)"
         )
     if not name.strip():
         raise TenancyError("an organization needs a name")

@@ -104,5 +104,3 @@ def org_of(request: Request) -> str:
     """The organization of the request's API key (set by BearerAuth)."""
     org: str = request.state.org_id
     return org
-
-

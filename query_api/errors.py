@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import redis.exceptions
 import structlog
+from clickhouse_connect.driver.exceptions import DatabaseError as ClickHouseDatabaseError
 from clickhouse_connect.driver.exceptions import OperationalError as ClickHouseOperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +32,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     ClickHouseOperationalError,
+    # A read model being rebuilt is briefly absent (`leadscore projections rebuild`).
+    asyncpg.UndefinedTableError,
 )
 
 _REASONS = {
@@ -98,8 +101,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 async def unavailable(request: Request, exc: Exception) -> Response:
     log.warning("dependency unavailable", path=request.url.path, error=repr(exc))
-    return error_response(503, "a backing store is unavailable; retry later",
-                          headers={"Retry-After": "1"})
+    return error_response(
+        503, "a backing store is unavailable; retry later", headers={"Retry-After": "1"}
+    )
+
+
+async def clickhouse_error(request: Request, exc: Exception) -> Response:
+    # ClickHouse names a missing table only in the message; anything else is a bug.
+    if "UNKNOWN_TABLE" in str(exc):
+        return await unavailable(request, exc)
+    return await internal_error(request, exc)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -111,6 +122,7 @@ def exception_handlers() -> dict[Any, Any]:
     handlers: dict[Any, Any] = {ApiError: api_error, HTTPException: http_error}
     for exc_type in UNAVAILABLE:
         handlers[exc_type] = unavailable
+    handlers[ClickHouseDatabaseError] = clickhouse_error
     # Exception goes to ServerErrorMiddleware: the last resort, still JSON.
     handlers[Exception] = internal_error
     return handlers

@@ -79,7 +79,11 @@ SCHEMAS: dict[str, Schema] = {
         "Every error has this shape; `details` lists each invalid parameter (422).",
     ),
     "ParameterError": obj(
-        {"parameter": STRING, "in": {"type": "string", "enum": ["query", "path"]}, "message": STRING}
+        {
+            "parameter": STRING,
+            "in": {"type": "string", "enum": ["query", "path"]},
+            "message": STRING,
+        }
     ),
     "Score": obj(
         {
@@ -317,8 +321,13 @@ RESPONSES: dict[str, Schema] = {
 
 
 def _query(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}  # fmt: skip
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 def _limit(default: int, maximum: int) -> Schema:
@@ -397,11 +406,17 @@ PATHS: dict[str, Schema] = {
             "List leads",
             "LeadPage",
             [
-                _query("min_score", {"type": "number", "minimum": 0, "maximum": 100},
-                       "Only leads scoring at least this."),  # fmt: skip
+                _query(
+                    "min_score",
+                    {"type": "number", "minimum": 0, "maximum": 100},
+                    "Only leads scoring at least this.",
+                ),
                 _query("grade", GRADE, "Only leads of this grade."),
-                _query("source", {"type": "string", "minLength": 1,
-                                  "maxLength": MAX_SOURCE_LENGTH}, "Only leads from this source."),  # fmt: skip
+                _query(
+                    "source",
+                    {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE_LENGTH},
+                    "Only leads from this source.",
+                ),
                 CURSOR_IN,
                 _limit(DEFAULT_PAGE, MAX_PAGE),
             ],
@@ -446,8 +461,11 @@ PATHS: dict[str, Schema] = {
             "Get the score distribution",
             "ScoreDistribution",
             [
-                _query("bucket", {"type": "integer", "minimum": 1, "maximum": 100,
-                                  "default": DEFAULT_BUCKET}, "Bucket width in points."),  # fmt: skip
+                _query(
+                    "bucket",
+                    {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULT_BUCKET},
+                    "Bucket width in points.",
+                ),
             ],
             tag="analytics",
             description="Source: ClickHouse.",
@@ -469,8 +487,11 @@ PATHS: dict[str, Schema] = {
             "Get conversion by score band",
             "ConversionByScoreBand",
             [
-                _query("band", {"type": "integer", "minimum": 1, "maximum": 100,
-                                "default": DEFAULT_BAND}, "Band width in points."),  # fmt: skip
+                _query(
+                    "band",
+                    {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULT_BAND},
+                    "Band width in points.",
+                ),
             ],
             tag="analytics",
             description="Source: ClickHouse.",

@@ -14,9 +14,13 @@ from typing import Any
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
 
 from projections.postgres import PROFILE_COLUMNS
 from query_api import cursor
+
+log = structlog.get_logger(__name__)
 
 _LEAD_COLUMNS = ("lead_id", *PROFILE_COLUMNS, "status", "created_at", "updated_at")
 _SELECT = (
@@ -87,8 +91,18 @@ async def lead(
 ) -> dict[str, Any] | None:
     """A lead's profile and current score, or None when ``org`` has no such lead."""
     row, hot = await asyncio.gather(
-        pool.fetchrow(_LEAD_AND_SCORE, org, lead_id), r.hgetall(keys.lead(org, lead_id))
+        pool.fetchrow(_LEAD_AND_SCORE, org, lead_id),
+        r.hgetall(keys.lead(org, lead_id)),
+        return_exceptions=True,
     )
+    if isinstance(row, BaseException):
+        raise row
+    if isinstance(hot, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        # The record holds every score too: a Redis outage costs freshness, not the answer.
+        log.warning("redis unavailable; lead score from postgresql", error=repr(hot))
+        hot = {}
+    elif isinstance(hot, BaseException):
+        raise hot
     if row is None:
         return None
     record = _score_from_row(row)

@@ -20,18 +20,24 @@ async def score_distribution(request: Request) -> Response:
     bucket = p.integer("bucket", DEFAULT_BUCKET, 1, 100)
     p.check()
     org = org_of(request)
-    return JSON(await resources(request).analytics(lambda a: a.score_distribution(org, bucket)))
+    return JSON(
+        await resources(request).analytics(
+            ("distribution", org, bucket), lambda a: a.score_distribution(org, bucket)
+        )
+    )
 
 
 async def funnel(request: Request) -> Response:
     org = org_of(request)
-    steps = await resources(request).analytics(lambda a: a.funnel(org))
+    steps = await resources(request).analytics(("funnel", org), lambda a: a.funnel(org))
     return JSON({"org_id": org, "items": steps})
 
 
 async def conversion_by_source(request: Request) -> Response:
     org = org_of(request)
-    rows = await resources(request).analytics(lambda a: a.conversion_by_source(org))
+    rows = await resources(request).analytics(
+        ("by_source", org), lambda a: a.conversion_by_source(org)
+    )
     return JSON({"org_id": org, "items": rows})
 
 
@@ -40,13 +46,15 @@ async def conversion_by_score_band(request: Request) -> Response:
     band = p.integer("band", DEFAULT_BAND, 1, 100)
     p.check()
     org = org_of(request)
-    rows = await resources(request).analytics(lambda a: a.conversion_by_score_band(org, band))
+    rows = await resources(request).analytics(
+        ("by_band", org, band), lambda a: a.conversion_by_score_band(org, band)
+    )
     return JSON({"org_id": org, "band": band, "items": rows})
 
 
 async def model_comparison(request: Request) -> Response:
     org = org_of(request)
-    rows = await resources(request).analytics(lambda a: a.model_comparison(org))
+    rows = await resources(request).analytics(("models", org), lambda a: a.model_comparison(org))
     return JSON({"org_id": org, "items": rows})
 
 

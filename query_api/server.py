@@ -21,7 +21,9 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def config(settings: Settings, *, host: str | None = None, port: int | None = None) -> uvicorn.Config:
+def config(
+    settings: Settings, *, host: str | None = None, port: int | None = None
+) -> uvicorn.Config:
     # uvloop and httptools are measured faster; fall back to the pure-Python stack
     # where they are not installed rather than failing to start.
     return uvicorn.Config(

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import orjson
 import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, given
+from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -34,12 +35,11 @@ from domain.events import ActivityKind
 from leadscore import tenancy
 from leadscore.bootstrap import bootstrap
 from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings
+from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from projections.base import ProjectionRunner
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
-from tests.conftest import settings_env
 from tests.factories import FixedScorer, activity, created
 from tests.integration.test_pipeline import encoded
 
@@ -223,13 +223,13 @@ def current_scores(api: Api, org: str) -> dict[str, dict[str, Any]]:
     return {lid: h[-1] for (o, lid), h in api.expected["scores"].items() if o == org}
 
 
-@pytest.fixture(scope="module")
-def api(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+@contextmanager
+def live_api(services: Settings, tmp: Path) -> Iterator[Api]:
+    """A seeded database, Redis prefix and chDB directory of its own, and the API serving them."""
     from leadscore import services as stack
 
     tag = secrets.token_hex(4)
     dbname = f"leadscore_api_{tag}"
-    tmp = tmp_path_factory.mktemp("api")
     port = free_port()
     settings = dataclasses.replace(
         services,
@@ -239,35 +239,43 @@ def api(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         api_port=port,
         aggregate_cache_size=10_000,
     )
-    seed_events(settings)
-    asyncio.run(project(settings))
-
-    async def tenants() -> dict[str, str]:
-        conn = await asyncpg.connect(settings.pg_dsn)
-        try:
-            await tenancy.ensure_schema(conn)
-            keys = {}
-            for org in (ORG_A, ORG_B, ORG_EMPTY):
-                await tenancy.create_org(conn, org, f"Org {org}")
-                keys[org] = (await tenancy.create_api_key(conn, org, "tests"))[1]
-            return keys
-        finally:
-            await conn.close()
-
-    keys = asyncio.run(tenants())
-    log = tmp / "api.log"
-    process = start_api(settings, log)
     try:
-        wait_ready(port, process, log)
-        yield Api(port, settings, keys, expected_state(settings), process)
+        seed_events(settings)
+        asyncio.run(project(settings))
+        keys = asyncio.run(create_tenants(settings))
+        log = tmp / "api.log"
+        process = start_api(settings, log)
+        try:
+            wait_ready(port, process, log)
+            yield Api(port, settings, keys, expected_state(settings), process)
+        finally:
+            stop_api(process)
     finally:
-        stop_api(process)
         r = redis_sync.Redis.from_url(settings.redis_url)
         # Only our keys: the Redis server is shared with other tests and engineers.
         for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
             r.delete(key)
         r.close()
         stack.drop_database(services, dbname)
+
+
+async def create_tenants(settings: Settings) -> dict[str, str]:
+    conn = await asyncpg.connect(settings.pg_dsn)
+    try:
+        await tenancy.ensure_schema(conn)
+        keys = {}
+        for org in (ORG_A, ORG_B, ORG_EMPTY):
+            await tenancy.create_org(conn, org, f"Org {org}")
+            keys[org] = (await tenancy.create_api_key(conn, org, "tests"))[1]
+        return keys
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def api(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with live_api(services, tmp_path_factory.mktemp("api")) as running:
+        yield running
 
 
 # -- operations -----------------------------------------------------------------------
@@ -349,9 +357,9 @@ def test_get_lead_returns_profile_status_and_current_score(api: Api) -> None:
             assert got[field] == value, field
         score = scores[lead_id]
         assert got["score"] is not None
-        assert {k: got["score"][k] for k in ("score", "grade", "fit", "engagement", "position")} == {
-            k: score[k] for k in ("score", "grade", "fit", "engagement", "position")
-        }
+        assert {
+            k: got["score"][k] for k in ("score", "grade", "fit", "engagement", "position")
+        } == {k: score[k] for k in ("score", "grade", "fit", "engagement", "position")}
 
 
 def test_current_score_comes_from_redis_when_it_is_newer(api: Api) -> None:
@@ -364,14 +372,10 @@ def test_current_score_comes_from_redis_when_it_is_newer(api: Api) -> None:
         assert api.get(f"/leads/{lead_id}").body["score"]["score"] == 12.5
         # A stale hash (older position than PostgreSQL's row) loses to the record.
         r.hset(key, mapping={"score": "13.5", "position": "1"})
-        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == saved_score(saved)
+        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == float(saved["score"])
     finally:
         r.hset(key, mapping=saved)
         r.close()
-
-
-def saved_score(h: dict[str, str]) -> float:
-    return float(h["score"])
 
 
 def test_shared_lead_id_answers_each_org_its_own_lead(api: Api) -> None:
@@ -452,8 +456,10 @@ def test_list_leads_filters(api: Api) -> None:
     median = sorted(s["score"] for s in scores.values())[len(scores) // 2]
     got = {i["lead_id"] for i in walk(api, ORG_A, 5, min_score=median)}
     assert got == {lid for lid, s in scores.items() if s["score"] >= median}
-    grade = max({s["grade"] for s in scores.values()}, key=lambda g: sum(
-        s["grade"] == g for s in scores.values()))  # fmt: skip
+    grade = max(
+        {s["grade"] for s in scores.values()},
+        key=lambda g: sum(s["grade"] == g for s in scores.values()),
+    )
     got = {i["lead_id"] for i in walk(api, ORG_A, 5, grade=grade)}
     assert got == {lid for lid, s in scores.items() if s["grade"] == grade}
     source = next(v["profile"]["source"] for v in leads.values() if v["profile"].get("source"))
@@ -487,7 +493,8 @@ def test_analytics_cover_the_orgs_leads(api: Api) -> None:
     assert dist["leads"] == len(scores) == sum(b["count"] for b in dist["buckets"])
     assert [b["from"] for b in dist["buckets"]] == [0, 25, 50, 75]
     assert {g["grade"]: g["count"] for g in dist["grades"]} == {
-        g: sum(s["grade"] == g for s in scores.values()) for g in {s["grade"] for s in scores.values()}
+        g: sum(s["grade"] == g for s in scores.values())
+        for g in {s["grade"] for s in scores.values()}
     }
     funnel = api.get("/analytics/funnel").body["items"]
     assert [s["step"] for s in funnel] == ["created", "engaged", "high_score", "converted"]
@@ -501,8 +508,9 @@ def test_analytics_cover_the_orgs_leads(api: Api) -> None:
     assert bands["band"] == 50 and [b["from"] for b in bands["items"]] == [0, 50]
     models = api.get("/analytics/models").body["items"]
     assert [m["model_version"] for m in models] == ["test-1"]
-    assert models[0]["scores"] == sum(len(h) for (o, _), h in api.expected["scores"].items()
-                                      if o == ORG_A)  # fmt: skip
+    assert models[0]["scores"] == sum(
+        len(h) for (o, _), h in api.expected["scores"].items() if o == ORG_A
+    )
 
 
 def test_analytics_are_per_org(api: Api) -> None:
@@ -534,8 +542,15 @@ PROTECTED = [
 @pytest.mark.parametrize("path", PROTECTED)
 def test_missing_or_invalid_key_is_401(api: Api, path: str) -> None:
     forged = tenancy.generate_key()
-    for auth in (None, "", "Bearer", f"Bearer {forged}", "Bearer not-a-key",
-                 f"Basic {api.keys[ORG_A]}", api.keys[ORG_A]):  # fmt: skip
+    for auth in (
+        None,
+        "",
+        "Bearer",
+        f"Bearer {forged}",
+        "Bearer not-a-key",
+        f"Basic {api.keys[ORG_A]}",
+        api.keys[ORG_A],
+    ):
         reply = request(api.port, "GET", path, {} if auth is None else {"Authorization": auth})
         assert reply.status == 401, (path, auth)
         assert reply.body["error"] == "unauthorized"
@@ -614,7 +629,7 @@ def test_impossible_lead_ids_are_404_not_500(api: Api, lead_id: str) -> None:
 # -- tenancy, by property -------------------------------------------------------------
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_no_key_or_id_leaks_across_orgs(api: Api, data: st.DataObject) -> None:
     known = sorted({lid for (_org, lid) in api.expected["leads"]})
@@ -635,10 +650,12 @@ def test_no_key_or_id_leaks_across_orgs(api: Api, data: st.DataObject) -> None:
     forged = data.draw(
         st.one_of(
             st.text(max_size=60),
-            st.builds(lambda k: tenancy.KEY_PREFIX + k, st.text("abcXYZ019_-", min_size=43,
-                                                                max_size=43)),  # fmt: skip
-            st.integers(0, len(real) - 1).map(lambda i: real[:i] + ("A" if real[i] != "A" else "B")
-                                              + real[i + 1 :]),  # fmt: skip
+            st.builds(
+                lambda k: tenancy.KEY_PREFIX + k, st.text("abcXYZ019_-", min_size=43, max_size=43)
+            ),
+            st.integers(0, len(real) - 1).map(
+                lambda i: real[:i] + ("A" if real[i] != "A" else "B") + real[i + 1 :]
+            ),
         )
     )
     token = forged.encode("latin-1", "ignore").decode("latin-1").strip()
@@ -646,3 +663,50 @@ def test_no_key_or_id_leaks_across_orgs(api: Api, data: st.DataObject) -> None:
         return
     header = "Bearer " + "".join(c for c in token if c.isprintable() and c not in "\r\n")
     assert api.get(path, auth=header).status == 401
+
+
+# -- outages --------------------------------------------------------------------------
+
+
+def test_a_store_that_is_down_is_503_and_reported_by_health(
+    settings: Settings, tmp_path: Path
+) -> None:
+    dead = free_port()  # nothing listens there
+    s = dataclasses.replace(
+        settings,
+        redis_url=f"redis://127.0.0.1:{dead}/0",
+        clickhouse_dsn=f"http://127.0.0.1:{dead}",  # a server DSN: the API starts without it
+        api_port=free_port(),
+    )
+    keys = asyncio.run(create_tenants(s))
+    log = tmp_path / "api.log"
+    process = start_api(s, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                health = request(s.api_port, "GET", "/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert health.status == 503
+        checks = health.body["checks"]
+        assert {k: c["status"] for k, c in checks.items()} == {
+            "postgresql": "up",
+            "redis": "down",
+            "clickhouse": "down",
+        }
+        assert checks["redis"]["error"] and health.body["projection"] is None
+        down = Api(s.api_port, s, keys, {}, process)
+        for path in ("/leaderboard", "/analytics/funnel", "/analytics/models"):
+            reply = down.get(path)
+            assert reply.status == 503, (path, reply.raw)
+            assert reply.body["error"] == "unavailable" and reply.headers["retry-after"]
+        # What PostgreSQL alone can answer, it still does.
+        assert down.get("/leads").status == 200
+        assert down.get("/leads/nobody").status == 404
+        assert down.get("/models").status == 200
+    finally:
+        stop_api(process)
