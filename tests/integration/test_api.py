@@ -710,3 +710,31 @@ def test_a_store_that_is_down_is_503_and_reported_by_health(
         assert down.get("/models").status == 200
     finally:
         stop_api(process)
+
+
+def test_analytics_follow_the_log_while_serving(api: Api) -> None:
+    org = "org-late"
+
+    async def tenant() -> str:
+        conn = await asyncpg.connect(api.settings.pg_dsn)
+        try:
+            await tenancy.create_org(conn, org, "Late")
+            return (await tenancy.create_api_key(conn, org))[1]
+        finally:
+            await conn.close()
+
+    api.keys[org] = asyncio.run(tenant())
+    assert api.get("/analytics/funnel", org).body["items"][0]["leads"] == 0  # now cached
+    engine = bootstrap(api.settings, scorer=FixedScorer())
+    try:
+        engine.processor.process(
+            encoded(engine, [created(lead=f"late-lead-{i}", org=org) for i in range(3)])
+        )
+    finally:
+        engine.close()
+    # The API's own ClickHouse projection picks the new events up; the cached answer goes.
+    deadline = time.monotonic() + 30
+    while api.get("/analytics/funnel", org).body["items"][0]["leads"] != 3:
+        assert time.monotonic() < deadline, "analytics never saw the new leads"
+        time.sleep(0.2)
+    assert api.get("/analytics/score-distribution", org).body["leads"] == 3
