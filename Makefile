@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down status demo worker test test-unit test-integration test-e2e lint bench clean
+.PHONY: venv up down status demo worker test test-unit test-integration test-e2e test-faults lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-integration: venv
 
 test-e2e: venv
 	$(BIN)/pytest tests/e2e
+
+# Workers and services killed and restarted mid-stream; CI runs these too.
+test-faults: venv
+	$(BIN)/pytest -m faults tests/faults -s
 
 # Benchmarks print medians of several runs and a ratio to a peer measured in the same run;
 # results are appended to bench/results/. Never part of `make test`.

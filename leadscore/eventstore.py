@@ -7,11 +7,12 @@ event one global position; score-events and read models follow that log.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Notification
 
@@ -102,5 +103,22 @@ class LeadStore(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
 
+# Workers starting together would race on CREATE TABLE IF NOT EXISTS (PostgreSQL can
+# fail one with a unique violation on its catalog); schema changes take this lock.
+DDL_LOCK = "leadscore.ddl"
+
+
+@contextlib.contextmanager
+def ddl_lock(dsn: str) -> Iterator[None]:
+    """Serialise schema creation across processes with a PostgreSQL advisory lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (DDL_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (DDL_LOCK,))
+
+
 def open_store(dsn: str, *, cache_size: int = 100_000) -> LeadStore:
-    return LeadStore(env=postgres_env(dsn, cache_size=cache_size))
+    with ddl_lock(dsn):  # the library creates its tables on construction
+        return LeadStore(env=postgres_env(dsn, cache_size=cache_size))

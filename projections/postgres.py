@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from leadscore.eventstore import TRACKING_DDL
+from leadscore.eventstore import DDL_LOCK, TRACKING_DDL
 from projections.log import LogEntry
 
 POSITION_NAME = "projection:postgres"
@@ -105,7 +105,9 @@ class PostgresProjection:
         self.pool = pool
 
     async def setup(self) -> None:
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Same lock as the event store's DDL: workers start together.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", DDL_LOCK)
             await conn.execute(DDL)
 
     async def position(self) -> int:

@@ -16,7 +16,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from domain.lead import score_event_id
-from leadscore.eventstore import SCORED_TOPIC, TRACKING_DDL, LeadStore
+from leadscore.eventstore import SCORED_TOPIC, TRACKING_DDL, LeadStore, ddl_lock
 from streams import metrics
 from streams.wire import AvroTopic
 
@@ -57,7 +57,8 @@ class Tracking:
         self.name = name
         self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute(TRACKING_DDL)
+        with ddl_lock(dsn):
+            self.conn.execute(TRACKING_DDL)
 
     def reconnect(self) -> None:
         try:

@@ -1,0 +1,165 @@
+"""Fault scenarios with real processes: workers killed with SIGKILL, mid-stream.
+
+After each scenario: every accepted lead-event is in the event store exactly once, every
+stored score reached score-events (duplicates only with the same event_id), and the
+read models equal the state computed from the event store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.lead import lead_aggregate_id, score_event_id
+from leadscore.demo import stop_worker, wait_for_group
+from leadscore.eventstore import SCORED_TOPIC, open_store
+from leadscore.producer import produce_events
+from leadscore.settings import Settings
+from leadscore.workload import generate
+from streams.relay import kafka_producer
+from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+from tests.e2e.test_worker import (
+    committed_all,
+    free_port,
+    metric,
+    projected_position,
+    read_models,
+    read_models_expected,
+    start,
+    wait_until,
+)
+from tests.integration.test_pipeline import consume_all
+from tests.integration.test_projections import expected_state
+
+pytestmark = pytest.mark.faults
+
+EVENTS, LEADS, ORGS = 20_000, 2_000, 4
+
+
+def produce(s: Settings) -> list[Any]:
+    workload = list(generate(ORGS, LEADS, EVENTS, seed=31))
+    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    report = produce_events(
+        kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
+    )
+    assert report.sent == len(workload) and report.failed == 0
+    return workload
+
+
+def all_applied(s: Settings, workload: list[Any]) -> bool:
+    store = open_store(s.pg_dsn, cache_size=0)
+    try:
+        ids = {lead_aggregate_id(e.org_id, e.lead_id) for e in workload}
+        leads = store.load(ids).values()
+        applied = {eid for lead in leads if lead for eid in lead.applied_event_ids}
+        return applied >= {e.event_id for e in workload}
+    finally:
+        store.close()
+
+
+def check_invariants(s: Settings, workload: list[Any]) -> dict[str, int]:
+    """The guarantees that must hold after any fault; returns the counts for the report."""
+    store = open_store(s.pg_dsn, cache_size=0)
+    try:
+        notes = []
+        while batch := store.notifications(notes[-1].id if notes else 0, 10_000):
+            notes.extend(batch)
+        ids = {lead_aggregate_id(e.org_id, e.lead_id) for e in workload}
+        leads = [lead for lead in store.load(ids).values() if lead is not None]
+    finally:
+        store.close()
+    # Every accepted event applied exactly once: one domain event per lead-event.
+    applied = Counter(eid for lead in leads for eid in lead.applied_event_ids)
+    produced = {e.event_id for e in workload}
+    assert set(applied) == produced, "an accepted lead-event is missing from the event store"
+    assert max(applied.values()) == 1
+    lead_event_notes = [n for n in notes if n.topic != SCORED_TOPIC]
+    assert len(lead_event_notes) == len(workload), "a lead-event was stored twice"
+
+    # Every stored score reached score-events; a duplicate only with the same event_id.
+    stored_ids = {
+        str(score_event_id(n.originator_id, n.originator_version))
+        for n in notes
+        if n.topic == SCORED_TOPIC
+    }
+    catalog = SchemaCatalog(s.pg_dsn)
+    published = [
+        catalog.decode(v)["event_id"] for _k, v in consume_all(s, expected=len(stored_ids))
+    ]
+    assert set(published) == stored_ids, "a stored score is missing from score-events"
+    duplicates = len(published) - len(set(published))
+
+    # Read models equal the state computed from the event store.
+    want = expected_state(s)
+    wait_until(lambda: asyncio.run(projected_position(s)) >= want["head"], 60, "projections")
+    assert asyncio.run(read_models(s)) == read_models_expected(want)
+    return {
+        "events": len(workload),
+        "applied_once": len(applied),
+        "lost": len(produced - set(applied)),
+        "applied_twice": sum(1 for c in applied.values() if c > 1),
+        "scores": len(stored_ids),
+        "score_event_duplicates": duplicates,
+    }
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_worker_killed_at_random_moments(settings: Settings, tmp_path: Path) -> None:
+    s = dataclasses.replace(settings, metrics_port=free_port(), batch_size=500)
+    workload = produce(s)
+    log = tmp_path / "worker.log"
+    rng = random.Random(5)
+    kills = 0
+    worker = start(s, log)
+    try:
+        for _ in range(4):
+            wait_for_group(s, worker, timeout=120)
+            # Let it work for a random while, then SIGKILL it mid-batch.
+            time.sleep(rng.uniform(0.5, 3.0))
+            kill(worker)
+            kills += 1
+            worker = start(s, log)
+        wait_for_group(s, worker, timeout=120)
+        wait_until(lambda: all_applied(s, workload), 180, "every event to be applied")
+        wait_until(lambda: committed_all(s), 60, "offsets to be committed")
+        counts = check_invariants(s, workload)
+    finally:
+        stop_worker(worker)
+    assert kills == 4
+    print(f"SIGKILL x{kills}: {counts}")
+
+
+def test_two_workers_one_killed_mid_stream(settings: Settings, tmp_path: Path) -> None:
+    s = dataclasses.replace(settings, batch_size=500)
+    a = start(dataclasses.replace(s, metrics_port=free_port()), tmp_path / "a.log")
+    b_settings = dataclasses.replace(s, metrics_port=free_port())
+    b = start(b_settings, tmp_path / "b.log")
+    try:
+        wait_for_group(s, a, timeout=120)
+        workload = produce(s)
+        wait_until(
+            lambda: metric(b_settings.metrics_port, "leadscore_lead_events_total", "received") > 0,
+            60, "the second worker to take events",
+        )  # fmt: skip
+        kill(b)
+        wait_until(lambda: all_applied(s, workload), 180, "the survivor to apply every event")
+        wait_until(lambda: committed_all(s), 60, "offsets to be committed")
+        counts = check_invariants(s, workload)
+    finally:
+        stop_worker(a)
+        if b.poll() is None:
+            stop_worker(b)
+    print(f"two workers, one SIGKILLed: {counts}")
