@@ -37,7 +37,7 @@ class Engine:
 
 def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     store = open_store(settings.pg_dsn, cache_size=settings.aggregate_cache_size)
-    catalog = SchemaCatalog(settings.pg_dsn)
+    catalog = SchemaCatalog(settings.schema_registry_url)
     # Register the schemas we speak so their ids exist before any producer needs them.
     AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
     if scorer is None:

@@ -14,6 +14,7 @@ from rich.table import Table
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_projections import app as projections_app
 from leadscore.logs import configure_logging
+from leadscore.registry.cli import registry
 from leadscore.services.cli import app as services_app
 from leadscore.settings import get_settings
 
@@ -21,6 +22,7 @@ app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_a
 app.add_typer(services_app, name="services")
 app.add_typer(projections_app, name="projections")
 register_api_commands(app)
+app.command()(registry)
 models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 # Logs and CI have no terminal to measure: give tables room rather than 80 columns.
@@ -64,7 +66,9 @@ def produce(
     from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 
     s = get_settings()
-    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    encoder = AvroTopic(
+        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
+    )
     with _progress() as progress:
         task = progress.add_task("producing", total=events)
         report = produce_events(

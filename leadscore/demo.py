@@ -138,7 +138,7 @@ def run_demo(
         [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
         s.topic_partitions,
     )
-    catalog = SchemaCatalog(s.pg_dsn)
+    catalog = SchemaCatalog(s.schema_registry_url)
     encoder = AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
     run = secrets.token_hex(3)
     workload = list(tagged(generate(orgs, leads, events, seed=int(run, 16)), run))

@@ -21,6 +21,7 @@ class Settings:
     pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
+    schema_registry_url: str = "http://127.0.0.1:8081"
     clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
     run_dir: str = field(default_factory=_default_run_dir)
 

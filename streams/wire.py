@@ -1,27 +1,34 @@
 """Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro body).
 
-Schema ids come from the ``avro_schemas`` table the project keeps in PostgreSQL
-until a schema registry is wired in; producers using Confluent serializers with
-the same ids can feed the engine unchanged.
+Schema ids are resolved through a schema registry speaking the Confluent REST API
+(``LEADSCORE_SCHEMA_REGISTRY_URL``: the project's own registry, or a Confluent or
+Apicurio one), so producers using Confluent's ``AvroSerializer`` feed the engine
+unchanged. Each message is read with the schema it was written with (its id), resolved
+against the newest version of that record the engine knows (``schemas/avro/*.vN.avsc``),
+so every version of a record decodes to the same shape.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import re
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
 import fastavro
-import psycopg
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
+from fastavro.schema import to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
+LEAD_EVENT_SCHEMA_V2 = SCHEMA_DIR / "lead_event.v2.avsc"
 SCORE_EVENT_SCHEMA = SCHEMA_DIR / "score_event.v1.avsc"
 _HEADER = struct.Struct(">bI")
 MAGIC = 0
+_VERSIONED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)\.avsc$")
 
 
 class SerializationError(ValueError):
@@ -29,12 +36,42 @@ class SerializationError(ValueError):
 
 
 class UnknownSchemaError(SerializationError):
-    """The message names a schema id the catalog does not know."""
+    """The message names a schema id the registry does not know."""
+
+
+class RegistryUnavailableError(ConnectionError):
+    """The schema registry did not answer: not the message's fault, so no SerializationError."""
+
+
+def canonical(schema: Any) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def load_schema_text(path: Path) -> str:
-    # Canonical JSON so the same schema always registers under the same fingerprint.
-    return json.dumps(json.loads(path.read_text()), sort_keys=True, separators=(",", ":"))
+    # Canonical JSON so the same file always registers as the same schema.
+    return canonical(json.loads(path.read_text()))
+
+
+def newest_local_schemas(directory: Path = SCHEMA_DIR) -> dict[str, str]:
+    """The newest ``<name>.v<N>.avsc`` of each record, keyed by the record's full name."""
+    newest: dict[str, tuple[int, str]] = {}
+    for path in directory.glob("*.avsc"):
+        m = _VERSIONED.match(path.name)
+        if not m:
+            continue
+        schema = json.loads(path.read_text())
+        name = _fullname(schema)
+        if name is not None and int(m["version"]) > newest.get(name, (0, ""))[0]:
+            newest[name] = (int(m["version"]), canonical(schema))
+    return {name: text for name, (_, text) in newest.items()}
+
+
+def _fullname(schema: Any) -> str | None:
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return None
+    name = str(schema["name"])
+    namespace = schema.get("namespace")
+    return name if "." in name or not namespace else f"{namespace}.{name}"
 
 
 def encode(schema_id: int, parsed_schema: Any, record: dict[str, Any]) -> bytes:
@@ -57,69 +94,95 @@ def split_header(value: bytes | None) -> tuple[int, memoryview]:
 
 
 class SchemaCatalog:
-    """Schema ids kept in PostgreSQL: register once, resolve by id, cache forever."""
+    """A schema-registry client: register schemas, resolve ids, decode messages.
 
-    DDL = """
-    CREATE TABLE IF NOT EXISTS avro_schemas (
-        id serial PRIMARY KEY,
-        subject text NOT NULL,
-        version int NOT NULL,
-        fingerprint text NOT NULL,
-        schema text NOT NULL,
-        registered_at timestamptz NOT NULL DEFAULT now(),
-        UNIQUE (subject, fingerprint),
-        UNIQUE (subject, version)
-    )
+    Ids are immutable, so each id's parsed writer schema and its reader are cached
+    forever: decoding costs a registry round trip only the first time an id is seen.
     """
 
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self, registry_url: str, reader_schemas: dict[str, str] | None = None) -> None:
+        if registry_url.startswith(("postgresql://", "postgres://")):
+            # Transitional: callers used to pass the PostgreSQL DSN of the old
+            # avro_schemas table; the registry has its own URL now.
+            from leadscore.settings import get_settings
+
+            registry_url = get_settings().schema_registry_url
+        self.url = registry_url
+        readers = newest_local_schemas() if reader_schemas is None else reader_schemas
+        self._readers = {name: fastavro.parse_schema(json.loads(t)) for name, t in readers.items()}
         self._by_id: dict[int, Any] = {}
+        self._decoders: dict[int, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _client(self) -> SchemaRegistryClient:
+        # One per call, closed after it: the registry is asked rarely (registrations, and
+        # ids seen for the first time), and no idle connection outlives the catalog.
+        return SchemaRegistryClient({"url": self.url})
 
     def register(self, subject: str, schema_text: str) -> int:
-        fingerprint = hashlib.sha256(schema_text.encode()).hexdigest()
-        with psycopg.connect(self._dsn, autocommit=True) as conn:
-            conn.execute(self.DDL)
-            # Serialise registrations so concurrent workers agree on versions.
-            with conn.transaction():
-                conn.execute("LOCK TABLE avro_schemas IN SHARE ROW EXCLUSIVE MODE")
-                row = conn.execute(
-                    "SELECT id FROM avro_schemas WHERE subject = %s AND fingerprint = %s",
-                    (subject, fingerprint),
-                ).fetchone()
-                if row is None:
-                    row = conn.execute(
-                        "INSERT INTO avro_schemas (subject, version, fingerprint, schema) "
-                        "SELECT %s, coalesce(max(version), 0) + 1, %s, %s FROM avro_schemas "
-                        "WHERE subject = %s RETURNING id",
-                        (subject, fingerprint, schema_text, subject),
-                    ).fetchone()
-        assert row is not None
-        schema_id = int(row[0])
-        self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema_text))
+        """Register under ``subject``; the same schema again returns the same id."""
+        try:
+            with self._client() as client:
+                schema_id = int(client.register_schema(subject, Schema(schema_text, "AVRO")))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code >= 500:
+                raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+            raise SerializationError(f"registry refused the schema for {subject}: {exc}") from exc
+        except Exception as exc:  # the HTTP client's connection errors
+            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+        self._by_id.setdefault(schema_id, fastavro.parse_schema(json.loads(schema_text)))
         return schema_id
 
+    def schema_text(self, schema_id: int) -> str:
+        try:
+            with self._client() as client:
+                schema = client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise UnknownSchemaError(f"unknown schema id {schema_id}") from exc
+            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+        except Exception as exc:
+            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+        if schema.schema_type not in (None, "AVRO"):
+            raise UnknownSchemaError(f"schema id {schema_id} is {schema.schema_type}, not Avro")
+        return str(schema.schema_str)
+
     def parsed(self, schema_id: int) -> Any:
+        """The writer schema of ``schema_id``, parsed."""
         try:
             return self._by_id[schema_id]
         except KeyError:
             pass
-        with psycopg.connect(self._dsn, autocommit=True) as conn:
-            conn.execute(self.DDL)
-            row = conn.execute(
-                "SELECT schema FROM avro_schemas WHERE id = %s", (schema_id,)
-            ).fetchone()
-        if row is None:
-            raise UnknownSchemaError(f"unknown schema id {schema_id}")
-        parsed = fastavro.parse_schema(json.loads(row[0]))
+        text = self.schema_text(schema_id)
+        try:
+            parsed = fastavro.parse_schema(json.loads(text))
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            raise UnknownSchemaError(f"schema id {schema_id} is not a valid Avro schema") from exc
         self._by_id[schema_id] = parsed
         return parsed
 
+    def _decoder(self, schema_id: int) -> tuple[Any, Any]:
+        try:
+            return self._decoders[schema_id]
+        except KeyError:
+            pass
+        with self._lock:
+            writer = self.parsed(schema_id)
+            name = _fullname(writer)
+            reader = self._readers.get(name) if name is not None else None
+            # The writer is the reader: no resolution needed, fastavro's fast path.
+            if reader is not None and to_parsing_canonical_form(
+                writer
+            ) == to_parsing_canonical_form(reader):
+                reader = None
+            self._decoders[schema_id] = (writer, reader)
+        return writer, reader
+
     def decode(self, value: bytes | None) -> dict[str, Any]:
         schema_id, body = split_header(value)
-        schema = self.parsed(schema_id)
+        writer, reader = self._decoder(schema_id)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(body), schema, schema)
+            record = fastavro.schemaless_reader(io.BytesIO(body), writer, reader)
         except Exception as exc:  # fastavro raises many types on corrupt input
             raise SerializationError(f"undecodable Avro body: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
@@ -132,7 +195,8 @@ class AvroTopic:
 
     def __init__(self, catalog: SchemaCatalog, topic: str, schema_path: Path) -> None:
         text = load_schema_text(schema_path)
-        self.schema_id = catalog.register(f"{topic}-value", text)
+        self.subject = f"{topic}-value"
+        self.schema_id = catalog.register(self.subject, text)
         self.parsed = catalog.parsed(self.schema_id)
 
     def encode(self, record: dict[str, Any]) -> bytes:

@@ -10,13 +10,19 @@ from types import ModuleType
 
 from rich.console import Console
 
-from leadscore.services import kafka, postgres, redis
+from leadscore.services import kafka, postgres, redis, registry
 from leadscore.services.model import STOPPED, ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
-# Kafka first: its JVM boots while PostgreSQL and Redis are being started.
-SERVICES: dict[str, ModuleType] = {"kafka": kafka, "postgres": postgres, "redis": redis}
+# Kafka first: its JVM boots while PostgreSQL and Redis are being started. The schema
+# registry keeps its schemas in PostgreSQL, so it comes after it (and is stopped before it).
+SERVICES: dict[str, ModuleType] = {
+    "kafka": kafka,
+    "postgres": postgres,
+    "registry": registry,
+    "redis": redis,
+}
 
 
 def _selected(only: Iterable[str] | None) -> list[str]:

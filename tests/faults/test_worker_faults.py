@@ -47,7 +47,9 @@ EVENTS, LEADS, ORGS = 20_000, 2_000, 4
 
 def produce(s: Settings) -> list[Any]:
     workload = list(generate(ORGS, LEADS, EVENTS, seed=31))
-    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    encoder = AvroTopic(
+        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
+    )
     report = produce_events(
         kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
     )
@@ -91,7 +93,7 @@ def check_invariants(s: Settings, workload: list[Any]) -> dict[str, int]:
         for n in notes
         if n.topic == SCORED_TOPIC
     }
-    catalog = SchemaCatalog(s.pg_dsn)
+    catalog = SchemaCatalog(s.schema_registry_url)
     published = [
         catalog.decode(v)["event_id"] for _k, v in consume_all(s, expected=len(stored_ids))
     ]

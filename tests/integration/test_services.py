@@ -59,7 +59,7 @@ def test_second_up_is_a_fast_no_op(stack: Settings) -> None:
 
 def test_status_reports_every_service_running(stack: Settings) -> None:
     rows = {s.name: s for s in services.status(stack)}
-    assert set(rows) == {"kafka", "postgres", "redis"}
+    assert set(rows) == {"kafka", "postgres", "registry", "redis"}
     for row in rows.values():
         assert row.running, row
         if row.state == RUNNING_OURS:

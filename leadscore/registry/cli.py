@@ -1,0 +1,32 @@
+"""`leadscore registry`: serve the schema registry on LEADSCORE_SCHEMA_REGISTRY_URL.
+
+Mount with ``app.command()(registry)`` in leadscore/cli.py.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from leadscore.settings import Settings, get_settings
+
+
+def address(settings: Settings) -> tuple[str, int]:
+    url = urlsplit(settings.schema_registry_url)
+    return url.hostname or "127.0.0.1", url.port or 8081
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from leadscore.registry.app import create_app
+
+    host, port = address(settings)
+    uvicorn.run(create_app(settings.pg_dsn), host=host, port=port, log_level="warning")
+
+
+def registry() -> None:
+    """Serve the schema registry (Confluent REST API subset, schemas in PostgreSQL).
+
+    `leadscore services up` starts it already; this runs it in the foreground.
+    """
+    serve(get_settings())

@@ -1,0 +1,103 @@
+"""The project's schema registry (`python -m leadscore.registry`) as a local service.
+
+It keeps its schemas in PostgreSQL, so the stack starts it after PostgreSQL; it retries
+its database connection while PostgreSQL is still coming up. A registry already
+answering on the URL (ours from another run, a Confluent or Apicurio server) is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from leadscore.registry.cli import address
+from leadscore.services import process
+from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.progress import Progress
+from leadscore.settings import ROOT, Settings, settings_env
+
+NAME = "registry"
+_MARKER = "leadscore.registry"
+_READY_TIMEOUT = 150.0  # covers PostgreSQL's own start, which the registry waits for
+_STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log" / "registry.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "registry.pid"
+
+
+def layout(settings: Settings) -> Layout:
+    return Layout(settings.run_path / "registry")
+
+
+def status(settings: Settings) -> ServiceStatus:
+    paths = layout(settings)
+    host, port = address(settings)
+    pid = process.owned_pid(paths.pidfile, _MARKER)
+    if pid is not None:
+        state = STARTED_BY_US
+    elif process.port_open(host, port):
+        state = EXTERNAL
+    else:
+        state = STOPPED
+    return ServiceStatus(NAME, settings.schema_registry_url, state, pid, paths.root)
+
+
+def start(settings: Settings, progress: Progress) -> int:
+    """Launch the registry process; return its pid without waiting."""
+    host, port = address(settings)
+    if host not in process.LOOPBACK:
+        raise ServiceError(f"schema registry at {settings.schema_registry_url} does not answer")
+    paths = layout(settings)
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings_env(settings)}
+    with progress.step("launching the schema registry"):
+        return process.spawn_detached(
+            [sys.executable, "-m", _MARKER], paths.log, paths.pidfile, cwd=ROOT, env=env
+        )
+
+
+def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
+    with progress.step(f"schema registry GET {settings.schema_registry_url}/subjects"):
+        process.wait_ready(
+            "schema registry",
+            lambda: ping(settings.schema_registry_url),
+            _READY_TIMEOUT,
+            pid,
+            [layout(settings).log],
+        )
+
+
+def ping(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/subjects", timeout=2) as response:
+            return isinstance(json.loads(response.read()), list)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the registry if we started it; True if something was stopped."""
+    paths = layout(settings)
+    pid = process.owned_pid(paths.pidfile, _MARKER)
+    if pid is None:
+        return False
+    if not process.stop_pid(pid, signal.SIGTERM, _STOP_TIMEOUT):
+        raise ServiceError(f"schema registry (pid {pid}) ignored SIGTERM; killed")
+    paths.pidfile.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,140 @@
+"""An upstream producer written with confluent-kafka alone feeds the engine.
+
+The producer side uses only confluent-kafka (``Producer``, ``SchemaRegistryClient``,
+``AvroSerializer``), the registry URL and the schema files: no project code. Two
+producers write v1 and v2 lead-events to one topic; the engine applies both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
+
+from domain.lead import lead_aggregate_id
+from leadscore.bootstrap import Engine, bootstrap
+from leadscore.settings import Settings
+from tests.factories import FixedScorer
+
+pytestmark = pytest.mark.integration
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    e = bootstrap(settings, scorer=FixedScorer())
+    yield e
+    e.close()
+
+
+def produce(settings: Settings, schema_file: str, records: list[dict[str, Any]]) -> None:
+    """What an upstream team writes: Confluent's serializer, registry and producer."""
+    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+        serialize = AvroSerializer(registry, (SCHEMAS / schema_file).read_text())
+        key = StringSerializer("utf_8")
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+        topic = settings.topic_lead_events
+        for record in records:
+            producer.produce(
+                topic,
+                key=key(record["lead_id"]),
+                value=serialize(record, SerializationContext(topic, MessageField.VALUE)),
+            )
+        assert producer.flush(30) == 0
+
+
+def consume(settings: Settings, expected: int, timeout: float = 30) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.consumer_group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_lead_events])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(values) < expected and time.monotonic() < deadline:
+            values += [m.value() for m in consumer.consume(500, timeout=0.5) if not m.error()]
+    finally:
+        consumer.close()
+    return values
+
+
+def _base(lead: str, event_type: str, at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "org_id": "org-confluent",
+        "lead_id": lead,
+        "occurred_at": at,
+    }
+
+
+def test_confluent_avro_producers_of_v1_and_v2_feed_the_engine(
+    engine: Engine, settings: Settings
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    v1 = [
+        {**_base("lead-a", "LeadCreated", now), "email": "a@acme.io", "employees": 250,
+         "title": "CTO"},
+        {**_base("lead-a", "ActivityRecorded", now + timedelta(minutes=1)),
+         "activity": {"kind": "demo_request", "properties": {"page": "/demo"}}},
+    ]  # fmt: skip
+    v2 = [
+        {**_base("lead-b", "LeadCreated", now), "email": "b@initech.io", "company_size": 40,
+         "campaign": "spring-launch"},
+        {**_base("lead-b", "ActivityRecorded", now + timedelta(minutes=2)),
+         "activity": {"kind": "meeting_booked", "properties": {}}},
+        {**_base("lead-a", "LeadUpdated", now + timedelta(minutes=3)), "company_size": 300},
+    ]  # fmt: skip
+    produce(settings, "lead_event.v1.avsc", v1)
+    produce(settings, "lead_event.v2.avsc", v2)
+
+    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+        assert registry.get_versions(f"{settings.topic_lead_events}-value") == [1, 2]
+
+    values = consume(settings, expected=5)
+    assert len(values) == 5
+    stats = engine.processor.process(values)
+    assert (stats.received, stats.applied, stats.invalid, stats.failed) == (5, 5, 0, 0)
+
+    leads = engine.store.load(
+        [lead_aggregate_id("org-confluent", "lead-a"), lead_aggregate_id("org-confluent", "lead-b")]
+    )
+    a = leads[lead_aggregate_id("org-confluent", "lead-a")]
+    b = leads[lead_aggregate_id("org-confluent", "lead-b")]
+    assert a is not None and b is not None
+    # v1's employees and v2's company_size are the same profile field in the domain.
+    assert a.profile["employees"] == 300 and a.profile["title"] == "CTO"
+    assert b.profile["employees"] == 40 and b.profile["email"] == "b@initech.io"
+    assert {e["event_id"] for e in v1 + v2} == a.applied_event_ids | b.applied_event_ids
+
+
+def test_the_registry_refuses_a_producer_with_a_breaking_schema(settings: Settings) -> None:
+    schema = json.loads((SCHEMAS / "lead_event.v2.avsc").read_text())
+    schema["fields"].append({"name": "budget", "type": "long"})  # required: breaks BACKWARD
+    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+        AvroSerializer(registry, (SCHEMAS / "lead_event.v1.avsc").read_text())(
+            {**_base("lead-c", "LeadCreated", datetime.now(UTC))},
+            SerializationContext(settings.topic_lead_events, MessageField.VALUE),
+        )
+        breaking = AvroSerializer(registry, json.dumps(schema))
+        with pytest.raises(Exception, match="incompatible"):
+            breaking(
+                {**_base("lead-c", "LeadCreated", datetime.now(UTC)), "budget": 1},
+                SerializationContext(settings.topic_lead_events, MessageField.VALUE),
+            )
