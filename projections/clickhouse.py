@@ -203,7 +203,8 @@ class ClickHouseProjection:
         await asyncio.to_thread(self._setup)
 
     async def position(self) -> int:
-        return await asyncio.to_thread(self._recovered_position)
+        """The recorded position. Read-only: only the writer cleans up after a crash."""
+        return await asyncio.to_thread(self._current_position)
 
     async def project(self, entries: Sequence[LogEntry]) -> None:
         await asyncio.to_thread(self._project, entries)
@@ -221,14 +222,25 @@ class ClickHouseProjection:
             self.client.command(ddl)
         self._ready = True
 
+    def _recorded_position(self) -> int:
+        if not self._ready:
+            self._setup()
+        return self._scalar(
+            f"SELECT max(position) FROM {POSITIONS_TABLE} WHERE name = {{name:String}}",
+            {"name": self.name},
+        )
+
+    def _current_position(self) -> int:
+        return self._position if self._position is not None else self._recorded_position()
+
     def _recovered_position(self) -> int:
+        """Before writing: drop rows a crashed or failed write left beyond the position.
+
+        Only the writer may do this (the runner elects one per projection): a reader
+        calling it while a batch is being inserted would delete that batch's rows.
+        """
         if self._position is None:
-            if not self._ready:
-                self._setup()
-            recorded = self._scalar(
-                f"SELECT max(position) FROM {POSITIONS_TABLE} WHERE name = {{name:String}}",
-                {"name": self.name},
-            )
+            recorded = self._recorded_position()
             for table in FACT_TABLES:
                 self._delete_after(table, recorded)
             self._position = recorded

@@ -8,7 +8,6 @@ and the API only reads.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -26,10 +25,12 @@ from projections.postgres import PostgresProjection
 from projections.runner import embedded_clickhouse
 from query_api.clickhouse import AnalyticsCache, ClickHouse
 from query_api.projection_task import ProjectionTask, start_projection
-from query_api.reads import RedisKeys
+from query_api.reads import Leaderboard, RedisKeys
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+QUERY_TIMEOUT = 10.0
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Resources:
     clickhouse: ClickHouse
     projection: ProjectionTask | None
     cache: AnalyticsCache
+    leaderboard: Leaderboard
 
     async def analytics(self, key: Hashable, query: Callable[[Analytics], Awaitable[T]]) -> T:
         """Run an Analytics query, or reuse its answer while the data has not changed."""
@@ -51,39 +53,25 @@ class Resources:
         return await self.cache.get(key, compute)
 
 
-async def _ensure_record_tables(pool: asyncpg.Pool) -> None:
-    """Create the PostgreSQL read model's (empty) tables if no projection has yet.
-
-    An API started before any worker then answers "no leads" instead of failing.
-    """
-    for attempt in range(3):
-        try:
-            await PostgresProjection(pool).setup()
-            return
-        except (
-            asyncpg.UniqueViolationError,
-            asyncpg.DuplicateObjectError,
-            asyncpg.DuplicateTableError,
-        ):
-            # A worker ran the same CREATE ... IF NOT EXISTS at the same instant.
-            if attempt == 2:
-                raise
-            await asyncio.sleep(0.2)
-
-
 @contextlib.asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Resources]:
     """Open everything the API needs; close it all on exit, whatever failed in between."""
     async with contextlib.AsyncExitStack() as stack:
         # The projection holds one connection for its election lock; the rest serve requests.
-        pool = await asyncpg.create_pool(settings.pg_dsn, min_size=2, max_size=12)
+        # A query that takes longer than this is answered 503, never left hanging.
+        pool = await asyncpg.create_pool(
+            settings.pg_dsn, min_size=2, max_size=12, command_timeout=QUERY_TIMEOUT
+        )
         stack.push_async_callback(pool.close)
         await tenancy.ensure_schema(pool)
-        await _ensure_record_tables(pool)
+        # An API started before any worker answers "no leads" instead of failing:
+        # create the PostgreSQL read model's (empty) tables if no projection has yet.
+        await PostgresProjection(pool).setup()
         client = aioredis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
         )
         stack.push_async_callback(client.aclose)
+        keys = RedisKeys(settings.redis_prefix)
         clickhouse = ClickHouse(settings.clickhouse_dsn)
         stack.callback(clickhouse.close)
         projection: ProjectionTask | None = None
@@ -105,8 +93,9 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
             settings=settings,
             pool=pool,
             redis=client,
-            keys=RedisKeys(settings.redis_prefix),
+            keys=keys,
             clickhouse=clickhouse,
             projection=projection,
             cache=cache,
+            leaderboard=Leaderboard(client, keys),
         )

@@ -83,8 +83,7 @@ async def leaderboard(request: Request) -> Response:
     p = Params(request)
     limit = p.integer("limit", DEFAULT_LEADERBOARD, 1, MAX_LEADERBOARD)
     p.check()
-    res = resources(request)
-    return JSON(await reads.leaderboard(res.redis, res.keys, org_of(request), limit))
+    return JSON(await resources(request).leaderboard.top(org_of(request), limit))
 
 
 routes = [
