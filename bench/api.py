@@ -45,6 +45,15 @@ def free_port() -> int:
 
 def seed(s: Settings) -> tuple[str, list[str]]:
     """A scored history (2,000 leads, 20,000 events) projected into PostgreSQL and Redis."""
+
+    async def register() -> None:
+        conn = await asyncpg.connect(s.pg_dsn)
+        try:
+            await tenancy.ensure_orgs(conn, ["org-001"])
+        finally:
+            await conn.close()
+
+    asyncio.run(register())
     engine = bootstrap(s)
     try:
         enc = AvroTopic(engine.catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
@@ -63,8 +72,6 @@ def seed(s: Settings) -> tuple[str, list[str]]:
                 await runner.catch_up(p)
         conn = await asyncpg.connect(s.pg_dsn)
         try:
-            await tenancy.ensure_schema(conn)
-            await tenancy.create_org(conn, "org-001", "Bench org")
             return (await tenancy.create_api_key(conn, "org-001"))[1]
         finally:
             await conn.close()

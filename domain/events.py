@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -26,6 +27,10 @@ class ActivityKind(StrEnum):
     CONTENT_DOWNLOAD = "content_download"
     OTHER = "other"
 
+
+# An org id is a tenant's name in keys and URLs: no separators (":" would make Redis
+# keys ambiguous across tenants), so one pattern holds at ingest and in `orgs create`.
+ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 PROFILE_FIELDS: tuple[str, ...] = (
     "email",

@@ -8,7 +8,7 @@ from pathlib import Path
 from domain.scoring import Scorer
 from leadscore.eventstore import LeadStore, open_store
 from leadscore.settings import Settings
-from streams.processor import BatchProcessor
+from streams.processor import BatchProcessor, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, SCORE_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 
@@ -44,4 +44,6 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         from leadscore.modelstore import load_scorer  # onnxruntime loads only when used
 
         scorer = load_scorer(Path(settings.model_dir), settings.model_version or None)
-    return Engine(settings, store, catalog, scorer, BatchProcessor(store, catalog, scorer))
+    orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
+    processor = BatchProcessor(store, catalog, scorer, orgs=orgs)
+    return Engine(settings, store, catalog, scorer, processor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,15 +13,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leadscore.cli_api import register as register_api_commands
+from leadscore.cli_dlq import app as dlq_app
 from leadscore.cli_projections import app as projections_app
 from leadscore.logs import configure_logging
 from leadscore.registry.cli import registry
 from leadscore.services.cli import app as services_app
-from leadscore.settings import get_settings
+from leadscore.settings import Settings, get_settings
 
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(projections_app, name="projections")
+app.add_typer(dlq_app, name="dlq")
 register_api_commands(app)
 app.command()(registry)
 models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
@@ -61,11 +64,17 @@ def produce(
 ) -> None:
     """Produce a realistic lead-event workload to Kafka."""
     from leadscore.producer import produce_events
-    from leadscore.workload import generate
+    from leadscore.workload import generate, org_ids
     from streams.relay import kafka_producer
     from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 
     s = get_settings()
+    if s.require_registered_org:
+        # Events of unregistered orgs are dead-lettered; an admin registers tenants
+        # first, and the generator does it for its own.
+        n = asyncio.run(_register(s, org_ids(orgs)))
+        if n:
+            console.print(f"registered {n} org(s) of the workload")
     encoder = AvroTopic(
         SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
     )
@@ -145,6 +154,18 @@ def demo(
     )
     if not ok:
         raise typer.Exit(1)
+
+
+async def _register(s: Settings, orgs: list[str]) -> int:
+    import asyncpg
+
+    from leadscore import tenancy
+
+    conn = await asyncpg.connect(s.pg_dsn)
+    try:
+        return await tenancy.ensure_orgs(conn, orgs)
+    finally:
+        await conn.close()
 
 
 def _progress() -> Progress:

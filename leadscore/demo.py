@@ -14,9 +14,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
@@ -35,6 +35,8 @@ from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+
+T = TypeVar("T")
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
@@ -149,6 +151,9 @@ def run_demo(
         f"offered at {rate:,.0f} events/s"
     )
 
+    orgs = sorted({org for org, _ in last_event})
+    # Lead-events of unregistered orgs are dead-lettered: register the demo's first.
+    asyncio.run(_with_db(s, lambda db: tenancy.ensure_orgs(db, orgs, plan_type="demo")))
     log_path = s.run_path / "logs" / "worker-demo.log"
     worker = start_worker(s, log_path)
     tail = ScoreEventTail(s, catalog)
@@ -199,7 +204,7 @@ def run_demo(
     if not done:
         console.print("[red]not every lead was scored in time; see " + str(log_path))
         return False
-    return _serve(console, s, sorted({org for org, _ in last_event}), last_event)
+    return _serve(console, s, orgs, last_event)
 
 
 def _serve(
@@ -236,15 +241,17 @@ def _serve(
 
 
 async def _demo_key(s: Settings, orgs: list[str]) -> str:
+    async def create(db: asyncpg.Connection) -> str:
+        return (await tenancy.create_api_key(db, orgs[0], name="demo"))[1]
+
+    return await _with_db(s, create)
+
+
+async def _with_db(s: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     conn = await asyncpg.connect(s.pg_dsn)
     try:
         await tenancy.ensure_schema(conn)
-        known = {o.id for o in await tenancy.list_orgs(conn)}
-        for org in orgs:
-            if org not in known:
-                await tenancy.create_org(conn, org, f"Demo {org}", plan_type="demo")
-        _key_id, key = await tenancy.create_api_key(conn, orgs[0], name="demo")
-        return key
+        return await action(conn)
     finally:
         await conn.close()
 

@@ -30,6 +30,8 @@ class Settings:
     topic_dlq: str = "lead-events.dlq"
     topic_partitions: int = 6
     consumer_group: str = "leadscore-worker"
+    # A lead-event for an org not in `organizations` is dead-lettered (`leadscore orgs create`).
+    require_registered_org: bool = True
 
     model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
     model_version: str = ""  # empty: the newest committed model
@@ -60,8 +62,16 @@ class Settings:
             raw = env.get(PREFIX + f.name.upper())
             if raw is None:
                 continue
-            values[f.name] = int(raw) if f.type in ("int", int) else raw
+            values[f.name] = _parse(raw, f.type)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(raw: str, type_: object) -> object:
+    if type_ in ("int", int):
+        return int(raw)
+    if type_ in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,13 +19,15 @@ from typing import Any
 import asyncpg
 import orjson
 
+from domain.events import ORG_ID_PATTERN
+
 KEY_PREFIX = "lsk_"
 _KEY_BYTES = 32
 # token_urlsafe(32) is 43 characters of base64url without padding.
 _KEY_RE = re.compile(r"^lsk_[A-Za-z0-9_-]{43}$")
 # No ":" — the Redis read model joins org and lead ids with it into keys, so an org id
 # holding one could name another tenant's keys.
-ORG_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ORG_ID_RE = ORG_ID_PATTERN
 
 SCHEMA_DDL = """
 CREATE TABLE IF NOT EXISTS organizations (
@@ -201,3 +204,14 @@ def _org(row: asyncpg.Record) -> Organization:
         settings=orjson.loads(settings) if isinstance(settings, str) else dict(settings or {}),
         created_at=row["created_at"],
     )
+
+
+async def ensure_orgs(db: Executor, org_ids: Iterable[str], *, plan_type: str = "standard") -> int:
+    """Register the orgs not registered yet (named after their id); returns how many."""
+    await ensure_schema(db)
+    known = {o.id for o in await list_orgs(db)}
+    created = 0
+    for org_id in sorted(set(org_ids) - known):
+        await create_org(db, org_id, org_id, plan_type=plan_type)
+        created += 1
+    return created

@@ -6,12 +6,19 @@ Avro record to the domain's LeadEvent and back.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from domain.events import PROFILE_FIELDS, ActivityKind, EventType, LeadEvent
+from domain.events import ORG_ID_PATTERN, PROFILE_FIELDS, ActivityKind, EventType, LeadEvent
 
 MAX_ID_LENGTH = 128
+MAX_STRING_LENGTH = 1_000
+MAX_PROPERTIES = 50
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+# Upstream clocks drift; a day is generous, more is a producer bug (ms vs s, years).
+MAX_CLOCK_SKEW = timedelta(days=1)
+_ID_FIELDS = ("event_id", "org_id", "lead_id")
+_EVENT_TYPES = frozenset(str(t) for t in EventType)
 
 
 class ValidationError(ValueError):
@@ -21,19 +28,68 @@ class ValidationError(ValueError):
 def _as_utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValidationError(f"occurred_at is out of range: {value!r}") from exc
     raise ValidationError(f"occurred_at is not a timestamp: {value!r}")
 
 
-def record_to_event(record: dict[str, Any]) -> LeadEvent:
-    """Map a decoded lead-event record to the domain, or raise ValidationError."""
-    for key in ("event_id", "org_id", "lead_id"):
+def validate(record: Any, *, now: datetime | None = None) -> None:
+    """Refuse a decoded record the engine must not apply; raises ValidationError.
+
+    Kept apart from the field mapping so every schema version passes the same gate.
+    ``now`` bounds ``occurred_at`` (defaults to the wall clock).
+    """
+    if not isinstance(record, dict):
+        raise ValidationError("a lead-event must be a record")
+    for key in _ID_FIELDS:
         value = record.get(key)
         if not isinstance(value, str) or not value.strip():
             raise ValidationError(f"{key} is missing or empty")
         if len(value) > MAX_ID_LENGTH:
             raise ValidationError(f"{key} is longer than {MAX_ID_LENGTH} characters")
+        if not value.isprintable():
+            raise ValidationError(f"{key} has unprintable characters")
+    if not ORG_ID_PATTERN.match(record["org_id"]):
+        raise ValidationError("org_id must be letters, digits, '.', '_' or '-'")
+    event_type = record.get("event_type")
+    if not isinstance(event_type, str) or event_type not in _EVENT_TYPES:
+        raise ValidationError(f"unknown event_type {event_type!r}")
+    occurred_at = _as_utc(record.get("occurred_at"))
+    latest = (now or datetime.now(UTC)) + MAX_CLOCK_SKEW
+    if not EARLIEST <= occurred_at <= latest:
+        raise ValidationError(
+            f"occurred_at {occurred_at.isoformat()} is outside [{EARLIEST.date()}, now + 1 day]"
+        )
+    for key, value in record.items():
+        if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+            raise ValidationError(f"{key} is longer than {MAX_STRING_LENGTH} characters")
+    activity = record.get("activity")
+    if activity is None:
+        return
+    if not isinstance(activity, dict):
+        raise ValidationError("activity must be a record")
+    properties = activity.get("properties")
+    if properties is None:
+        return
+    if not isinstance(properties, dict):
+        raise ValidationError("activity.properties must be a map")
+    if len(properties) > MAX_PROPERTIES:
+        raise ValidationError(f"activity.properties has more than {MAX_PROPERTIES} entries")
+    for name, value in properties.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValidationError("activity.properties must map strings to strings")
+        if len(name) > MAX_STRING_LENGTH or len(value) > MAX_STRING_LENGTH:
+            raise ValidationError(
+                f"an activity property is longer than {MAX_STRING_LENGTH} characters"
+            )
+
+
+def record_to_event(record: dict[str, Any], *, now: datetime | None = None) -> LeadEvent:
+    """Map a decoded lead-event record to the domain, or raise ValidationError."""
+    validate(record, now=now)
     try:
         event_type = EventType(record["event_type"])
     except (KeyError, ValueError) as exc:
@@ -50,6 +106,8 @@ def record_to_event(record: dict[str, Any]) -> LeadEvent:
             kind = ActivityKind.OTHER
         properties = dict(activity.get("properties") or {})
     profile = {f: record[f] for f in PROFILE_FIELDS if record.get(f) is not None}
+    if record.get("company_size") is not None:  # lead_event v2 renamed employees
+        profile["employees"] = record["company_size"]
     return LeadEvent(
         event_id=record["event_id"],
         event_type=event_type,

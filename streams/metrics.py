@@ -1,14 +1,38 @@
-"""Prometheus metrics of the worker. Counters obey: in = applied + duplicate + invalid + failed."""
+"""Prometheus metrics of the worker.
+
+The counters obey, at every scrape between batches:
+
+    leadscore_lead_events_total{outcome="received"}
+      = {outcome="applied"} + {outcome="duplicate"} + {outcome="dead_lettered"}
+
+and ``dead_lettered`` is the sum of ``leadscore_dead_letters_total`` over its ``reason``
+(undecodable, unknown_schema, invalid, unknown_org, failed).
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
+
+from streams.dlq import Reason
 
 EVENTS = Counter(
     "leadscore_lead_events_total",
     "Lead-events taken from Kafka, by what became of them",
     ["outcome"],
 )
+DEAD_LETTERS = Counter(
+    "leadscore_dead_letters_total",
+    "Lead-events refused and sent to the dead-letter topic, by reason",
+    ["reason"],
+)
+DEAD_LETTERS_PUBLISHED = Counter(
+    "leadscore_dead_letters_published_total", "Dead letters acknowledged by Kafka"
+)
+# Present from the first scrape, so the equation holds before anything arrives.
+for _outcome in ("received", "applied", "duplicate", "dead_lettered"):
+    EVENTS.labels(_outcome)
+for _reason in Reason:
+    DEAD_LETTERS.labels(str(_reason))
 SCORES_RECORDED = Counter("leadscore_scores_recorded_total", "LeadScored events stored")
 SCORE_EVENTS_PUBLISHED = Counter(
     "leadscore_score_events_published_total", "Score-events delivered to Kafka by the relay"

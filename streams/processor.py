@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import psycopg
 import structlog
@@ -21,40 +22,145 @@ from domain.scoring import Scorer, check_model
 from leadscore.eventstore import ConcurrentWriteError, LeadStore
 from streams import metrics
 from streams.codec import ValidationError, record_to_event
-from streams.wire import SchemaCatalog, SerializationError
+from streams.dlq import DeadLetter, RawMessage, Reason
+from streams.wire import SerializationError, UnknownSchemaError
 
 log = structlog.get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
+# Errors that say "a service is away", not "this message is bad": the batch is retried,
+# never dead-lettered.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Decoder(Protocol):
+    """The schema catalog (or registry client) as the processor uses it."""
+
+    def decode(self, value: bytes | None) -> dict[str, Any]: ...
+
+
+class UnknownOrgError(ValidationError):
+    """A valid lead-event for an organization that is not registered."""
 
 
 @dataclass
 class BatchStats:
+    """What became of a batch: received = applied + duplicates + dead_lettered.
+
+    ``invalid`` (refused before applying: undecodable, unknown schema, invalid, unknown
+    org) and ``failed`` (applying raised) are the two parts of ``dead_lettered``.
+    ``dead_letters`` holds this batch's letters; totals do not accumulate them.
+    """
+
     received: int = 0
     invalid: int = 0
     applied: int = 0
     duplicates: int = 0
     failed: int = 0
     scored: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.invalid + self.failed
 
     def add(self, other: BatchStats) -> None:
         for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            if name != "dead_letters":
+                setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class OrgRegistry:
+    """The registered orgs, cached; a miss reloads them at most every ``refresh_seconds``.
+
+    So an org created a moment ago is accepted within seconds, while a flood of events
+    for an unknown org costs one query per interval, not one per event.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        refresh_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dsn = dsn
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self._orgs: frozenset[str] = frozenset()
+        self._loaded_at: float | None = None
+
+    def known(self, org_id: str) -> bool:
+        if org_id in self._orgs:
+            return True
+        if self._loaded_at is None or self.clock() - self._loaded_at >= self.refresh_seconds:
+            self._orgs = self._load()
+            self._loaded_at = self.clock()
+        return org_id in self._orgs
+
+    def _load(self) -> frozenset[str]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            try:
+                rows = conn.execute("SELECT id FROM organizations").fetchall()
+            except psycopg.errors.UndefinedTable:
+                return frozenset()  # no org registered yet
+        return frozenset(str(r[0]) for r in rows)
+
+
+def as_message(value: RawMessage | bytes | None) -> RawMessage:
+    return value if isinstance(value, RawMessage) else RawMessage(value)
+
+
+def decode_message(
+    message: RawMessage,
+    catalog: Decoder,
+    *,
+    now: datetime,
+    orgs: OrgRegistry | None = None,
+) -> LeadEvent | DeadLetter:
+    """Decode and validate one message: a LeadEvent, or a dead letter saying why.
+
+    Only TRANSIENT_ERRORS escape (the caller retries the batch); anything else a
+    message provokes is that message's fault and makes it a dead letter.
+    """
+    try:
+        event = record_to_event(catalog.decode(message.value), now=now)
+        if orgs is not None and not orgs.known(event.org_id):
+            raise UnknownOrgError(f"org {event.org_id!r} is not registered")
+        return event
+    except (*TRANSIENT_ERRORS, psycopg.Error):
+        raise  # the catalog's database, not the message
+    except UnknownSchemaError as exc:
+        return DeadLetter(message, Reason.UNKNOWN_SCHEMA, str(exc), type(exc).__name__)
+    except SerializationError as exc:
+        return DeadLetter(message, Reason.UNDECODABLE, str(exc), type(exc).__name__)
+    except UnknownOrgError as exc:
+        return DeadLetter(message, Reason.UNKNOWN_ORG, str(exc), type(exc).__name__)
+    except ValidationError as exc:
+        return DeadLetter(message, Reason.INVALID, str(exc), type(exc).__name__)
+    except Exception as exc:  # a decoder or mapping bug provoked by this message
+        return DeadLetter(message, Reason.INVALID, f"{exc}", type(exc).__name__)
+
+
 class BatchProcessor:
     def __init__(
         self,
         store: LeadStore,
-        catalog: SchemaCatalog,
+        catalog: Decoder,
         scorer: Scorer,
         *,
         clock: Callable[[Lead], datetime] = event_time,
         now: Callable[[], datetime] = utc_now,
+        orgs: OrgRegistry | None = None,
     ) -> None:
         check_model(scorer)
         self.store = store
@@ -62,25 +168,34 @@ class BatchProcessor:
         self.scorer = scorer
         self.clock = clock
         self.now = now
+        self.orgs = orgs  # None: any org is accepted
         self.totals = BatchStats()
 
-    def process(self, values: Sequence[bytes | None]) -> BatchStats:
+    def process(self, values: Sequence[RawMessage | bytes | None]) -> BatchStats:
+        """Apply a batch; every message ends applied, duplicate or in ``dead_letters``.
+
+        Plain values are accepted for callers without Kafka metadata.
+        Raises only TRANSIENT_ERRORS, after which the whole batch must be retried.
+        """
         started = time.perf_counter()
         stats = BatchStats(received=len(values))
-        events = self._decode(values, stats)
+        pairs = self._decode([as_message(v) for v in values], stats)
+        events = [ev for _msg, ev in pairs]
         try:
             self._apply(events, stats)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except TRANSIENT_ERRORS:
             raise  # the database is away: the caller retries the whole batch
         except Exception:
             log.exception("batch failed, isolating the failing events", events=len(events))
-            for ev in events:
+            for message, ev in pairs:
                 try:
                     self._apply([ev], stats)
-                except (psycopg.OperationalError, psycopg.InterfaceError):
+                except TRANSIENT_ERRORS:
                     raise
                 except Exception as exc:
                     stats.failed += 1
+                    letter = DeadLetter(message, Reason.FAILED, str(exc), type(exc).__name__)
+                    stats.dead_letters.append(letter)
                     log.error(
                         "lead-event failed",
                         event_id=ev.event_id,
@@ -91,20 +206,29 @@ class BatchProcessor:
         metrics.BATCH_SIZE.observe(len(values))
         return stats
 
-    def _decode(self, values: Sequence[bytes | None], stats: BatchStats) -> list[LeadEvent]:
-        events = []
-        for value in values:
-            try:
-                events.append(record_to_event(self.catalog.decode(value)))
-            except (SerializationError, ValidationError) as exc:
-                stats.invalid += 1
-                log.warning(
-                    "invalid lead-event",
-                    reason=str(exc),
-                    error=type(exc).__name__,
-                    size=None if value is None else len(value),
-                )
-        return events
+    def _decode(
+        self, messages: Sequence[RawMessage], stats: BatchStats
+    ) -> list[tuple[RawMessage, LeadEvent]]:
+        now = self.now()
+        pairs = []
+        for message in messages:
+            result = decode_message(message, self.catalog, now=now, orgs=self.orgs)
+            if isinstance(result, LeadEvent):
+                pairs.append((message, result))
+                continue
+            stats.invalid += 1
+            stats.dead_letters.append(result)
+            log.warning(
+                "invalid lead-event",
+                reason=str(result.reason),
+                detail=result.detail,
+                error=result.error_class,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                size=None if message.value is None else len(message.value),
+            )
+        return pairs
 
     def _apply(self, events: Sequence[LeadEvent], stats: BatchStats) -> None:
         """Apply, score and store in one transaction; a version conflict reloads and retries."""
@@ -132,6 +256,7 @@ class BatchProcessor:
         metrics.EVENTS.labels("received").inc(stats.received)
         metrics.EVENTS.labels("applied").inc(stats.applied)
         metrics.EVENTS.labels("duplicate").inc(stats.duplicates)
-        metrics.EVENTS.labels("invalid").inc(stats.invalid)
-        metrics.EVENTS.labels("failed").inc(stats.failed)
+        metrics.EVENTS.labels("dead_lettered").inc(stats.dead_lettered)
+        for letter in stats.dead_letters:
+            metrics.DEAD_LETTERS.labels(str(letter.reason)).inc()
         metrics.SCORES_RECORDED.inc(stats.scored)

@@ -8,13 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 import prometheus_client
-import psycopg
 import structlog
+from faust.types import Message
 
 from leadscore.bootstrap import Engine
 from projections.runner import start_projection_thread, worker_projection_names
-from streams.processor import BatchStats
-from streams.relay import start_relay_thread
+from streams import metrics
+from streams.dlq import DeadLetter, DeadLetterError, DeadLetterSink, RawMessage, normalize_headers
+from streams.processor import TRANSIENT_ERRORS, BatchStats
+from streams.relay import kafka_producer, start_relay_thread
 
 log = structlog.get_logger(__name__)
 
@@ -42,31 +44,85 @@ def create_app(engine: Engine) -> faust.App:
     )
     # One thread: the event store is synchronous and batches must apply in order.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store")
+    dead_letters = DeadLetterSink(kafka_producer(s.kafka_bootstrap), s.topic_dlq)
 
     @app.agent(lead_events, name="score-leads")
     async def score_leads(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
         async for batch in stream.take_events(s.batch_size, within=s.batch_timeout_ms / 1000):
-            values = [event.message.value for event in batch]
-            stats = await _process_until_stored(loop, executor, engine, values)
-            log.debug("batch", **vars(stats))
+            messages = [raw_message(event.message) for event in batch]
+            stats = await _process_until_stored(loop, executor, engine, messages)
+            # take_events acks (so commits) the batch once this body returns: the dead
+            # letters must be in Kafka by then, or a crash would lose them.
+            if stats.dead_letters:
+                await _dead_letter_until_delivered(loop, executor, dead_letters, stats)
+            log.debug(
+                "batch",
+                received=stats.received,
+                applied=stats.applied,
+                duplicates=stats.duplicates,
+                dead_lettered=stats.dead_lettered,
+                scored=stats.scored,
+            )
 
     return app
+
+
+def raw_message(message: Message) -> RawMessage:
+    timestamp = message.timestamp
+    return RawMessage(
+        value=message.value,
+        key=message.key,
+        headers=normalize_headers(message.headers),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+    )
 
 
 async def _process_until_stored(
     loop: asyncio.AbstractEventLoop,
     executor: ThreadPoolExecutor,
     engine: Engine,
-    values: list[bytes | None],
+    messages: list[RawMessage],
 ) -> BatchStats:
     """A database outage pauses the stream; it never skips events."""
     while True:
         try:
-            return await loop.run_in_executor(executor, engine.processor.process, values)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            return await loop.run_in_executor(executor, engine.processor.process, messages)
+        except TRANSIENT_ERRORS as exc:
             log.warning("event store unavailable, retrying batch", error=str(exc))
             await asyncio.sleep(DB_RETRY_SECONDS)
+
+
+async def _dead_letter_until_delivered(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    sink: DeadLetterSink,
+    stats: BatchStats,
+) -> None:
+    """Kafka away: the stream pauses until the letters are acknowledged (maybe twice)."""
+    letters: list[DeadLetter] = stats.dead_letters
+    while True:
+        publishing = loop.run_in_executor(executor, sink.publish, letters)
+        try:
+            await asyncio.shield(publishing)
+        except asyncio.CancelledError:
+            # Stopping: take_events acks the batch on the way out, so let the letters
+            # in flight reach Kafka first.
+            try:
+                await asyncio.wait_for(publishing, sink.timeout + 5)
+                metrics.DEAD_LETTERS_PUBLISHED.inc(len(letters))
+            except Exception as exc:
+                log.error("dead letters may be lost at shutdown", n=len(letters), error=str(exc))
+            raise
+        except DeadLetterError as exc:
+            log.warning("dead-letter topic unavailable, retrying", error=str(exc))
+            await asyncio.sleep(DB_RETRY_SECONDS)
+        else:
+            metrics.DEAD_LETTERS_PUBLISHED.inc(len(letters))
+            return
 
 
 def run_worker(engine: Engine) -> None:

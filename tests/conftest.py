@@ -45,6 +45,8 @@ def settings(services: Settings) -> Iterator[Settings]:
         consumer_group=f"leadscore-test-{tag}",
         aggregate_cache_size=10_000,
         redis_prefix=f"leadscore-test-{tag}",
+        # Most tests produce for orgs they never register; tests of the check turn it on.
+        require_registered_org=False,
         clickhouse_dsn=f"chdb://{services.run_path}/test-chdb-{tag}",
     )
     stack.ensure_topics(

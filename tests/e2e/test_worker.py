@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -28,8 +29,11 @@ from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
+from streams.codec import event_to_record
+from streams.dlq import read_letters
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+from tests.factories import created
 from tests.integration.test_pipeline import consume_all
 from tests.integration.test_projections import (
     expected_redis,
@@ -115,15 +119,15 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
     )
     assert report.sent == len(workload) and report.failed == 0
+    bad = produce_bad_messages(s, encoder)
+    total = len(workload) + len(bad)
 
     log = tmp_path / "worker.log"
     worker = start(s, log)
     try:
         wait_for_group(s, worker, timeout=120)
         wait_until(
-            lambda: (
-                metric(s.metrics_port, "leadscore_lead_events_total", "received") >= len(workload)
-            ),
+            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= total,
             120,
             "the worker to take every lead-event",
         )
@@ -134,6 +138,14 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         assert all(lead is not None for lead in stored.values())
         applied = Counter(eid for lead in stored.values() if lead for eid in lead.applied_event_ids)
         assert set(applied) == {e.event_id for e in workload} and max(applied.values()) == 1
+
+        # The bad messages are in the DLQ byte for byte, and every message is accounted for.
+        assert_counted(s.metrics_port, total, dead_lettered=len(bad))
+        letters = read_letters(s.kafka_bootstrap, s.topic_dlq)
+        assert sorted((x.key, x.value) for x in letters) == sorted(bad)
+        assert {x.reason for x in letters} == {"undecodable", "unknown_schema", "invalid"}
+        assert all(x.header("dlq.source_topic") == s.topic_lead_events for x in letters)
+        assert all(int(x.header("dlq.source_offset")) >= 0 for x in letters)
 
         # The event store holds exactly the applied events: one domain event per lead-event.
         notes = []
@@ -181,6 +193,12 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
             "the worker to see every redelivered event",
         )
         assert metric(s.metrics_port, "leadscore_lead_events_total", "applied") == 0
+        wait_until(
+            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= total,
+            60,
+            "the worker to take every redelivered message",
+        )
+        assert_counted(s.metrics_port, total, dead_lettered=len(bad))
         after = []
         while batch := store.notifications(after[-1].id if after else 0, 5000):
             after.extend(batch)
@@ -190,6 +208,33 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     finally:
         stop_worker(worker)
         print(log.read_text()[-3000:])
+
+
+def produce_bad_messages(s: Settings, encoder: AvroTopic) -> list[tuple[bytes, bytes]]:
+    """Undecodable, unknown schema id, invalid (occurred in the future): (key, value)."""
+    future = created(lead="bad-future", at=datetime.now(UTC) + timedelta(days=30))
+    valid = encoder.encode(event_to_record(created(lead="bad-schema")))
+    bad = [
+        (b"bad-garbage", b"garbage: not the wire format"),
+        (b"bad-schema", b"\x00\x7f\xff\xff\xf0" + valid[5:]),
+        (b"bad-future", encoder.encode(event_to_record(future))),
+    ]
+    producer = kafka_producer(s.kafka_bootstrap)
+    for key, value in bad:
+        producer.produce(s.topic_lead_events, key=key, value=value)
+    assert producer.flush(30) == 0
+    return bad
+
+
+def assert_counted(port: int, total: int, *, dead_lettered: int) -> None:
+    """in = stored + duplicates + dead-lettered, as the worker's metrics say."""
+    n = {
+        o: metric(port, "leadscore_lead_events_total", o)
+        for o in ("received", "applied", "duplicate", "dead_lettered")
+    }
+    assert n["received"] == total
+    assert n["received"] == n["applied"] + n["duplicate"] + n["dead_lettered"]
+    assert n["dead_lettered"] == dead_lettered
 
 
 async def projected_position(s: Settings) -> int:
