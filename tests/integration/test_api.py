@@ -240,9 +240,10 @@ def live_api(services: Settings, tmp: Path) -> Iterator[Api]:
         aggregate_cache_size=10_000,
     )
     try:
+        # Tenants first: the engine dead-letters lead-events of unregistered orgs.
+        keys = asyncio.run(create_tenants(settings))
         seed_events(settings)
         asyncio.run(project(settings))
-        keys = asyncio.run(create_tenants(settings))
         log = tmp / "api.log"
         process = start_api(settings, log)
         try:
