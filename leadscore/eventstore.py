@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 from uuid import UUID
 
 import psycopg
+from eventsourcing import persistence as es_persistence
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Notification
 
@@ -23,6 +24,16 @@ TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS tracking (name text PRIMARY KEY, position bigint NOT NULL)"
 )
 SCORED_TOPIC = f"{Lead.LeadScored.__module__}:{Lead.LeadScored.__qualname__}"
+
+
+# The database is away (restarting, unreachable): retry, never treat as bad data.
+# The library wraps psycopg's errors in its own types, so both families count.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    es_persistence.OperationalError,
+    es_persistence.InterfaceError,
+)
 
 
 class ConcurrentWriteError(RuntimeError):

@@ -103,13 +103,28 @@ class ProjectionRunner:
         return applied
 
     async def follow(self, projection: Projection, stop: asyncio.Event) -> None:
-        """Elect, then keep the projection caught up until ``stop`` is set."""
+        """Elect, then keep the projection caught up until ``stop`` is set.
+
+        A projection may never skip an entry, so any failure (a database restart, a
+        store that is down) is logged and retried with backoff, re-electing first:
+        the advisory lock goes with the connection that held it.
+        """
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._follow_elected(projection, stop)
+                backoff = 0.5
+            except Exception as exc:
+                log.warning("projection retrying", projection=projection.name, error=repr(exc))
+                await _wait(stop, backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _follow_elected(self, projection: Projection, stop: asyncio.Event) -> None:
         await projection.setup()
         key = f"leadscore.projection.{projection.name}"
         async with self.pool.acquire() as lock_conn:
             while not stop.is_set():
-                got = await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key)
-                if got:
+                if await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
                     break
                 await _wait(stop, 1.0)
             if stop.is_set():
@@ -117,18 +132,12 @@ class ProjectionRunner:
             log.info("projection elected", projection=projection.name)
             try:
                 while not stop.is_set():
-                    try:
-                        n = await self.catch_up(projection)
-                    except (OSError, asyncpg.PostgresConnectionError) as exc:
-                        log.warning(
-                            "projection retrying", projection=projection.name, error=str(exc)
-                        )
-                        await _wait(stop, 1.0)
-                        continue
-                    if n == 0:
+                    if await self.catch_up(projection) == 0:
                         await _wait(stop, self.idle_wait)
             finally:
-                await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+                if not lock_conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(self.follow(p, stop) for p in self.projections))

@@ -19,7 +19,7 @@ from domain.events import LeadEvent
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time, lead_ids
 from domain.scoring import Scorer, check_model
-from leadscore.eventstore import ConcurrentWriteError, LeadStore
+from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
 from streams import metrics
 from streams.codec import ValidationError, record_to_event
 from streams.dlq import DeadLetter, RawMessage, Reason
@@ -31,8 +31,7 @@ MAX_CONFLICT_RETRIES = 5
 # Errors that say "a service is away", not "this message is bad": the batch is retried,
 # never dead-lettered.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
+    *DATABASE_UNAVAILABLE,
     ConnectionError,
     TimeoutError,
 )

@@ -16,7 +16,13 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from domain.lead import score_event_id
-from leadscore.eventstore import SCORED_TOPIC, TRACKING_DDL, LeadStore, ddl_lock
+from leadscore.eventstore import (
+    DATABASE_UNAVAILABLE,
+    SCORED_TOPIC,
+    TRACKING_DDL,
+    LeadStore,
+    ddl_lock,
+)
 from streams import metrics
 from streams.wire import AvroTopic
 
@@ -66,7 +72,7 @@ class Tracking:
         finally:
             try:
                 self.conn = psycopg.connect(self.dsn, autocommit=True)
-            except psycopg.OperationalError as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning("PostgreSQL still away", error=str(exc))
 
     def try_lock(self) -> bool:
@@ -172,7 +178,7 @@ class ScoreEventRelay:
                 self.position = self.tracking.get()
                 log.info("score-event relay elected", position=self.position)
                 self._follow(stop, idle_wait)
-            except psycopg.OperationalError as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 # The lock went with the connection: reconnect and stand again.
                 log.warning("relay lost PostgreSQL, reconnecting", error=str(exc))
                 stop.wait(1.0)

@@ -165,3 +165,35 @@ def test_two_workers_one_killed_mid_stream(settings: Settings, tmp_path: Path) -
         if b.poll() is None:
             stop_worker(b)
     print(f"two workers, one SIGKILLed: {counts}")
+
+
+def restart_service(s: Settings, name: str, outage: float) -> None:
+    """Stop a service the test session started, keep it down a while, start it again."""
+    from leadscore import services as stack
+
+    (row,) = [r for r in stack.status(s, only=[name])]
+    assert "started by us" in row.state, f"{name} is external ({row.state}): cannot restart it"
+    stack.down(s, only=[name])
+    time.sleep(outage)
+    stack.up(s, only=[name])
+
+
+@pytest.mark.parametrize("service", ["kafka", "postgres"])
+def test_service_restarted_mid_stream(settings: Settings, tmp_path: Path, service: str) -> None:
+    s = dataclasses.replace(settings, metrics_port=free_port(), batch_size=500)
+    workload = produce(s)
+    worker = start(s, tmp_path / "worker.log")
+    try:
+        wait_for_group(s, worker, timeout=120)
+        wait_until(
+            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= 2_000,
+            120, "the worker to be mid-stream",
+        )  # fmt: skip
+        restart_service(s, service, outage=5.0)
+        assert worker.poll() is None, "the worker died with the outage"
+        wait_until(lambda: all_applied(s, workload), 300, "every event to be applied")
+        wait_until(lambda: committed_all(s), 120, "offsets to be committed")
+        counts = check_invariants(s, workload)
+    finally:
+        stop_worker(worker)
+    print(f"{service} restarted mid-stream: {counts}")
