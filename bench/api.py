@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import asyncpg
 from rich.console import Console
 
 from bench.harness import RUNS, Spread, ratio, write_results
@@ -46,14 +45,7 @@ def free_port() -> int:
 def seed(s: Settings) -> tuple[str, list[str]]:
     """A scored history (2,000 leads, 20,000 events) projected into PostgreSQL and Redis."""
 
-    async def register() -> None:
-        conn = await asyncpg.connect(s.pg_dsn)
-        try:
-            await tenancy.ensure_orgs(conn, ["org-001"])
-        finally:
-            await conn.close()
-
-    asyncio.run(register())
+    asyncio.run(tenancy.with_connection(s.pg_dsn, lambda db: tenancy.ensure_orgs(db, ["org-001"])))
     engine = bootstrap(s)
     try:
         enc = AvroTopic(engine.catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
@@ -70,11 +62,11 @@ def seed(s: Settings) -> tuple[str, list[str]]:
             for p in projections:
                 await p.setup()
                 await runner.catch_up(p)
-        conn = await asyncpg.connect(s.pg_dsn)
-        try:
-            return (await tenancy.create_api_key(conn, "org-001"))[1]
-        finally:
-            await conn.close()
+        return (
+            await tenancy.with_connection(
+                s.pg_dsn, lambda db: tenancy.create_api_key(db, "org-001")
+            )
+        )[1]
 
     return asyncio.run(project_and_key()), sorted({e.lead_id for e in events})
 

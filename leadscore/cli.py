@@ -18,7 +18,7 @@ from leadscore.cli_projections import app as projections_app
 from leadscore.logs import configure_logging
 from leadscore.registry.cli import registry
 from leadscore.services.cli import app as services_app
-from leadscore.settings import Settings, get_settings
+from leadscore.settings import get_settings
 
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
@@ -63,6 +63,7 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed of the workload")] = 7,
 ) -> None:
     """Produce a realistic lead-event workload to Kafka."""
+    from leadscore import tenancy
     from leadscore.producer import produce_events
     from leadscore.workload import generate, org_ids
     from streams.relay import kafka_producer
@@ -72,7 +73,9 @@ def produce(
     if s.require_registered_org:
         # Events of unregistered orgs are dead-lettered; an admin registers tenants
         # first, and the generator does it for its own.
-        n = asyncio.run(_register(s, org_ids(orgs)))
+        n = asyncio.run(
+            tenancy.with_connection(s.pg_dsn, lambda db: tenancy.ensure_orgs(db, org_ids(orgs)))
+        )
         if n:
             console.print(f"registered {n} org(s) of the workload")
     encoder = AvroTopic(
@@ -154,18 +157,6 @@ def demo(
     )
     if not ok:
         raise typer.Exit(1)
-
-
-async def _register(s: Settings, orgs: list[str]) -> int:
-    import asyncpg
-
-    from leadscore import tenancy
-
-    conn = await asyncpg.connect(s.pg_dsn)
-    try:
-        return await tenancy.ensure_orgs(conn, orgs)
-    finally:
-        await conn.close()
 
 
 def _progress() -> Progress:

@@ -37,16 +37,8 @@ def api(
 
 
 def _run(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = await asyncpg.connect(get_settings().pg_dsn)
-        try:
-            await tenancy.ensure_schema(conn)
-            return await action(conn)
-        finally:
-            await conn.close()
-
     try:
-        return asyncio.run(main())
+        return asyncio.run(tenancy.with_connection(get_settings().pg_dsn, action))
     except tenancy.TenancyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -14,9 +14,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
@@ -35,8 +35,6 @@ from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-
-T = TypeVar("T")
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
@@ -153,7 +151,11 @@ def run_demo(
 
     orgs = sorted({org for org, _ in last_event})
     # Lead-events of unregistered orgs are dead-lettered: register the demo's first.
-    asyncio.run(_with_db(s, lambda db: tenancy.ensure_orgs(db, orgs, plan_type="demo")))
+    asyncio.run(
+        tenancy.with_connection(
+            s.pg_dsn, lambda db: tenancy.ensure_orgs(db, orgs, plan_type="demo")
+        )
+    )
     log_path = s.run_path / "logs" / "worker-demo.log"
     worker = start_worker(s, log_path)
     tail = ScoreEventTail(s, catalog)
@@ -244,16 +246,7 @@ async def _demo_key(s: Settings, orgs: list[str]) -> str:
     async def create(db: asyncpg.Connection) -> str:
         return (await tenancy.create_api_key(db, orgs[0], name="demo"))[1]
 
-    return await _with_db(s, create)
-
-
-async def _with_db(s: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    conn = await asyncpg.connect(s.pg_dsn)
-    try:
-        await tenancy.ensure_schema(conn)
-        return await action(conn)
-    finally:
-        await conn.close()
+    return await tenancy.with_connection(s.pg_dsn, create)
 
 
 def _api_pidfile(s: Settings) -> Path:

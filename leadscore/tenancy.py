@@ -11,15 +11,17 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 
 from domain.events import ORG_ID_PATTERN
+
+T = TypeVar("T")
 
 KEY_PREFIX = "lsk_"
 _KEY_BYTES = 32
@@ -215,3 +217,13 @@ async def ensure_orgs(db: Executor, org_ids: Iterable[str], *, plan_type: str = 
         await create_org(db, org_id, org_id, plan_type=plan_type)
         created += 1
     return created
+
+
+async def with_connection(dsn: str, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run ``action`` on a fresh connection with the tenancy schema in place."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_schema(conn)
+        return await action(conn)
+    finally:
+        await conn.close()
