@@ -142,9 +142,13 @@ def test_raw_api_shapes(settings: Settings, subject: str) -> None:
     assert status == 200 and set(body) == {"id"}
     assert content_type == "application/vnd.schemaregistry.v1+json"
     schema_id = body["id"]
-    assert _request(settings, "GET", f"/schemas/ids/{schema_id}")[1] == {"schema": V1}
+    # The registry keeps the text first registered for a schema (here perhaps the
+    # engine's canonical form of the same schema): compare the schemas, not the text.
+    _, by_id, _ = _request(settings, "GET", f"/schemas/ids/{schema_id}")
+    assert set(by_id) == {"schema"} and json.loads(by_id["schema"]) == json.loads(V1)
     _, version, _ = _request(settings, "GET", f"/subjects/{subject}/versions/latest")
-    assert version == {"subject": subject, "version": 1, "id": schema_id, "schema": V1}
+    assert json.loads(version.pop("schema")) == json.loads(V1)
+    assert version == {"subject": subject, "version": 1, "id": schema_id}
     _, compat, _ = _request(
         settings,
         "POST",
