@@ -112,10 +112,8 @@ def show(offset: Annotated[str, typer.Argument(help="OFFSET or PARTITION:OFFSET"
 def _decoded(s: Settings, letter: StoredLetter) -> str:
     from streams.wire import SchemaCatalog
 
-    # The catalog moves from PostgreSQL to a schema registry: take whichever is configured.
-    where = getattr(s, "schema_registry_url", None) or s.pg_dsn
     try:
-        record = SchemaCatalog(where).decode(letter.value)
+        record = SchemaCatalog(s.schema_registry_url).decode(letter.value)
     except Exception as exc:  # whatever made it a dead letter may make it undecodable
         return f"not decodable: {type(exc).__name__}: {exc}"
     return orjson.dumps(record, default=str, option=orjson.OPT_INDENT_2).decode()

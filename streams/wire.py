@@ -101,12 +101,6 @@ class SchemaCatalog:
     """
 
     def __init__(self, registry_url: str, reader_schemas: dict[str, str] | None = None) -> None:
-        if registry_url.startswith(("postgresql://", "postgres://")):
-            # Transitional: callers used to pass the PostgreSQL DSN of the old
-            # avro_schemas table; the registry has its own URL now.
-            from leadscore.settings import get_settings
-
-            registry_url = get_settings().schema_registry_url
         self.url = registry_url
         readers = newest_local_schemas() if reader_schemas is None else reader_schemas
         self._readers = {name: fastavro.parse_schema(json.loads(t)) for name, t in readers.items()}

@@ -114,7 +114,9 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     s = dataclasses.replace(settings, metrics_port=free_port())
     workload = list(generate(3, 200, 2_000, seed=11))
     leads = {(e.org_id, e.lead_id) for e in workload}
-    encoder = AvroTopic(SchemaCatalog(s.pg_dsn), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    encoder = AvroTopic(
+        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
+    )
     report = produce_events(
         kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
     )
@@ -166,7 +168,7 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
             60,
             "the relay to publish every score",
         )
-        catalog = SchemaCatalog(s.pg_dsn)
+        catalog = SchemaCatalog(s.schema_registry_url)
         records = [catalog.decode(v) for _k, v in consume_all(s, expected=n_scores)]
         assert len(records) == n_scores
         assert {(r["org_id"], r["lead_id"]) for r in records} == leads
