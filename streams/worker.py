@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import faust
 import prometheus_client
@@ -38,6 +41,10 @@ def create_app(engine: Engine) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=s.batch_size,
         stream_buffer_maxsize=4 * s.batch_size,
+        # Waiting for the streams to drain hangs a shutdown while the database is
+        # down; applying is idempotent by event id, and the agent itself finishes or
+        # abandons its batch without committing it (see score_leads).
+        stream_wait_empty=False,
     )
     lead_events = app.topic(
         s.topic_lead_events, key_type=bytes, value_type=bytes, partitions=s.topic_partitions
@@ -50,12 +57,20 @@ def create_app(engine: Engine) -> faust.App:
     async def score_leads(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
         async for batch in stream.take_events(s.batch_size, within=s.batch_timeout_ms / 1000):
+            # take_events acks (so commits) the batch when this body ends, also when it
+            # ends by an exception or a cancellation at shutdown: the body must not end
+            # before the batch is stored and its dead letters are in Kafka.
             messages = [raw_message(event.message) for event in batch]
-            stats = await _process_until_stored(loop, executor, engine, messages)
-            # take_events acks (so commits) the batch once this body returns: the dead
-            # letters must be in Kafka by then, or a crash would lose them.
-            if stats.dead_letters:
-                await _dead_letter_until_delivered(loop, executor, dead_letters, stats)
+            work = asyncio.ensure_future(
+                _store_batch(loop, executor, engine, dead_letters, messages)
+            )
+            try:
+                stats = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await _finish_or_die(work)
+                raise
+            except Exception as exc:  # a bug: better redelivered than committed unstored
+                _die("batch failed unexpectedly", exc)
             log.debug(
                 "batch",
                 received=stats.received,
@@ -66,6 +81,38 @@ def create_app(engine: Engine) -> faust.App:
             )
 
     return app
+
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def _store_batch(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    engine: Engine,
+    sink: DeadLetterSink,
+    messages: list[RawMessage],
+) -> BatchStats:
+    stats = await _process_until_stored(loop, executor, engine, messages)
+    if stats.dead_letters:
+        await _dead_letter_until_delivered(loop, executor, sink, stats)
+    return stats
+
+
+async def _finish_or_die(work: asyncio.Future[BatchStats]) -> None:
+    """Stopping mid-batch: let it finish, or leave without committing it (as a crash would)."""
+    try:
+        await asyncio.wait_for(work, SHUTDOWN_GRACE_SECONDS)
+    except Exception as exc:
+        _die("stopping with a batch not stored; it will be redelivered", exc)
+
+
+def _die(reason: str, exc: BaseException) -> NoReturn:
+    # Exiting before take_events acks the batch keeps its offsets uncommitted, so
+    # Kafka redelivers it to the next worker; the event ids make that harmless.
+    log.critical(reason, error=repr(exc))
+    sys.stderr.flush()
+    os._exit(70)
 
 
 def raw_message(message: Message) -> RawMessage:
@@ -105,18 +152,8 @@ async def _dead_letter_until_delivered(
     """Kafka away: the stream pauses until the letters are acknowledged (maybe twice)."""
     letters: list[DeadLetter] = stats.dead_letters
     while True:
-        publishing = loop.run_in_executor(executor, sink.publish, letters)
         try:
-            await asyncio.shield(publishing)
-        except asyncio.CancelledError:
-            # Stopping: take_events acks the batch on the way out, so let the letters
-            # in flight reach Kafka first.
-            try:
-                await asyncio.wait_for(publishing, sink.timeout + 5)
-                metrics.DEAD_LETTERS_PUBLISHED.inc(len(letters))
-            except Exception as exc:
-                log.error("dead letters may be lost at shutdown", n=len(letters), error=str(exc))
-            raise
+            await loop.run_in_executor(executor, sink.publish, letters)
         except DeadLetterError as exc:
             log.warning("dead-letter topic unavailable, retrying", error=str(exc))
             await asyncio.sleep(DB_RETRY_SECONDS)

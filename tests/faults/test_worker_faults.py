@@ -197,3 +197,34 @@ def test_service_restarted_mid_stream(settings: Settings, tmp_path: Path, servic
     finally:
         stop_worker(worker)
     print(f"{service} restarted mid-stream: {counts}")
+
+
+def test_worker_stopped_while_the_database_is_down(settings: Settings, tmp_path: Path) -> None:
+    """A graceful stop must not commit a batch it could not store."""
+    from leadscore import services as stack
+
+    s = dataclasses.replace(settings, metrics_port=free_port(), batch_size=500)
+    workload = produce(s)
+    log = tmp_path / "worker.log"
+    worker = start(s, log)
+    try:
+        wait_for_group(s, worker, timeout=120)
+        wait_until(
+            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= 2_000,
+            120, "the worker to be mid-stream",
+        )  # fmt: skip
+        (row,) = stack.status(s, only=["postgres"])
+        assert "started by us" in row.state, f"postgres is external ({row.state})"
+        stack.down(s, only=["postgres"])
+        time.sleep(3)  # the worker is now retrying a batch it cannot store
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(120)
+        stack.up(s, only=["postgres"])
+        worker = start(s, log)
+        wait_for_group(s, worker, timeout=120)
+        wait_until(lambda: all_applied(s, workload), 300, "every event to be applied")
+        wait_until(lambda: committed_all(s), 120, "offsets to be committed")
+        counts = check_invariants(s, workload)
+    finally:
+        stop_worker(worker)
+    print(f"SIGTERM during a database outage (exit {code}): {counts}")
