@@ -51,6 +51,7 @@ test-faults: venv
 # results are appended to bench/results/. Never part of `make test`.
 bench: up
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.api
 
 lint: venv
