@@ -159,14 +159,10 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
 def stop(settings: Settings) -> bool:
     """Stop the broker if we started it; True if something was stopped."""
     paths = layout(settings)
-    pid = process.owned_pid(paths.pidfile, str(paths.server_properties))
-    if pid is None:
-        return False
     # SIGTERM runs Kafka's shutdown hook: a clean log flush, so the next start skips recovery.
-    if not process.stop_pid(pid, signal.SIGTERM, _STOP_TIMEOUT):
-        raise ServiceError(f"Kafka (pid {pid}) ignored SIGTERM for {_STOP_TIMEOUT:.0f}s; killed")
-    paths.pidfile.unlink(missing_ok=True)
-    return True
+    return process.stop_owned(
+        "Kafka", paths.pidfile, str(paths.server_properties), signal.SIGTERM, _STOP_TIMEOUT
+    )
 
 
 def _java() -> str:

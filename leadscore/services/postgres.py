@@ -157,16 +157,10 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
 def stop(settings: Settings) -> bool:
     """Stop the server if we started it; True if something was stopped."""
     paths = layout(settings)
-    pid = process.owned_pid(paths.pidfile, str(paths.data))
-    if pid is None:
-        return False
     # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for idle clients to disconnect.
-    if not process.stop_pid(pid, signal.SIGINT, _STOP_TIMEOUT):
-        raise ServiceError(
-            f"PostgreSQL (pid {pid}) ignored SIGINT for {_STOP_TIMEOUT:.0f}s; killed"
-        )
-    paths.pidfile.unlink(missing_ok=True)
-    return True
+    return process.stop_owned(
+        "PostgreSQL", paths.pidfile, str(paths.data), signal.SIGINT, _STOP_TIMEOUT
+    )
 
 
 def ensure_database(dsn_or_settings: Settings | str, dbname: str) -> str:

@@ -201,3 +201,23 @@ def wait_ready(
     reason = "exited" if pid is not None and not pid_alive(pid) else f"not ready in {timeout:.0f}s"
     tails = "\n".join(f"--- last lines of {log}:\n{tail(log)}" for log in logs)
     raise ServiceError(f"{name} {reason}\n{tails}")
+
+
+def stop_owned(
+    name: str,
+    pidfile: Path,
+    marker: str,
+    sig: signal.Signals = signal.SIGTERM,
+    timeout: float = 60.0,
+) -> bool:
+    """Stop the service of ``pidfile`` if we started it; True if something was stopped.
+
+    Raises ServiceError when it ignored ``sig`` for ``timeout`` seconds (it is killed).
+    """
+    pid = owned_pid(pidfile, marker)
+    if pid is None:
+        return False
+    if not stop_pid(pid, sig, timeout):
+        raise ServiceError(f"{name} (pid {pid}) ignored {sig.name} for {timeout:.0f}s; killed")
+    pidfile.unlink(missing_ok=True)
+    return True

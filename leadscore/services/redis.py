@@ -116,15 +116,10 @@ def ping(url: str) -> bool:
 
 def stop(settings: Settings) -> bool:
     """Stop the server if we started it; True if something was stopped."""
-    paths = layout(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
-    if pid is None:
-        return False
     # SIGTERM makes Redis flush the append-only file and exit cleanly.
-    if not process.stop_pid(pid, signal.SIGTERM, _STOP_TIMEOUT):
-        raise ServiceError(f"Redis (pid {pid}) ignored SIGTERM for {_STOP_TIMEOUT:.0f}s; killed")
-    paths.pidfile.unlink(missing_ok=True)
-    return True
+    return process.stop_owned(
+        "Redis", layout(settings).pidfile, _MARKER, signal.SIGTERM, _STOP_TIMEOUT
+    )
 
 
 def _binary(progress: Progress) -> str:

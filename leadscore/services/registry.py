@@ -93,11 +93,6 @@ def ping(url: str) -> bool:
 
 def stop(settings: Settings) -> bool:
     """Stop the registry if we started it; True if something was stopped."""
-    paths = layout(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
-    if pid is None:
-        return False
-    if not process.stop_pid(pid, signal.SIGTERM, _STOP_TIMEOUT):
-        raise ServiceError(f"schema registry (pid {pid}) ignored SIGTERM; killed")
-    paths.pidfile.unlink(missing_ok=True)
-    return True
+    return process.stop_owned(
+        "schema registry", layout(settings).pidfile, _MARKER, signal.SIGTERM, _STOP_TIMEOUT
+    )
