@@ -213,10 +213,7 @@ class Lead(Aggregate):
         occurred_at: datetime,
         reason: str | None,
     ) -> None:
-        self.applied_event_ids.add(source_event_id)
-        self.outcome = "converted"
-        self.outcome_at = occurred_at
-        self._touch(occurred_at)
+        self._record_outcome("converted", source_event_id, occurred_at)
 
     @event("LeadDisqualified")
     def _disqualify(
@@ -227,10 +224,7 @@ class Lead(Aggregate):
         occurred_at: datetime,
         reason: str | None,
     ) -> None:
-        self.applied_event_ids.add(source_event_id)
-        self.outcome = "disqualified"
-        self.outcome_at = occurred_at
-        self._touch(occurred_at)
+        self._record_outcome("disqualified", source_event_id, occurred_at)
 
     @event("LeadScored")
     def _scored(
@@ -252,6 +246,12 @@ class Lead(Aggregate):
         self.score_count += 1
 
     # -- pure helpers -----------------------------------------------------
+
+    def _record_outcome(self, outcome: str, source_event_id: str, occurred_at: datetime) -> None:
+        self.applied_event_ids.add(source_event_id)
+        self.outcome = outcome
+        self.outcome_at = occurred_at
+        self._touch(occurred_at)
 
     def _touch(self, occurred_at: datetime) -> None:
         if occurred_at > self.last_event_at:

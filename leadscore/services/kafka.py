@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from leadscore.services import process
-from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.services.topics import ensure_topics, round_trip
 from leadscore.settings import Settings
@@ -90,14 +90,9 @@ def _ports(settings: Settings) -> tuple[str, int, int]:
 def status(settings: Settings) -> ServiceStatus:
     paths = layout(settings)
     host, port, _ = _ports(settings)
-    pid = process.owned_pid(paths.pidfile, str(paths.server_properties))
-    if pid is not None:
-        state = STARTED_BY_US
-    elif process.port_open(host, port):
-        state = EXTERNAL
-    else:
-        state = STOPPED
-    return ServiceStatus(NAME, f"{host}:{port}", state, pid, paths.data)
+    return process.service_status(
+        NAME, f"{host}:{port}", host, port, paths.pidfile, str(paths.server_properties), paths.data
+    )
 
 
 def start(settings: Settings, progress: Progress) -> int:

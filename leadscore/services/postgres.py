@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from leadscore.services import process
-from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
@@ -76,14 +76,9 @@ def target(dsn: str) -> Target:
 def status(settings: Settings) -> ServiceStatus:
     paths = layout(settings)
     t = target(settings.pg_dsn)
-    pid = process.owned_pid(paths.pidfile, str(paths.data))
-    if pid is not None:
-        state = STARTED_BY_US
-    elif process.port_open(t.host, t.port):
-        state = EXTERNAL
-    else:
-        state = STOPPED
-    return ServiceStatus(NAME, f"{t.host}:{t.port}", state, pid, paths.data)
+    return process.service_status(
+        NAME, f"{t.host}:{t.port}", t.host, t.port, paths.pidfile, str(paths.data), paths.data
+    )
 
 
 def start(settings: Settings, progress: Progress) -> int:

@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from leadscore.services.model import ServiceError
+from leadscore.services.model import (
+    EXTERNAL,
+    STARTED_BY_US,
+    STOPPED,
+    ServiceError,
+    ServiceStatus,
+)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC)\b|^Caused by:|Exception: ")
@@ -221,3 +227,17 @@ def stop_owned(
         raise ServiceError(f"{name} (pid {pid}) ignored {sig.name} for {timeout:.0f}s; killed")
     pidfile.unlink(missing_ok=True)
     return True
+
+
+def service_status(
+    name: str, address: str, host: str, port: int, pidfile: Path, marker: str, data_dir: Path
+) -> ServiceStatus:
+    """Started by us (our pid file names a live process), external (port answers) or stopped."""
+    pid = owned_pid(pidfile, marker)
+    if pid is not None:
+        state = STARTED_BY_US
+    elif port_open(host, port):
+        state = EXTERNAL
+    else:
+        state = STOPPED
+    return ServiceStatus(name, address, state, pid, data_dir)

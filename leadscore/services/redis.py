@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import redis as redis_client
 
 from leadscore.services import process
-from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
@@ -60,14 +60,9 @@ def _address(settings: Settings) -> tuple[str, int]:
 def status(settings: Settings) -> ServiceStatus:
     paths = layout(settings)
     host, port = _address(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
-    if pid is not None:
-        state = STARTED_BY_US
-    elif process.port_open(host, port):
-        state = EXTERNAL
-    else:
-        state = STOPPED
-    return ServiceStatus(NAME, f"{host}:{port}", state, pid, paths.data)
+    return process.service_status(
+        NAME, f"{host}:{port}", host, port, paths.pidfile, _MARKER, paths.data
+    )
 
 
 def start(settings: Settings, progress: Progress) -> int:

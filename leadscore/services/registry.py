@@ -18,7 +18,7 @@ from pathlib import Path
 
 from leadscore.registry.cli import address
 from leadscore.services import process
-from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED, ServiceError, ServiceStatus
+from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.settings import ROOT, Settings, settings_env
 
@@ -48,14 +48,9 @@ def layout(settings: Settings) -> Layout:
 def status(settings: Settings) -> ServiceStatus:
     paths = layout(settings)
     host, port = address(settings)
-    pid = process.owned_pid(paths.pidfile, _MARKER)
-    if pid is not None:
-        state = STARTED_BY_US
-    elif process.port_open(host, port):
-        state = EXTERNAL
-    else:
-        state = STOPPED
-    return ServiceStatus(NAME, settings.schema_registry_url, state, pid, paths.root)
+    return process.service_status(
+        NAME, settings.schema_registry_url, host, port, paths.pidfile, _MARKER, paths.root
+    )
 
 
 def start(settings: Settings, progress: Progress) -> int:

@@ -114,6 +114,11 @@ def check_invariants(s: Settings, workload: list[Any]) -> dict[str, int]:
     }
 
 
+def wait_mid_stream(s: Settings) -> None:
+    received = lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received")  # noqa: E731
+    wait_until(lambda: received() >= 2_000, 120, "the worker to be mid-stream")
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -185,10 +190,7 @@ def test_service_restarted_mid_stream(settings: Settings, tmp_path: Path, servic
     worker = start(s, tmp_path / "worker.log")
     try:
         wait_for_group(s, worker, timeout=120)
-        wait_until(
-            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= 2_000,
-            120, "the worker to be mid-stream",
-        )  # fmt: skip
+        wait_mid_stream(s)
         restart_service(s, service, outage=5.0)
         assert worker.poll() is None, "the worker died with the outage"
         wait_until(lambda: all_applied(s, workload), 300, "every event to be applied")
@@ -209,10 +211,7 @@ def test_worker_stopped_while_the_database_is_down(settings: Settings, tmp_path:
     worker = start(s, log)
     try:
         wait_for_group(s, worker, timeout=120)
-        wait_until(
-            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= 2_000,
-            120, "the worker to be mid-stream",
-        )  # fmt: skip
+        wait_mid_stream(s)
         (row,) = stack.status(s, only=["postgres"])
         assert "started by us" in row.state, f"postgres is external ({row.state})"
         stack.down(s, only=["postgres"])
