@@ -34,6 +34,16 @@ def ratio(ours: Spread, peer: Spread) -> float:
     return ours.median / peer.median if peer.median else float("nan")
 
 
+def paired_ratio(ours: Sequence[float], peer: Sequence[float]) -> Spread:
+    """Ratios of runs made back to back, then their spread.
+
+    On a shared machine the load drifts between runs; a run and its peer's run taken
+    together see about the same machine, so their ratio is steadier than a ratio of
+    medians taken minutes apart.
+    """
+    return Spread.of([o / p for o, p in zip(ours, peer, strict=True) if p])
+
+
 def machine() -> str:
     mem_kb = 0
     with open("/proc/meminfo") as f:

@@ -47,6 +47,10 @@ class Settings:
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Hot reads (a lead, a leaderboard) kept in the API process, evicted by the
+    # projections' change notices; 0 turns the cache off. The TTL is a safety net.
+    api_cache_size: int = 200_000
+    api_cache_ttl_s: int = 60
     log_format: str = "console"  # "json" in production
     log_level: str = "info"
 

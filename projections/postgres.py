@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from leadscore.eventstore import DDL_LOCK, TRACKING_DDL
+from projections import changes
 from projections.log import LogEntry
 
 POSITION_NAME = "projection:postgres"
@@ -121,6 +122,7 @@ class PostgresProjection:
             await conn.execute("DROP TABLE IF EXISTS score_history, lead_scores, leads")
             await conn.execute(TRACKING_DDL)
             await conn.execute("DELETE FROM tracking WHERE name = $1", POSITION_NAME)
+            await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, changes.FLUSH)
 
     async def close(self) -> None:
         """The pool belongs to the caller."""
@@ -149,6 +151,10 @@ class PostgresProjection:
                 POSITION_NAME,
                 fresh[-1].position,
             )
+            # Delivered on commit, never for a rolled-back batch: caches evict these leads.
+            touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in fresh)
+            for payload in changes.encode(touched):
+                await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, payload)
 
     async def _rows(
         self, conn: asyncpg.Connection, entries: Sequence[LogEntry]

@@ -2,7 +2,7 @@
 
 A Lua script applies a whole batch atomically: it skips entries at or below the
 stored position, writes the rest and moves the position, so redelivered or replayed
-entries change nothing.
+entries change nothing. It also publishes the leads it changed (projections/changes.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from collections.abc import Sequence
 import orjson
 import redis.asyncio as aioredis
 
+from projections import changes
 from projections.log import LogEntry
 
 PREFIX = "leadscore"
 RECENT_LIMIT = 100
 
-# ARGV: position_key, recent_limit, then per score: position, org, lead, score, grade, fit,
-# engagement, model_version, at, change_json. ARGV[n] is the last position of the batch.
+# KEYS[1]: the change-notice channel. ARGV: position_key, recent_limit, prefix, then per
+# score: position, org, lead, score, grade, fit, engagement, model_version, at, change_json.
+# ARGV[n] is the last position of the batch.
 _APPLY = """
 local position_key = ARGV[1]
 local recent_limit = tonumber(ARGV[2])
@@ -26,6 +28,7 @@ local current = tonumber(redis.call('GET', position_key) or '0')
 local prefix = ARGV[3]
 local n = #ARGV - 1
 local i = 4
+local changed = {}
 while i <= n do
   local pos = tonumber(ARGV[i])
   if pos > current then
@@ -38,12 +41,17 @@ while i <= n do
     redis.call('ZADD', base .. ':leaderboard', ARGV[i + 3], lead)
     redis.call('LPUSH', base .. ':recent', ARGV[i + 9])
     redis.call('LTRIM', base .. ':recent', 0, recent_limit - 1)
+    changed[#changed + 1] = org
+    changed[#changed + 1] = lead
   end
   i = i + 10
 end
 local last = tonumber(ARGV[#ARGV])
 if last > current then
   redis.call('SET', position_key, ARGV[#ARGV])
+end
+if #changed > 0 then
+  redis.call('PUBLISH', KEYS[1], cjson.encode(changed))
 end
 return current
 """
@@ -56,6 +64,7 @@ class RedisProjection:
         self.client = client
         self.prefix = prefix
         self.position_key = f"{prefix}:projection:redis:position"
+        self.channel = changes.redis_channel(prefix)
         self._script = client.register_script(_APPLY)
 
     async def setup(self) -> None:
@@ -89,7 +98,7 @@ class RedisProjection:
                 orjson.dumps(change).decode(),
             ]  # fmt: skip
         args.append(entries[-1].position)
-        await self._script(keys=[], args=args)
+        await self._script(keys=[self.channel], args=args)
 
     async def reset(self) -> None:
         cursor = 0
@@ -99,6 +108,7 @@ class RedisProjection:
                 await self.client.delete(*keys)
             if cursor == 0:
                 break
+        await self.client.publish(self.channel, changes.FLUSH)
 
     async def close(self) -> None:
         """The client belongs to the caller."""

@@ -102,5 +102,5 @@ class BearerAuth:
 
 def org_of(request: Request) -> str:
     """The organization of the request's API key (set by BearerAuth)."""
-    org: str = request.state.org_id
+    org: str = request.scope["state"]["org_id"]  # not request.state: that builds an object
     return org

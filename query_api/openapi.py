@@ -291,7 +291,18 @@ SCHEMAS: dict[str, Schema] = {
                 {"postgresql": ref("Check"), "redis": ref("Check"), "clickhouse": ref("Check")}
             ),
             "projection": nullable(ref("ProjectionStatus")),
+            "read_cache": ref("ReadCache"),
         }
+    ),
+    "ReadCache": obj(
+        {
+            "enabled": {"type": "boolean"},
+            "listening": {"type": "array", "items": {"type": "string"}},
+            "leads": COUNT,
+            "leaderboards": COUNT,
+        },
+        "The in-process cache of GET /leads/{id} and GET /leaderboard answers: on while it "
+        "hears both read models' change notices, with the number of answers it holds.",
     ),
 }
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection
+from functools import cached_property
 from typing import Any, TypeVar
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from query_api.cursor import CursorError
@@ -28,9 +30,14 @@ class Params:
     """Reads one request's parameters, collecting errors instead of raising at the first."""
 
     def __init__(self, request: Request) -> None:
-        self.query = request.query_params
+        self.request = request
         self.path = request.path_params
         self.errors: list[dict[str, Any]] = []
+
+    @cached_property
+    def query(self) -> QueryParams:
+        # Parsed on first use: most hot requests (GET /leads/{id}) have no query string.
+        return self.request.query_params
 
     def _fail(self, name: str, location: str, message: str) -> None:
         self.errors.append({"parameter": name, "in": location, "message": message})

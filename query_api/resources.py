@@ -24,6 +24,7 @@ from projections.clickhouse import ClickHouseProjection
 from projections.postgres import PostgresProjection
 from projections.runner import embedded_clickhouse
 from query_api.clickhouse import AnalyticsCache, ClickHouse
+from query_api.hotcache import ReadCache, following
 from query_api.projection_task import ProjectionTask, start_projection
 from query_api.reads import Leaderboard, RedisKeys
 
@@ -43,6 +44,7 @@ class Resources:
     projection: ProjectionTask | None
     cache: AnalyticsCache
     leaderboard: Leaderboard
+    hot: ReadCache
 
     async def analytics(self, key: Hashable, query: Callable[[Analytics], Awaitable[T]]) -> T:
         """Run an Analytics query, or reuse its answer while the data has not changed."""
@@ -89,6 +91,14 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
             except Exception as exc:  # a server that is down now is retried per request
                 log.warning("clickhouse unavailable at startup", error=repr(exc))
             cache = AnalyticsCache(ttl=2.0)
+        hot = await stack.enter_async_context(
+            following(
+                ReadCache(settings.api_cache_size, float(settings.api_cache_ttl_s)),
+                settings.pg_dsn,
+                settings.redis_url,
+                settings.redis_prefix,
+            )
+        )
         yield Resources(
             settings=settings,
             pool=pool,
@@ -98,4 +108,5 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
             projection=projection,
             cache=cache,
             leaderboard=Leaderboard(client, keys),
+            hot=hot,
         )

@@ -25,3 +25,9 @@ class JSON(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+class Encoded(Response):
+    """A body already rendered by ``dumps`` (e.g. kept in the hot-read cache)."""
+
+    media_type = "application/json"

@@ -58,6 +58,7 @@ async def health(request: Request) -> Response:
         "status": "ok" if ok else "unavailable",
         "checks": {"postgresql": pg, "redis": rd, "clickhouse": ch},
         "projection": projection,
+        "read_cache": res.hot.status(),
     }
     return JSON(body, status_code=200 if ok else 503)
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from leadscore.bootstrap import bootstrap
 from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
+from projections import changes
 from projections.base import ProjectionRunner
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
@@ -113,7 +114,8 @@ def start_api(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    """Until /health is 200 and the in-process ClickHouse projection has caught up."""
+    """Until /health is 200, the in-process ClickHouse projection has caught up and the
+    read cache hears both read models' change notices."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -123,12 +125,31 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], log: Path, timeout: 
             reply = request(port, "GET", "/health")
             last = reply.body
             projection = last.get("projection")
-            if reply.status == 200 and projection and projection["lag"] == 0:
+            listening = last.get("read_cache", {}).get("listening")
+            if (
+                reply.status == 200
+                and projection
+                and projection["lag"] == 0
+                and listening
+                == [
+                    "postgres",
+                    "redis",
+                ]
+            ):
                 return
         except OSError:
             pass
         time.sleep(0.2)
     raise AssertionError(f"API not ready: {last}\n{log.read_text()}")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Change notices reach the API asynchronously: allow them a moment."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
 
 
 def stop_api(process: subprocess.Popen[bytes]) -> None:
@@ -368,14 +389,23 @@ def test_current_score_comes_from_redis_when_it_is_newer(api: Api) -> None:
     key = f"{api.settings.redis_prefix}:{ORG_A}:lead:{lead_id}"
     r = redis_sync.Redis.from_url(api.settings.redis_url, decode_responses=True)
     saved = r.hgetall(key)
+
+    def write(mapping: dict[str, str]) -> None:
+        # As the projection's script does: the write, then its change notice.
+        r.hset(key, mapping=mapping)
+        r.publish(changes.redis_channel(api.settings.redis_prefix), f'["{ORG_A}","{lead_id}"]')
+
+    def score() -> float:
+        return float(api.get(f"/leads/{lead_id}").body["score"]["score"])
+
     try:
-        r.hset(key, mapping={"score": "12.5", "position": str(int(saved["position"]) + 1)})
-        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == 12.5
+        write({"score": "12.5", "position": str(int(saved["position"]) + 1)})
+        wait_for(lambda: score() == 12.5, "the newer Redis score")
         # A stale hash (older position than PostgreSQL's row) loses to the record.
-        r.hset(key, mapping={"score": "13.5", "position": "1"})
-        assert api.get(f"/leads/{lead_id}").body["score"]["score"] == float(saved["score"])
+        write({"score": "13.5", "position": "1"})
+        wait_for(lambda: score() == float(saved["score"]), "the PostgreSQL score")
     finally:
-        r.hset(key, mapping=saved)
+        write(saved)
         r.close()
 
 
