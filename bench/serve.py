@@ -21,7 +21,8 @@ async def constant(_request: Request) -> Response:
     return JSON(_BODY)
 
 
-peer_app = Starlette(routes=[Route("/constant", constant)])
+# Also under /leads/{id}, so the paced latency run can send the peer the same requests.
+peer_app = Starlette(routes=[Route("/constant", constant), Route("/leads/{id}", constant)])
 
 
 def main() -> None:

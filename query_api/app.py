@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from leadscore.settings import Settings
 from query_api import resources, routes_analytics, routes_leads, routes_system
 from query_api.auth import BearerAuth
 from query_api.errors import exception_handlers
+from query_api.hotpath import HotReads
 from query_api.metrics import PrometheusMiddleware
 
 
@@ -20,6 +22,12 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with resources.opened(settings) as res:
             app.state.resources = res
+            # Everything loaded by now (modules, pools, clients, chDB) lives as long as
+            # the process. Frozen, it is no longer scanned by full collections, which
+            # measured 22-26 ms each here (0.0 ms after freezing): pauses that land in
+            # the p99 of every request in flight.
+            gc.collect()
+            gc.freeze()
             yield
 
     return Starlette(
@@ -28,6 +36,9 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
         middleware=[
             Middleware(PrometheusMiddleware),
             Middleware(BearerAuth, cache_ttl=key_cache_ttl),
+            Middleware(
+                HotReads, lead_route=routes_leads.LEAD, leaderboard_route=routes_leads.LEADERBOARD
+            ),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
