@@ -91,6 +91,7 @@ class Lead(Aggregate):
         self.score: float | None = None
         self.grade: str | None = None
         self.model_version: str | None = None
+        self.factors: list[dict[str, Any]] = []  # the current score's explanation
         self.score_count = 0
 
     # -- commands ---------------------------------------------------------
@@ -243,6 +244,7 @@ class Lead(Aggregate):
         self.score = score
         self.grade = grade
         self.model_version = model_version
+        self.factors = factors
         self.score_count += 1
 
     # -- pure helpers -----------------------------------------------------

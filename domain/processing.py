@@ -8,8 +8,10 @@ from datetime import datetime
 from uuid import UUID
 
 from domain.events import LeadEvent
+from domain.explain import contributions, top_factors
+from domain.features import features
 from domain.lead import Lead, lead_aggregate_id
-from domain.scoring import Scorer, is_change, score_leads
+from domain.scoring import Scorer, is_change, needs_explanation, score_leads
 
 
 @dataclass
@@ -58,19 +60,32 @@ def apply_batch(
             out.duplicates += 1
 
     to_score = list(out.touched.values())
-    cards = score_leads(to_score, [clock(lead) for lead in to_score], scorer)
-    for lead, card in zip(to_score, cards, strict=True):
-        if is_change(lead, card):
-            lead.record_score(
-                score=card.total,
-                components=card.components,
-                grade=card.grade,
-                model_version=card.model_version,
-                factors=[],
-                caused_by_event_id=last_cause[lead.id],
-                scored_at=scored_at,
-            )
-            out.scored += 1
+    now = [clock(lead) for lead in to_score]
+    rows = [features(lead, at) for lead, at in zip(to_score, now, strict=True)]
+    cards = score_leads(to_score, now, scorer, rows)
+    changed = [
+        (lead, card, row)
+        for lead, card, row in zip(to_score, cards, rows, strict=True)
+        if is_change(lead, card)
+    ]
+    # One more model call for the whole batch explains the material changes.
+    explain = [(lead, row) for lead, card, row in changed if needs_explanation(lead, card)]
+    explained = contributions([row for _lead, row in explain], scorer.predict)
+    factors = {
+        lead.id: top_factors(row, parts)
+        for (lead, row), (_ref, parts) in zip(explain, explained, strict=True)
+    }
+    for lead, card, _row in changed:
+        lead.record_score(
+            score=card.total,
+            components=card.components,
+            grade=card.grade,
+            model_version=card.model_version,
+            factors=factors.get(lead.id, lead.factors),
+            caused_by_event_id=last_cause[lead.id],
+            scored_at=scored_at,
+        )
+        out.scored += 1
     return out
 
 

@@ -82,11 +82,20 @@ def check_model(scorer: Scorer) -> None:
         )
 
 
-def score_leads(leads: Sequence[Lead], now: Sequence[datetime], scorer: Scorer) -> list[ScoreCard]:
-    """Score many leads with one model call; ``now[i]`` is the clock for ``leads[i]``."""
+def score_leads(
+    leads: Sequence[Lead],
+    now: Sequence[datetime],
+    scorer: Scorer,
+    rows: Sequence[Sequence[float]] | None = None,
+) -> list[ScoreCard]:
+    """Score many leads with one model call; ``now[i]`` is the clock for ``leads[i]``.
+
+    ``rows`` are the leads' features as of ``now`` when the caller has them already.
+    """
     if not leads:
         return []
-    rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
+    if rows is None:
+        rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
     probabilities = scorer.predict(rows)
     cards = []
     for lead, at, p in zip(leads, now, probabilities, strict=True):
@@ -102,6 +111,21 @@ def score_leads(leads: Sequence[Lead], now: Sequence[datetime], scorer: Scorer) 
             )
         )
     return cards
+
+
+# A score moving less than this keeps the previous explanation (same grade and model).
+EXPLAIN_MIN_CHANGE = 2.0
+
+
+def needs_explanation(lead: Lead, card: ScoreCard) -> bool:
+    """Explain first scores, grade or model changes and material moves; not every wiggle."""
+    return (
+        lead.score is None
+        or not lead.factors
+        or card.grade != lead.grade
+        or card.model_version != lead.model_version
+        or abs(card.total - lead.score) >= EXPLAIN_MIN_CHANGE
+    )
 
 
 def is_change(lead: Lead, card: ScoreCard) -> bool:

@@ -375,6 +375,7 @@ def _summarise(
     top.add_column("company", overflow="ellipsis", no_wrap=True, max_width=18)
     for col in ("score", "grade", "fit", "eng."):
         top.add_column(col, justify="right", no_wrap=True)
+    top.add_column("why (points vs. an unknown lead)", overflow="fold")
     for r in best:
         lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
         p = lead.profile if lead else {}
@@ -387,5 +388,12 @@ def _summarise(
             r["grade"],
             f"{r['components']['fit']:.0f}",
             f"{r['components']['engagement']:.0f}",
+            why(r["top_factors"]),
         )
     console.print(top)
+
+
+def why(factors: list[dict[str, Any]], most: int = 3) -> str:
+    """The strongest factors of a score, as a salesperson reads them."""
+    strongest = sorted(factors, key=lambda f: abs(f["contribution"]), reverse=True)[:most]
+    return ", ".join(f"{f['label']} {f['contribution']:+.0f}" for f in strongest)

@@ -120,7 +120,9 @@ SCHEMAS: dict[str, Schema] = {
     "LeadPage": obj({"items": {"type": "array", "items": ref("Lead")}, "next_cursor": CURSOR_OUT}),
     "Factor": {
         "type": "object",
-        "description": "One of the score's top factors.",
+        "description": "One of the score's top factors (3 positive, 3 negative at most): "
+        "its contribution in score points against a lead of the same age we know nothing "
+        "about; all contributions of a score add up to the score minus that reference's.",
         "properties": {"feature": STRING, "label": STRING, "contribution": NUMBER},
     },
     "ScoreChange": obj(
