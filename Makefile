@@ -52,6 +52,7 @@ test-faults: venv
 bench: up
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.explain
 	$(BIN)/python -m bench.api
 
 lint: venv
