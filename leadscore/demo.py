@@ -375,7 +375,6 @@ def _summarise(
     top.add_column("company", overflow="ellipsis", no_wrap=True, max_width=18)
     for col in ("score", "grade", "fit", "eng."):
         top.add_column(col, justify="right", no_wrap=True)
-    top.add_column("why (points vs. an unknown lead)", overflow="fold")
     for r in best:
         lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
         p = lead.profile if lead else {}
@@ -388,9 +387,14 @@ def _summarise(
             r["grade"],
             f"{r['components']['fit']:.0f}",
             f"{r['components']['engagement']:.0f}",
-            why(r["top_factors"]),
         )
     console.print(top)
+    reasons = Table(title="why they score (points against a lead we know nothing about)")
+    reasons.add_column("lead", no_wrap=True)
+    reasons.add_column("strongest factors", overflow="fold")
+    for r in best:
+        reasons.add_row(r["lead_id"], why(r["top_factors"]))
+    console.print(reasons)
 
 
 def why(factors: list[dict[str, Any]], most: int = 3) -> str:
