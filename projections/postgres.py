@@ -45,8 +45,11 @@ CREATE TABLE IF NOT EXISTS lead_scores (
     grade text NOT NULL,
     model_version text NOT NULL,
     updated_at timestamptz NOT NULL,
-    position bigint NOT NULL
+    position bigint NOT NULL,
+    factors jsonb NOT NULL DEFAULT '[]'
 );
+-- Read models made before scores carried their explanation.
+ALTER TABLE lead_scores ADD COLUMN IF NOT EXISTS factors jsonb NOT NULL DEFAULT '[]';
 CREATE INDEX IF NOT EXISTS lead_scores_org_total_idx
     ON lead_scores (org_id, total DESC, lead_id);
 CREATE TABLE IF NOT EXISTS score_history (
@@ -82,12 +85,13 @@ ON CONFLICT (aggregate_id) DO UPDATE SET
 """
 _UPSERT_SCORE = """
 INSERT INTO lead_scores (aggregate_id, org_id, lead_id, total, fit, engagement, grade,
-                         model_version, updated_at, position)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                         model_version, updated_at, position, factors)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
 ON CONFLICT (aggregate_id) DO UPDATE SET
     total = EXCLUDED.total, fit = EXCLUDED.fit, engagement = EXCLUDED.engagement,
     grade = EXCLUDED.grade, model_version = EXCLUDED.model_version,
-    updated_at = EXCLUDED.updated_at, position = EXCLUDED.position
+    updated_at = EXCLUDED.updated_at, position = EXCLUDED.position,
+    factors = EXCLUDED.factors
 WHERE lead_scores.position < EXCLUDED.position
 """
 _INSERT_HISTORY = """
@@ -229,6 +233,7 @@ def _score_row(e: LogEntry) -> tuple[Any, ...]:
     return (
         e.aggregate_id, ev.org_id, ev.lead_id, ev.score, ev.components["fit"],
         ev.components["engagement"], ev.grade, ev.model_version, ev.scored_at, e.position,
+        orjson.dumps(ev.factors).decode(),
     )  # fmt: skip
 
 

@@ -19,7 +19,8 @@ PREFIX = "leadscore"
 RECENT_LIMIT = 100
 
 # KEYS[1]: the change-notice channel. ARGV: position_key, recent_limit, prefix, then per
-# score: position, org, lead, score, grade, fit, engagement, model_version, at, change_json.
+# score: position, org, lead, score, grade, fit, engagement, model_version, at, change_json,
+# factors_json.
 # ARGV[n] is the last position of the batch.
 _APPLY = """
 local position_key = ARGV[1]
@@ -37,14 +38,14 @@ while i <= n do
     redis.call('HSET', base .. ':lead:' .. lead,
       'score', ARGV[i + 3], 'grade', ARGV[i + 4], 'fit', ARGV[i + 5],
       'engagement', ARGV[i + 6], 'model_version', ARGV[i + 7], 'updated_at', ARGV[i + 8],
-      'position', ARGV[i])
+      'position', ARGV[i], 'factors', ARGV[i + 10])
     redis.call('ZADD', base .. ':leaderboard', ARGV[i + 3], lead)
     redis.call('LPUSH', base .. ':recent', ARGV[i + 9])
     redis.call('LTRIM', base .. ':recent', 0, recent_limit - 1)
     changed[#changed + 1] = org
     changed[#changed + 1] = lead
   end
-  i = i + 10
+  i = i + 11
 end
 local last = tonumber(ARGV[#ARGV])
 if last > current then
@@ -95,7 +96,7 @@ class RedisProjection:
             args += [
                 e.position, ev.org_id, ev.lead_id, ev.score, ev.grade,
                 ev.components["fit"], ev.components["engagement"], ev.model_version, at,
-                orjson.dumps(change).decode(),
+                orjson.dumps(change).decode(), orjson.dumps(ev.factors).decode(),
             ]  # fmt: skip
         args.append(entries[-1].position)
         await self._script(keys=[self.channel], args=args)

@@ -94,9 +94,10 @@ SCHEMAS: dict[str, Schema] = {
             "model_version": STRING,
             "updated_at": TIMESTAMP,
             "position": {"type": "integer", "minimum": 1, "description": "Log position"},
+            "factors": {"type": "array", "items": ref("Factor")},
         },
         "A lead's current score: 100 x P(conversion), its fit and engagement components "
-        "(0-100) and the grade on the fit (A-C) x engagement (1-3) matrix.",
+        "(0-100), the grade on the fit (A-C) x engagement (1-3) matrix and its top factors.",
     ),
     "Lead": obj(
         {

@@ -25,7 +25,7 @@ _LEAD_COLUMNS = ("lead_id", *PROFILE_COLUMNS, "status", "created_at", "updated_a
 _SELECT = (
     ", ".join(f"l.{c}" for c in _LEAD_COLUMNS)
     + ", s.total, s.fit, s.engagement, s.grade, s.model_version,"
-    " s.updated_at AS scored_at, s.position"
+    " s.updated_at AS scored_at, s.position, s.factors::text AS factors"
 )
 _LEAD_AND_SCORE = (
     f"SELECT {_SELECT} FROM leads l LEFT JOIN lead_scores s ON s.aggregate_id = l.aggregate_id "
@@ -57,6 +57,8 @@ def _score_from_row(row: asyncpg.Record) -> dict[str, Any] | None:
         "model_version": row["model_version"],
         "updated_at": row["scored_at"],
         "position": row["position"],
+        # jsonb goes out as PostgreSQL rendered it: no decode and re-encode.
+        "factors": orjson.Fragment(row["factors"]),
     }
 
 
@@ -70,6 +72,8 @@ def _score_from_hash(h: dict[str, str]) -> dict[str, Any] | None:
             "model_version": h["model_version"],
             "updated_at": _utc(datetime.fromisoformat(h["updated_at"])),
             "position": int(h["position"]),
+            # Hashes written before scores carried factors have none.
+            "factors": orjson.Fragment(h.get("factors", "[]")),
         }
     except (KeyError, ValueError):
         # A hash mid-write or from an older layout: the PostgreSQL score stands in.
