@@ -13,7 +13,7 @@ the contributions sum to ``score - reference score``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from domain.events import ActivityKind
@@ -103,13 +103,23 @@ def contributions(
     return out
 
 
-def top_factors(row: Sequence[float], parts: dict[str, float]) -> list[dict[str, Any]]:
-    """The TOP largest positive then TOP largest negative contributions, labelled."""
+def top_factors(
+    row: Sequence[float], parts: dict[str, float], labels: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The TOP largest positive then TOP largest negative contributions, labelled.
+
+    ``parts`` are features' contributions and, named in ``labels``, any others (rules).
+    """
+    labels = labels or {}
     ranked = sorted(parts.items(), key=lambda kv: kv[1], reverse=True)
     positive = [kv for kv in ranked if kv[1] >= NEGLIGIBLE][:TOP]
     negative = [kv for kv in reversed(ranked) if kv[1] <= -NEGLIGIBLE][:TOP]
     return [
-        {"feature": name, "label": label(name, row[_INDEX[name]]), "contribution": round(c, 1)}
+        {
+            "feature": name,
+            "label": labels[name] if name in labels else label(name, row[_INDEX[name]]),
+            "contribution": round(c, 1),
+        }
         for name, c in (*positive, *negative)
     ]
 

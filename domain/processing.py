@@ -11,6 +11,8 @@ from domain.events import LeadEvent
 from domain.explain import contributions, top_factors
 from domain.features import features
 from domain.lead import Lead, lead_aggregate_id
+from domain.rules import NO_RULES, ScoringRules
+from domain.rules import apply as apply_rules
 from domain.scoring import Scorer, is_change, needs_explanation, score_leads
 
 
@@ -34,11 +36,13 @@ def apply_batch(
     scorer: Scorer,
     clock: Callable[[Lead], datetime],
     scored_at: datetime,
+    rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
 ) -> BatchOutcome:
     """Apply events in order to their leads, then score every lead that changed, once.
 
     ``leads`` holds the current state of each lead the batch touches (None when new).
-    ``clock(lead)`` is the time a lead is scored as of.
+    ``clock(lead)`` is the time a lead is scored as of; ``rules_for(org)`` the org's
+    scoring rules, applied to the model's score (domain/rules.py).
     """
     out = BatchOutcome()
     current: dict[UUID, Lead | None] = dict(leads)
@@ -62,20 +66,25 @@ def apply_batch(
     to_score = list(out.touched.values())
     now = [clock(lead) for lead in to_score]
     rows = [features(lead, at) for lead, at in zip(to_score, now, strict=True)]
-    cards = score_leads(to_score, now, scorer, rows)
-    changed = [
-        (lead, card, row)
-        for lead, card, row in zip(to_score, cards, rows, strict=True)
-        if is_change(lead, card)
+    effects = [
+        apply_rules(rules_for(lead.org_id), lead, card)
+        for lead, card in zip(to_score, score_leads(to_score, now, scorer, rows), strict=True)
     ]
-    # One more model call for the whole batch explains the material changes.
-    explain = [(lead, row) for lead, card, row in changed if needs_explanation(lead, card)]
-    explained = contributions([row for _lead, row in explain], scorer.predict)
+    changed = [
+        (lead, effect, row)
+        for lead, effect, row in zip(to_score, effects, rows, strict=True)
+        if is_change(lead, effect.card)
+    ]
+    # One more model call for the whole batch explains the material changes; the rules'
+    # own points join the model's contributions.
+    explain = [(lead, e, row) for lead, e, row in changed if needs_explanation(lead, e.card)]
+    explained = contributions([row for _lead, _e, row in explain], scorer.predict)
     factors = {
-        lead.id: top_factors(row, parts)
-        for (lead, row), (_ref, parts) in zip(explain, explained, strict=True)
+        lead.id: top_factors(row, {**parts, **e.parts}, e.labels)
+        for (lead, e, row), (_ref, parts) in zip(explain, explained, strict=True)
     }
-    for lead, card, _row in changed:
+    for lead, effect, _row in changed:
+        card = effect.card
         lead.record_score(
             score=card.total,
             components=card.components,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from domain.scoring import Scorer
 from leadscore.eventstore import LeadStore, open_store
+from leadscore.rulebook import RuleBook
 from leadscore.settings import Settings
 from streams.processor import BatchProcessor, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
@@ -45,5 +46,6 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
 
         scorer = load_scorer(Path(settings.model_dir), settings.model_version or None)
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
-    processor = BatchProcessor(store, catalog, scorer, orgs=orgs)
+    rules = RuleBook.load(Path(settings.scoring_config_dir))
+    processor = BatchProcessor(store, catalog, scorer, orgs=orgs, rules_for=rules)
     return Engine(settings, store, catalog, scorer, processor)

@@ -102,18 +102,42 @@ def produce(
 @app.command()
 def train(
     version: Annotated[str, typer.Option(help="Version name, e.g. v2")],
+    from_store: Annotated[
+        bool, typer.Option("--from-store", help="Train on the event store's history")
+    ] = False,
+    org: Annotated[
+        str | None, typer.Option(help="With --from-store: one org's history (else global)")
+    ] = None,
+    min_conversions: Annotated[
+        int, typer.Option(help="Conversions an org needs for a model of its own")
+    ] = 200,
     orgs: int = 20,
     leads: int = 20_000,
     events: int = 200_000,
     seed: int = 7,
 ) -> None:
-    """Train a LightGBM model on a generated labelled history and export it to ONNX."""
-    from leadscore.training import train_from_workload
+    """Train a LightGBM model and export it to ONNX, from the event store or generated data.
+
+    Without --from-store the history is generated (--orgs/--leads/--events/--seed).
+    """
+    from leadscore.training import NotEnoughOutcomesError, train_from_store, train_from_workload
 
     s = get_settings()
-    meta = train_from_workload(
-        version, Path(s.model_dir), orgs=orgs, leads=leads, events=events, seed=seed
-    )
+    if org is not None and not from_store:
+        raise typer.BadParameter("--org needs --from-store")
+    try:
+        if from_store:
+            with console.status("replaying the event store, training, checking parity"):
+                meta = train_from_store(
+                    version, Path(s.model_dir), s.pg_dsn, org=org, min_conversions=min_conversions
+                )
+        else:
+            meta = train_from_workload(
+                version, Path(s.model_dir), orgs=orgs, leads=leads, events=events, seed=seed
+            )
+    except (NotEnoughOutcomesError, ValueError, FileExistsError) as exc:
+        console.print(f"[red]not trained:[/red] {exc}")
+        raise typer.Exit(1) from None
     console.print_json(data=_as_dict(meta))
 
 

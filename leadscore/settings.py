@@ -35,6 +35,8 @@ class Settings:
 
     model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
     model_version: str = ""  # empty: the newest committed model
+    # Per-org scoring rules: default.yaml and <org_id>.yaml (README, "Scoring rules").
+    scoring_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "scoring"))
     batch_size: int = 1000
     batch_timeout_ms: int = 50
     aggregate_cache_size: int = 100_000

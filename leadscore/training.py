@@ -48,6 +48,10 @@ OPEN_CUTOFF_DAYS = 30
 _OUTCOMES = {EventType.LEAD_CONVERTED: 1, EventType.LEAD_DISQUALIFIED: 0}
 
 
+class NotEnoughOutcomesError(ValueError):
+    """Too few conversions in the history for a model of its own."""
+
+
 class ParityError(RuntimeError):
     """The ONNX export does not reproduce LightGBM's probabilities."""
 
@@ -356,6 +360,7 @@ def train(
     open_cutoff_days: float = OPEN_CUTOFF_DAYS,
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
+    min_conversions: int = 0,
 ) -> ModelMetadata:
     """Train on the earlier 80% of rows (by as-of time), check on the later 20%, export.
 
@@ -370,6 +375,11 @@ def train(
     rows = list(snapshots(events, open_cutoff_days=open_cutoff_days))
     X, y, t = _arrays(rows)
     kinds = np.array([s.kind for s in rows])
+    if int(y.sum()) < min_conversions:
+        raise NotEnoughOutcomesError(
+            f"the history has {int(y.sum())} conversions; a model of its own needs "
+            f"{min_conversions} (until then the org is scored by the global model)"
+        )
     tr, ho = _time_split(t, holdout_fraction)
     for name, idx in (("training", tr), ("holdout", ho)):
         if len(idx) == 0 or len(np.unique(y[idx])) < 2:
@@ -445,6 +455,38 @@ def _write(target: Path, model_bytes: bytes, meta: ModelMetadata, *, overwrite: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def train_from_store(
+    version: str,
+    out_dir: Path,
+    dsn: str,
+    *,
+    org: str | None = None,
+    min_conversions: int = 200,
+    **train_kwargs: Any,
+) -> ModelMetadata:
+    """Train on the lead-events recorded in the event store: one org's, or all (global).
+
+    The same replay and labelling as any history (module docstring): features as of each
+    lead's state before its outcome, a time-based split. An org needs ``min_conversions``
+    conversions for a model of its own; the global model has no minimum.
+    """
+    from leadscore.eventstore import open_store
+    from leadscore.history import lead_events
+
+    store = open_store(dsn, cache_size=0)
+    try:
+        return train(
+            lead_events(store, org),
+            version=version,
+            out_dir=out_dir,
+            provenance={"source": "event store", "org": org or "(all orgs)"},
+            min_conversions=min_conversions if org is not None else 0,
+            **train_kwargs,
+        )
+    finally:
+        store.close()
 
 
 def train_from_workload(

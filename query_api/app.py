@@ -30,7 +30,7 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
             gc.freeze()
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[*routes_leads.routes, *routes_analytics.routes, *routes_system.routes()],
         # Outermost first: metrics see every answer, 401s included.
         middleware=[
@@ -43,3 +43,7 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    # An API answers a path it does not serve with a JSON 404, never a redirect (a lead
+    # id of "/" arrives as /leads// and would otherwise be redirected to /leads).
+    app.router.redirect_slashes = False
+    return app

@@ -18,6 +18,7 @@ import structlog
 from domain.events import LeadEvent
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time, lead_ids
+from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Scorer, check_model
 from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
 from streams import metrics
@@ -160,6 +161,7 @@ class BatchProcessor:
         clock: Callable[[Lead], datetime] = event_time,
         now: Callable[[], datetime] = utc_now,
         orgs: OrgRegistry | None = None,
+        rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
     ) -> None:
         check_model(scorer)
         self.store = store
@@ -168,6 +170,7 @@ class BatchProcessor:
         self.clock = clock
         self.now = now
         self.orgs = orgs  # None: any org is accepted
+        self.rules_for = rules_for
         self.totals = BatchStats()
 
     def process(self, values: Sequence[RawMessage | bytes | None]) -> BatchStats:
@@ -235,7 +238,9 @@ class BatchProcessor:
         for attempt in range(MAX_CONFLICT_RETRIES):
             leads = self.store.load(ids)
             try:
-                outcome = apply_batch(events, leads, self.scorer, self.clock, self.now())
+                outcome = apply_batch(
+                    events, leads, self.scorer, self.clock, self.now(), self.rules_for
+                )
                 self.store.save_leads(list(outcome.touched.values()))
             except ConcurrentWriteError:
                 log.info("concurrent write, reloading leads", attempt=attempt, leads=len(ids))

@@ -12,8 +12,13 @@ from leadscore.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def base_settings() -> Settings:
-    return Settings.from_env()
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    import dataclasses
+
+    # The model alone: the repository's scoring rules (config/scoring) are the demo's;
+    # tests that exercise rules point the engine at rules of their own.
+    no_rules = tmp_path_factory.mktemp("no-scoring-rules")
+    return dataclasses.replace(Settings.from_env(), scoring_config_dir=str(no_rules))
 
 
 @pytest.fixture(scope="session")

@@ -657,7 +657,7 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert post.body["error"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("lead_id", ["%00", "%20", "a" * 129, "%E2%80%8B", "..", "%FF%FE"])
+@pytest.mark.parametrize("lead_id", ["%00", "%20", "a" * 129, "%E2%80%8B", "..", "%FF%FE", "%2F"])
 def test_impossible_lead_ids_are_404_not_500(api: Api, lead_id: str) -> None:
     assert api.get(f"/leads/{lead_id}").status == 404
     assert api.get(f"/leads/{lead_id}/scores").status == 404

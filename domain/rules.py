@@ -1,0 +1,212 @@
+"""Per-org business rules on top of the model: adjustments, caps, requirements, disqualifiers.
+
+A scoring configuration (config/scoring/*.yaml, docs in README "Scoring rules") is parsed
+into ``ScoringRules``; ``apply`` combines it with the model's score, in this order:
+
+1. **Adjustments**: every matching rule adds its points to its group; a group's sum is
+   clamped to ``[-cap, +cap]`` when the group has a cap. The total is the model's score
+   plus every group's sum, clamped to 0-100.
+2. **Required fields**: if any is missing, the total is at most ``required_cap``.
+3. **Disqualifiers win**: a competitor or listed email domain, a free-mail address (when
+   enabled) or a matching title sets the total to 0, whatever came before.
+
+Each step that moves the total is reported as a factor with the points it moved, so a
+score's factors (model and rules) still add up to the score minus the reference score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from domain.events import PROFILE_FIELDS, ActivityKind
+from domain.firmographics import is_free_mail
+from domain.lead import Lead
+from domain.scoring import ScoreCard
+
+
+class RulesError(ValueError):
+    """A scoring configuration that cannot be used, with where and why."""
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    name: str
+    points: float
+    group: str
+    field: str | None = None  # a profile field matched by ``pattern``
+    pattern: re.Pattern[str] | None = None
+    activity: str | None = None  # or an activity kind seen at least ``at_least`` times
+    at_least: int = 1
+
+    def matches(self, lead: Lead) -> bool:
+        if self.activity is not None:
+            return lead.activity_counts.get(self.activity, 0) >= self.at_least
+        value = lead.profile.get(self.field or "")
+        return (
+            value is not None and self.pattern is not None and bool(self.pattern.search(str(value)))
+        )
+
+
+@dataclass(frozen=True)
+class ScoringRules:
+    version: str = "none"
+    adjustments: tuple[Adjustment, ...] = ()
+    caps: Mapping[str, float] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    required_cap: float = 30.0
+    blocked_domains: frozenset[str] = frozenset()
+    block_free_mail: bool = False
+    blocked_titles: tuple[re.Pattern[str], ...] = ()
+
+
+NO_RULES = ScoringRules()
+
+
+@dataclass(frozen=True)
+class RuleEffect:
+    """What the rules did to one score: the adjusted card and each step's points."""
+
+    card: ScoreCard
+    parts: dict[str, float]  # factor name -> points moved
+    labels: dict[str, str]  # factor name -> words for a salesperson
+
+
+def apply(rules: ScoringRules, lead: Lead, card: ScoreCard) -> RuleEffect:
+    if rules is NO_RULES:
+        return RuleEffect(card, {}, {})
+    parts: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    groups: dict[str, list[Adjustment]] = {}
+    for rule in rules.adjustments:
+        if rule.matches(lead):
+            groups.setdefault(rule.group, []).append(rule)
+    total = card.total
+    for group, matched in groups.items():
+        raw = sum(r.points for r in matched)
+        cap = rules.caps.get(group)
+        allowed = raw if cap is None else max(-cap, min(cap, raw))
+        # Share a capped group's points among its rules in proportion to their points.
+        for r in matched:
+            points = allowed * r.points / raw if raw else 0.0
+            parts[f"rule:{r.name}"] = points
+            labels[f"rule:{r.name}"] = r.name
+        total += allowed
+    bounded = max(0.0, min(100.0, total))
+    if bounded != total:
+        parts["rule:bounds"] = bounded - total
+        labels["rule:bounds"] = "score kept within 0-100"
+    total = bounded
+    missing = [f for f in rules.required if lead.profile.get(f) in (None, "")]
+    if missing and total > rules.required_cap:
+        parts["rule:required"] = rules.required_cap - total
+        labels["rule:required"] = "missing " + ", ".join(missing)
+        total = rules.required_cap
+    reason = disqualified(rules, lead)
+    if reason is not None and total > 0:
+        parts["rule:disqualified"] = -total
+        labels["rule:disqualified"] = f"disqualified: {reason}"
+        total = 0.0
+    return RuleEffect(replace(card, total=round(total, 1)), parts, labels)
+
+
+def disqualified(rules: ScoringRules, lead: Lead) -> str | None:
+    email = str(lead.profile.get("email") or "")
+    domain = email.rpartition("@")[2].lower()
+    if domain and domain in rules.blocked_domains:
+        return f"{domain} is on the blocked list"
+    if rules.block_free_mail and email and is_free_mail(email):
+        return "free-mail address"
+    title = str(lead.profile.get("title") or "")
+    for pattern in rules.blocked_titles:
+        if pattern.search(title):
+            return f"title matches {pattern.pattern!r}"
+    return None
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+_KINDS = frozenset(str(k) for k in ActivityKind)
+
+
+def parse(doc: Any, source: str = "config") -> ScoringRules:
+    """Validate a loaded YAML/JSON document; RulesError names the first problem."""
+    if not isinstance(doc, dict):
+        raise RulesError(f"{source}: expected a mapping at the top level")
+    unknown = set(doc) - {"version", "adjustments", "caps", "required", "disqualify"}
+    if unknown:
+        raise RulesError(f"{source}: unknown keys {sorted(unknown)}")
+    version = doc.get("version")
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        raise RulesError(f"{source}: 'version' (a string or number) is required")
+    adjustments = tuple(
+        _adjustment(a, f"{source}: adjustments[{i}]")
+        for i, a in enumerate(_list(doc.get("adjustments", []), f"{source}: adjustments"))
+    )
+    caps = doc.get("caps", {})
+    if not isinstance(caps, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in caps.values()
+    ):
+        raise RulesError(f"{source}: 'caps' maps group names to non-negative points")
+    required = tuple(_list(doc.get("required", []), f"{source}: required"))
+    bad = [f for f in required if f not in PROFILE_FIELDS]
+    if bad:
+        raise RulesError(f"{source}: required fields {bad} are not profile fields")
+    dq = doc.get("disqualify", {})
+    if not isinstance(dq, dict) or set(dq) - {"email_domains", "free_mail", "titles"}:
+        raise RulesError(f"{source}: 'disqualify' takes email_domains, free_mail, titles")
+    return ScoringRules(
+        version=str(version),
+        adjustments=adjustments,
+        caps={str(k): float(v) for k, v in caps.items()},
+        required=required,
+        blocked_domains=frozenset(
+            str(d).lower() for d in _list(dq.get("email_domains", []), f"{source}: domains")
+        ),
+        block_free_mail=bool(dq.get("free_mail", False)),
+        blocked_titles=tuple(
+            _regex(t, f"{source}: titles") for t in _list(dq.get("titles", []), source)
+        ),
+    )
+
+
+def _adjustment(a: Any, where: str) -> Adjustment:
+    if not isinstance(a, dict):
+        raise RulesError(f"{where}: expected a mapping")
+    name, points = a.get("name"), a.get("points")
+    if not isinstance(name, str) or not name:
+        raise RulesError(f"{where}: 'name' is required")
+    if not isinstance(points, (int, float)) or isinstance(points, bool):
+        raise RulesError(f"{where}: 'points' must be a number")
+    group = str(a.get("group", name))
+    if "activity" in a:
+        kind = a["activity"]
+        if kind not in _KINDS:
+            raise RulesError(f"{where}: unknown activity {kind!r}; known: {sorted(_KINDS)}")
+        at_least = a.get("at_least", 1)
+        if not isinstance(at_least, int) or at_least < 1:
+            raise RulesError(f"{where}: 'at_least' must be a positive integer")
+        return Adjustment(name, float(points), group, activity=kind, at_least=at_least)
+    fld = a.get("field")
+    if fld not in PROFILE_FIELDS:
+        raise RulesError(f"{where}: needs 'activity', or 'field' (one of {PROFILE_FIELDS})")
+    return Adjustment(
+        name, float(points), group, field=fld, pattern=_regex(a.get("matches"), where)
+    )
+
+
+def _regex(value: Any, where: str) -> re.Pattern[str]:
+    if not isinstance(value, str) or not value:
+        raise RulesError(f"{where}: a regular expression is required")
+    try:
+        return re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise RulesError(f"{where}: invalid regular expression {value!r}: {exc}") from None
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise RulesError(f"{where}: expected a list")
+    return value

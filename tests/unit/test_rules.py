@@ -1,0 +1,170 @@
+"""Scoring rules: caps hold, disqualifiers win, requirements cap, and explanations still add up."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.events import ActivityKind
+from domain.explain import contributions, reference_row
+from domain.features import features
+from domain.lead import Lead
+from domain.processing import apply_batch, event_time
+from domain.rules import NO_RULES, RulesError, ScoringRules, apply, parse
+from domain.scoring import ScoreCard
+from leadscore.modelstore import load_scorer
+from leadscore.rulebook import RuleBook, load_file
+from tests.factories import T0, activity, created
+
+ROOT = Path(__file__).resolve().parents[2]
+V1 = load_scorer(ROOT / "models" / "onnx", "v1")
+
+
+def card(total: float) -> ScoreCard:
+    return ScoreCard(total=total, fit=50.0, engagement=50.0, grade="B2", model_version="v1")
+
+
+def lead_with(demos: int = 0, **profile: object) -> Lead:
+    lead = Lead.open(created(**(profile or {"email": "ada@bigco.io", "title": "CTO"})))
+    for n in range(demos):
+        lead.handle(activity(ActivityKind.DEMO_REQUEST, at=T0 + timedelta(hours=n + 1)))
+    return lead
+
+
+points = st.floats(min_value=-40, max_value=40, allow_nan=False)
+
+
+@given(st.lists(points, min_size=1, max_size=6), st.floats(0, 30), st.floats(0, 100))
+def test_a_group_never_moves_the_score_more_than_its_cap(
+    rule_points: list[float], cap: float, model: float
+) -> None:
+    rules = parse(
+        {
+            "version": 1,
+            "adjustments": [
+                {"name": f"r{i}", "activity": "demo_request", "points": p, "group": "g"}
+                for i, p in enumerate(rule_points)
+            ],
+            "caps": {"g": cap},
+        }
+    )
+    effect = apply(rules, lead_with(demos=1), card(model))
+    moved = sum(v for k, v in effect.parts.items() if k != "rule:bounds")
+    assert abs(moved) <= cap + 1e-9
+    assert 0.0 <= effect.card.total <= 100.0
+    assert math.isclose(model + sum(effect.parts.values()), effect.card.total, abs_tol=0.05)
+
+
+@given(st.lists(points, max_size=4), st.floats(0, 100))
+def test_disqualifiers_win_over_everything(rule_points: list[float], model: float) -> None:
+    rules = parse(
+        {
+            "version": 1,
+            "adjustments": [
+                {"name": f"r{i}", "activity": "demo_request", "points": p}
+                for i, p in enumerate(rule_points)
+            ],
+            "disqualify": {"email_domains": ["Rival.example"]},
+        }
+    )
+    effect = apply(rules, lead_with(demos=3, email="x@rival.example"), card(model))
+    assert effect.card.total == 0.0
+    if model + sum(max(-100, min(100, p)) for p in rule_points) > 0:
+        assert "rival.example" in effect.labels["rule:disqualified"]
+
+
+def test_free_mail_and_titles_disqualify_when_configured() -> None:
+    rules = parse({"version": 1, "disqualify": {"free_mail": True, "titles": [r"\bstudent\b"]}})
+    assert apply(rules, lead_with(email="a@gmail.com"), card(80)).card.total == 0.0
+    assert apply(rules, lead_with(title="PhD Student", email="a@u.edu"), card(80)).card.total == 0
+    kept = apply(rules, lead_with(title="CTO", email="a@bigco.io"), card(80))
+    assert kept.card.total == 80.0 and kept.parts == {}
+
+
+def test_a_missing_required_field_caps_the_score() -> None:
+    rules = parse({"version": 1, "required": ["email", "company"]})
+    effect = apply(rules, lead_with(email="a@bigco.io", title="CTO"), card(72.5))
+    assert effect.card.total == 30.0
+    assert effect.labels["rule:required"] == "missing company"
+    assert math.isclose(effect.parts["rule:required"], -42.5)
+    assert apply(rules, lead_with(email="a@b.io", company="B"), card(72.5)).card.total == 72.5
+
+
+def test_no_rules_leave_the_model_alone() -> None:
+    effect = apply(NO_RULES, lead_with(demos=2), card(64.2))
+    assert effect.card == card(64.2) and effect.parts == {}
+
+
+def test_rules_and_model_factors_add_up_to_the_score_minus_the_reference() -> None:
+    rules = parse(
+        {
+            "version": 1,
+            "adjustments": [{"name": "asked for a demo", "activity": "demo_request", "points": 9}],
+        }
+    )
+    lead = lead_with(demos=2)
+    row = features(lead, event_time(lead))
+    effect = apply(rules, lead, card(round(100 * float(V1.predict([row])[0]), 1)))
+    ((reference, parts),) = contributions([row], V1.predict)
+    assert math.isclose(
+        reference + sum(parts.values()) + sum(effect.parts.values()),
+        effect.card.total,
+        abs_tol=0.1,  # the total is rounded to 0.1
+    )
+    assert math.isclose(reference, 100 * float(V1.predict([reference_row(row)])[0]))
+
+
+def test_a_batch_applies_each_orgs_rules_and_explains_them() -> None:
+    strict = parse({"version": 7, "disqualify": {"email_domains": ["example.io"]}})
+    vip = {"name": "VIP", "field": "title", "points": 5, "matches": "engineering"}
+    bonus = parse({"version": 2, "adjustments": [vip]})
+    book = {"org-strict": strict, "org-bonus": bonus}
+    events = [created(lead="a", org="org-strict"), created(lead="b", org="org-bonus")]
+    out = apply_batch(events, {}, V1, event_time, T0, lambda org: book.get(org, NO_RULES))
+    leads = {lead.org_id: lead for lead in out.touched.values()}
+    assert leads["org-strict"].score == 0.0
+    assert any(f["label"].startswith("disqualified") for f in leads["org-strict"].factors)
+    assert any(f["label"] == "VIP" and f["contribution"] == 5.0 for f in leads["org-bonus"].factors)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "expected a mapping"),
+        ({"adjustments": []}, "'version'"),
+        ({"version": 1, "weights": {}}, "unknown keys ['weights']"),
+        ({"version": 1, "adjustments": [{"name": "x", "points": 1}]}, "needs 'activity'"),
+        ({"version": 1, "adjustments": [{"name": "x", "points": 1, "activity": "call"}]}, "call"),
+        (
+            {"version": 1, "adjustments": [{"name": "x", "points": 1, "field": "title"}]},
+            "regular expression is required",
+        ),
+        ({"version": 1, "disqualify": {"titles": ["(unclosed"]}}, "invalid regular expression"),
+        ({"version": 1, "required": ["phone"]}, "not profile fields"),
+        ({"version": 1, "caps": {"g": -1}}, "non-negative"),
+    ],
+)
+def test_bad_configurations_say_what_is_wrong(doc: object, message: str) -> None:
+    with pytest.raises(RulesError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse(doc, "test.yaml")
+
+
+def test_the_rulebook_reads_the_default_and_org_files(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text("version: 1\nrequired: [email]\n")
+    (tmp_path / "org-9.yaml").write_text("version: 4\n")
+    book = RuleBook.load(tmp_path)
+    assert book("org-9").version == "4" and book("org-9").required == ()
+    assert book("anyone-else").required == ("email",)
+    (tmp_path / "broken.yaml").write_text("version: [1\n")
+    with pytest.raises(RulesError, match="broken.yaml"):
+        RuleBook.load(tmp_path)
+
+
+def test_the_shipped_configurations_are_valid() -> None:
+    for path in sorted((ROOT / "config" / "scoring").glob("*.yaml")):
+        assert isinstance(load_file(path), ScoringRules)
