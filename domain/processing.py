@@ -64,7 +64,45 @@ def apply_batch(
             out.duplicates += 1
 
     to_score = list(out.touched.values())
+    out.scored = _score(
+        to_score, [clock(lead) for lead in to_score], last_cause, scorer, scored_at, rules_for
+    )
+    return out
+
+
+def rescore(
+    leads: Iterable[Lead],
+    scorer: Scorer,
+    clock: Callable[[Lead], datetime],
+    scored_at: datetime,
+    cause: str,
+    rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
+) -> BatchOutcome:
+    """Score leads with no new event: as of a later time (decay) or with another model
+    (replay). ``clock(lead)`` is the time each is scored as of.
+
+    Only leads whose score, grade or model changes record a LeadScored (caused by
+    ``cause``) and come back in ``touched``; so rescoring twice records nothing new.
+    """
+    to_score = list(leads)
+    out = BatchOutcome()
+    causes = {lead.id: cause for lead in to_score}
+    before = {lead.id: lead.version for lead in to_score}
     now = [clock(lead) for lead in to_score]
+    out.scored = _score(to_score, now, causes, scorer, scored_at, rules_for)
+    out.touched = {lead.id: lead for lead in to_score if lead.version != before[lead.id]}
+    return out
+
+
+def _score(
+    to_score: list[Lead],
+    now: list[datetime],
+    causes: Mapping[UUID, str],
+    scorer: Scorer,
+    scored_at: datetime,
+    rules_for: Callable[[str], ScoringRules],
+) -> int:
+    """Score leads in one model call, apply rules, record changed scores; count them."""
     rows = [features(lead, at) for lead, at in zip(to_score, now, strict=True)]
     effects = [
         apply_rules(rules_for(lead.org_id), lead, card)
@@ -91,11 +129,10 @@ def apply_batch(
             grade=card.grade,
             model_version=card.model_version,
             factors=factors.get(lead.id, lead.factors),
-            caused_by_event_id=last_cause[lead.id],
+            caused_by_event_id=causes[lead.id],
             scored_at=scored_at,
         )
-        out.scored += 1
-    return out
+    return len(changed)
 
 
 def event_time(lead: Lead) -> datetime:

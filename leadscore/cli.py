@@ -161,6 +161,57 @@ def models_list() -> None:
 
 
 @app.command()
+def replay(
+    model: Annotated[str, typer.Option(help="The model version to rescore with, e.g. v2")],
+    org: Annotated[str | None, typer.Option(help="Only this org's leads")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Backtest against the active model; write nothing")
+    ] = False,
+) -> None:
+    """Rescore history with another model, or backtest it (--dry-run).
+
+    Rerunning an interrupted replay resumes it: leads already rescored do not change.
+    """
+    from rich.progress import TaskProgressColumn, TimeElapsedColumn
+
+    from leadscore import replay as replays
+    from leadscore.bootstrap import bootstrap
+    from leadscore.modelstore import ModelNotFoundError, load_scorer
+
+    s = get_settings()
+    try:
+        candidate = load_scorer(Path(s.model_dir), model)
+    except ModelNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    engine = bootstrap(s)
+    try:
+        if dry_run:
+            with console.status("replaying the history into labelled rows, scoring both"):
+                report = replays.backtest(engine.store, candidate, engine.scorer, org)
+            table = Table("metric", f"candidate {model}", f"active {engine.scorer.version}")
+            for key in ("auc", "log_loss", "brier", "lift_top_decile", "ece", "mean_predicted"):
+                table.add_row(key, str(report["candidate"][key]), str(report["active"][key]))
+            console.print(table)
+            rows, conversions = report["rows"], report["conversions"]
+            console.print(f"{rows:,} labelled leads, {conversions:,} conversions")
+            return
+        total = replays.count_leads(engine.store, org)
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.speed} leads/s"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console,
+        )  # fmt: skip
+        with progress:
+            task = progress.add_task(f"rescoring with {model}", total=total)
+            done = replays.replay(
+                engine, candidate, org, on_batch=lambda n, _c: progress.advance(task, n)
+            )
+        console.print(f"{done.leads:,} leads rescored with {model}; {done.rescored:,} changed")
+    finally:
+        engine.close()
+
+
+@app.command()
 def demo(
     orgs: int = 5,
     leads: int = 2_000,

@@ -45,6 +45,12 @@ class Settings:
     # when it is a server (embedded chdb belongs to the API process).
     worker_projections: str = "auto"
 
+    # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
+    # score is older than `after` as of now; 0 turns it off.
+    decay_interval_s: int = 300
+    decay_after_s: int = 3600
+    decay_batch: int = 1000
+
     metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
 
     api_host: str = "127.0.0.1"

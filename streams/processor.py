@@ -11,13 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 import structlog
 
 from domain.events import LeadEvent
 from domain.lead import Lead
-from domain.processing import apply_batch, event_time, lead_ids
+from domain.processing import apply_batch, event_time, lead_ids, rescore
 from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Scorer, check_model
 from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
@@ -253,6 +254,27 @@ class BatchProcessor:
             stats.duplicates += outcome.duplicates
             stats.scored += outcome.scored
             return
+        raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
+
+    def rescore(self, ids: Sequence[UUID], clock: Callable[[Lead], datetime], cause: str) -> int:
+        """Rescore stored leads as of ``clock(lead)`` (decay, replay); returns scores recorded.
+
+        Like a batch: one transaction, and a lead written meanwhile by another worker is
+        reloaded and rescored, or skipped if it was deleted.
+        """
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            leads = [lead for lead in self.store.load(ids).values() if lead is not None]
+            try:
+                outcome = rescore(leads, self.scorer, clock, self.now(), cause, self.rules_for)
+                self.store.save_leads(list(outcome.touched.values()))
+            except ConcurrentWriteError:
+                log.info("concurrent write while rescoring", attempt=attempt, leads=len(ids))
+                continue
+            except BaseException:
+                self.store.evict(ids)
+                raise
+            metrics.SCORES_RECORDED.inc(outcome.scored)
+            return outcome.scored
         raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
 
     def _count(self, stats: BatchStats) -> None:

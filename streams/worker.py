@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import NoReturn
 
 import faust
@@ -17,6 +18,7 @@ from faust.types import Message
 from leadscore.bootstrap import Engine
 from projections.runner import start_projection_thread, worker_projection_names
 from streams import metrics
+from streams.decay import DecayTimer
 from streams.dlq import DeadLetter, DeadLetterError, DeadLetterSink, RawMessage, normalize_headers
 from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer, start_relay_thread
@@ -79,6 +81,22 @@ def create_app(engine: Engine) -> faust.App:
                 dead_lettered=stats.dead_lettered,
                 scored=stats.scored,
             )
+
+    if s.decay_interval_s > 0:
+        decay = DecayTimer(
+            engine.processor,
+            s.pg_dsn,
+            after=timedelta(seconds=s.decay_after_s),
+            batch=s.decay_batch,
+        )
+
+        @app.timer(interval=float(s.decay_interval_s))
+        async def rescore_stale() -> None:
+            # The same single thread as the batches: the event store is used by one at a time.
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, decay.tick)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("decay tick skipped; next interval retries", error=repr(exc))
 
     return app
 

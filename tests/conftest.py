@@ -18,7 +18,11 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     # The model alone: the repository's scoring rules (config/scoring) are the demo's;
     # tests that exercise rules point the engine at rules of their own.
     no_rules = tmp_path_factory.mktemp("no-scoring-rules")
-    return dataclasses.replace(Settings.from_env(), scoring_config_dir=str(no_rules))
+    # No decay timer either: tests compare states that must not move under them; the
+    # timer's own tests drive it.
+    return dataclasses.replace(
+        Settings.from_env(), scoring_config_dir=str(no_rules), decay_interval_s=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,59 @@
+"""The decay timer on real PostgreSQL: quiet leads are rescored, once, from the store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from leadscore.bootstrap import bootstrap
+from leadscore.eventstore import SCORED_TOPIC, open_store
+from leadscore.settings import Settings
+from leadscore.workload import generate
+from streams.decay import DecayTimer
+from tests.integration.test_api import project
+from tests.integration.test_pipeline import encoded
+
+pytestmark = pytest.mark.integration
+
+
+def decay_scores(settings: Settings) -> list:  # type: ignore[type-arg]
+    store = open_store(settings.pg_dsn, cache_size=0)
+    try:
+        notes, after = [], 0
+        while batch := store.notifications(after, 5000, topics=[SCORED_TOPIC]):
+            notes += batch
+            after = batch[-1].id
+        events = [store.to_event(n) for n in notes]
+        return [e for e in events if e.caused_by_event_id.startswith("decay:")]
+    finally:
+        store.close()
+
+
+def test_quiet_leads_decay_and_unchanged_scores_record_nothing(settings: Settings) -> None:
+    history = list(generate(1, 300, 3_000, seed=5))
+    engine = bootstrap(settings)  # the real ONNX model: it reads engagement and recency
+    try:
+        values = encoded(engine, history)
+        for i in range(0, len(values), 500):
+            engine.processor.process(values[i : i + 500])
+        asyncio.run(project(settings))  # lead_scores: where the timer finds candidates
+        # Scores are stamped with the wall clock; the timer's clock runs past both.
+        latest = max(max(e.occurred_at for e in history), datetime.now(UTC))
+        far = latest + timedelta(days=120)
+        timer = DecayTimer(
+            engine.processor, settings.pg_dsn, after=timedelta(0), batch=10_000, clock=lambda: far
+        )
+        changed = timer.tick()
+        assert changed > 0
+        decayed = decay_scores(settings)
+        assert len(decayed) == changed
+        cause = f"decay:{far.isoformat()}"
+        assert all(e.caused_by_event_id == cause and e.score <= e.previous_score for e in decayed)
+        # The read model now holds the decayed scores; the rest had nothing to lose.
+        asyncio.run(project(settings))
+        assert timer.tick() == 0
+        assert len(decay_scores(settings)) == changed
+    finally:
+        engine.close()
