@@ -18,7 +18,7 @@ import structlog
 
 from domain.events import LeadEvent
 from domain.lead import Lead
-from domain.processing import apply_batch, event_time, lead_ids, rescore
+from domain.processing import BatchOutcome, apply_batch, event_time, lead_ids, rescore
 from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Scorer, check_model
 from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
@@ -234,14 +234,42 @@ class BatchProcessor:
         return pairs
 
     def _apply(self, events: Sequence[LeadEvent], stats: BatchStats) -> None:
-        """Apply, score and store in one transaction; a version conflict reloads and retries."""
-        ids = lead_ids(events)
+        """Apply, score and store in one transaction."""
+        outcome = self._transaction(
+            lead_ids(events),
+            lambda leads: apply_batch(
+                events, leads, self.scorer, self.clock, self.now(), self.rules_for
+            ),
+        )
+        stats.applied += outcome.applied
+        stats.duplicates += outcome.duplicates
+        stats.scored += outcome.scored
+
+    def rescore(self, ids: Sequence[UUID], clock: Callable[[Lead], datetime], cause: str) -> int:
+        """Rescore stored leads as of ``clock(lead)`` (decay, replay); returns scores recorded."""
+        outcome = self._transaction(
+            set(ids),
+            lambda leads: rescore(
+                [lead for lead in leads.values() if lead is not None],
+                self.scorer,
+                clock,
+                self.now(),
+                cause,
+                self.rules_for,
+            ),  # fmt: skip
+        )
+        metrics.SCORES_RECORDED.inc(outcome.scored)
+        return outcome.scored
+
+    def _transaction(
+        self, ids: set[UUID], work: Callable[[dict[UUID, Lead | None]], BatchOutcome]
+    ) -> BatchOutcome:
+        """Load the leads, let ``work`` change them, save what it touched in one
+        transaction; a version conflict (another writer of a lead) reloads and retries."""
         for attempt in range(MAX_CONFLICT_RETRIES):
             leads = self.store.load(ids)
             try:
-                outcome = apply_batch(
-                    events, leads, self.scorer, self.clock, self.now(), self.rules_for
-                )
+                outcome = work(leads)
                 self.store.save_leads(list(outcome.touched.values()))
             except ConcurrentWriteError:
                 log.info("concurrent write, reloading leads", attempt=attempt, leads=len(ids))
@@ -250,31 +278,7 @@ class BatchProcessor:
                 # The cache holds the aggregates we mutated: drop them, history is intact.
                 self.store.evict(ids)
                 raise
-            stats.applied += outcome.applied
-            stats.duplicates += outcome.duplicates
-            stats.scored += outcome.scored
-            return
-        raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
-
-    def rescore(self, ids: Sequence[UUID], clock: Callable[[Lead], datetime], cause: str) -> int:
-        """Rescore stored leads as of ``clock(lead)`` (decay, replay); returns scores recorded.
-
-        Like a batch: one transaction, and a lead written meanwhile by another worker is
-        reloaded and rescored, or skipped if it was deleted.
-        """
-        for attempt in range(MAX_CONFLICT_RETRIES):
-            leads = [lead for lead in self.store.load(ids).values() if lead is not None]
-            try:
-                outcome = rescore(leads, self.scorer, clock, self.now(), cause, self.rules_for)
-                self.store.save_leads(list(outcome.touched.values()))
-            except ConcurrentWriteError:
-                log.info("concurrent write while rescoring", attempt=attempt, leads=len(ids))
-                continue
-            except BaseException:
-                self.store.evict(ids)
-                raise
-            metrics.SCORES_RECORDED.inc(outcome.scored)
-            return outcome.scored
+            return outcome
         raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
 
     def _count(self, stats: BatchStats) -> None:
