@@ -42,7 +42,7 @@ from projections.base import ProjectionRunner
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
 from tests.factories import FixedScorer, activity, created
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import encoded, store_history
 
 pytestmark = pytest.mark.integration
 
@@ -174,13 +174,7 @@ def seed_events(settings: Settings) -> None:
         activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
         activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
     ]
-    engine = bootstrap(settings, scorer=FixedScorer())
-    try:
-        values = encoded(engine, events)
-        for i in range(0, len(values), 150):
-            engine.processor.process(values[i : i + 150])
-    finally:
-        engine.close()
+    store_history(settings, events, FixedScorer(), batch=150)
 
 
 async def project(settings: Settings) -> None:

@@ -23,7 +23,6 @@ from clickhouse_connect.driver.client import Client
 
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES
-from leadscore.bootstrap import bootstrap
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from projections.analytics import Analytics
@@ -31,7 +30,7 @@ from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogEntry, LogReader
 from tests.factories import FixedScorer, activity, created, outcome
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import store_history
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +66,7 @@ def history(settings: Settings) -> None:
     events = list(generate(2, 30, 300, seed=11)) + shared_leads()
     half = len(events) // 2
     for scorer, part in ((FixedScorer(), events[:half]), (SecondModel(), events[half:])):
-        engine = bootstrap(settings, scorer=scorer)
-        try:
-            values = encoded(engine, part)
-            for i in range(0, len(values), 60):
-                engine.processor.process(values[i : i + 60])
-        finally:
-            engine.close()
+        store_history(settings, part, scorer, batch=60)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.decay import DecayTimer
 from tests.integration.test_api import project
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import process_all
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,7 @@ def test_quiet_leads_decay_and_unchanged_scores_record_nothing(settings: Setting
     history = list(generate(1, 300, 3_000, seed=5))
     engine = bootstrap(settings)  # the real ONNX model: it reads engagement and recency
     try:
-        values = encoded(engine, history)
-        for i in range(0, len(values), 500):
-            engine.processor.process(values[i : i + 500])
+        process_all(engine, history)
         asyncio.run(project(settings))  # lead_scores: where the timer finds candidates
         # Scores are stamped with the wall clock; the timer's clock runs past both.
         latest = max(max(e.occurred_at for e in history), datetime.now(UTC))

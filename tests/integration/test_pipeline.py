@@ -10,6 +10,7 @@ from confluent_kafka import Consumer
 
 from domain.events import ActivityKind
 from domain.lead import lead_aggregate_id, score_event_id
+from domain.scoring import Scorer
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.eventstore import SCORED_TOPIC
 from leadscore.settings import Settings
@@ -31,6 +32,27 @@ def engine(settings: Settings) -> Iterator[Engine]:
 def encoded(engine: Engine, events: list) -> list[bytes]:  # type: ignore[type-arg]
     enc = AvroTopic(engine.catalog, engine.settings.topic_lead_events, LEAD_EVENT_SCHEMA)
     return [enc.encode(event_to_record(ev)) for ev in events]
+
+
+def process_all(engine: Engine, events: list, batch: int = 500) -> None:  # type: ignore[type-arg]
+    """Feed lead-events through the engine's real processor, in batches, as a worker would."""
+    values = encoded(engine, events)
+    for i in range(0, len(values), batch):
+        engine.processor.process(values[i : i + batch])
+
+
+def store_history(
+    settings: Settings,
+    events: list,  # type: ignore[type-arg]
+    scorer: Scorer | None = None,
+    batch: int = 500,
+) -> None:
+    """Store ``events`` with a short-lived engine (the committed model unless ``scorer``)."""
+    e = bootstrap(settings, scorer=scorer)
+    try:
+        process_all(e, events, batch)
+    finally:
+        e.close()
 
 
 def consume_all(

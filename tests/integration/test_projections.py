@@ -10,7 +10,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from leadscore.bootstrap import bootstrap
 from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from leadscore.workload import generate
@@ -19,7 +18,7 @@ from projections.log import LogReader
 from projections.postgres import PROFILE_COLUMNS, PostgresProjection
 from projections.redis import RedisProjection
 from tests.factories import FixedScorer
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import store_history
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def history(settings: Settings) -> dict[str, Any]:
     """A real history in the event store: two orgs, their leads, scores and outcomes."""
-    engine = bootstrap(settings, scorer=FixedScorer())
-    try:
-        events = list(generate(2, 60, 900, seed=21))
-        values = encoded(engine, events)
-        for i in range(0, len(values), 200):
-            engine.processor.process(values[i : i + 200])
-    finally:
-        engine.close()
+    store_history(settings, list(generate(2, 60, 900, seed=21)), FixedScorer(), batch=200)
     return expected_state(settings)
 
 

@@ -20,7 +20,7 @@ from leadscore.replay import backtest, count_leads, replay
 from leadscore.settings import ROOT, Settings, settings_env
 from leadscore.training import train_from_store
 from leadscore.workload import generate
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import store_history
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,7 @@ def history(settings: Settings, tmp_path: Path) -> Settings:
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models" / "onnx" / "v1", models / "v1")
     s = dataclasses.replace(settings, model_dir=str(models), model_version="v1")
-    engine = bootstrap(s)
-    try:
-        values = encoded(engine, list(generate(1, 400, 5_000, seed=8)))
-        for i in range(0, len(values), 500):
-            engine.processor.process(values[i : i + 500])
-    finally:
-        engine.close()
+    store_history(s, list(generate(1, 400, 5_000, seed=8)))
     train_from_store("v9", models, s.pg_dsn, num_trees=20)
     return s
 

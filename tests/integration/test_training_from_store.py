@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leadscore.bootstrap import bootstrap
 from leadscore.eventstore import open_store
 from leadscore.history import lead_events
 from leadscore.settings import Settings
 from leadscore.training import NotEnoughOutcomesError, snapshots, train_from_store
 from leadscore.workload import generate
 from tests.factories import FixedScorer
-from tests.integration.test_pipeline import encoded
+from tests.integration.test_pipeline import store_history
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +32,7 @@ def rows_by_lead(events):  # type: ignore[no-untyped-def]
 
 def stored(settings: Settings) -> list:  # type: ignore[type-arg]
     history = list(generate(2, 600, 9_000, seed=21))
-    engine = bootstrap(settings, scorer=FixedScorer())
-    try:
-        values = encoded(engine, history)
-        for i in range(0, len(values), 500):
-            engine.processor.process(values[i : i + 500])
-    finally:
-        engine.close()
+    store_history(settings, history, FixedScorer())
     return history
 
 
