@@ -107,6 +107,14 @@ class LeadStore(Application[UUID]):
             after, limit, topics=topics, inclusive_of_start=False
         )
 
+    def all_notifications(
+        self, topics: Sequence[str] = (), after: int = 0, batch: int = 5_000
+    ) -> Iterator[Notification]:
+        """Every notification after ``after`` (of ``topics``), read in batches, in log order."""
+        while page := self.notifications(after, batch, topics=topics):
+            yield from page
+            after = page[-1].id
+
     def to_event(self, notification: Notification) -> Any:
         return self.mapper.to_domain_event(notification)
 

@@ -14,7 +14,6 @@ from domain.events import ActivityKind, EventType, LeadEvent
 from domain.lead import Lead
 from leadscore.eventstore import LeadStore
 
-BATCH = 5_000
 _LEAD_EVENTS = (
     Lead.LeadCreated,
     Lead.LeadUpdated,
@@ -31,13 +30,10 @@ TOPICS = tuple(f"{cls.__module__}:{cls.__qualname__}" for cls in _LEAD_EVENTS)
 
 def lead_events(store: LeadStore, org: str | None = None) -> Iterator[LeadEvent]:
     """Every stored lead-event (of ``org``, or of all orgs), in log order."""
-    after = 0
-    while batch := store.notifications(after, BATCH, topics=TOPICS):
-        for note in batch:
-            ev = as_lead_event(store.to_event(note), note.id)
-            if org is None or ev.org_id == org:
-                yield ev
-        after = batch[-1].id
+    for note in store.all_notifications(TOPICS):
+        ev = as_lead_event(store.to_event(note), note.id)
+        if org is None or ev.org_id == org:
+            yield ev
 
 
 def as_lead_event(ev: Any, position: int) -> LeadEvent:

@@ -28,7 +28,7 @@ from domain.scoring import Scorer
 from leadscore.bootstrap import Engine
 from leadscore.eventstore import LeadStore
 from leadscore.history import lead_events
-from leadscore.training import _arrays, evaluate, snapshots
+from leadscore.training import build_dataset, evaluate
 from streams.processor import BatchProcessor
 
 BATCH = 500
@@ -38,11 +38,10 @@ _CREATED = f"{Lead.LeadCreated.__module__}:{Lead.LeadCreated.__qualname__}"
 def backtest(
     store: LeadStore, candidate: Scorer, active: Scorer, org: str | None = None
 ) -> dict[str, Any]:
-    rows = list(snapshots(lead_events(store, org)))
-    if not rows:
+    X, y, _t = build_dataset(lead_events(store, org))
+    if len(y) == 0:
         raise ValueError("no labelled leads in the history yet")
-    X, y, _t = _arrays(rows)
-    out: dict[str, Any] = {"rows": len(rows), "conversions": int(np.sum(y))}
+    out: dict[str, Any] = {"rows": len(y), "conversions": int(np.sum(y))}
     for name, scorer in (("candidate", candidate), ("active", active)):
         metrics = evaluate(y, np.asarray(scorer.predict(X), dtype=np.float64))
         out[name] = {"version": scorer.version, **metrics}
@@ -51,12 +50,9 @@ def backtest(
 
 def lead_ids(store: LeadStore, org: str | None = None) -> Iterator[UUID]:
     """Every stored lead (of ``org``), in the order they were created."""
-    after = 0
-    while batch := store.notifications(after, 5_000, topics=[_CREATED]):
-        for note in batch:
-            if org is None or store.to_event(note).org_id == org:
-                yield note.originator_id
-        after = batch[-1].id
+    for note in store.all_notifications([_CREATED]):
+        if org is None or store.to_event(note).org_id == org:
+            yield note.originator_id
 
 
 @dataclass

@@ -14,13 +14,13 @@ the others; the aggregates themselves are loaded from the event store.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import psycopg
 import structlog
 
-from streams.processor import BatchProcessor
+from streams.processor import BatchProcessor, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -30,10 +30,6 @@ WHERE updated_at < %s AND engagement > 0 AND aggregate_id > %s
 ORDER BY aggregate_id LIMIT %s
 """
 _START = UUID(int=0)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class DecayTimer:

@@ -21,11 +21,7 @@ pytestmark = pytest.mark.integration
 def decay_scores(settings: Settings) -> list:  # type: ignore[type-arg]
     store = open_store(settings.pg_dsn, cache_size=0)
     try:
-        notes, after = [], 0
-        while batch := store.notifications(after, 5000, topics=[SCORED_TOPIC]):
-            notes += batch
-            after = batch[-1].id
-        events = [store.to_event(n) for n in notes]
+        events = [store.to_event(n) for n in store.all_notifications([SCORED_TOPIC])]
         return [e for e in events if e.caused_by_event_id.startswith("decay:")]
     finally:
         store.close()

@@ -38,14 +38,11 @@ def history(settings: Settings, tmp_path: Path) -> Settings:
 
 def replay_causes(engine) -> Counter[str]:  # type: ignore[no-untyped-def]
     seen: Counter[str] = Counter()
-    after = 0
-    while batch := engine.store.notifications(after, 5000, topics=[SCORED_TOPIC]):
-        for note in batch:
-            ev = engine.store.to_event(note)
-            if ev.caused_by_event_id == "replay:v9":
-                assert ev.model_version == "v9"
-                seen[ev.lead_id] += 1
-        after = batch[-1].id
+    for note in engine.store.all_notifications([SCORED_TOPIC]):
+        ev = engine.store.to_event(note)
+        if ev.caused_by_event_id == "replay:v9":
+            assert ev.model_version == "v9"
+            seen[ev.lead_id] += 1
     return seen
 
 
