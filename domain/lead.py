@@ -92,6 +92,8 @@ class Lead(Aggregate):
         self.grade: str | None = None
         self.model_version: str | None = None
         self.factors: list[dict[str, Any]] = []  # the current score's explanation
+        self.stage: str | None = None  # lead, mql, sql, disqualified (with thresholds)
+        self.rules_version: str | None = None
         self.score_count = 0
 
     # -- commands ---------------------------------------------------------
@@ -156,6 +158,8 @@ class Lead(Aggregate):
         factors: list[dict[str, Any]],
         caused_by_event_id: str,
         scored_at: datetime,
+        stage: str | None = None,
+        rules_version: str | None = None,
     ) -> None:
         self._scored(
             org_id=self.org_id,
@@ -168,6 +172,10 @@ class Lead(Aggregate):
             factors=factors,
             caused_by_event_id=caused_by_event_id,
             scored_at=scored_at,
+            previous_grade=self.grade,
+            stage=stage,
+            previous_stage=self.stage,
+            rules_version=rules_version,
         )
 
     # -- events (their bodies are how state evolves, also on replay) ------
@@ -240,11 +248,18 @@ class Lead(Aggregate):
         factors: list[dict[str, Any]],
         caused_by_event_id: str,
         scored_at: datetime,
+        # Added after the first release: events stored before have none, hence defaults.
+        previous_grade: str | None = None,
+        stage: str | None = None,
+        previous_stage: str | None = None,
+        rules_version: str | None = None,
     ) -> None:
         self.score = score
         self.grade = grade
         self.model_version = model_version
         self.factors = factors
+        self.stage = stage
+        self.rules_version = rules_version
         self.score_count += 1
 
     # -- pure helpers -----------------------------------------------------

@@ -11,9 +11,40 @@ from domain.events import LeadEvent
 from domain.explain import contributions, top_factors
 from domain.features import features
 from domain.lead import Lead, lead_aggregate_id
-from domain.rules import NO_RULES, ScoringRules
+from domain.rules import NO_RULES, RuleEffect, ScoringRules, stage_of
 from domain.rules import apply as apply_rules
-from domain.scoring import Scorer, is_change, needs_explanation, score_leads
+from domain.scoring import (
+    ScoreCard,
+    Scorer,
+    ScorerFor,
+    is_change,
+    needs_explanation,
+    route,
+    score_leads,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one model saw and said for one org's leads in a batch (for drift)."""
+
+    org_id: str
+    model_version: str
+    rows: list[list[float]]
+    scores: list[float]  # the model's score, 0-100, before the org's rules
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowScore:
+    """A shadow model's score of a lead beside the active one's: recorded, never published."""
+
+    aggregate_id: UUID
+    org_id: str
+    lead_id: str
+    active_version: str
+    active_score: float
+    shadow_version: str
+    shadow_score: float
 
 
 @dataclass
@@ -24,6 +55,8 @@ class BatchOutcome:
     duplicates: int = 0
     scored: int = 0
     touched: dict[UUID, Lead] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
+    shadows: list[ShadowScore] = field(default_factory=list)
 
 
 def lead_ids(events: Iterable[LeadEvent]) -> set[UUID]:
@@ -33,16 +66,18 @@ def lead_ids(events: Iterable[LeadEvent]) -> set[UUID]:
 def apply_batch(
     events: Iterable[LeadEvent],
     leads: Mapping[UUID, Lead | None],
-    scorer: Scorer,
+    scorer: Scorer | ScorerFor,
     clock: Callable[[Lead], datetime],
     scored_at: datetime,
     rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
+    shadow_for: Callable[[str], Scorer | None] = lambda _org: None,
 ) -> BatchOutcome:
     """Apply events in order to their leads, then score every lead that changed, once.
 
     ``leads`` holds the current state of each lead the batch touches (None when new).
-    ``clock(lead)`` is the time a lead is scored as of; ``rules_for(org)`` the org's
-    scoring rules, applied to the model's score (domain/rules.py).
+    ``scorer`` is one model, or the model for each org; ``clock(lead)`` is the time a
+    lead is scored as of; ``rules_for(org)`` the org's scoring rules, applied to the
+    model's score (domain/rules.py); ``shadow_for(org)`` a model scoring beside it.
     """
     out = BatchOutcome()
     current: dict[UUID, Lead | None] = dict(leads)
@@ -64,19 +99,19 @@ def apply_batch(
             out.duplicates += 1
 
     to_score = list(out.touched.values())
-    out.scored = _score(
-        to_score, [clock(lead) for lead in to_score], last_cause, scorer, scored_at, rules_for
-    )
+    now = [clock(lead) for lead in to_score]
+    _score(out, to_score, now, last_cause, route(scorer), scored_at, rules_for, shadow_for)
     return out
 
 
 def rescore(
     leads: Iterable[Lead],
-    scorer: Scorer,
+    scorer: Scorer | ScorerFor,
     clock: Callable[[Lead], datetime],
     scored_at: datetime,
     cause: str,
     rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
+    shadow_for: Callable[[str], Scorer | None] = lambda _org: None,
 ) -> BatchOutcome:
     """Score leads with no new event: as of a later time (decay) or with another model
     (replay). ``clock(lead)`` is the time each is scored as of.
@@ -89,39 +124,78 @@ def rescore(
     causes = {lead.id: cause for lead in to_score}
     before = {lead.id: lead.version for lead in to_score}
     now = [clock(lead) for lead in to_score]
-    out.scored = _score(to_score, now, causes, scorer, scored_at, rules_for)
+    _score(out, to_score, now, causes, route(scorer), scored_at, rules_for, shadow_for)
     out.touched = {lead.id: lead for lead in to_score if lead.version != before[lead.id]}
     return out
 
 
 def _score(
+    out: BatchOutcome,
     to_score: list[Lead],
     now: list[datetime],
     causes: Mapping[UUID, str],
-    scorer: Scorer,
+    scorer_for: ScorerFor,
     scored_at: datetime,
     rules_for: Callable[[str], ScoringRules],
-) -> int:
-    """Score leads in one model call, apply rules, record changed scores; count them."""
-    rows = [features(lead, at) for lead, at in zip(to_score, now, strict=True)]
+    shadow_for: Callable[[str], Scorer | None],
+) -> None:
+    """Score leads, one model call per model (and shadow) in use; record changed scores."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    models: dict[int, Scorer | None] = {}
+    for i, lead in enumerate(to_score):
+        active, shadow = scorer_for(lead.org_id), shadow_for(lead.org_id)
+        models[id(active)], models[id(shadow)] = active, shadow
+        groups.setdefault((id(active), id(shadow)), []).append(i)
+    for (active_id, shadow_id), members in groups.items():
+        active = models[active_id]
+        assert active is not None
+        _score_with(
+            out,
+            [to_score[i] for i in members],
+            [now[i] for i in members],
+            causes,
+            active,
+            models[shadow_id],
+            scored_at,
+            rules_for,
+        )
+
+
+def _score_with(
+    out: BatchOutcome,
+    leads: list[Lead],
+    now: list[datetime],
+    causes: Mapping[UUID, str],
+    scorer: Scorer,
+    shadow: Scorer | None,
+    scored_at: datetime,
+    rules_for: Callable[[str], ScoringRules],
+) -> None:
+    """Score leads in one model call, apply rules, record changed scores."""
+    rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
+    cards = score_leads(leads, now, scorer, rows)
+    _observe(out, leads, rows, cards, scorer.version)
+    rules = [rules_for(lead.org_id) for lead in leads]
     effects = [
-        apply_rules(rules_for(lead.org_id), lead, card)
-        for lead, card in zip(to_score, score_leads(to_score, now, scorer, rows), strict=True)
+        apply_rules(r, lead, card) for r, lead, card in zip(rules, leads, cards, strict=True)
     ]
+    stages = [stage_of(r, e) for r, e in zip(rules, effects, strict=True)]
+    if shadow is not None:
+        _shadow(out, leads, now, rows, rules, effects, shadow)
     changed = [
-        (lead, effect, row)
-        for lead, effect, row in zip(to_score, effects, rows, strict=True)
-        if is_change(lead, effect.card)
+        (lead, effect, row, stage, r.version)
+        for lead, effect, row, stage, r in zip(leads, effects, rows, stages, rules, strict=True)
+        if is_change(lead, effect.card) or stage != lead.stage
     ]
     # One more model call for the whole batch explains the material changes; the rules'
     # own points join the model's contributions.
-    explain = [(lead, e, row) for lead, e, row in changed if needs_explanation(lead, e.card)]
-    explained = contributions([row for _lead, _e, row in explain], scorer.predict)
+    explain = [c for c in changed if needs_explanation(c[0], c[1].card)]
+    explained = contributions([c[2] for c in explain], scorer.predict)
     factors = {
         lead.id: top_factors(row, {**parts, **e.parts}, e.labels)
-        for (lead, e, row), (_ref, parts) in zip(explain, explained, strict=True)
+        for (lead, e, row, _s, _v), (_ref, parts) in zip(explain, explained, strict=True)
     }
-    for lead, effect, _row in changed:
+    for lead, effect, _row, stage, rules_version in changed:
         card = effect.card
         lead.record_score(
             score=card.total,
@@ -131,8 +205,52 @@ def _score(
             factors=factors.get(lead.id, lead.factors),
             caused_by_event_id=causes[lead.id],
             scored_at=scored_at,
+            stage=stage,
+            rules_version=None if rules_version == NO_RULES.version else rules_version,
         )
-    return len(changed)
+    out.scored += len(changed)
+
+
+def _observe(
+    out: BatchOutcome,
+    leads: list[Lead],
+    rows: list[list[float]],
+    cards: list[ScoreCard],
+    version: str,
+) -> None:
+    by_org: dict[str, Observation] = {}
+    for lead, row, card in zip(leads, rows, cards, strict=True):
+        seen = by_org.get(lead.org_id)
+        if seen is None:
+            seen = by_org[lead.org_id] = Observation(lead.org_id, version, [], [])
+        seen.rows.append(row)
+        seen.scores.append(card.total)
+    out.observations.extend(by_org.values())
+
+
+def _shadow(
+    out: BatchOutcome,
+    leads: list[Lead],
+    now: list[datetime],
+    rows: list[list[float]],
+    rules: list[ScoringRules],
+    effects: list[RuleEffect],
+    shadow: Scorer,
+) -> None:
+    """The shadow model's score under the same rules, beside the active one's."""
+    cards = score_leads(leads, now, shadow, rows)
+    for lead, r, card, active in zip(leads, rules, cards, effects, strict=True):
+        out.shadows.append(
+            ShadowScore(
+                aggregate_id=lead.id,
+                org_id=lead.org_id,
+                lead_id=lead.lead_id,
+                active_version=active.card.model_version,
+                active_score=active.card.total,
+                shadow_version=shadow.version,
+                shadow_score=apply_rules(r, lead, card).card.total,
+            )
+        )
 
 
 def event_time(lead: Lead) -> datetime:

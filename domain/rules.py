@@ -10,6 +10,10 @@ into ``ScoringRules``; ``apply`` combines it with the model's score, in this ord
 3. **Disqualifiers win**: a competitor or listed email domain, a free-mail address (when
    enabled) or a matching title sets the total to 0, whatever came before.
 
+Then the **stage** (``stage_of``): ``disqualified`` when a disqualifier matched, else
+``sql``/``mql`` when the final total reaches the org's thresholds, else ``lead``; no
+thresholds and no disqualifier: no stage at all.
+
 Each step that moves the total is reported as a factor with the points it moved, so a
 score's factors (model and rules) still add up to the score minus the reference score.
 """
@@ -60,6 +64,8 @@ class ScoringRules:
     blocked_domains: frozenset[str] = frozenset()
     block_free_mail: bool = False
     blocked_titles: tuple[re.Pattern[str], ...] = ()
+    mql: float | None = None  # marketing-qualified from this score
+    sql: float | None = None  # sales-qualified from this score
 
 
 NO_RULES = ScoringRules()
@@ -72,6 +78,7 @@ class RuleEffect:
     card: ScoreCard
     parts: dict[str, float]  # factor name -> points moved
     labels: dict[str, str]  # factor name -> words for a salesperson
+    disqualified: str | None = None  # why, when a disqualifier matched
 
 
 def apply(rules: ScoringRules, lead: Lead, card: ScoreCard) -> RuleEffect:
@@ -109,7 +116,19 @@ def apply(rules: ScoringRules, lead: Lead, card: ScoreCard) -> RuleEffect:
         parts["rule:disqualified"] = -total
         labels["rule:disqualified"] = f"disqualified: {reason}"
         total = 0.0
-    return RuleEffect(replace(card, total=round(total, 1)), parts, labels)
+    return RuleEffect(replace(card, total=round(total, 1)), parts, labels, reason)
+
+
+def stage_of(rules: ScoringRules, effect: RuleEffect) -> str | None:
+    """Where the final score places the lead: disqualified, sql, mql, lead (or None)."""
+    if effect.disqualified is not None:
+        return "disqualified"
+    total = effect.card.total
+    if rules.sql is not None and total >= rules.sql:
+        return "sql"
+    if rules.mql is not None and total >= rules.mql:
+        return "mql"
+    return None if rules.mql is None and rules.sql is None else "lead"
 
 
 def disqualified(rules: ScoringRules, lead: Lead) -> str | None:
@@ -135,7 +154,7 @@ def parse(doc: Any, source: str = "config") -> ScoringRules:
     """Validate a loaded YAML/JSON document; RulesError names the first problem."""
     if not isinstance(doc, dict):
         raise RulesError(f"{source}: expected a mapping at the top level")
-    unknown = set(doc) - {"version", "adjustments", "caps", "required", "disqualify"}
+    unknown = set(doc) - {"version", "adjustments", "caps", "required", "disqualify", "thresholds"}
     if unknown:
         raise RulesError(f"{source}: unknown keys {sorted(unknown)}")
     version = doc.get("version")
@@ -157,8 +176,11 @@ def parse(doc: Any, source: str = "config") -> ScoringRules:
     dq = doc.get("disqualify", {})
     if not isinstance(dq, dict) or set(dq) - {"email_domains", "free_mail", "titles"}:
         raise RulesError(f"{source}: 'disqualify' takes email_domains, free_mail, titles")
+    mql, sql = _thresholds(doc.get("thresholds", {}), source)
     return ScoringRules(
         version=str(version),
+        mql=mql,
+        sql=sql,
         adjustments=adjustments,
         caps={str(k): float(v) for k, v in caps.items()},
         required=required,
@@ -170,6 +192,23 @@ def parse(doc: Any, source: str = "config") -> ScoringRules:
             _regex(t, f"{source}: titles") for t in _list(dq.get("titles", []), source)
         ),
     )
+
+
+def _thresholds(doc: Any, source: str) -> tuple[float | None, float | None]:
+    if not isinstance(doc, dict) or set(doc) - {"mql", "sql"}:
+        raise RulesError(f"{source}: 'thresholds' takes mql and sql (scores 0-100)")
+    values: list[float | None] = []
+    for name in ("mql", "sql"):
+        v = doc.get(name)
+        if v is not None and (
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 100
+        ):
+            raise RulesError(f"{source}: thresholds.{name} must be a score in (0, 100]")
+        values.append(None if v is None else float(v))
+    mql, sql = values
+    if mql is not None and sql is not None and sql < mql:
+        raise RulesError(f"{source}: thresholds.sql ({sql:g}) is below thresholds.mql ({mql:g})")
+    return mql, sql
 
 
 def _adjustment(a: Any, where: str) -> Adjustment:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -23,6 +23,18 @@ class Scorer(Protocol):
     def predict(self, rows: Sequence[Sequence[float]]) -> Sequence[float]:
         """Conversion probability in [0, 1] for each row, in order."""
         ...
+
+
+# The model for an org: per-org models where an org has one, the global model otherwise.
+ScorerFor = Callable[[str], Scorer]
+
+
+def route(scorer: Scorer | ScorerFor) -> ScorerFor:
+    """One model for every org, or already a choice per org."""
+    if hasattr(scorer, "predict"):
+        one: Scorer = scorer  # type: ignore[assignment]
+        return lambda _org: one
+    return scorer  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from domain.events import LeadEvent
 from domain.lead import lead_aggregate_id
+from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, SCORE_UPDATED
 from leadscore import tenancy
 from leadscore.eventstore import open_store
 from leadscore.producer import ProduceReport, produce_events
@@ -337,7 +339,10 @@ def _summarise(
 ) -> None:
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     latencies = []
+    kinds = Counter(r["event_type"] for _at, r in received)
     for at, r in received:
+        if r["event_type"] != SCORE_UPDATED:
+            continue  # the same score again, as a qualification or grade change
         key = (r["org_id"], r["lead_id"])
         if key in last_event and r["position"] >= latest.get(key, {"position": -1})["position"]:
             latest[key] = r
@@ -349,8 +354,17 @@ def _summarise(
     summary.add_row("lead-events in", f"{report.sent:,} ({report.failed} failed to send)")
     summary.add_row("leads", f"{len(last_event):,}")
     summary.add_row("leads scored", f"{len(latest):,}")
-    summary.add_row("score-events out", f"{len(received):,}")
+    summary.add_row(
+        "score-events out",
+        f"{kinds[SCORE_UPDATED]:,} scores; {kinds[QUALIFIED]:,} qualified, "
+        f"{kinds[DISQUALIFIED]:,} disqualified, {kinds[GRADE_CHANGED]:,} grade changes",
+    )
     models = sorted({r["model_version"] for _, r in received})
+    stages = Counter(r.get("stage") for r in latest.values() if r.get("stage"))
+    if stages:
+        summary.add_row(
+            "stages now", ", ".join(f"{n:,} {stage}" for stage, n in sorted(stages.items()))
+        )
     summary.add_row("model", ", ".join(models) or "-")
     summary.add_row("wall time", f"{elapsed:.1f}s")
     if latencies:

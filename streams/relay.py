@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import structlog
 from confluent_kafka import KafkaException, Producer
 
 from domain.lead import score_event_id
+from domain.transitions import SCORE_UPDATED, transitions, typed_event_id
 from leadscore.eventstore import (
     DATABASE_UNAVAILABLE,
     SCORED_TOPIC,
@@ -28,7 +30,6 @@ from streams.wire import AvroTopic
 
 log = structlog.get_logger(__name__)
 
-SCORE_EVENT_TYPE = "lead.score.updated"
 _LOCK_KEY = "leadscore.relay.score-events"
 
 
@@ -36,11 +37,25 @@ class PublishError(RuntimeError):
     """Kafka did not acknowledge every score-event of a batch."""
 
 
+def score_records(event: Any, position: int) -> list[dict[str, Any]]:
+    """The score-events of a stored LeadScored: lead.score.updated, then the typed
+    events the same score is (lead.qualified, ...; domain/transitions.py)."""
+    base = score_record(event, position)
+    kinds = transitions(
+        base["previous_grade"], base["grade"], base["previous_stage"], base["stage"]
+    )
+    score_id = UUID(base["event_id"])
+    return [base] + [
+        {**base, "event_type": kind, "event_id": str(typed_event_id(score_id, kind))}
+        for kind in kinds
+    ]
+
+
 def score_record(event: Any, position: int) -> dict[str, Any]:
     """The score-event (seed envelope) for a stored LeadScored domain event."""
     return {
         "event_id": str(score_event_id(event.originator_id, event.originator_version)),
-        "event_type": SCORE_EVENT_TYPE,
+        "event_type": SCORE_UPDATED,
         "occurred_at": event.scored_at,
         "org_id": event.org_id,
         "lead_id": event.lead_id,
@@ -50,6 +65,11 @@ def score_record(event: Any, position: int) -> dict[str, Any]:
         "grade": event.grade,
         "model_version": event.model_version,
         "top_factors": list(event.factors),
+        # Scores stored before these fields existed have none.
+        "stage": getattr(event, "stage", None),
+        "previous_stage": getattr(event, "previous_stage", None),
+        "previous_grade": getattr(event, "previous_grade", None),
+        "rules_version": getattr(event, "rules_version", None),
         "caused_by_event_id": event.caused_by_event_id,
         "position": position,
         "metadata": {"source": "leadscore", "version": "1.0"},
@@ -141,7 +161,8 @@ class ScoreEventRelay:
         self.close()
 
     def publish_once(self) -> int:
-        """Publish the next batch of stored scores; returns how many were sent."""
+        """Publish the next batch of stored scores; returns how many scores that was
+        (each is one lead.score.updated plus its typed events, if any)."""
         notes = self.store.notifications(self.position, self.batch_size, topics=[SCORED_TOPIC])
         if not notes:
             return 0
@@ -151,21 +172,24 @@ class ScoreEventRelay:
             if err is not None:
                 errors.append(str(err))
 
+        sent = 0
         for note in notes:
             event = self.store.to_event(note)
-            self.producer.produce(
-                self.topic,
-                key=event.lead_id.encode(),
-                value=self.encoder.encode(score_record(event, note.id)),
-                on_delivery=on_delivery,
-            )
+            for record in score_records(event, note.id):
+                self.producer.produce(
+                    self.topic,
+                    key=event.lead_id.encode(),
+                    value=self.encoder.encode(record),
+                    on_delivery=on_delivery,
+                )
+                sent += 1
             self.producer.poll(0)
         remaining = self.producer.flush(30)
         if errors or remaining:
             raise PublishError(f"{len(errors)} failed, {remaining} unacknowledged: {errors[:3]}")
         self.position = notes[-1].id
         self.tracking.set(self.position)
-        metrics.SCORE_EVENTS_PUBLISHED.inc(len(notes))
+        metrics.SCORE_EVENTS_PUBLISHED.inc(sent)
         return len(notes)
 
     def run(self, stop: threading.Event, idle_wait: float = 0.02) -> None:

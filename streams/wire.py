@@ -25,7 +25,7 @@ from fastavro.schema import to_parsing_canonical_form
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
 LEAD_EVENT_SCHEMA_V2 = SCHEMA_DIR / "lead_event.v2.avsc"
-SCORE_EVENT_SCHEMA = SCHEMA_DIR / "score_event.v1.avsc"
+SCORE_EVENT_SCHEMA = SCHEMA_DIR / "score_event.v2.avsc"
 _HEADER = struct.Struct(">bI")
 MAGIC = 0
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)\.avsc$")

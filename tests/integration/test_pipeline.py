@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,7 @@ from confluent_kafka import Consumer
 from domain.events import ActivityKind
 from domain.lead import lead_aggregate_id, score_event_id
 from domain.scoring import Scorer
+from domain.transitions import SCORE_UPDATED, transitions
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.eventstore import SCORED_TOPIC
 from leadscore.settings import Settings
@@ -133,10 +136,19 @@ def test_relay_publishes_every_stored_score_once_with_stable_ids(
     with engine.relay() as relay:
         assert relay.publish_once() == 0
 
-    messages = consume_all(settings, expected=30)
-    assert len(messages) == 30
+    # Each score once as lead.score.updated, plus once per typed event it is.
+    typed = Counter(
+        kind
+        for n in stored
+        for ev in [engine.store.to_event(n)]
+        for kind in transitions(ev.previous_grade, ev.grade, ev.previous_stage, ev.stage)
+    )
+    messages = consume_all(settings, expected=30 + typed.total())
+    assert len(messages) == 30 + typed.total()
     records = [engine.catalog.decode(v) for _k, v in messages]
-    by_position = {r["position"]: r for r in records}
+    assert Counter(r["event_type"] for r in records) == {SCORE_UPDATED: 30, **typed}
+    assert len({r["event_id"] for r in records}) == len(records)
+    by_position = {r["position"]: r for r in records if r["event_type"] == SCORE_UPDATED}
     for note in stored:
         r = by_position[note.id]
         ev = engine.store.to_event(note)
@@ -146,7 +158,7 @@ def test_relay_publishes_every_stored_score_once_with_stable_ids(
         assert set(r["components"]) == {"fit", "engagement"}
         assert r["grade"][0] in "ABC" and r["grade"][1] in "123"
     assert all(k == r["lead_id"].encode() for (k, _v), r in zip(messages, records, strict=True))
-    rescored = [r for r in records if r["previous_score"] is not None]
+    rescored = [r for r in by_position.values() if r["previous_score"] is not None]
     assert len(rescored) == 10 and all(r["new_score"] > r["previous_score"] for r in rescored)
 
 
@@ -162,3 +174,53 @@ def test_relay_crash_before_tracking_republishes_same_event_ids(
     records = [engine.catalog.decode(v) for _k, v in consume_all(settings, expected=10)]
     assert len(records) == 10
     assert len({r["event_id"] for r in records}) == 5  # duplicates only with the same id
+
+
+def test_qualification_and_grade_changes_are_their_own_score_events(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    rules = tmp_path_factory.mktemp("rules")
+    (rules / "org-1.yaml").write_text(
+        "version: 7\nthresholds: {mql: 25, sql: 45}\ndisqualify: {titles: ['student']}\n"
+    )
+    e = bootstrap(
+        dataclasses.replace(settings, scoring_config_dir=str(rules)), scorer=FixedScorer()
+    )
+    try:
+        # FixedScorer: 10 points, +20 per demo request. "a" climbs to mql then sql.
+        demo = ActivityKind.DEMO_REQUEST
+        e.processor.process(encoded(e, [created(lead="a"), created(lead="s", title="Student")]))
+        e.processor.process(encoded(e, [activity(demo, lead="a")]))
+        e.processor.process(encoded(e, [activity(demo, lead="a")]))
+        with e.relay() as relay:
+            assert relay.publish_once() == 4
+        records = [e.catalog.decode(v) for _k, v in consume_all(settings, expected=7)]
+    finally:
+        e.close()
+    seen = [
+        (r["lead_id"], r["event_type"], r["stage"], r["previous_stage"])
+        for r in records
+        if r["event_type"] != "lead.grade_changed"
+    ]
+    assert sorted(seen) == sorted(
+        [
+            ("a", SCORE_UPDATED, "lead", None),
+            ("s", SCORE_UPDATED, "disqualified", None),
+            ("s", "lead.disqualified", "disqualified", None),
+            ("a", SCORE_UPDATED, "mql", "lead"),
+            ("a", "lead.qualified", "mql", "lead"),
+            ("a", SCORE_UPDATED, "sql", "mql"),
+            ("a", "lead.qualified", "sql", "mql"),
+        ]
+    )
+    assert all(r["rules_version"] == "7" for r in records)
+    assert len({r["event_id"] for r in records}) == len(records)
+    # A score that moves the grade is published once more as lead.grade_changed; demo
+    # requests move engagement up a band, so "a" has at least one.
+    moved = {
+        r["position"]
+        for r in records
+        if r["event_type"] == SCORE_UPDATED and r["previous_grade"] not in (None, r["grade"])
+    }
+    changed = {r["position"] for r in records if r["event_type"] == "lead.grade_changed"}
+    assert changed == moved and moved

@@ -15,7 +15,7 @@ from domain.explain import contributions, reference_row
 from domain.features import features
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
-from domain.rules import NO_RULES, RulesError, ScoringRules, apply, parse
+from domain.rules import NO_RULES, RulesError, ScoringRules, apply, parse, stage_of
 from domain.scoring import ScoreCard
 from leadscore.modelstore import load_scorer
 from leadscore.rulebook import RuleBook, load_file
@@ -74,6 +74,7 @@ def test_disqualifiers_win_over_everything(rule_points: list[float], model: floa
     )
     effect = apply(rules, lead_with(demos=3, email="x@rival.example"), card(model))
     assert effect.card.total == 0.0
+    assert stage_of(rules, effect) == "disqualified"
     if model + sum(max(-100, min(100, p)) for p in rule_points) > 0:
         assert "rival.example" in effect.labels["rule:disqualified"]
 
@@ -147,6 +148,9 @@ def test_a_batch_applies_each_orgs_rules_and_explains_them() -> None:
         ({"version": 1, "disqualify": {"titles": ["(unclosed"]}}, "invalid regular expression"),
         ({"version": 1, "required": ["phone"]}, "not profile fields"),
         ({"version": 1, "caps": {"g": -1}}, "non-negative"),
+        ({"version": 1, "thresholds": {"mql": 60, "sql": 40}}, "is below thresholds.mql"),
+        ({"version": 1, "thresholds": {"mql": 0}}, "thresholds.mql must be a score"),
+        ({"version": 1, "thresholds": {"hot": 10}}, "takes mql and sql"),
     ],
 )
 def test_bad_configurations_say_what_is_wrong(doc: object, message: str) -> None:
@@ -168,3 +172,21 @@ def test_the_rulebook_reads_the_default_and_org_files(tmp_path: Path) -> None:
 def test_the_shipped_configurations_are_valid() -> None:
     for path in sorted((ROOT / "config" / "scoring").glob("*.yaml")):
         assert isinstance(load_file(path), ScoringRules)
+
+
+@given(st.floats(0, 100), st.floats(1, 100), st.floats(1, 100))
+def test_the_stage_follows_the_final_score_and_the_thresholds(
+    model: float, a: float, b: float
+) -> None:
+    mql, sql = min(a, b), max(a, b)
+    rules = parse({"version": 1, "thresholds": {"mql": mql, "sql": sql}})
+    effect = apply(rules, lead_with(), card(model))
+    total = effect.card.total
+    want = "sql" if total >= sql else "mql" if total >= mql else "lead"
+    assert stage_of(rules, effect) == want
+
+
+def test_no_thresholds_no_stage() -> None:
+    rules = parse({"version": 1})
+    assert stage_of(rules, apply(rules, lead_with(), card(90.0))) is None
+    assert stage_of(NO_RULES, apply(NO_RULES, lead_with(), card(90.0))) is None
