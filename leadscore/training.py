@@ -36,6 +36,7 @@ import onnxruntime as ort
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 
+from domain import drift
 from domain.events import EventType, LeadEvent
 from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
@@ -85,6 +86,8 @@ class ModelMetadata:
     output_name: str = PROBABILITIES
     label_policy: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Training distributions the drift monitor compares live traffic with (see reference()).
+    reference: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -409,6 +412,8 @@ def train(
     metrics["rows_by_kind"] = {
         k: int((kinds == k).sum()) for k in ("converted", "disqualified", "open")
     }
+    # The reference is the model's training rows and its own (ONNX) scores on them.
+    ref = reference(X[tr], onnx_probabilities(model_bytes, X[tr]), "training set (at training)")
     gain = booster.feature_importance(importance_type="gain")
     metrics["feature_importance_gain"] = {
         name: round(float(v), 2)
@@ -436,9 +441,90 @@ def train(
             "days without an outcome (features as of created+cutoff), younger ones excluded"
         ),
         provenance=provenance or {},
+        reference=ref,
     )
     _write(target, model_bytes, meta, overwrite=overwrite)
     return meta
+
+
+def reference(X: np.ndarray, p: np.ndarray, source: str) -> dict[str, Any]:
+    """Per feature and for the score: quantile bin edges and the training proportions.
+
+    Features are binned as float32, the type the model reads; the score as the engine
+    reports it (100 x P rounded to 0.1), so live values land in the same bins.
+    """
+    scores = [round(100.0 * float(v), 1) for v in p]
+
+    def binned(values: list[float]) -> dict[str, list[float]]:
+        edges = drift.reference_edges(values)
+        props = drift.proportions(drift.bin_counts(values, edges))
+        return {"edges": edges, "proportions": [round(v, 6) for v in props]}
+
+    X = np.asarray(X, dtype=np.float32)
+    return {
+        "source": source,
+        "rows": len(X),
+        "features": {
+            name: binned([float(v) for v in X[:, j]]) for j, name in enumerate(FEATURE_NAMES)
+        },
+        "score": binned(scores),
+    }
+
+
+def add_reference(version_dir: Path, events: Iterable[LeadEvent], source: str) -> dict[str, Any]:
+    """Give an existing model (trained before references existed) its drift reference.
+
+    Rebuilds the training rows from ``events`` with the model's own split settings and
+    scores them with its own model.onnx; only ``reference`` in metadata.json changes.
+    ``source`` says where ``events`` came from; a row count differing from the model's
+    ``n_train`` is added to it, since the rows are then not exactly its training set.
+    """
+    version_dir = Path(version_dir)
+    meta_path = version_dir / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    params = meta.get("params", {})
+    X, _y, t = build_dataset(
+        events, open_cutoff_days=float(params.get("open_cutoff_days", OPEN_CUTOFF_DAYS))
+    )
+    tr, _ho = _time_split(t, float(params.get("holdout_fraction", 0.2)))
+    if meta.get("n_train") != len(tr):
+        source += f" (approximate: {len(tr)} rows, the model trained on {meta.get('n_train')})"
+    p = onnx_probabilities((version_dir / "model.onnx").read_bytes(), X[tr])
+    meta["reference"] = reference(X[tr], p, source)
+    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, meta_path)  # never a half-written metadata.json
+    return dict(meta["reference"])
+
+
+def add_reference_from_provenance(version_dir: Path, dsn: str | None = None) -> dict[str, Any]:
+    """``add_reference`` from the history the model was trained on, as its provenance says.
+
+    A generated history is regenerated exactly (the generator is seeded); an event-store
+    history is the store's current one, which may have grown since training.
+    """
+    meta = json.loads((Path(version_dir) / "metadata.json").read_text())
+    prov = meta.get("provenance", {})
+    if prov.get("generator") == "leadscore.workload.generate":
+        from leadscore.workload import generate
+
+        args = {k: int(prov[k]) for k in ("orgs", "leads", "events", "seed")}
+        source = "training set, regenerated: leadscore.workload.generate(" + ", ".join(
+            f"{k}={v}" for k, v in args.items()
+        )
+        return add_reference(version_dir, generate(**args), source + ")")
+    if prov.get("source") == "event store" and dsn is not None:
+        from leadscore.eventstore import open_store
+        from leadscore.history import lead_events
+
+        org = prov.get("org")
+        store = open_store(dsn, cache_size=0)
+        try:
+            events = lead_events(store, None if org in (None, "(all orgs)") else org)
+            return add_reference(version_dir, events, f"event store history of {org}, now")
+        finally:
+            store.close()
+    raise ValueError(f"{version_dir}: cannot rebuild the training set from provenance {prov}")
 
 
 def _write(target: Path, model_bytes: bytes, meta: ModelMetadata, *, overwrite: bool) -> None:

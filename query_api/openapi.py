@@ -19,6 +19,7 @@ from query_api.routes_leads import (
     MAX_PAGE,
     MAX_SOURCE_LENGTH,
 )
+from query_api.routes_models import DEFAULT_WINDOW_HOURS, MAX_WINDOW_HOURS
 
 Schema = dict[str, Any]
 
@@ -53,6 +54,8 @@ SCORE: Schema = {"type": "number", "minimum": 0, "maximum": 100}
 RATE: Schema = nullable({"type": "number", "minimum": 0, "maximum": 1})
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 GRADE: Schema = {"type": "string", "enum": sorted(GRADES)}
+PSI: Schema = nullable({"type": "number", "minimum": 0})
+PSI_LEVEL: Schema = nullable({"type": "string", "enum": ["stable", "moderate", "significant"]})
 CURSOR_OUT: Schema = nullable(
     {"type": "string", "description": "Pass as `cursor` for the next page; null on the last."}
 )
@@ -268,6 +271,50 @@ SCHEMAS: dict[str, Schema] = {
         "Models in the model directory, oldest first. The active one is the configured "
         "LEADSCORE_MODEL_VERSION, else the newest.",
     ),
+    "Drift": obj(
+        {
+            "model_version": STRING,
+            "org_id": STRING,
+            "window": obj(
+                {
+                    "from": TIMESTAMP,
+                    "to": TIMESTAMP,
+                    "hours": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_HOURS},
+                },
+                "The last `hours` hour buckets, the current one included.",
+            ),
+            "observations": COUNT,
+            "score": obj(
+                {
+                    "psi": PSI,
+                    "level": PSI_LEVEL,
+                    "bins": {
+                        "type": "array",
+                        "items": obj(
+                            {
+                                "from": SCORE,
+                                "to": SCORE,
+                                "expected": RATE,
+                                "actual": RATE,
+                                "count": COUNT,
+                            },
+                            "Scores in [from, to): the training share (expected) and the "
+                            "window's (actual; null without observations).",
+                        ),
+                    },
+                }
+            ),
+            "features": {
+                "type": "array",
+                "items": obj({"feature": STRING, "psi": PSI, "level": PSI_LEVEL}),
+                "description": "Most drifted first.",
+            },
+            "reference_source": STRING,
+        },
+        "Population stability index (PSI) of the org's features and scores under this "
+        "model in the window, against the model's training set: < 0.1 stable, 0.1-0.25 "
+        "moderate, > 0.25 significant. psi and level are null without observations.",
+    ),
     "Check": obj(
         {
             "status": {"type": "string", "enum": ["up", "down"]},
@@ -326,6 +373,11 @@ RESPONSES: dict[str, Schema] = {
         {"WWW-Authenticate": {"schema": STRING, "description": "Bearer challenge"}},
     ),
     "NotFound": _error("No such lead in the key's organization (also another org's lead)."),
+    "ModelNotFound": _error("No model of this version in the model directory."),
+    "NoReference": _error(
+        "The model has no training reference to compare with (trained before drift "
+        "monitoring); add one with leadscore.training.add_reference_from_provenance."
+    ),
     "InvalidParameters": _error("A parameter is out of range, malformed or not allowed."),
     "Unavailable": _error(
         "A backing store is down; retry.",
@@ -412,6 +464,46 @@ def _public(summary: str, responses: dict[str, Schema], description: str) -> Sch
         "security": [],
         "responses": responses,
     }
+
+
+def _drift() -> Schema:
+    op = _read(
+        "Get a model's drift",
+        "Drift",
+        [
+            {
+                "name": "version",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1},
+                "description": "A model version, e.g. v1.",
+            },
+            _query(
+                "window_hours",
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_WINDOW_HOURS,
+                    "default": DEFAULT_WINDOW_HOURS,
+                },
+                "Hours of recent scoring to compare with training.",
+            ),
+        ],
+        tag="models",
+        description="What the workers scored for the key's organization under this model in "
+        "the window, binned like its training set, as PSI per feature and for the score. "
+        "Source: PostgreSQL `model_drift`.",
+    )
+    op["responses"] = dict(
+        sorted(
+            {
+                **op["responses"],
+                "404": {"$ref": "#/components/responses/ModelNotFound"},
+                "409": {"$ref": "#/components/responses/NoReference"},
+            }.items()
+        )
+    )
+    return op
 
 
 PATHS: dict[str, Schema] = {
@@ -527,6 +619,7 @@ PATHS: dict[str, Schema] = {
             description="Versions in the model directory with their metadata.json metrics.",
         )
     },
+    "/models/{version}/drift": {"get": _drift()},
     "/health": {
         "get": _public(
             "Health",

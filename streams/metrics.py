@@ -11,7 +11,7 @@ and ``dead_lettered`` is the sum of ``leadscore_dead_letters_total`` over its ``
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from streams.dlq import Reason
 
@@ -46,4 +46,10 @@ BATCH_SIZE = Histogram(
     "leadscore_batch_events",
     "Lead-events per batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
+)
+MODEL_PSI = Gauge(
+    "leadscore_model_psi",
+    "Population stability index of this worker's last 24 h of scored leads against the "
+    "model's training set, per feature and for the score (< 0.1 stable, > 0.25 significant)",
+    ["model_version", "feature"],
 )

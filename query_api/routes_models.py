@@ -1,0 +1,39 @@
+"""A model's drift: the key's org's recent features and scores against the training set."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from leadscore.drift import NoReferenceError, drift_report, model_metadata
+from query_api.auth import org_of
+from query_api.errors import ApiError, NotFoundError
+from query_api.params import Params
+from query_api.responses import JSON
+from query_api.routes_leads import resources
+
+DEFAULT_WINDOW_HOURS = 24
+MAX_WINDOW_HOURS = 24 * 30
+
+
+async def get_drift(request: Request) -> Response:
+    p = Params(request)
+    hours = p.integer("window_hours", DEFAULT_WINDOW_HOURS, 1, MAX_WINDOW_HOURS)
+    p.check()
+    res = resources(request)
+    version = str(request.path_params["version"])
+    meta = await asyncio.to_thread(model_metadata, Path(res.settings.model_dir), version)
+    if meta is None:
+        raise NotFoundError(f"no model {version!r}")
+    try:
+        report = await drift_report(res.pool, meta, org_of(request), hours)
+    except NoReferenceError as exc:
+        raise ApiError(409, str(exc)) from None
+    return JSON(report)
+
+
+routes = [Route("/models/{version}/drift", get_drift, methods=["GET"])]
