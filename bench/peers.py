@@ -1,0 +1,162 @@
+"""The stream benchmarks' peers, each run on the same broker and topic as the engine.
+
+(a) ``faust``: what a user writes first: a plain Faust agent that decodes each
+    lead-event (fastavro through the project's schema catalog, then the project's
+    validation into a LeadEvent) and forwards it to another topic, one event at a time.
+(b) ``raw``: a confluent-kafka consume -> produce loop in Python doing nothing else: the
+    Python I/O ceiling.
+(c) Kafka's own ProducerPerformance and ConsumerPerformance (what kafka-producer-perf-test
+    and kafka-consumer-perf-test run), from the jars `leadscore services up` fetched: the
+    broker's ceiling on this machine.
+
+(a) and (b) run as processes: ``python -m bench.peers faust|raw SRC SINK GROUP PARTITIONS``.
+Both copy the message headers, so the latency bench can time them too.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+from leadscore.services import kafka as kafka_service
+from leadscore.settings import Settings
+
+
+def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> None:
+    import faust
+
+    from streams.codec import record_to_event
+    from streams.wire import SchemaCatalog
+
+    catalog = SchemaCatalog(s.schema_registry_url)
+    app = faust.App(
+        group,
+        broker=f"kafka://{s.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(s.run_path / "faust"),
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+    )
+    source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
+    target = app.topic(sink, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    @app.agent(source, name="forward")
+    async def forward(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            record_to_event(catalog.decode(event.value))
+            await target.send(
+                key=event.key, value=event.value, headers=list(event.headers.items())
+            )
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def run_raw(s: Settings, src: str, sink: str, group: str) -> None:
+    from confluent_kafka import Consumer
+
+    from streams.relay import kafka_producer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        }
+    )
+    producer = kafka_producer(s.kafka_bootstrap)
+    consumer.subscribe([src])
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    produce, poll = producer.produce, producer.poll
+    while not stopping:
+        for msg in consumer.consume(1000, timeout=0.05):
+            if msg.error():
+                continue
+            while True:
+                try:
+                    produce(sink, key=msg.key(), value=msg.value(), headers=msg.headers())
+                    break
+                except BufferError:
+                    poll(0.01)
+        poll(0)
+    producer.flush(30)
+    consumer.close()
+
+
+# -- (c) Kafka's own perf tools --------------------------------------------------
+
+
+def _kafka_tool(s: Settings, cls: str, args: list[str], timeout: float) -> str:
+    libs = kafka_service.layout(s).libs
+    cmd = ["java", "-Xmx512m", "-cp", f"{libs}/*", cls, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    return out.stdout
+
+
+def producer_perf(s: Settings, topic: str, records: int, record_size: int) -> float:
+    """records/s of kafka-producer-perf-test (acks=all, lz4, like the engine's producers)."""
+    out = _kafka_tool(
+        s,
+        "org.apache.kafka.tools.ProducerPerformance",
+        [
+            "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
+            "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_bootstrap}",
+            "acks=all", "compression.type=lz4", "linger.ms=5",
+        ],  # fmt: skip
+        timeout=600,
+    )
+    lines = [ln for ln in out.splitlines() if "records sent" in ln]
+    m = re.search(r"records sent, ([\d.]+) records/sec", lines[-1])
+    if m is None:
+        raise RuntimeError(f"unexpected ProducerPerformance output: {out[-500:]}")
+    return float(m.group(1))
+
+
+def consumer_perf(s: Settings, topic: str, messages: int) -> float:
+    """messages/s of kafka-consumer-perf-test over ``topic`` (fetch time, no rebalance)."""
+    out = _kafka_tool(
+        s,
+        "org.apache.kafka.tools.ConsumerPerformance",
+        ["--topic", topic, "--messages", str(messages), "--bootstrap-server", s.kafka_bootstrap,
+         "--timeout", "60000"],
+        timeout=600,
+    )  # fmt: skip
+    header, row = None, None
+    for line in out.splitlines():
+        if line.startswith("start.time"):
+            header = [h.strip() for h in line.split(",")]
+        elif header and line.strip():
+            row = [v.strip() for v in line.split(",")]
+    if not header or not row:
+        raise RuntimeError(f"unexpected ConsumerPerformance output: {out[-500:]}")
+    values = dict(zip(header, row, strict=False))
+    # fetch.nMsg.sec leaves out the group join; the consumer's ceiling once it reads.
+    return float(values["fetch.nMsg.sec"])
+
+
+def main(argv: list[str]) -> None:
+    kind, src, sink, group, partitions = argv
+    s = Settings.from_env()
+    if kind == "faust":
+        run_faust(s, src, sink, group, int(partitions))
+    elif kind == "raw":
+        run_raw(s, src, sink, group)
+    else:
+        raise SystemExit(f"unknown peer {kind!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,384 @@
+"""End-to-end throughput: lead-events/s from Kafka to every score stored, published, projected.
+
+The workload (``leadscore.workload.generate``; default 1,000,000 events over 100,000
+leads in 20 orgs) is produced ahead of the runs to a topic of its own. Each run starts a
+``leadscore worker`` process with a fresh database, consumer group, score-events topic,
+Redis prefix and chDB directory, plus ``leadscore projections run clickhouse`` (embedded
+chDB lives outside the worker), and times from the worker's first stored batch until
+every event is applied, every stored score is on score-events (the relay's count
+reaches the scores recorded) and all three read models reached the event store's head.
+
+Peers, on the same topic and broker, in the same run (bench/peers.py): (a) a plain Faust
+agent that decodes each event and forwards it, one at a time; (b) a raw confluent-kafka
+consume -> produce loop; (c) Kafka's own producer and consumer perf tools. Ours and (a)
+are run back to back, and their ratio is taken per pair (target >= 2x).
+
+The worker's RSS is sampled during each run (memory), and one more run is sampled by
+py-spy (where time goes; bench/profile.py).
+
+Sizes: LEADSCORE_BENCH_EVENTS, LEADSCORE_BENCH_LEADS, LEADSCORE_BENCH_ORGS; runs:
+LEADSCORE_BENCH_RUNS; LEADSCORE_BENCH_PROFILE=0 skips the profiled run,
+LEADSCORE_BENCH_PERF_TOOLS=0 skips (c).
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bench import profile as profiling
+from bench import stack
+from bench.harness import RUNS, Spread, paired_ratio, ratio, write_results
+from leadscore import services
+from leadscore.settings import Settings
+from leadscore.workload import generate
+
+log = structlog.get_logger(__name__)
+console = Console()
+
+EVENTS = stack.env_int("LEADSCORE_BENCH_EVENTS", 1_000_000)
+LEADS = stack.env_int("LEADSCORE_BENCH_LEADS", 100_000)
+ORGS = stack.env_int("LEADSCORE_BENCH_ORGS", 20)
+PROFILE = stack.env_int("LEADSCORE_BENCH_PROFILE", 1)
+PERF_TOOLS = stack.env_int("LEADSCORE_BENCH_PERF_TOOLS", 1)
+POLL = 0.25
+PROJECTIONS = ("postgres", "redis", "clickhouse")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    )  # fmt: skip
+
+
+def timeout_for(events: int) -> float:
+    return 300 + events / 300  # generous: a stalled run fails instead of hanging
+
+
+@dataclass
+class Workload:
+    topic: str
+    events: int
+    leads: int
+    orgs: list[str]
+    mean_bytes: float
+
+
+def prepare(base: Settings, events: int, leads: int, orgs: int, seed: int = 7) -> Workload:
+    """Generate, encode and produce the workload to a topic of its own."""
+    topic = f"lead-events-bench-{secrets.token_hex(3)}"
+    services.ensure_topics(base.kafka_bootstrap, [topic], base.topic_partitions)
+    with progress_bar() as progress:
+        task = progress.add_task("generating the workload", total=events)
+        workload = []
+        for i, ev in enumerate(generate(orgs, leads, events, seed=seed)):
+            workload.append(ev)
+            if i % 10_000 == 0:
+                progress.update(task, completed=i)
+        progress.update(task, completed=events, description="encoding")
+        messages = stack.encoded(base, workload)
+        task = progress.add_task(f"producing to {topic}", total=len(messages))
+        stack.produce_ahead(base, topic, messages, lambda n: progress.update(task, completed=n))
+    org_ids = sorted({e.org_id for e in workload})
+    mean = statistics.fmean(len(v) for _k, v in messages)
+    n_leads = len({(e.org_id, e.lead_id) for e in workload})
+    del workload, messages
+    return Workload(topic, events, n_leads, org_ids, mean)
+
+
+@dataclass
+class Run:
+    rate: float
+    seconds: float
+    startup: float  # worker process start -> first stored batch
+    peak_rss_mib: float
+    scored: int
+    published: int
+    rss: list[tuple[int, float]] = field(default_factory=list)  # (events applied, RSS MiB)
+    profile: str = ""
+    done_after: dict[str, float] = field(default_factory=dict)  # milestone -> seconds
+
+
+def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) -> Run:
+    s = stack.isolated(base, "pipe", wl.topic)
+    logs = base.run_path / "logs" / "bench"
+    stack.register_orgs(s, wl.orgs)
+    positions = stack.LogPositions(s.pg_dsn)
+    launched = time.monotonic()
+    worker = stack.start_worker(s, logs / "pipeline-worker.log")
+    clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
+    spy = None
+    timeline = stack.Timeline()
+    milestones: dict[str, float] = {}
+    head = last_score = 0
+    try:
+        deadline = launched + timeout_for(wl.events)
+        with progress_bar() as progress:
+            task = progress.add_task("leadscore worker: events applied", total=wl.events)
+            while True:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited with {worker.returncode}; see {logs}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"run not finished in time; see {logs}")
+                m = stack.scrape(s.metrics_port)
+                now = time.monotonic()
+                received = int(m["received"])
+                rss, _hwm = stack.rss_kib(worker.pid)
+                if received and not timeline.started:
+                    timeline.started, timeline.first_count = now, received
+                timeline.samples.append((now, received, rss))
+                progress.update(task, completed=received)
+                if received >= wl.events:
+                    if "applied" not in milestones:  # nothing is stored after this
+                        milestones["applied"] = now
+                        head, last_score = positions.head(), positions.last_score()
+                    if positions.published(s.topic_score_events) >= last_score:
+                        milestones.setdefault("published", now)
+                    reported = positions.projections()
+                    for name in PROJECTIONS:
+                        if reported.get(name, -1) >= head:
+                            milestones.setdefault(name, now)
+                    behind = [n for n in ("published", *PROJECTIONS) if n not in milestones]
+                    progress.update(task, description=f"waiting for {', '.join(behind)}")
+                    if not behind:
+                        timeline.ended = now
+                        break
+                if spy is None and profile_to is not None and received:
+                    spy = profiling.record(worker.pid, profile_to)  # after start-up
+                time.sleep(POLL)
+        scored = positions.scores()
+        on_topic = stack.topic_count(s.kafka_bootstrap, s.topic_score_events, s.topic_partitions)
+        if m["dead_lettered"]:
+            log.warning("dead letters in a benchmark run", count=m["dead_lettered"])
+        _rss, hwm = stack.rss_kib(worker.pid)
+    finally:
+        if spy is not None:
+            profiling.stop(spy)
+        positions.close()
+        stack.stop_process(clickhouse)
+        stack.stop_process(worker)
+        stack.cleanup(base, s)
+    return Run(
+        rate=timeline.rate(wl.events),
+        seconds=timeline.ended - timeline.started,
+        startup=timeline.started - launched,
+        peak_rss_mib=hwm / 1024,
+        scored=scored,
+        done_after={k: v - timeline.started for k, v in milestones.items()},
+        published=on_topic,
+        rss=[(n, kib / 1024) for _t, n, kib in timeline.samples],
+        profile=profile_to.read_text() if profile_to and profile_to.exists() else "",
+    )
+
+
+def run_peer(base: Settings, wl: Workload, kind: str) -> float:
+    """events/s of peer ``kind`` ("faust" or "raw") forwarding the workload to a sink topic."""
+    tag = secrets.token_hex(3)
+    sink, group = f"bench-{kind}-sink-{tag}", f"bench-{kind}-{tag}"
+    services.ensure_topics(base.kafka_bootstrap, [sink], base.topic_partitions)
+    proc = stack.start_process(
+        ["-m", "bench.peers", kind, wl.topic, sink, group, str(base.topic_partitions)],
+        base,
+        base.run_path / "logs" / "bench" / f"peer-{kind}.log",
+    )
+    marks = stack.Watermarks(base.kafka_bootstrap, sink, base.topic_partitions)
+    timeline = stack.Timeline()
+    deadline = time.monotonic() + timeout_for(wl.events)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task(f"peer {kind}: events forwarded", total=wl.events)
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"peer {kind} exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"peer {kind} did not forward every event in time")
+                n = marks.count()
+                now = time.monotonic()
+                if n and not timeline.started:
+                    timeline.started, timeline.first_count = now, n
+                progress.update(task, completed=n)
+                if n >= wl.events:
+                    timeline.ended = now
+                    break
+                time.sleep(POLL / 2)
+    finally:
+        marks.close()
+        stack.stop_process(proc)
+        stack.delete_topics(base.kafka_bootstrap, [sink])
+    return timeline.rate(wl.events)
+
+
+def perf_tools(base: Settings, wl: Workload) -> tuple[float, float]:
+    """(producer records/s, consumer messages/s) of Kafka's own tools, same size/count."""
+    from bench.peers import consumer_perf, producer_perf
+
+    scratch = f"bench-perf-{secrets.token_hex(3)}"
+    services.ensure_topics(base.kafka_bootstrap, [scratch], base.topic_partitions)
+    try:
+        produced = producer_perf(base, scratch, wl.events, round(wl.mean_bytes))
+    finally:
+        stack.delete_topics(base.kafka_bootstrap, [scratch])
+    return produced, consumer_perf(base, wl.topic, wl.events)
+
+
+def rss_at(run: Run, fraction: float, total: int) -> float:
+    """RSS (MiB) when the worker had taken ``fraction`` of the events."""
+    for n, mib in run.rss:
+        if n >= fraction * total:
+            return mib
+    return run.rss[-1][1] if run.rss else float("nan")
+
+
+def measure(
+    base: Settings, wl: Workload, runs: int, *, profile: bool, perf: bool
+) -> dict[str, Any]:
+    ours: list[Run] = []
+    faust_rates: list[float] = []
+    raw_rates: list[float] = []
+    producer_rates: list[float] = []
+    consumer_rates: list[float] = []
+    for i in range(runs):
+        console.print(f"run {i + 1}/{runs}")
+        ours.append(run_ours(base, wl))
+        faust_rates.append(run_peer(base, wl, "faust"))
+        raw_rates.append(run_peer(base, wl, "raw"))
+        if perf:
+            p, c = perf_tools(base, wl)
+            producer_rates.append(p)
+            consumer_rates.append(c)
+        console.print(
+            f"  ours {ours[-1].rate:,.0f}/s, Faust agent {faust_rates[-1]:,.0f}/s, "
+            f"raw loop {raw_rates[-1]:,.0f}/s"
+            + (
+                f", Kafka tools {producer_rates[-1]:,.0f}/{consumer_rates[-1]:,.0f}/s"
+                if perf
+                else ""
+            )
+        )
+    profiled = None
+    if profile:
+        console.print("one more run, sampled by py-spy")
+        out = base.run_path / "logs" / "bench" / f"pipeline-pyspy-{secrets.token_hex(3)}.txt"
+        profiled = run_ours(base, wl, profile_to=out)
+    return {
+        "ours": ours,
+        "faust": faust_rates,
+        "raw": raw_rates,
+        "producer": producer_rates,
+        "consumer": consumer_rates,
+        "profiled": profiled,
+    }
+
+
+def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
+    ours: list[Run] = r["ours"]
+    rates = [x.rate for x in ours]
+    mine = Spread.of(rates)
+    vs_faust = paired_ratio(rates, r["faust"])
+    vs_raw = paired_ratio(rates, r["raw"])
+    lines = [
+        f"Workload: {wl.events:,} lead-events over {wl.leads:,} leads in {len(wl.orgs)} orgs "
+        f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
+        f"produced ahead to one topic of 6 partitions; every figure below read that topic.\n",
+        "| pipeline | lead-events/s | ours / it (paired runs) |",
+        "|---|---|---|",
+        f"| **leadscore worker**: decode, event store, scoring, explanations, score-events, "
+        f"PostgreSQL + Redis + ClickHouse read models | **{mine}** | — |",
+        f"| (a) Faust agent: decode each event, forward it, one at a time | "
+        f"{Spread.of(r['faust'])} | **{vs_faust.median:.2f}** "
+        f"({vs_faust.low:.2f}–{vs_faust.high:.2f}) |",
+        f"| (b) confluent-kafka consume → produce loop, no processing | {Spread.of(r['raw'])} | "
+        f"{vs_raw.median:.2f} ({vs_raw.low:.2f}–{vs_raw.high:.2f}) |",
+    ]  # fmt: skip
+    if r["producer"]:
+        prod, cons = Spread.of(r["producer"]), Spread.of(r["consumer"])
+        lines += [
+            f"| (c) kafka-producer-perf-test (acks=all, lz4), same count and size | "
+            f"{prod} | {ratio(mine, prod):.3f} |",
+            f"| (c) kafka-consumer-perf-test over the workload topic | "
+            f"{cons} | {ratio(mine, cons):.3f} |",
+        ]
+    target = "met" if mine.median >= 10_000 else "not met"
+    ratio_target = "met" if vs_faust.median >= 2 else "not met"
+    lines += [
+        "",
+        f"Targets: >= 10,000 lead-events/s end to end: {target} ({mine.median:,.0f}); "
+        f">= 2x the Faust agent (a): {ratio_target} ({vs_faust.median:.2f}x).",
+        "",
+        "Ours is timed from the worker's first stored batch (its start-up, Faust joining the "
+        "group, is left out and shown below) until every event is applied, the relay's "
+        "position has reached the last stored score, and the PostgreSQL, Redis "
+        "and ClickHouse read models report the event store's head; peers (a) and (b) from "
+        "their first forwarded message until the sink topic holds every event. Decay timer "
+        "off; the repository's scoring rules on; orgs registered.",
+        "",
+        "| per run | " + " | ".join(f"run {i + 1}" for i in range(len(ours))) + " |",
+        "|---|" + "---|" * len(ours),
+        "| lead-events/s | " + " | ".join(f"{x.rate:,.0f}" for x in ours) + " |",
+        "| seconds | " + " | ".join(f"{x.seconds:,.1f}" for x in ours) + " |",
+        "| worker start-up, s | " + " | ".join(f"{x.startup:,.1f}" for x in ours) + " |",
+        "| all applied / published / PostgreSQL / Redis / ClickHouse projected after, s | "
+        + " | ".join(
+            " / ".join(
+                f"{x.done_after.get(k, float('nan')):.1f}"
+                for k in ("applied", "published", *PROJECTIONS)
+            )
+            for x in ours
+        )
+        + " |",
+        "| scores stored / score-events on the topic | "
+        + " | ".join(f"{x.scored:,} / {x.published:,}" for x in ours)
+        + " |",
+        "| worker peak RSS (VmHWM), MiB | "
+        + " | ".join(f"{x.peak_rss_mib:,.0f}" for x in ours)
+        + " |",
+        "| worker RSS at 25% / 50% / 100% of the events, MiB | "
+        + " | ".join(
+            f"{rss_at(x, 0.25, wl.events):,.0f} / {rss_at(x, 0.5, wl.events):,.0f} / "
+            f"{rss_at(x, 1.0, wl.events):,.0f}"
+            for x in ours
+        )
+        + " |",
+    ]
+    profiled: Run | None = r["profiled"]
+    if profiled is not None:
+        lines += [
+            "",
+            f"### Where the time goes (py-spy, one more run at {profiled.rate:,.0f} events/s)",
+            "",
+            profiling.summarise(profiled.profile, seconds=profiled.seconds),
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    base = stack.base_settings()
+    console.rule(f"[bold]pipeline: {EVENTS:,} events, {LEADS:,} leads, {ORGS} orgs")
+    wl = prepare(base, EVENTS, LEADS, ORGS)
+    try:
+        results = measure(base, wl, RUNS, profile=bool(PROFILE), perf=bool(PERF_TOOLS))
+    finally:
+        stack.delete_topics(base.kafka_bootstrap, [wl.topic])
+    body = report(wl, results, RUNS)
+    console.print(body)
+    console.print(f"written to {write_results('pipeline', body)}")
+
+
+if __name__ == "__main__":
+    main()
