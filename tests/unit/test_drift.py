@@ -1,15 +1,20 @@
-"""PSI and reference binning (domain/drift.py): properties over arbitrary samples."""
+"""PSI and reference binning (domain/drift.py), and the reference training writes."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from domain.drift import bin_counts, level, proportions, psi, reference_edges
+from domain.features import FEATURE_NAMES
+from leadscore.training import add_reference, train
+from leadscore.workload import generate
 
 # Continuous values, and counts/booleans with few distinct values (the features have both).
 values = st.one_of(
@@ -119,3 +124,25 @@ def test_levels_follow_the_stated_thresholds() -> None:
         "moderate",
         "significant",
     ]
+
+
+def test_training_writes_the_reference_and_an_older_model_can_get_it_back(
+    tmp_path: Path,
+) -> None:
+    history = list(generate(5, 1_500, 15_000, seed=3))
+    meta = train(history, version="t1", out_dir=tmp_path, num_trees=10)
+    ref = meta.reference
+    assert set(ref["features"]) == set(FEATURE_NAMES) and ref["rows"] == meta.n_train
+    for part in [*ref["features"].values(), ref["score"]]:
+        assert len(part["proportions"]) == len(part["edges"]) + 1
+        assert abs(sum(part["proportions"]) - 1) < 1e-4 and min(part["proportions"]) > 0
+    assert all(0 <= e <= 100 for e in ref["score"]["edges"])
+
+    # A model from before references: the same rows rebuilt give the same reference.
+    path = tmp_path / "t1" / "metadata.json"
+    stored = json.loads(path.read_text())
+    del stored["reference"]
+    path.write_text(json.dumps(stored))
+    again = add_reference(tmp_path / "t1", history, "regenerated")
+    assert again == {**ref, "source": "regenerated"}
+    assert json.loads(path.read_text())["reference"] == again
