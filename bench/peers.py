@@ -50,9 +50,7 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
     async def forward(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             record_to_event(catalog.decode(event.value))
-            await target.send(
-                key=event.key, value=event.value, headers=list(event.headers.items())
-            )
+            await target.send(key=event.key, value=event.value, headers=list(event.headers.items()))
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
@@ -82,7 +80,8 @@ def run_raw(s: Settings, src: str, sink: str, group: str) -> None:
     signal.signal(signal.SIGINT, stop)
     produce, poll = producer.produce, producer.poll
     while not stopping:
-        for msg in consumer.consume(1000, timeout=0.05):
+        # A short wait: a batch forms when messages are waiting, and a lone one is not held.
+        for msg in consumer.consume(1000, timeout=0.005):
             if msg.error():
                 continue
             while True:
@@ -112,9 +111,19 @@ def producer_perf(s: Settings, topic: str, records: int, record_size: int) -> fl
         s,
         "org.apache.kafka.tools.ProducerPerformance",
         [
-            "--topic", topic, "--num-records", str(records), "--record-size", str(record_size),
-            "--throughput", "-1", "--producer-props", f"bootstrap.servers={s.kafka_bootstrap}",
-            "acks=all", "compression.type=lz4", "linger.ms=5",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(record_size),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={s.kafka_bootstrap}",
+            "acks=all",
+            "compression.type=lz4",
+            "linger.ms=5",
         ],  # fmt: skip
         timeout=600,
     )

@@ -1,0 +1,370 @@
+"""Latency: producing a lead-event -> receiving its score-event, at constant offered loads.
+
+An open-loop generator (its own process: ``python -m bench.latency gen``) sends
+pre-encoded lead-events on schedule (500, 2,000 and 5,000 events/s by default), a few
+per millisecond tick, never waiting for replies, and writes down when it sent each one.
+A receiver process (``python -m bench.latency recv``) reads score-events from the end of
+the topic and notes when each arrived (decoding only after the run); events are matched
+by ``caused_by_event_id``. Only lead-events that changed a score produce a score-event,
+so the samples are those events (their share is shown).
+
+The peer, in the same run and on the same broker: bench/peers.py's raw confluent-kafka
+consume -> produce loop forwarding the same events (headers included) to a sink topic,
+timed by the same generator and receiver: the Kafka + Python I/O floor of any consumer
+that answers each event with a message.
+
+Sizes: LEADSCORE_BENCH_LATENCY_RATES (default "500,2000,5000"),
+LEADSCORE_BENCH_LATENCY_SECONDS per rate and run (10), LEADSCORE_BENCH_RUNS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from rich.console import Console
+
+from bench import stack
+from bench.harness import RUNS, Spread, write_results
+from leadscore import services
+from leadscore.settings import Settings
+from leadscore.workload import generate
+
+log = structlog.get_logger(__name__)
+console = Console()
+
+RATES = [
+    int(r) for r in os.environ.get("LEADSCORE_BENCH_LATENCY_RATES", "500,2000,5000").split(",")
+]
+SECONDS = float(os.environ.get("LEADSCORE_BENCH_LATENCY_SECONDS", "10"))
+WARMUP_SECONDS = 2.0
+TARGETS_MS = {2000: 100.0, 5000: 250.0}  # p99 targets of issue 6
+ID_HEADER = "bench-event-id"
+
+
+# -- the generator process ------------------------------------------------------------
+
+
+def generator(bootstrap: str, topic: str, rate: float, infile: str, outfile: str) -> None:
+    """Send the (key, value, event id) in ``infile`` at ``rate``; write (id, sent at) out."""
+    from confluent_kafka import Producer
+
+    with open(infile, "rb") as f:
+        messages: list[tuple[bytes, bytes, str]] = pickle.load(f)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "compression.type": "lz4",
+        }
+    )
+    sent: list[tuple[str, float]] = []
+    produce, poll, wall, clock = producer.produce, producer.poll, time.time, time.perf_counter
+    n = len(messages)
+    i = 0
+    started = clock()
+    worst_lag = 0.0
+    while i < n:
+        now = clock() - started
+        due = min(n, int(now * rate) + 1)
+        if due > i + 1:
+            worst_lag = max(worst_lag, (due - i - 1) / rate)
+        while i < due:
+            key, value, event_id = messages[i]
+            try:
+                produce(topic, key=key, value=value, headers=[(ID_HEADER, event_id.encode())])
+            except BufferError:
+                poll(0.001)
+                continue
+            sent.append((event_id, wall()))
+            i += 1
+        poll(0)
+        pause = i / rate - (clock() - started)
+        if pause > 0:
+            time.sleep(pause)
+    elapsed = clock() - started
+    producer.flush(60)
+    with open(outfile, "w") as f:
+        json.dump({"sent": sent, "seconds": elapsed, "worst_lag_s": worst_lag}, f)
+
+
+# -- the receiver process -------------------------------------------------------------
+
+
+def receiver(bootstrap: str, topic: str, partitions: int, outfile: str, ready: str) -> None:
+    """Note when each message arrives from now on; on SIGTERM write (id, received at)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-latency-{secrets.token_hex(4)}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    parts = []
+    for p in range(partitions):
+        _lo, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        parts.append(TopicPartition(topic, p, high))
+    consumer.assign(parts)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    got: list[tuple[float, bytes | None, list[tuple[str, bytes]] | None]] = []
+    Path(ready).write_text("ready")
+    poll = consumer.poll
+    while not stopping:
+        msg = poll(0.05)  # returns as soon as a message is there: its receipt time is now
+        if msg is not None and not msg.error():
+            got.append((time.time(), msg.value(), msg.headers()))
+    consumer.close()
+    with open(outfile, "wb") as f:
+        pickle.dump(got, f)
+
+
+# -- the bench ------------------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    who: str  # "ours" or "peer"
+    rate: int
+    run: int
+    sent_file: Path
+
+
+def _start_receiver(s: Settings, topic: str, tmp: Path, name: str):  # type: ignore[no-untyped-def]
+    out, ready = tmp / f"recv-{name}.pickle", tmp / f"recv-{name}.ready"
+    proc = stack.start_process(
+        ["-m", "bench.latency", "recv", topic, str(s.topic_partitions), str(out), str(ready)],
+        s,
+        s.run_path / "logs" / "bench" / f"latency-recv-{name}.log",
+    )
+    stack.wait_for(ready.exists, 60, f"the {name} receiver")
+    return proc, out
+
+
+def _send(s: Settings, topic: str, rate: int, chunk: list, tmp: Path, name: str) -> Path:  # type: ignore[type-arg]
+    infile, outfile = tmp / f"{name}.in.pickle", tmp / f"{name}.sent.json"
+    with infile.open("wb") as f:
+        pickle.dump(chunk, f)
+    proc = stack.start_process(
+        ["-m", "bench.latency", "gen", topic, str(rate), str(infile), str(outfile)],
+        s,
+        s.run_path / "logs" / "bench" / "latency-gen.log",
+    )
+    proc.wait(timeout=SECONDS * 10 + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"generator exited with {proc.returncode}")
+    infile.unlink()
+    return outfile
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        v = values[0] if values else float("nan")
+        return v, v, v
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return statistics.median(values), q[94], q[98]
+
+
+def main() -> None:
+    base = stack.base_settings()
+    runs = RUNS
+    per_run = sum(int(r * SECONDS) for r in RATES)
+    warmup = int(500 * WARMUP_SECONDS)
+    total = warmup + runs * per_run
+    console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in RATES)} events/s")
+    with console.status(f"generating and encoding {total:,} lead-events"):
+        events = list(generate(20, max(1, total // 10), total, seed=17))
+        encoded = stack.encoded(base, events)
+        messages = [(k, v, e.event_id) for (k, v), e in zip(encoded, events, strict=True)]
+        orgs = sorted({e.org_id for e in events})
+        del events, encoded
+
+    tag = secrets.token_hex(3)
+    ours_in, peer_in, peer_out = (
+        f"lead-events-bench-lat-{tag}",
+        f"bench-lat-peer-in-{tag}",
+        f"bench-lat-peer-out-{tag}",
+    )
+    services.ensure_topics(
+        base.kafka_bootstrap, [ours_in, peer_in, peer_out], base.topic_partitions
+    )
+    s = stack.isolated(base, "lat", ours_in)
+    stack.register_orgs(s, orgs)
+    logs = base.run_path / "logs" / "bench"
+    tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-latency-"))
+    procs = []
+    segments: list[Segment] = []
+    try:
+        worker = stack.start_worker(s, logs / "latency-worker.log")
+        procs.append(worker)
+        procs.append(stack.start_clickhouse_projection(s, logs / "latency-clickhouse.log"))
+        peer = stack.start_process(
+            ["-m", "bench.peers", "raw", peer_in, peer_out, f"bench-lat-{tag}", "6"],
+            base,
+            logs / "latency-peer.log",
+        )
+        procs.append(peer)
+        recv_ours, ours_file = _start_receiver(s, s.topic_score_events, tmp, "ours")
+        recv_peer, peer_file = _start_receiver(base, peer_out, tmp, "peer")
+        procs += [recv_ours, recv_peer]
+        positions = stack.LogPositions(s.pg_dsn)
+        marks = stack.Watermarks(base.kafka_bootstrap, peer_out, base.topic_partitions)
+        sent = {"ours": 0, "peer": 0}
+
+        def drained(who: str) -> bool:
+            if who == "peer":
+                return marks.count() >= sent["peer"]
+            m = stack.scrape(s.metrics_port)
+            if m["received"] < sent["ours"]:
+                return False
+            return positions.published(s.topic_score_events) >= positions.last_score()
+
+        def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
+            topic = ours_in if who == "ours" else peer_in
+            out = _send(s, topic, rate, chunk, tmp, f"{who}-{rate}-{run}")
+            sent[who] += len(chunk)
+            stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
+            time.sleep(0.5)  # the last score-events reach the receiver
+            segments.append(Segment(who, rate, run, out))
+
+        with console.status("warming up (worker joining its group, first batches)"):
+            stack.wait_for(lambda: stack.scrape(s.metrics_port)["received"] >= 0, 60, "metrics")
+            for who in ("ours", "peer"):
+                _send(s, ours_in if who == "ours" else peer_in, 500, messages[:warmup], tmp, who)
+                sent[who] += warmup
+            stack.wait_for(lambda: drained("ours") and drained("peer"), 300, "warm-up")
+        at = warmup
+        for run in range(runs):
+            for rate in RATES:
+                n = int(rate * SECONDS)
+                chunk = messages[at : at + n]
+                at += n
+                for who in ("ours", "peer"):
+                    with console.status(f"run {run + 1}/{runs}: {who} at {rate:,} events/s"):
+                        segment(who, rate, run, chunk)
+                console.print(f"run {run + 1}/{runs}: {rate:,} events/s done")
+        positions.close()
+        marks.close()
+    finally:
+        for p in reversed(procs):
+            stack.stop_process(p)
+        stack.cleanup(base, s)
+        stack.delete_topics(base.kafka_bootstrap, [ours_in, peer_in, peer_out])
+
+    body = report(base, segments, ours_file, peer_file, runs)
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    console.print(body)
+    console.print(f"written to {write_results('latency', body)}")
+
+
+def _receipts(path: Path, who: str, base: Settings) -> dict[str, float]:
+    """event id -> first receipt time."""
+    from streams.wire import SchemaCatalog
+
+    with path.open("rb") as f:
+        got = pickle.load(f)
+    first: dict[str, float] = {}
+    catalog = SchemaCatalog(base.schema_registry_url) if who == "ours" else None
+    for at, value, headers in got:
+        if catalog is not None:
+            eid = catalog.decode(value)["caused_by_event_id"]
+        else:
+            eid = dict(headers or []).get(ID_HEADER, b"").decode()
+        if eid and eid not in first:
+            first[eid] = at
+    return first
+
+
+def report(base: Settings, segments: list[Segment], ours: Path, peer: Path, runs: int) -> str:
+    received = {"ours": _receipts(ours, "ours", base), "peer": _receipts(peer, "peer", base)}
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for seg in segments:
+        data = json.loads(seg.sent_file.read_text())
+        got = received[seg.who]
+        lat = [(got[eid] - at) * 1000 for eid, at in data["sent"] if eid in got]
+        p50, p95, p99 = percentiles(lat)
+        rows.setdefault((seg.who, seg.rate), []).append(
+            {
+                "p50": p50, "p95": p95, "p99": p99,
+                "achieved": len(data["sent"]) / data["seconds"],
+                "lag": data["worst_lag_s"] * 1000,
+                "share": len(lat) / max(1, len(data["sent"])),
+                "samples": len(lat),
+            }
+        )  # fmt: skip
+    lines = [
+        f"Open-loop generator (one process, a few sends per 1 ms tick, linger.ms=1, acks=all), "
+        f"{SECONDS:.0f} s per rate and run, {runs} runs; the worker runs as in production "
+        "(relay, PostgreSQL and Redis projections in-process; ClickHouse beside it). "
+        "Latency = score-event received − lead-event sent, ms.\n",
+        "| offered events/s | achieved | p50 | p95 | p99 (min–max) | samples (share of events) "
+        "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in RATES:
+        ours_runs, peer_runs = rows.get(("ours", rate), []), rows.get(("peer", rate), [])
+        if not ours_runs:
+            continue
+
+        def med(rs: list[dict[str, float]], k: str) -> float:
+            return Spread.of([r[k] for r in rs]).median if rs else float("nan")
+
+        p99 = Spread.of([r["p99"] for r in ours_runs])
+        target = TARGETS_MS.get(rate)
+        verdict = (
+            f"< {target:.0f} ms: {'met' if p99.median < target else 'not met'}" if target else "—"
+        )
+        lines.append(
+            f"| {rate:,} | {med(ours_runs, 'achieved'):,.0f} | {med(ours_runs, 'p50'):,.0f} | "
+            f"{med(ours_runs, 'p95'):,.0f} | "
+            f"**{p99.median:,.0f}** ({p99.low:,.0f}–{p99.high:,.0f}) | "
+            f"{med(ours_runs, 'samples'):,.0f} ({med(ours_runs, 'share'):.0%}) | "
+            f"{med(peer_runs, 'p50'):,.1f} | {med(peer_runs, 'p95'):,.1f} | "
+            f"{med(peer_runs, 'p99'):,.1f} | "
+            f"{p99.median / med(peer_runs, 'p99'):,.0f}× | {verdict} |"
+        )
+    worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
+    lines += [
+        "",
+        "Peer: a raw confluent-kafka consume → produce loop (bench/peers.py) fed the same events "
+        "by the same generator, timed by the same receiver. The generator fell at most "
+        f"{worst:,.1f} ms behind its schedule. Samples are the lead-events that changed a score "
+        "(a score-event is published only for a stored change).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    kind, *args = sys.argv[1:] or ["bench"]
+    if kind == "gen":
+        s = Settings.from_env()
+        topic, rate, infile, outfile = args
+        generator(s.kafka_bootstrap, topic, float(rate), infile, outfile)
+    elif kind == "recv":
+        s = Settings.from_env()
+        topic, partitions, outfile, ready = args
+        receiver(s.kafka_bootstrap, topic, int(partitions), outfile, ready)
+    else:
+        main()
