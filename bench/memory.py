@@ -1,0 +1,108 @@
+"""Memory: the worker's RSS after 100,000 and 1,000,000 leads, and whether it grows with
+events once the leads are known.
+
+For each size, a topic holds the LeadCreated events of that many leads first; for the
+first size it then holds 2N more events of the same leads (activities, updates, outcomes
+from the workload generator, in their order). One ``leadscore worker`` (the pipeline
+bench's run: fresh database, every score published and projected) takes it all, and its
+RSS (/proc/<pid>/status VmRSS, sampled every 0.25 s) is read when it had taken every
+LeadCreated, then N and 2N more events; VmHWM is the peak. The aggregate cache is
+bounded by LEADSCORE_AGGREGATE_CACHE_SIZE (shown).
+
+Memory is a state, not a rate: one run per size.
+Sizes: LEADSCORE_BENCH_MEMORY_LEADS ("100000,1000000"), LEADSCORE_BENCH_MEMORY_EVENTS (N,
+200,000), LEADSCORE_BENCH_ORGS.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+
+from rich.console import Console
+
+from bench import stack
+from bench.harness import write_results
+from bench.pipeline import Run, Workload, progress_bar, run_ours
+from domain.events import EventType
+from leadscore import services
+from leadscore.settings import Settings
+from leadscore.workload import generate
+
+console = Console()
+SIZES = [
+    int(x.replace("_", ""))
+    for x in os.environ.get("LEADSCORE_BENCH_MEMORY_LEADS", "100000,1000000").split(",")
+]
+GROWTH = stack.env_int("LEADSCORE_BENCH_MEMORY_EVENTS", 200_000)
+ORGS = stack.env_int("LEADSCORE_BENCH_ORGS", 20)
+
+
+def prepare(base: Settings, leads: int, more: int) -> Workload:
+    """LeadCreated of ``leads`` leads, then ``more`` events of the same leads."""
+    events = list(generate(ORGS, leads, leads + more, seed=31))
+    created = [e for e in events if e.event_type == EventType.LEAD_CREATED]
+    rest = [e for e in events if e.event_type != EventType.LEAD_CREATED]
+    ordered = created + rest
+    topic = f"lead-events-bench-mem-{secrets.token_hex(3)}"
+    services.ensure_topics(base.kafka_bootstrap, [topic], base.topic_partitions)
+    messages = stack.encoded(base, ordered)
+    with progress_bar() as progress:
+        task = progress.add_task(f"producing {len(messages):,} events", total=len(messages))
+        stack.produce_ahead(base, topic, messages, lambda n: progress.update(task, completed=n))
+    mean = statistics.fmean(len(v) for _k, v in messages)
+    orgs = sorted({e.org_id for e in created})
+    return Workload(topic, len(ordered), len(created), orgs, mean)
+
+
+def rss_when(run: Run, taken: int) -> float:
+    """RSS (MiB) at the first sample where the worker had taken ``taken`` events."""
+    for n, mib in run.rss:
+        if n >= taken:
+            return mib
+    return float("nan")
+
+
+def main() -> None:
+    base = stack.base_settings()
+    lines = [
+        f"Aggregate cache: LEADSCORE_AGGREGATE_CACHE_SIZE = {base.aggregate_cache_size:,} leads. "
+        "One run per size (a state, not a rate); the worker as in production (relay, "
+        "PostgreSQL and Redis projections in-process).\n",
+        "| leads | events taken | RSS after every lead is known, MiB | "
+        f"after +{GROWTH:,} events | after +{2 * GROWTH:,} events | growth N → 2N, MiB | "
+        "peak RSS (VmHWM), MiB | lead-events/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, leads in enumerate(SIZES):
+        more = 2 * GROWTH if i == 0 else 0
+        console.rule(f"[bold]memory: {leads:,} leads, then {more:,} events on them")
+        wl = prepare(base, leads, more)
+        try:
+            run = run_ours(base, wl)
+        finally:
+            stack.delete_topics(base.kafka_bootstrap, [wl.topic])
+        known = rss_when(run, wl.leads)
+        if more:
+            at_n, at_2n = rss_when(run, wl.leads + GROWTH), rss_when(run, wl.events)
+            cells = [f"{at_n:,.0f}", f"{at_2n:,.0f}", f"{at_2n - at_n:+,.0f}"]
+        else:
+            cells = ["—", "—", "—"]
+        lines.append(
+            f"| {wl.leads:,} | {wl.events:,} | {known:,.0f} | "
+            + " | ".join(cells)
+            + f" | {run.peak_rss_mib:,.0f} | {run.rate:,.0f} |"
+        )
+        console.print(lines[-1])
+    lines.append(
+        "\nRSS is sampled every 0.25 s, so a reading is at most one batch (1,000 events) "
+        "past its mark."
+    )
+    body = "\n".join(lines)
+    console.print(body)
+    console.print(f"written to {write_results('memory', body)}")
+
+
+if __name__ == "__main__":
+    main()
