@@ -15,6 +15,7 @@ from rich.table import Table
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
 from leadscore.cli_projections import app as projections_app
+from leadscore.cli_webhooks import app as webhooks_app
 from leadscore.logs import configure_logging
 from leadscore.registry.cli import registry
 from leadscore.services.cli import app as services_app
@@ -24,6 +25,7 @@ app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_a
 app.add_typer(services_app, name="services")
 app.add_typer(projections_app, name="projections")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(webhooks_app, name="webhooks")
 register_api_commands(app)
 app.command()(registry)
 models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)

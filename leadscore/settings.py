@@ -53,6 +53,16 @@ class Settings:
 
     metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
 
+    # Webhooks (streams/webhooks.py): a delivery is retried at exponential backoff from
+    # `base` up to `cap` (with jitter) and is dead after `max_attempts`; each POST may
+    # take `timeout`; up to `concurrency` POSTs at once, `batch` due deliveries per round.
+    webhook_max_attempts: int = 8
+    webhook_backoff_base_ms: int = 1000
+    webhook_backoff_cap_ms: int = 3_600_000
+    webhook_timeout_ms: int = 5000
+    webhook_batch: int = 100
+    webhook_concurrency: int = 8
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Hot reads (a lead, a leaderboard) kept in the API process, evicted by the

@@ -10,7 +10,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from leadscore.settings import Settings
-from query_api import resources, routes_analytics, routes_leads, routes_models, routes_system
+from query_api import (
+    resources,
+    routes_analytics,
+    routes_leads,
+    routes_models,
+    routes_system,
+    routes_webhooks,
+)
 from query_api.auth import BearerAuth
 from query_api.errors import exception_handlers
 from query_api.hotpath import HotReads
@@ -35,6 +42,7 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
             *routes_leads.routes,
             *routes_analytics.routes,
             *routes_models.routes,
+            *routes_webhooks.routes,
             *routes_system.routes(),
         ],
         # Outermost first: metrics see every answer, 401s included.

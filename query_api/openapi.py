@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.transitions import TYPED_EVENTS
 from query_api.routes_analytics import DEFAULT_BAND, DEFAULT_BUCKET
 from query_api.routes_leads import (
     DEFAULT_LEADERBOARD,
@@ -20,6 +21,9 @@ from query_api.routes_leads import (
     MAX_SOURCE_LENGTH,
 )
 from query_api.routes_models import DEFAULT_WINDOW_HOURS, MAX_WINDOW_HOURS
+from query_api.routes_webhooks import DEFAULT_PAGE as DEFAULT_DELIVERIES
+from query_api.routes_webhooks import MAX_PAGE as MAX_DELIVERIES
+from query_api.routes_webhooks import STATUSES as DELIVERY_STATUSES
 
 Schema = dict[str, Any]
 
@@ -354,6 +358,31 @@ SCHEMAS: dict[str, Schema] = {
         "The in-process cache of GET /leads/{id} and GET /leaderboard answers: on while it "
         "hears both read models' change notices, with the number of answers it holds.",
     ),
+    "WebhookDelivery": obj(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "webhook_id": {"type": "integer", "minimum": 1},
+            "url": STRING,
+            "org_id": STRING,
+            "event_id": STRING,
+            "event_type": {"type": "string", "enum": list(TYPED_EVENTS)},
+            "status": {"type": "string", "enum": list(DELIVERY_STATUSES)},
+            "attempts": COUNT,
+            "last_status": nullable({**INTEGER, "description": "HTTP status of the last answer"}),
+            "last_error": nullable(STRING),
+            "next_attempt_at": nullable(
+                {**TIMESTAMP, "description": "When a pending delivery is tried next"}
+            ),
+            "created_at": TIMESTAMP,
+            "delivered_at": nullable(TIMESTAMP),
+        },
+        "One typed score-event for one webhook: pending (to be tried at next_attempt_at), "
+        "delivered (a 2xx), or dead (every attempt failed; last_status and last_error say "
+        "how the last one did).",
+    ),
+    "WebhookDeliveryPage": obj(
+        {"items": {"type": "array", "items": ref("WebhookDelivery")}, "next_cursor": CURSOR_OUT}
+    ),
 }
 
 
@@ -373,6 +402,9 @@ RESPONSES: dict[str, Schema] = {
         {"WWW-Authenticate": {"schema": STRING, "description": "Bearer challenge"}},
     ),
     "NotFound": _error("No such lead in the key's organization (also another org's lead)."),
+    "DeliveryNotFound": _error(
+        "No such webhook delivery in the key's organization (also another org's)."
+    ),
     "ModelNotFound": _error("No model of this version in the model directory."),
     "NoReference": _error(
         "The model has no training reference to compare with (trained before drift "
@@ -506,6 +538,30 @@ def _drift() -> Schema:
     return op
 
 
+def _delivery() -> Schema:
+    op = _read(
+        "Get a webhook delivery",
+        "WebhookDelivery",
+        [
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+                "description": "The delivery's id (`id` in the listing).",
+            }
+        ],
+        tag="webhooks",
+        description="One delivery of the key's organization. Source: PostgreSQL.",
+    )
+    op["responses"] = dict(
+        sorted(
+            {**op["responses"], "404": {"$ref": "#/components/responses/DeliveryNotFound"}}.items()
+        )
+    )
+    return op
+
+
 PATHS: dict[str, Schema] = {
     "/leads": {
         "get": _read(
@@ -620,6 +676,29 @@ PATHS: dict[str, Schema] = {
         )
     },
     "/models/{version}/drift": {"get": _drift()},
+    "/webhooks/deliveries": {
+        "get": _read(
+            "List webhook deliveries",
+            "WebhookDeliveryPage",
+            [
+                _query(
+                    "status",
+                    {"type": "string", "enum": list(DELIVERY_STATUSES)},
+                    "Only deliveries in this state (dead: the dead letters).",
+                ),
+                _query(
+                    "cursor",
+                    {"type": "string", "maxLength": 18, "pattern": "^[0-9]*$"},
+                    "`next_cursor` of the previous page; absent or empty for the first page.",
+                ),
+                _limit(DEFAULT_DELIVERIES, MAX_DELIVERIES),
+            ],
+            tag="webhooks",
+            description="The organization's webhook deliveries, newest first, with their "
+            "status. Source: PostgreSQL `webhook_deliveries`.",
+        )
+    },
+    "/webhooks/deliveries/{id}": {"get": _delivery()},
     "/health": {
         "get": _public(
             "Health",

@@ -53,3 +53,21 @@ MODEL_PSI = Gauge(
     "model's training set, per feature and for the score (< 0.1 stable, > 0.25 significant)",
     ["model_version", "feature"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "leadscore_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), retried (will try again), "
+    "dead (gave up after the last attempt)",
+    ["outcome"],
+)
+for _outcome in ("delivered", "retried", "dead"):
+    WEBHOOK_DELIVERIES.labels(_outcome)
+WEBHOOK_DELIVERY_LATENCY = Histogram(
+    "leadscore_webhook_delivery_latency_seconds",
+    "From a typed score-event's delivery being queued to the receiver's 2xx, retries included",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0),
+)
+WEBHOOK_REQUEST_SECONDS = Histogram(
+    "leadscore_webhook_request_seconds",
+    "One webhook POST, until the receiver answered or the attempt failed",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

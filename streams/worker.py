@@ -22,6 +22,7 @@ from streams.decay import DecayTimer
 from streams.dlq import DeadLetter, DeadLetterError, DeadLetterSink, RawMessage, normalize_headers
 from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer, start_relay_thread
+from streams.webhooks import start_dispatcher_thread
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +187,7 @@ def run_worker(engine: Engine) -> None:
     app = create_app(engine)
     relay_stop = threading.Event()
     relay_thread = start_relay_thread(engine.relay(), relay_stop)
+    webhook_thread = start_dispatcher_thread(engine.store, engine.settings, relay_stop)
     names = worker_projection_names(engine.settings)
     projections_thread, projections_stop = start_projection_thread(engine.settings, names)
     worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
@@ -195,4 +197,5 @@ def run_worker(engine: Engine) -> None:
         relay_stop.set()
         projections_stop.set()
         relay_thread.join(10)
+        webhook_thread.join(10)
         projections_thread.join(10)
