@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from domain.events import PROFILE_FIELDS
 from domain.features import FEATURE_NAMES, features
@@ -35,6 +35,39 @@ def route(scorer: Scorer | ScorerFor) -> ScorerFor:
         one: Scorer = scorer  # type: ignore[assignment]
         return lambda _org: one
     return scorer  # type: ignore[return-value]
+
+
+@runtime_checkable
+class Models(Protocol):
+    """Which model scores an org, and which shadow model scores beside it (if any)."""
+
+    @property
+    def global_model(self) -> Scorer: ...
+
+    def __call__(self, org_id: str) -> Scorer: ...
+
+    def shadow(self, org_id: str) -> Scorer | None: ...
+
+    def refresh(self, force: bool = False) -> None:
+        """Pick up changed assignments (a promotion); called between batches."""
+        ...
+
+
+class OneModel:
+    """One model for every org and no shadow (tests, a replay with a candidate)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        check_model(scorer)
+        self.global_model = scorer
+
+    def __call__(self, org_id: str) -> Scorer:
+        return self.global_model
+
+    def shadow(self, org_id: str) -> Scorer | None:
+        return None
+
+    def refresh(self, force: bool = False) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

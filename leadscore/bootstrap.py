@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from domain.scoring import Scorer
+from domain.scoring import Models, Scorer
 from leadscore.eventstore import LeadStore, open_store
 from leadscore.rulebook import RuleBook
 from leadscore.settings import Settings
@@ -19,8 +19,12 @@ class Engine:
     settings: Settings
     store: LeadStore
     catalog: SchemaCatalog
-    scorer: Scorer
     processor: BatchProcessor
+
+    @property
+    def scorer(self) -> Scorer:
+        """The active global model (per-org models: ``processor.models``)."""
+        return self.processor.models.global_model
 
     def relay(self) -> ScoreEventRelay:
         s = self.settings
@@ -33,19 +37,36 @@ class Engine:
         )
 
     def close(self) -> None:
+        self.processor.close()
         self.store.close()
 
 
 def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
+    """The engine. Models come from the registry, unless a ``scorer`` (tests) is given."""
     store = open_store(settings.pg_dsn, cache_size=settings.aggregate_cache_size)
     catalog = SchemaCatalog(settings.schema_registry_url)
     # Register the schemas we speak so their ids exist before any producer needs them.
     AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
-    if scorer is None:
-        from leadscore.modelstore import load_scorer  # onnxruntime loads only when used
-
-        scorer = load_scorer(Path(settings.model_dir), settings.model_version or None)
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
     rules = RuleBook.load(Path(settings.scoring_config_dir))
-    processor = BatchProcessor(store, catalog, scorer, orgs=orgs, rules_for=rules)
-    return Engine(settings, store, catalog, scorer, processor)
+    models: Scorer | Models
+    if scorer is None:
+        # onnxruntime loads only when used
+        from leadscore.drift import DriftRecorder
+        from leadscore.model_registry import ShadowLog
+
+        models = model_router(settings, rules)
+        sinks = [ShadowLog(settings.pg_dsn), DriftRecorder(settings.pg_dsn, settings.model_dir)]
+    else:
+        models, sinks = scorer, []
+    processor = BatchProcessor(store, catalog, models, orgs=orgs, rules_for=rules, sinks=sinks)
+    return Engine(settings, store, catalog, processor)
+
+
+def model_router(settings: Settings, rules: RuleBook) -> Models:
+    from leadscore.model_registry import ModelRegistry, ModelRouter
+
+    registry = ModelRegistry(settings.pg_dsn, Path(settings.model_dir))
+    registry.sync(preferred=settings.model_version or None)
+    registry.record_rules(rules.sources())
+    return ModelRouter(registry, refresh_s=settings.model_refresh_s)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
+from leadscore.cli_models import app as models_app
 from leadscore.cli_projections import app as projections_app
 from leadscore.cli_webhooks import app as webhooks_app
 from leadscore.logs import configure_logging
@@ -28,7 +29,6 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(webhooks_app, name="webhooks")
 register_api_commands(app)
 app.command()(registry)
-models_app = typer.Typer(help="Scoring models in models/onnx.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 # Logs and CI have no terminal to measure: give tables room rather than 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=120)
@@ -108,8 +108,11 @@ def train(
         bool, typer.Option("--from-store", help="Train on the event store's history")
     ] = False,
     org: Annotated[
-        str | None, typer.Option(help="With --from-store: one org's history (else global)")
+        str | None, typer.Option(help="One org's history from the event store: its own model")
     ] = None,
+    global_: Annotated[
+        bool, typer.Option("--global", help="Every org's history from the event store")
+    ] = False,
     min_conversions: Annotated[
         int, typer.Option(help="Conversions an org needs for a model of its own")
     ] = 200,
@@ -120,13 +123,16 @@ def train(
 ) -> None:
     """Train a LightGBM model and export it to ONNX, from the event store or generated data.
 
-    Without --from-store the history is generated (--orgs/--leads/--events/--seed).
+    --org X trains X's own model (it needs --min-conversions), --global (or --from-store)
+    one for every org; with neither the history is generated (--orgs/--leads/--events/--seed).
+    The new version is registered, not used: see `leadscore models`.
     """
     from leadscore.training import NotEnoughOutcomesError, train_from_store, train_from_workload
 
     s = get_settings()
-    if org is not None and not from_store:
-        raise typer.BadParameter("--org needs --from-store")
+    if org is not None and global_:
+        raise typer.BadParameter("--org and --global exclude each other")
+    from_store = from_store or global_ or org is not None
     try:
         if from_store:
             with console.status("replaying the event store, training, checking parity"):
@@ -141,25 +147,6 @@ def train(
         console.print(f"[red]not trained:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print_json(data=_as_dict(meta))
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """List the models in models/onnx with their metrics."""
-    from leadscore.modelstore import list_models
-
-    table = Table("version", "trained_at", "AUC", "log-loss", "lift@10%", "features")
-    for m in list_models(Path(get_settings().model_dir)):
-        metrics = m.get("metrics", {})
-        table.add_row(
-            m["version"],
-            str(m.get("trained_at", "")),
-            f"{metrics.get('auc', float('nan')):.3f}",
-            f"{metrics.get('log_loss', float('nan')):.3f}",
-            f"{metrics.get('lift_top_decile', float('nan')):.2f}",
-            str(len(m.get("feature_names", []))),
-        )
-    console.print(table)
 
 
 @app.command()
@@ -189,8 +176,9 @@ def replay(
     try:
         if dry_run:
             with console.status("replaying the history into labelled rows, scoring both"):
-                report = replays.backtest(engine.store, candidate, engine.scorer, org)
-            table = Table("metric", f"candidate {model}", f"active {engine.scorer.version}")
+                active = engine.processor.models(org) if org else engine.scorer
+                report = replays.backtest(engine.store, candidate, active, org)
+            table = Table("metric", f"candidate {model}", f"active {active.version}")
             for key in ("auc", "log_loss", "brier", "lift_top_decile", "ece", "mean_predicted"):
                 table.add_row(key, str(report["candidate"][key]), str(report["active"][key]))
             console.print(table)

@@ -27,6 +27,7 @@ import structlog
 
 from domain import drift
 from domain.features import FEATURE_NAMES
+from domain.processing import BatchOutcome
 from leadscore.eventstore import ddl_lock
 from streams.metrics import MODEL_PSI
 
@@ -192,6 +193,11 @@ class DriftRecorder:
                 log.warning("no drift reference: not observing this model", error=str(exc))
                 self._refs[version] = None
         return self._refs[version]
+
+    def __call__(self, outcome: BatchOutcome, scored_at: datetime) -> None:
+        """As a sink of the batch processor: what each model saw in the batch, per org."""
+        for seen in outcome.observations:
+            self.observe(seen.org_id, seen.model_version, seen.rows, seen.scores)
 
     def observe(
         self,

@@ -34,7 +34,10 @@ class Settings:
     require_registered_org: bool = True
 
     model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
-    model_version: str = ""  # empty: the newest committed model
+    # Seeds the model registry when it has no active global model (empty: the newest);
+    # after that, `leadscore models promote` decides.
+    model_version: str = ""
+    model_refresh_s: float = 2.0  # how soon workers see a promotion
     # Per-org scoring rules: default.yaml and <org_id>.yaml (README, "Scoring rules").
     scoring_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "scoring"))
     batch_size: int = 1000
@@ -91,6 +94,8 @@ class Settings:
 def _parse(raw: str, type_: object) -> object:
     if type_ in ("int", int):
         return int(raw)
+    if type_ in ("float", float):
+        return float(raw)
     if type_ in ("bool", bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return raw

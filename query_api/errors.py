@@ -41,6 +41,7 @@ _REASONS = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     422: "invalid_parameters",
     500: "internal_error",
     503: "unavailable",

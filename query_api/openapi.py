@@ -73,6 +73,7 @@ SCHEMAS: dict[str, Schema] = {
                     "unauthorized",
                     "not_found",
                     "method_not_allowed",
+                    "conflict",
                     "invalid_parameters",
                     "internal_error",
                     "unavailable",
@@ -257,6 +258,11 @@ SCHEMAS: dict[str, Schema] = {
             "version": STRING,
             "trained_at": nullable(STRING),
             "active": {"type": "boolean"},
+            "scope": {"type": "string", "description": "global, or the org it was trained for"},
+            "status": {
+                "type": "string",
+                "enum": ["registered", "active", "shadow", "retired", "unregistered"],
+            },
             "metrics": {
                 "type": "object",
                 "description": "Hold-out metrics from metadata.json (auc, log_loss, ...).",
@@ -272,8 +278,8 @@ SCHEMAS: dict[str, Schema] = {
             "active": nullable(ref("Model")),
             "items": {"type": "array", "items": ref("Model")},
         },
-        "Models in the model directory, oldest first. The active one is the configured "
-        "LEADSCORE_MODEL_VERSION, else the newest.",
+        "Global models and the caller's own, oldest first, with their registry status. The "
+        "active one is the model that scores the caller's org (`leadscore models promote`).",
     ),
     "Drift": obj(
         {

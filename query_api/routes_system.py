@@ -8,13 +8,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from leadscore.model_registry import GLOBAL
 from leadscore.modelstore import list_models
 from query_api import metrics
+from query_api.auth import org_of
 from query_api.openapi import document
 from query_api.responses import JSON, dumps
 from query_api.routes_leads import resources
@@ -63,7 +66,7 @@ async def health(request: Request) -> Response:
     return JSON(body, status_code=200 if ok else 503)
 
 
-def _model(meta: dict[str, Any], active: str | None) -> dict[str, Any]:
+def _model(meta: dict[str, Any], active: str | None, registry: dict[str, Any]) -> dict[str, Any]:
     def count(key: str) -> int | None:
         value = meta.get(key)
         return value if isinstance(value, int) and value >= 0 else None
@@ -74,6 +77,9 @@ def _model(meta: dict[str, Any], active: str | None) -> dict[str, Any]:
         "version": str(meta["version"]),
         "trained_at": None if trained_at is None else str(trained_at),
         "active": str(meta["version"]) == active,
+        # Not in the registry yet: no worker has started since it was trained.
+        "scope": registry.get("scope", "global"),
+        "status": registry.get("status", "unregistered"),
         "metrics": metrics_ if isinstance(metrics_, dict) else {},
         "feature_names": [str(f) for f in meta.get("feature_names", [])],
         "n_train": count("n_train"),
@@ -82,11 +88,21 @@ def _model(meta: dict[str, Any], active: str | None) -> dict[str, Any]:
 
 
 async def models(request: Request) -> Response:
-    settings = resources(request).settings
-    metas = await asyncio.to_thread(list_models, Path(settings.model_dir))
+    res = resources(request)
+    org = org_of(request)
+    metas = await asyncio.to_thread(list_models, Path(res.settings.model_dir))
+    try:
+        rows = await res.pool.fetch("SELECT version, scope, status FROM scoring_models")
+    except asyncpg.UndefinedTableError:  # no worker has made the registry yet
+        rows = []
+    registry = {r["version"]: dict(r) for r in rows}
+    # Global models and the caller's own; another org's models are not the caller's to see.
+    visible = (None, GLOBAL, org)
+    metas = [m for m in metas if registry.get(str(m["version"]), {}).get("scope") in visible]
+    actives = {r["scope"]: r["version"] for r in rows if r["status"] == "active"}
     newest = str(metas[-1]["version"]) if metas else None
-    active = settings.model_version or newest
-    items = [_model(m, active) for m in metas]
+    active = actives.get(org) or actives.get(GLOBAL) or res.settings.model_version or newest
+    items = [_model(m, active, registry.get(str(m["version"]), {})) for m in metas]
     current = next((m for m in items if m["active"]), None)
     return JSON({"active_version": active, "active": current, "items": items})
 

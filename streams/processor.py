@@ -20,7 +20,7 @@ from domain.events import LeadEvent
 from domain.lead import Lead
 from domain.processing import BatchOutcome, apply_batch, event_time, lead_ids, rescore
 from domain.rules import NO_RULES, ScoringRules
-from domain.scoring import Scorer, check_model
+from domain.scoring import Models, OneModel, Scorer
 from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
 from streams import metrics
 from streams.codec import ValidationError, record_to_event
@@ -157,21 +157,24 @@ class BatchProcessor:
         self,
         store: LeadStore,
         catalog: Decoder,
-        scorer: Scorer,
+        scorer: Scorer | Models,
         *,
         clock: Callable[[Lead], datetime] = event_time,
         now: Callable[[], datetime] = utc_now,
         orgs: OrgRegistry | None = None,
         rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
+        sinks: Sequence[Callable[[BatchOutcome, datetime], None]] = (),
     ) -> None:
-        check_model(scorer)
+        # One model for all, or the registry's model per org (leadscore/model_registry.py).
+        self.models: Models = scorer if isinstance(scorer, Models) else OneModel(scorer)
         self.store = store
         self.catalog = catalog
-        self.scorer = scorer
         self.clock = clock
         self.now = now
         self.orgs = orgs  # None: any org is accepted
         self.rules_for = rules_for
+        # After a batch is stored: shadow scores, drift counts. Best effort, off the record.
+        self.sinks = list(sinks)
         self.totals = BatchStats()
 
     def process(self, values: Sequence[RawMessage | bytes | None]) -> BatchStats:
@@ -235,11 +238,20 @@ class BatchProcessor:
 
     def _apply(self, events: Sequence[LeadEvent], stats: BatchStats) -> None:
         """Apply, score and store in one transaction."""
+        self.models.refresh()
+        scored_at = self.now()
         outcome = self._transaction(
             lead_ids(events),
             lambda leads: apply_batch(
-                events, leads, self.scorer, self.clock, self.now(), self.rules_for
+                events,
+                leads,
+                self.models,
+                self.clock,
+                scored_at,
+                self.rules_for,
+                self.models.shadow,
             ),
+            scored_at,
         )
         stats.applied += outcome.applied
         stats.duplicates += outcome.duplicates
@@ -247,22 +259,29 @@ class BatchProcessor:
 
     def rescore(self, ids: Sequence[UUID], clock: Callable[[Lead], datetime], cause: str) -> int:
         """Rescore stored leads as of ``clock(lead)`` (decay, replay); returns scores recorded."""
+        self.models.refresh()
+        scored_at = self.now()
         outcome = self._transaction(
             set(ids),
             lambda leads: rescore(
                 [lead for lead in leads.values() if lead is not None],
-                self.scorer,
+                self.models,
                 clock,
-                self.now(),
+                scored_at,
                 cause,
                 self.rules_for,
-            ),  # fmt: skip
+                self.models.shadow,
+            ),
+            scored_at,
         )
         metrics.SCORES_RECORDED.inc(outcome.scored)
         return outcome.scored
 
     def _transaction(
-        self, ids: set[UUID], work: Callable[[dict[UUID, Lead | None]], BatchOutcome]
+        self,
+        ids: set[UUID],
+        work: Callable[[dict[UUID, Lead | None]], BatchOutcome],
+        scored_at: datetime,
     ) -> BatchOutcome:
         """Load the leads, let ``work`` change them, save what it touched in one
         transaction; a version conflict (another writer of a lead) reloads and retries."""
@@ -278,8 +297,22 @@ class BatchProcessor:
                 # The cache holds the aggregates we mutated: drop them, history is intact.
                 self.store.evict(ids)
                 raise
+            self._sink(outcome, scored_at)
             return outcome
         raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+
+    def _sink(self, outcome: BatchOutcome, scored_at: datetime) -> None:
+        for sink in self.sinks:
+            try:
+                sink(outcome, scored_at)
+            except Exception as exc:  # the batch is stored; a lost side record is no reason
+                log.warning("sink failed", sink=repr(sink), error=repr(exc))
 
     def _count(self, stats: BatchStats) -> None:
         self.totals.add(stats)

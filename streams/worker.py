@@ -194,6 +194,7 @@ def run_worker(engine: Engine) -> None:
     try:
         worker.execute_from_commandline()
     finally:
+        engine.processor.close()  # the sinks' last counts (drift)
         relay_stop.set()
         projections_stop.set()
         relay_thread.join(10)

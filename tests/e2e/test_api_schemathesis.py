@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from leadscore.settings import Settings
+from query_api.openapi import document
 from tests.integration.test_api import ORG_A, Api, live_api
 
 pytestmark = pytest.mark.e2e
@@ -65,4 +66,5 @@ def test_api_conforms_to_its_openapi_document(live: Api, tmp_path: Path) -> None
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-30_000:] + result.stderr[-5_000:]
-    assert "Operations:       12 selected / 12 total" in result.stdout
+    operations = sum(len(item) for item in document(None)["paths"].values())
+    assert f"Operations:       {operations} selected / {operations} total" in result.stdout
