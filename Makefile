@@ -54,6 +54,10 @@ bench: up
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.explain
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.replay
+	$(BIN)/python -m bench.memory
 
 lint: venv
 	$(BIN)/ruff check .

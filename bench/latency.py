@@ -162,6 +162,7 @@ def _start_receiver(s: Settings, topic: str, tmp: Path, name: str):  # type: ign
 
 
 def _send(s: Settings, topic: str, rate: int, chunk: list, tmp: Path, name: str) -> Path:  # type: ignore[type-arg]
+    timeout = len(chunk) / rate * 10 + 120
     infile, outfile = tmp / f"{name}.in.pickle", tmp / f"{name}.sent.json"
     with infile.open("wb") as f:
         pickle.dump(chunk, f)
@@ -170,7 +171,7 @@ def _send(s: Settings, topic: str, rate: int, chunk: list, tmp: Path, name: str)
         s,
         s.run_path / "logs" / "bench" / "latency-gen.log",
     )
-    proc.wait(timeout=SECONDS * 10 + 120)
+    proc.wait(timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"generator exited with {proc.returncode}")
     infile.unlink()
@@ -186,12 +187,19 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    base = stack.base_settings()
-    runs = RUNS
-    per_run = sum(int(r * SECONDS) for r in RATES)
-    warmup = int(500 * WARMUP_SECONDS)
+    body = measure(stack.base_settings(), RATES, SECONDS, RUNS)
+    console.print(body)
+    console.print(f"written to {write_results('latency', body)}")
+
+
+def measure(
+    base: Settings, rates: list[int], seconds: float, runs: int, warmup_s: float = WARMUP_SECONDS
+) -> str:
+    """Run the latency bench; returns the results body (markdown)."""
+    per_run = sum(int(r * seconds) for r in rates)
+    warmup = max(1, int(500 * warmup_s))
     total = warmup + runs * per_run
-    console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in RATES)} events/s")
+    console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in rates)} events/s")
     with console.status(f"generating and encoding {total:,} lead-events"):
         events = list(generate(20, max(1, total // 10), total, seed=17))
         encoded = stack.encoded(base, events)
@@ -255,8 +263,8 @@ def main() -> None:
             stack.wait_for(lambda: drained("ours") and drained("peer"), 300, "warm-up")
         at = warmup
         for run in range(runs):
-            for rate in RATES:
-                n = int(rate * SECONDS)
+            for rate in rates:
+                n = int(rate * seconds)
                 chunk = messages[at : at + n]
                 at += n
                 for who in ("ours", "peer"):
@@ -271,12 +279,11 @@ def main() -> None:
         stack.cleanup(base, s)
         stack.delete_topics(base.kafka_bootstrap, [ours_in, peer_in, peer_out])
 
-    body = report(base, segments, ours_file, peer_file, runs)
+    body = report(base, segments, ours_file, peer_file, runs, rates, seconds)
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
-    console.print(body)
-    console.print(f"written to {write_results('latency', body)}")
+    return body
 
 
 def _receipts(path: Path, who: str, base: Settings) -> dict[str, float]:
@@ -297,7 +304,15 @@ def _receipts(path: Path, who: str, base: Settings) -> dict[str, float]:
     return first
 
 
-def report(base: Settings, segments: list[Segment], ours: Path, peer: Path, runs: int) -> str:
+def report(
+    base: Settings,
+    segments: list[Segment],
+    ours: Path,
+    peer: Path,
+    runs: int,
+    rates: list[int],
+    seconds: float,
+) -> str:
     received = {"ours": _receipts(ours, "ours", base), "peer": _receipts(peer, "peer", base)}
     rows: dict[tuple[str, int], list[dict[str, float]]] = {}
     for seg in segments:
@@ -316,14 +331,14 @@ def report(base: Settings, segments: list[Segment], ours: Path, peer: Path, runs
         )  # fmt: skip
     lines = [
         f"Open-loop generator (one process, a few sends per 1 ms tick, linger.ms=1, acks=all), "
-        f"{SECONDS:.0f} s per rate and run, {runs} runs; the worker runs as in production "
+        f"{seconds:g} s per rate and run, {runs} runs; the worker runs as in production "
         "(relay, PostgreSQL and Redis projections in-process; ClickHouse beside it). "
         "Latency = score-event received − lead-event sent, ms.\n",
         "| offered events/s | achieved | p50 | p95 | p99 (min–max) | samples (share of events) "
         "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rate in RATES:
+    for rate in rates:
         ours_runs, peer_runs = rows.get(("ours", rate), []), rows.get(("peer", rate), [])
         if not ours_runs:
             continue

@@ -367,15 +367,22 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    base = stack.base_settings()
-    console.rule(f"[bold]pipeline: {EVENTS:,} events, {LEADS:,} leads, {ORGS} orgs")
-    wl = prepare(base, EVENTS, LEADS, ORGS)
+def bench(
+    base: Settings, events: int, leads: int, orgs: int, runs: int, *, profile: bool, perf: bool
+) -> str:
+    """Produce the workload, run ours and the peers ``runs`` times; the results body."""
+    console.rule(f"[bold]pipeline: {events:,} events, {leads:,} leads, {orgs} orgs")
+    wl = prepare(base, events, leads, orgs)
     try:
-        results = measure(base, wl, RUNS, profile=bool(PROFILE), perf=bool(PERF_TOOLS))
+        results = measure(base, wl, runs, profile=profile, perf=perf)
     finally:
         stack.delete_topics(base.kafka_bootstrap, [wl.topic])
-    body = report(wl, results, RUNS)
+    return report(wl, results, runs)
+
+
+def main() -> None:
+    base = stack.base_settings()
+    body = bench(base, EVENTS, LEADS, ORGS, RUNS, profile=bool(PROFILE), perf=bool(PERF_TOOLS))
     console.print(body)
     console.print(f"written to {write_results('pipeline', body)}")
 

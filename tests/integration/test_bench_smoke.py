@@ -1,0 +1,71 @@
+"""The benchmark harness runs: the pipeline and latency benches at a tiny size, one run.
+
+This checks that they run end to end against the real services and produce a results
+body with the rows we expect; it says nothing about how fast anything is (`make bench`
+measures that). Nothing is written to bench/results.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import latency, pipeline
+from bench import profile as profiling
+from leadscore.settings import Settings
+
+
+def test_pipeline_bench_runs_and_reports_every_row(services: Settings) -> None:
+    body = pipeline.bench(services, 1_500, 150, 3, 1, profile=True, perf=True)
+    for row in (
+        "| **leadscore worker**",
+        "| (a) Faust agent",
+        "| (b) confluent-kafka consume",
+        "| (c) kafka-producer-perf-test",
+        "| (c) kafka-consumer-perf-test",
+        "| lead-events/s |",
+        "| worker peak RSS (VmHWM), MiB |",
+        "| scores stored / score-events on the topic |",
+        "### Where the time goes",
+        "Within the event-store thread",
+    ):
+        assert row in body, row
+    stored, on_topic = _cells(body, "| scores stored / score-events on the topic |")[0].split(" / ")
+    assert int(stored.replace(",", "")) > 0
+    assert int(on_topic.replace(",", "")) >= int(stored.replace(",", ""))
+
+
+def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
+    body = latency.measure(services, [200, 400], 1.0, 1, warmup_s=0.4)
+    for rate in ("| 200 |", "| 400 |"):
+        row = next(line for line in body.splitlines() if line.startswith(rate))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[4].startswith("**"), row  # p99 of ours
+        assert cells[8] not in ("nan", ""), row  # peer p99
+
+
+def test_profile_summary_attributes_samples_to_stages() -> None:
+    raw = "\n".join(
+        [
+            "thread (1): event-store_0;process (/x/streams/processor.py:10);"
+            "decode (/x/streams/wire.py:5) 6",
+            "thread (1): event-store_0;process (/x/streams/processor.py:10);"
+            "explain (/x/domain/explain.py:3);run (/x/onnxruntime/session.py:1) 3",
+            "thread (2): score-event-relay;publish_once (/x/streams/relay.py:4);"
+            "Connection.wait (/x/psycopg/connection.py:9) 1",
+        ]
+    )
+    p = profiling.parse(raw)
+    assert p.samples == 10
+    assert p.stages["decode (Avro, validation)"] == 6
+    assert p.stages["explanation"] == 3
+    assert p.stages["waiting: PostgreSQL replies (psycopg)"] == 1
+    assert sum(p.critical.values()) == 9
+    assert "| decode (Avro, validation) | 60.0% |" in profiling.summarise(raw)
+
+
+def _cells(body: str, prefix: str) -> list[str]:
+    line = next(line for line in body.splitlines() if line.startswith(prefix))
+    return [c.strip() for c in line[len(prefix) :].strip("|").split("|")]
+
+
+pytestmark = pytest.mark.integration
