@@ -33,8 +33,13 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("event store load", ("LeadStore.load", "Repository.get", "repository.py")),
     (
         "scoring (features, ONNX, rules)",
-        ("modelstore.py", "onnxruntime", "domain/features.py", "domain/scoring.py",
-         "domain/rules.py"),
+        (
+            "modelstore.py",
+            "onnxruntime",
+            "domain/features.py",
+            "domain/scoring.py",
+            "domain/rules.py",
+        ),
     ),  # fmt: skip
     ("apply (aggregates)", ("domain/lead.py", "domain/processing.py")),
     ("dead letters", ("streams/dlq.py",)),
@@ -187,8 +192,19 @@ def record(pid: int, out: Path, rate: int = RATE) -> subprocess.Popen[bytes]:
     """Start sampling ``pid``; ``stop`` it to get the file written."""
     return subprocess.Popen(
         [
-            str(PY_SPY), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
-            "--nonblocking", "--threads", "--full-filenames", "--output", str(out),
+            str(PY_SPY),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            str(rate),
+            "--nonblocking",
+            "--threads",
+            "--full-filenames",
+            "--output",
+            str(out),
         ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -134,7 +134,10 @@ def encoded(s: Settings, events: Sequence[LeadEvent]) -> list[tuple[bytes, bytes
 
 
 def produce_ahead(
-    s: Settings, topic: str, messages: Sequence[tuple[bytes, bytes]], progress=None  # type: ignore[no-untyped-def]
+    s: Settings,
+    topic: str,
+    messages: Sequence[tuple[bytes, bytes]],
+    progress=None,  # type: ignore[no-untyped-def]
 ) -> None:
     """Send ``messages`` (key, value) to ``topic`` as fast as the producer goes; all acked."""
     from streams.relay import kafka_producer
