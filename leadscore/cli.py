@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -153,6 +154,10 @@ def train(
 def replay(
     model: Annotated[str, typer.Option(help="The model version to rescore with, e.g. v2")],
     org: Annotated[str | None, typer.Option(help="Only this org's leads")] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="Only leads with a lead-event at or after this time (UTC if naive)"),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Backtest against the active model; write nothing")
     ] = False,
@@ -168,6 +173,8 @@ def replay(
     from leadscore.modelstore import ModelNotFoundError, load_scorer
 
     s = get_settings()
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
     try:
         candidate = load_scorer(Path(s.model_dir), model)
     except ModelNotFoundError as exc:
@@ -177,7 +184,7 @@ def replay(
         if dry_run:
             with console.status("replaying the history into labelled rows, scoring both"):
                 active = engine.processor.models(org) if org else engine.scorer
-                report = replays.backtest(engine.store, candidate, active, org)
+                report = replays.backtest(engine.store, candidate, active, org, since)
             table = Table("metric", f"candidate {model}", f"active {active.version}")
             for key in ("auc", "log_loss", "brier", "lift_top_decile", "ece", "mean_predicted"):
                 table.add_row(key, str(report["candidate"][key]), str(report["active"][key]))
@@ -185,7 +192,7 @@ def replay(
             rows, conversions = report["rows"], report["conversions"]
             console.print(f"{rows:,} labelled leads, {conversions:,} conversions")
             return
-        total = replays.count_leads(engine.store, org)
+        total = replays.count_leads(engine.store, org, since)
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TaskProgressColumn(), TextColumn("{task.speed} leads/s"), TimeElapsedColumn(),
@@ -194,7 +201,11 @@ def replay(
         with progress:
             task = progress.add_task(f"rescoring with {model}", total=total)
             done = replays.replay(
-                engine, candidate, org, on_batch=lambda n, _c: progress.advance(task, n)
+                engine,
+                candidate,
+                org,
+                on_batch=lambda n, _c: progress.advance(task, n),
+                since=since,
             )
         console.print(f"{done.leads:,} leads rescored with {model}; {done.rescored:,} changed")
     finally:

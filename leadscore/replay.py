@@ -15,14 +15,16 @@ replay is resumed by running it again, without double-recording.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import numpy as np
 
-from domain.lead import Lead
+from domain.events import LeadEvent
+from domain.lead import Lead, lead_aggregate_id
 from domain.processing import event_time
 from domain.scoring import Scorer
 from leadscore.bootstrap import Engine
@@ -36,9 +38,17 @@ _CREATED = f"{Lead.LeadCreated.__module__}:{Lead.LeadCreated.__qualname__}"
 
 
 def backtest(
-    store: LeadStore, candidate: Scorer, active: Scorer, org: str | None = None
+    store: LeadStore,
+    candidate: Scorer,
+    active: Scorer,
+    org: str | None = None,
+    since: datetime | None = None,
 ) -> dict[str, Any]:
-    X, y, _t = build_dataset(lead_events(store, org))
+    events: Iterable[LeadEvent] = lead_events(store, org)
+    if since is not None:
+        recent = active_since(store, org, since)
+        events = (e for e in events if lead_aggregate_id(e.org_id, e.lead_id) in recent)
+    X, y, _t = build_dataset(events)
     if len(y) == 0:
         raise ValueError("no labelled leads in the history yet")
     out: dict[str, Any] = {"rows": len(y), "conversions": int(np.sum(y))}
@@ -48,11 +58,26 @@ def backtest(
     return out
 
 
-def lead_ids(store: LeadStore, org: str | None = None) -> Iterator[UUID]:
-    """Every stored lead (of ``org``), in the order they were created."""
+def lead_ids(
+    store: LeadStore, org: str | None = None, since: datetime | None = None
+) -> Iterator[UUID]:
+    """Every stored lead (of ``org``; with an event at or after ``since``), in the order
+    they were created."""
+    recent = None if since is None else active_since(store, org, since)
     for note in store.all_notifications([_CREATED]):
+        if recent is not None and note.originator_id not in recent:
+            continue
         if org is None or store.to_event(note).org_id == org:
             yield note.originator_id
+
+
+def active_since(store: LeadStore, org: str | None, since: datetime) -> set[UUID]:
+    """The leads with a lead-event that occurred at or after ``since``."""
+    return {
+        lead_aggregate_id(e.org_id, e.lead_id)
+        for e in lead_events(store, org)
+        if e.occurred_at >= since
+    }
 
 
 @dataclass
@@ -69,14 +94,16 @@ def replay(
     batch: int = BATCH,
     on_batch: Callable[[int, int], None] = lambda _leads, _changed: None,
     limit: int | None = None,
+    since: datetime | None = None,
 ) -> ReplayReport:
-    """Rescore stored leads with ``candidate``; ``limit`` stops early (as an interruption)."""
+    """Rescore stored leads (of ``org``, active ``since``) with ``candidate``; ``limit``
+    stops early (as an interruption)."""
     processor = BatchProcessor(
         engine.store, engine.catalog, candidate, rules_for=engine.processor.rules_for
     )
     cause = f"replay:{candidate.version}"
     report = ReplayReport()
-    ids = list(lead_ids(engine.store, org))
+    ids = list(lead_ids(engine.store, org, since))
     if limit is not None:
         ids = ids[:limit]
     for start in range(0, len(ids), batch):
@@ -88,5 +115,5 @@ def replay(
     return report
 
 
-def count_leads(store: LeadStore, org: str | None = None) -> int:
-    return sum(1 for _ in lead_ids(store, org))
+def count_leads(store: LeadStore, org: str | None = None, since: datetime | None = None) -> int:
+    return sum(1 for _ in lead_ids(store, org, since))

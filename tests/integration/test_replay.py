@@ -79,7 +79,10 @@ def test_an_interrupted_replay_resumes_without_double_recording(history: Setting
 def test_the_command_backtests_and_replays_with_progress(history: Settings) -> None:
     env = {**os.environ, **settings_env(history)}
     cmd = [sys.executable, "-m", "leadscore.cli", "replay", "--model", "v9"]
-    dry = subprocess.run([*cmd, "--dry-run"], env=env, capture_output=True, text=True, timeout=300)
+    since = ["--since", "2020-01-01T00:00:00"]
+    dry = subprocess.run(
+        [*cmd, *since, "--dry-run"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert dry.returncode == 0, dry.stderr
     assert "candidate v9" in dry.stdout and "active v1" in dry.stdout and "auc" in dry.stdout
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -87,3 +90,19 @@ def test_the_command_backtests_and_replays_with_progress(history: Settings) -> N
     assert "leads rescored with v9" in run.stdout
     bad = subprocess.run([*cmd[:-1], "v404"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "v404" in bad.stdout + bad.stderr
+
+
+def test_a_replay_since_a_time_rescores_only_the_leads_active_since(history: Settings) -> None:
+    workload = list(generate(1, 400, 5_000, seed=8))  # the fixture's history
+    since = sorted(e.occurred_at for e in workload)[len(workload) * 3 // 4]
+    active = {e.lead_id for e in workload if e.occurred_at >= since}
+    engine = bootstrap(history)
+    candidate = load_scorer(Path(history.model_dir), "v9")
+    try:
+        assert 0 < len(active) < count_leads(engine.store)
+        assert count_leads(engine.store, since=since) == len(active)
+        done = replay(engine, candidate, since=since)
+        assert done.leads == len(active)
+        assert set(replay_causes(engine)) == active
+    finally:
+        engine.close()
