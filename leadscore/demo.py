@@ -237,6 +237,8 @@ def _serve(
         "/analytics/score-distribution",
         "/analytics/conversion-by-source",
         "/models",
+        "/models/v1/drift",
+        "/webhooks/deliveries?limit=5",
     ):
         console.print(f"  curl -s -H 'Authorization: Bearer {key}' '{base}{path}'", soft_wrap=True)
     console.print(f"  curl -s {base}/health     # no key needed; also /metrics, /openapi.json")
@@ -387,7 +389,7 @@ def _summarise(
     top.add_column("lead", no_wrap=True)
     top.add_column("title", overflow="ellipsis", no_wrap=True, max_width=26)
     top.add_column("company", overflow="ellipsis", no_wrap=True, max_width=18)
-    for col in ("score", "grade", "fit", "eng."):
+    for col in ("score", "grade", "stage", "fit", "eng."):
         top.add_column(col, justify="right", no_wrap=True)
     for r in best:
         lead = profiles[lead_aggregate_id(r["org_id"], r["lead_id"])]
@@ -399,6 +401,7 @@ def _summarise(
             str(p.get("company", "")),
             f"{r['new_score']:.1f}",
             r["grade"],
+            r.get("stage") or "",
             f"{r['components']['fit']:.0f}",
             f"{r['components']['engagement']:.0f}",
         )
