@@ -8,6 +8,9 @@ the topic and notes when each arrived (decoding only after the run); events are 
 by ``caused_by_event_id``. Only lead-events that changed a score produce a score-event,
 so the samples are those events (their share is shown).
 
+The query API too: a watcher process polls GET /leads/{id} for a sample of leads until
+the lead shows a score at least as new as its score-event (produced -> visible via the API).
+
 The peer, in the same run and on the same broker: bench/peers.py's raw confluent-kafka
 consume -> produce loop forwarding the same events (headers included) to a sink topic,
 timed by the same generator and receiver: the Kafka + Python I/O floor of any consumer
@@ -19,6 +22,7 @@ LEADSCORE_BENCH_LATENCY_SECONDS per rate and run (10), LEADSCORE_BENCH_RUNS.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -48,6 +52,7 @@ RATES = [
 ]
 SECONDS = float(os.environ.get("LEADSCORE_BENCH_LATENCY_SECONDS", "10"))
 WARMUP_SECONDS = 2.0
+API_SAMPLE = 10  # one lead in this many is watched through the API
 TARGETS_MS = {2000: 100.0, 5000: 250.0}  # p99 targets of issue 6
 ID_HEADER = "bench-event-id"
 
@@ -70,6 +75,12 @@ def generator(bootstrap: str, topic: str, rate: float, infile: str, outfile: str
             "compression.type": "lz4",
         }
     )
+    # An idempotent producer holds its first messages until it has a producer id (about
+    # 0.5 s here): that start-up would show as latency of the first events sent.
+    producer.list_topics(topic, timeout=10)
+    ready_at = time.monotonic() + 1.0
+    while time.monotonic() < ready_at:
+        producer.poll(0.05)
     sent: list[tuple[str, float]] = []
     produce, poll, wall, clock = producer.produce, producer.poll, time.time, time.perf_counter
     n = len(messages)
@@ -139,6 +150,98 @@ def receiver(bootstrap: str, topic: str, partitions: int, outfile: str, ready: s
         pickle.dump(got, f)
 
 
+# -- the API watcher process ----------------------------------------------------------
+
+
+def api_watcher(
+    s: Settings, url: str, keys_file: str, sample: int, outfile: str, ready: str
+) -> None:
+    """For one score-event in ``sample``, poll GET /leads/{id} until the API shows a score
+    at least as new (its log position); write (caused_by_event_id, seen at) on SIGTERM.
+
+    Four threads, each with its own keep-alive connection, poll the open watches every
+    2 ms: a light client, so the watching disturbs the machine little.
+    """
+    import http.client
+    import queue
+    import threading
+    import zlib
+    from urllib.parse import urlsplit
+
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+
+    from streams.wire import SchemaCatalog
+
+    keys: dict[str, str] = json.loads(Path(keys_file).read_text())
+    catalog = SchemaCatalog(s.schema_registry_url)
+    host = urlsplit(url)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"bench-latency-api-{secrets.token_hex(4)}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+        }
+    )
+    topic = s.topic_score_events
+    parts = []
+    for p in range(s.topic_partitions):
+        _lo, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        parts.append(TopicPartition(topic, p, high))
+    consumer.assign(parts)
+    watches: queue.Queue[tuple[str, str, int, str] | None] = queue.Queue()
+    seen: list[tuple[str, float]] = []
+    stopping = threading.Event()
+
+    def poller() -> None:
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+        while not stopping.is_set():
+            try:
+                item = watches.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            org, lead, position, cause = item
+            try:
+                conn.request(
+                    "GET", f"/leads/{lead}", headers={"Authorization": f"Bearer {keys[org]}"}
+                )
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+                watches.put(item)
+                continue
+            score = orjson.loads(body).get("score") if response.status == 200 else None
+            if score and int(score.get("position", 0)) >= position:
+                seen.append((cause, time.time()))
+            else:
+                time.sleep(0.002)
+                watches.put(item)
+
+    threads = [threading.Thread(target=poller, daemon=True) for _ in range(4)]
+    for th in threads:
+        th.start()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    Path(ready).write_text("ready")
+    while not stopping.is_set():
+        msg = consumer.poll(0.05)
+        if msg is None or msg.error():
+            continue
+        if zlib.crc32(msg.key() or b"") % sample:
+            continue  # the sample is by lead, so a watched lead's scores are all watched
+        r = catalog.decode(msg.value())
+        watches.put((r["org_id"], r["lead_id"], int(r["position"]), r["caused_by_event_id"]))
+    for th in threads:
+        th.join(2)
+    consumer.close()
+    with open(outfile, "w") as f:
+        json.dump(seen, f)
+
+
 # -- the bench ------------------------------------------------------------------------
 
 
@@ -176,6 +279,29 @@ def _send(s: Settings, topic: str, rate: int, chunk: list, tmp: Path, name: str)
         raise RuntimeError(f"generator exited with {proc.returncode}")
     infile.unlink()
     return outfile
+
+
+def _api_keys(s: Settings, orgs: list[str]) -> dict[str, str]:
+    import asyncio
+
+    from leadscore import tenancy
+
+    async def create(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        return {org: (await tenancy.create_api_key(db, org, name="bench"))[1] for org in orgs}
+
+    return asyncio.run(tenancy.with_connection(s.pg_dsn, create))
+
+
+def _healthy(url: str, proc) -> bool:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    if proc.poll() is not None:
+        raise RuntimeError(f"the query API exited with {proc.returncode}")
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def percentiles(values: list[float]) -> tuple[float, float, float]:
@@ -216,8 +342,9 @@ def measure(
     services.ensure_topics(
         base.kafka_bootstrap, [ours_in, peer_in, peer_out], base.topic_partitions
     )
-    s = stack.isolated(base, "lat", ours_in)
+    s = dataclasses.replace(stack.isolated(base, "lat", ours_in), api_port=stack.free_port())
     stack.register_orgs(s, orgs)
+    keys = _api_keys(s, orgs)
     logs = base.run_path / "logs" / "bench"
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-latency-"))
     procs = []
@@ -225,7 +352,11 @@ def measure(
     try:
         worker = stack.start_worker(s, logs / "latency-worker.log")
         procs.append(worker)
-        procs.append(stack.start_clickhouse_projection(s, logs / "latency-clickhouse.log"))
+        # The query API, which also runs the ClickHouse projection (embedded chDB).
+        api = stack.start_process(["-m", "leadscore.cli", "api"], s, logs / "latency-api.log")
+        procs.append(api)
+        api_url = f"http://127.0.0.1:{s.api_port}"
+        stack.wait_for(lambda: _healthy(api_url, api), 120, "the query API")
         peer = stack.start_process(
             ["-m", "bench.peers", "raw", peer_in, peer_out, f"bench-lat-{tag}", "6"],
             base,
@@ -235,6 +366,16 @@ def measure(
         recv_ours, ours_file = _start_receiver(s, s.topic_score_events, tmp, "ours")
         recv_peer, peer_file = _start_receiver(base, peer_out, tmp, "peer")
         procs += [recv_ours, recv_peer]
+        keys_file, api_file, api_ready = tmp / "keys.json", tmp / "api.json", tmp / "api.ready"
+        keys_file.write_text(json.dumps(keys))
+        watcher = stack.start_process(
+            ["-m", "bench.latency", "api", api_url, str(keys_file), str(API_SAMPLE),
+             str(api_file), str(api_ready)],
+            s,
+            logs / "latency-api-watcher.log",
+        )  # fmt: skip
+        procs.append(watcher)
+        stack.wait_for(api_ready.exists, 60, "the API watcher")
         positions = stack.LogPositions(s.pg_dsn)
         marks = stack.Watermarks(base.kafka_bootstrap, peer_out, base.topic_partitions)
         sent = {"ours": 0, "peer": 0}
@@ -279,7 +420,7 @@ def measure(
         stack.cleanup(base, s)
         stack.delete_topics(base.kafka_bootstrap, [ours_in, peer_in, peer_out])
 
-    body = report(base, segments, ours_file, peer_file, runs, rates, seconds)
+    body = report(base, segments, ours_file, peer_file, api_file, runs, rates, seconds)
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
@@ -309,17 +450,23 @@ def report(
     segments: list[Segment],
     ours: Path,
     peer: Path,
+    api: Path,
     runs: int,
     rates: list[int],
     seconds: float,
 ) -> str:
     received = {"ours": _receipts(ours, "ours", base), "peer": _receipts(peer, "peer", base)}
+    seen_in_api: dict[str, float] = {}
+    for eid, at in json.loads(api.read_text()) if api.exists() else []:
+        seen_in_api.setdefault(eid, at)
     rows: dict[tuple[str, int], list[dict[str, float]]] = {}
     for seg in segments:
         data = json.loads(seg.sent_file.read_text())
         got = received[seg.who]
         lat = [(got[eid] - at) * 1000 for eid, at in data["sent"] if eid in got]
         p50, p95, p99 = percentiles(lat)
+        via_api = [(seen_in_api[eid] - at) * 1000 for eid, at in data["sent"] if eid in seen_in_api]
+        a50, _a95, a99 = percentiles(via_api)
         rows.setdefault((seg.who, seg.rate), []).append(
             {
                 "p50": p50, "p95": p95, "p99": p99,
@@ -327,16 +474,19 @@ def report(
                 "lag": data["worst_lag_s"] * 1000,
                 "share": len(lat) / max(1, len(data["sent"])),
                 "samples": len(lat),
+                "api_p50": a50, "api_p99": a99, "api_samples": len(via_api),
             }
         )  # fmt: skip
     lines = [
         f"Open-loop generator (one process, a few sends per 1 ms tick, linger.ms=1, acks=all), "
         f"{seconds:g} s per rate and run, {runs} runs; the worker runs as in production "
-        "(relay, PostgreSQL and Redis projections in-process; ClickHouse beside it). "
+        "(relay, PostgreSQL and Redis projections in-process; the query API beside it, which "
+        "runs the ClickHouse projection). "
         "Latency = score-event received − lead-event sent, ms.\n",
         "| offered events/s | achieved | p50 | p95 | p99 (min–max) | samples (share of events) "
-        "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 "
+        "| via the API p50 | API p99 | API samples |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
         ours_runs, peer_runs = rows.get(("ours", rate), []), rows.get(("peer", rate), [])
@@ -358,7 +508,9 @@ def report(
             f"{med(ours_runs, 'samples'):,.0f} ({med(ours_runs, 'share'):.0%}) | "
             f"{med(peer_runs, 'p50'):,.1f} | {med(peer_runs, 'p95'):,.1f} | "
             f"{med(peer_runs, 'p99'):,.1f} | "
-            f"{p99.median / med(peer_runs, 'p99'):,.0f}× | {verdict} |"
+            f"{p99.median / med(peer_runs, 'p99'):,.0f}× | {verdict} | "
+            f"{med(ours_runs, 'api_p50'):,.0f} | {med(ours_runs, 'api_p99'):,.0f} | "
+            f"{med(ours_runs, 'api_samples'):,.0f} |"
         )
     worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
     lines += [
@@ -366,7 +518,11 @@ def report(
         "Peer: a raw confluent-kafka consume → produce loop (bench/peers.py) fed the same events "
         "by the same generator, timed by the same receiver. The generator fell at most "
         f"{worst:,.1f} ms behind its schedule. Samples are the lead-events that changed a score "
-        "(a score-event is published only for a stored change).",
+        "(a score-event is published only for a stored change). Via the API: for the leads "
+        f"of one score-event in {API_SAMPLE}, a watcher process polls GET /leads/{{id}} every "
+        "2 ms (4 keep-alive connections) until the lead's score is at least as new as that "
+        "score-event: produced → visible through the query API (PostgreSQL and Redis read "
+        "models, the API's hot cache evicted by their change notices).",
     ]
     return "\n".join(lines)
 
@@ -377,6 +533,9 @@ if __name__ == "__main__":
         s = Settings.from_env()
         topic, rate, infile, outfile = args
         generator(s.kafka_bootstrap, topic, float(rate), infile, outfile)
+    elif kind == "api":
+        url, keys_file, sample, outfile, ready = args
+        api_watcher(Settings.from_env(), url, keys_file, int(sample), outfile, ready)
     elif kind == "recv":
         s = Settings.from_env()
         topic, partitions, outfile, ready = args

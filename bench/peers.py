@@ -66,6 +66,7 @@ def run_raw(s: Settings, src: str, sink: str, group: str) -> None:
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
+            "fetch.wait.max.ms": 5,
         }
     )
     producer = kafka_producer(s.kafka_bootstrap)
