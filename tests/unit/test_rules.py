@@ -57,7 +57,8 @@ def test_a_group_never_moves_the_score_more_than_its_cap(
     moved = sum(v for k, v in effect.parts.items() if k != "rule:bounds")
     assert abs(moved) <= cap + 1e-9
     assert 0.0 <= effect.card.total <= 100.0
-    assert math.isclose(model + sum(effect.parts.values()), effect.card.total, abs_tol=0.05)
+    # The total is rounded to 0.1 point: at most 0.05 off (plus float error).
+    assert math.isclose(model + sum(effect.parts.values()), effect.card.total, abs_tol=0.05 + 1e-9)
 
 
 @given(st.lists(points, max_size=4), st.floats(0, 100))
