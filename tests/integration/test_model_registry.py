@@ -148,3 +148,26 @@ def test_the_shadow_report_measures_lift_where_outcomes_are_known(
     assert report["with_outcome"] == 40
     assert report["active_auc"] == report["shadow_auc"] > 0.5
     assert report["active_lift"] == report["shadow_lift"] > 1.0
+
+
+def test_the_rules_versions_in_use_are_kept_in_the_registry(
+    models: Settings, tmp_path: Path
+) -> None:
+    import psycopg
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "org-1.yaml").write_text("version: 4\nthresholds: {mql: 30}\n")
+    (rules / "default.yaml").write_text("version: base-1\n")
+    bootstrap(dataclasses.replace(models, scoring_config_dir=str(rules))).close()
+    (rules / "org-1.yaml").write_text("version: 5\nthresholds: {mql: 35}\n")
+    bootstrap(dataclasses.replace(models, scoring_config_dir=str(rules))).close()
+    with psycopg.connect(models.pg_dsn) as conn:
+        kept = conn.execute(
+            "SELECT org_id, version, document FROM scoring_rules ORDER BY org_id, version"
+        ).fetchall()
+    assert kept == [
+        ("default", "base-1", "version: base-1\n"),
+        ("org-1", "4", "version: 4\nthresholds: {mql: 30}\n"),
+        ("org-1", "5", "version: 5\nthresholds: {mql: 35}\n"),
+    ]
