@@ -196,6 +196,31 @@ class Watermarks:
         self.consumer.close()
 
 
+def produce_span(bootstrap: str, topic: str, partitions: int) -> float:
+    """Seconds between the first and the last message written to ``topic`` (their
+    CreateTime, set by the producer that wrote them): a forwarder's own span, exact to the
+    millisecond however short the run."""
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-span", "enable.auto.commit": False}
+    )
+    first, last = float("inf"), 0.0
+    try:
+        for p in range(partitions):
+            _lo, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high == 0:
+                continue
+            for offset in (0, high - 1):
+                c.assign([TopicPartition(topic, p, offset)])
+                msg = None
+                while msg is None or msg.error():
+                    msg = c.poll(10)
+                _kind, ts = msg.timestamp()
+                first, last = min(first, ts / 1000), max(last, ts / 1000)
+    finally:
+        c.close()
+    return last - first
+
+
 # -- processes -------------------------------------------------------------------
 
 
