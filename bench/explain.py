@@ -87,7 +87,7 @@ def main() -> None:
         "training set's average lead; the engine explains score points against a lead of "
         "the same age we know nothing about, and its contributions add up exactly to the "
         "score difference. The engine explains only material changes (first score, grade or "
-        "model change, a move of 2 points or more); smaller moves keep the last explanation.",
+        "model change, a move of 5 points or more); smaller moves keep the last explanation.",
     ]
     body = "\n".join(lines)
     console.print(body)

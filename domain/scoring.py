@@ -159,7 +159,7 @@ def score_leads(
 
 
 # A score moving less than this keeps the previous explanation (same grade and model).
-EXPLAIN_MIN_CHANGE = 2.0
+EXPLAIN_MIN_CHANGE = 5.0
 
 
 def needs_explanation(lead: Lead, card: ScoreCard) -> bool:

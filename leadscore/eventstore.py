@@ -12,10 +12,15 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing import persistence as es_persistence
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Notification
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Notification, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
 
 from domain.lead import Lead
 
@@ -40,11 +45,61 @@ class ConcurrentWriteError(RuntimeError):
     """Another writer stored events for a lead in this batch first (e.g. during a rebalance)."""
 
 
+class ColumnArrayRecorder(PostgresApplicationRecorder):
+    """The library's recorder, inserting a batch's events as four binary column arrays.
+
+    The library sends one array of a composite type, which psycopg dumps in Python in
+    text format (hex-escaping every state): about 70 µs per event, most of a batch's
+    save. Arrays of uuid, bigint, text and bytea go through psycopg's C dumpers in binary.
+    Same table, same rows, same order of notification ids; the table lock and NOTIFY are
+    the library's own.
+    """
+
+    def __init__(self, datastore: PostgresDatastore, events_table_name: str) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.insert_columns_statement = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[]) "
+            "RETURNING notification_id"
+        ).format(schema=Identifier(datastore.schema), table=Identifier(events_table_name))
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self.insert_columns_statement,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+            prepare=True,
+        )
+
+
+class OrjsonTranscoder(JSONTranscoder):
+    """The library's JSON format, encoded by orjson (several times faster than json).
+
+    Datetimes are passed to the library's transcodings, so the bytes decode to the same
+    objects with the library's own JSONTranscoder (readers such as the projections use
+    it; tests/unit/test_eventstore.py checks every event kind). Our events hold no UUIDs
+    in their state (orjson would write those as plain strings).
+    """
+
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(obj, default=self._encode_obj, option=orjson.OPT_PASSTHROUGH_DATETIME)
+
+
 def postgres_env(dsn: str, *, cache_size: int, pool_size: int = 4) -> dict[str, str]:
     """eventsourcing's POSTGRES_* settings from a libpq URL."""
     url = urlparse(dsn)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "APPLICATION_RECORDER_TOPIC": f"{__name__}:ColumnArrayRecorder",
+        "TRANSCODER_TOPIC": f"{__name__}:OrjsonTranscoder",
         "POSTGRES_DBNAME": url.path.lstrip("/") or "postgres",
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(url.port or 5432),
@@ -75,19 +130,51 @@ class LeadStore(Application[UUID]):
 
     def load(self, ids: Iterable[UUID]) -> dict[UUID, Lead | None]:
         found: dict[UUID, Lead | None] = {}
+        cache = self.repository.cache
+        ids = list(ids)
+        # Leads not in the cache: one query says which exist at all, so a new lead costs
+        # no round trip of its own (a batch brings many).
+        missing = {i for i in ids if cache is None or i not in cache.cache}
+        stored = self._stored(list(missing)) if len(missing) > 1 else missing
         for agg_id in ids:
+            if agg_id in missing and agg_id not in stored:
+                found[agg_id] = None
+                continue
             try:
                 found[agg_id] = self.repository.get(agg_id)
             except AggregateNotFoundError:
                 found[agg_id] = None
         return found
 
+    def _stored(self, ids: Sequence[UUID]) -> set[UUID]:
+        recorder = self.recorder
+        if not isinstance(recorder, PostgresApplicationRecorder):
+            return set(ids)  # other backends: let each get() find out
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT DISTINCT originator_id FROM {schema}.{table} "
+                    "WHERE originator_id = ANY(%b::uuid[]) AND originator_version = 1"
+                ).format(
+                    schema=Identifier(recorder.datastore.schema),
+                    table=Identifier(recorder.events_table_name),
+                ),
+                (list(ids),),
+            )
+            return {row["originator_id"] for row in curs.fetchall()}
+
     def save_leads(self, leads: Sequence[Lead]) -> None:
         """Store all new events of ``leads`` in one transaction."""
         if not leads:
             return
+        # Application.save, without its two typing.Protocol isinstance checks per object
+        # (about 15 µs per lead on Python 3.11): we know these are Lead aggregates.
+        processing = ProcessingEvent[UUID]()
+        for lead in leads:
+            processing.events.extend(lead.collect_events())
+            processing.aggregates[lead.id] = lead
         try:
-            self.save(*leads)
+            self._notify(self._record(processing))
         except IntegrityError as exc:
             self.evict([lead.id for lead in leads])
             raise ConcurrentWriteError(str(exc)) from exc

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from domain.events import ActivityKind
-from domain.lead import lead_aggregate_id
+from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
 from leadscore.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore, cache_env
 from tests.factories import T0, FixedScorer, activity, created
@@ -66,3 +66,33 @@ class TestInMemoryLeadStore(LeadStoreContract):
         s = LeadStore(env={"PERSISTENCE_MODULE": "eventsourcing.popo", **cache_env(100)})
         yield s
         s.close()
+
+
+def test_orjson_encoding_reads_back_with_the_librarys_own_json_transcoder() -> None:
+    from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
+
+    from domain.events import EventType, LeadEvent
+    from leadscore.eventstore import OrjsonTranscoder
+    from tests.factories import next_id
+
+    fast, plain = OrjsonTranscoder(), JSONTranscoder()
+    for transcoder in (fast, plain):
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+            transcoder.register(transcoding)
+    lead = Lead.open(created(lead="é-ü", title="Directrice générale"))
+    lead.handle(activity(ActivityKind.WEBINAR, lead="é-ü"))
+    lead.handle(LeadEvent(next_id(), EventType.LEAD_UPDATED, "org-1", "é-ü", T0, {"employees": 9}))
+    lead.handle(LeadEvent(next_id(), EventType.LEAD_CONVERTED, "org-1", "é-ü", T0, reason="won"))
+    apply_batch([], {lead.id: lead}, FixedScorer(), event_time, T0)
+    lead.record_score(
+        score=12.5, components={"fit": 1.0, "engagement": 2.0}, grade="C3", model_version="v",
+        factors=[{"feature": "x", "label": "y", "contribution": -0.1}],
+        caused_by_event_id="e", scored_at=T0, stage="lead", rules_version="3",
+    )  # fmt: skip
+    events = lead.collect_events()
+    assert {type(e).__name__ for e in events} >= {
+        "LeadCreated", "LeadUpdated", "ActivityRecorded", "LeadConverted", "LeadScored"
+    }  # fmt: skip
+    for event in events:
+        state = {k: v for k, v in vars(event).items() if k not in ("originator_id",)}
+        assert plain.decode(fast.encode(state)) == plain.decode(plain.encode(state)) == state
