@@ -92,6 +92,27 @@ class OrjsonTranscoder(JSONTranscoder):
     def encode(self, obj: Any) -> bytes:
         return orjson.dumps(obj, default=self._encode_obj, option=orjson.OPT_PASSTHROUGH_DATETIME)
 
+    def decode(self, data: bytes) -> Any:
+        return self._revive(orjson.loads(data))
+
+    def _revive(self, value: Any) -> Any:
+        # What json's object_hook does, bottom-up, on the document orjson parsed; in place,
+        # visiting only containers (most values are plain strings and numbers).
+        if type(value) is dict:
+            for key, item in value.items():
+                if type(item) in _CONTAINERS:
+                    value[key] = self._revive(item)
+            if len(value) == 2 and "_type_" in value and "_data_" in value:
+                return self._decode_obj(value)
+        elif type(value) is list:
+            for i, item in enumerate(value):
+                if type(item) in _CONTAINERS:
+                    value[i] = self._revive(item)
+        return value
+
+
+_CONTAINERS = (dict, list)
+
 
 def postgres_env(dsn: str, *, cache_size: int, pool_size: int = 4) -> dict[str, str]:
     """eventsourcing's POSTGRES_* settings from a libpq URL."""

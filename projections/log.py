@@ -11,13 +11,12 @@ import asyncpg
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
-    JSONTranscoder,
     Mapper,
     StoredEvent,
     UUIDAsHex,
 )
 
-from leadscore.eventstore import LeadStore
+from leadscore.eventstore import LeadStore, OrjsonTranscoder
 
 EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
 
@@ -36,7 +35,7 @@ class LogEntry:
 
 def log_mapper() -> Mapper[UUID]:
     """The same mapping the event store writes with (JSON, UUID/datetime/Decimal transcodings)."""
-    transcoder = JSONTranscoder()
+    transcoder = OrjsonTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DecimalAsStr())
     transcoder.register(DatetimeAsISO())

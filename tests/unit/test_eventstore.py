@@ -68,7 +68,7 @@ class TestInMemoryLeadStore(LeadStoreContract):
         s.close()
 
 
-def test_orjson_encoding_reads_back_with_the_librarys_own_json_transcoder() -> None:
+def test_orjson_transcoding_is_interchangeable_with_the_librarys_json_transcoder() -> None:
     from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
 
     from domain.events import EventType, LeadEvent
@@ -96,3 +96,4 @@ def test_orjson_encoding_reads_back_with_the_librarys_own_json_transcoder() -> N
     for event in events:
         state = {k: v for k, v in vars(event).items() if k not in ("originator_id",)}
         assert plain.decode(fast.encode(state)) == plain.decode(plain.encode(state)) == state
+        assert fast.decode(plain.encode(state)) == fast.decode(fast.encode(state)) == state
