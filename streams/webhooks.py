@@ -369,7 +369,7 @@ class WebhookDispatcher:
         ):
             hooks.setdefault(org, []).append((hook_id, start, types))
         rows = []
-        for note in notes:
+        for note in notes if hooks else ():  # no webhook anywhere: nothing to decode
             event = self.store.to_event(note)
             for hook_id, start, types in hooks.get(event.org_id, ()):
                 if note.id <= start:
