@@ -329,7 +329,8 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         "position has reached the last stored score, and the PostgreSQL, Redis "
         "and ClickHouse read models report the event store's head; peers (a) and (b) from "
         "the first to the last message they wrote to their sink topic (the messages' "
-        "timestamps). Decay timer "
+        "timestamps). score-events outnumber stored scores: each score is one "
+        "lead.score.updated plus its typed events (qualified, grade changed, ...). Decay timer "
         "off; the repository's scoring rules on; orgs registered.",
         "",
         "| per run | " + " | ".join(f"run {i + 1}" for i in range(len(ours))) + " |",
