@@ -58,6 +58,16 @@ def worker() -> None:
 
 
 @app.command()
+def relay() -> None:
+    """Publish score-events and deliver webhooks from the event store's log (elected, like
+    the workers' own relay threads; for workers run with LEADSCORE_WORKER_RELAY=0)."""
+    from leadscore.bootstrap import bootstrap
+    from streams.worker import run_relay
+
+    run_relay(bootstrap(get_settings()))
+
+
+@app.command()
 def produce(
     orgs: Annotated[int, typer.Option(help="Organizations (tenants)")] = 5,
     leads: Annotated[int, typer.Option(help="Distinct leads")] = 2_000,

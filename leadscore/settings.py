@@ -47,6 +47,9 @@ class Settings:
     # Which projections a worker runs: "auto" = postgres and redis, plus clickhouse
     # when it is a server (embedded chdb belongs to the API process).
     worker_projections: str = "auto"
+    # The score-event relay and webhook dispatcher run in each worker (elected: one
+    # publishes); 0 leaves them to `leadscore relay`, a process of their own.
+    worker_relay: bool = True
 
     # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
     # score is older than `after` as of now; 0 turns it off.

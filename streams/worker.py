@@ -185,9 +185,10 @@ def run_worker(engine: Engine) -> None:
     if engine.settings.metrics_port:
         prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
     app = create_app(engine)
-    relay_stop = threading.Event()
-    relay_thread = start_relay_thread(engine.relay(), relay_stop)
-    webhook_thread = start_dispatcher_thread(engine.store, engine.settings, relay_stop)
+    # Beside the batches: the outbox relay and webhooks (unless `leadscore relay` runs
+    # them in a process of their own), and the projections this worker runs.
+    stop = threading.Event()
+    threads = start_outbox_threads(engine, stop) if engine.settings.worker_relay else []
     names = worker_projection_names(engine.settings)
     projections_thread, projections_stop = start_projection_thread(engine.settings, names)
     worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
@@ -195,8 +196,31 @@ def run_worker(engine: Engine) -> None:
         worker.execute_from_commandline()
     finally:
         engine.processor.close()  # the sinks' last counts (drift)
-        relay_stop.set()
+        stop.set()
         projections_stop.set()
-        relay_thread.join(10)
-        webhook_thread.join(10)
-        projections_thread.join(10)
+        for thread in [*threads, projections_thread]:
+            thread.join(10)
+
+
+def start_outbox_threads(engine: Engine, stop: threading.Event) -> list[threading.Thread]:
+    """What follows the event store's log to the outside: score-events and webhooks."""
+    return [
+        start_relay_thread(engine.relay(), stop),
+        start_dispatcher_thread(engine.store, engine.settings, stop),
+    ]
+
+
+def run_relay(engine: Engine) -> None:
+    """The outbox threads in a process of their own (`leadscore relay`), until SIGTERM/SIGINT:
+    on a small machine a worker with `LEADSCORE_WORKER_RELAY=0` keeps its GIL for batches."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if engine.settings.metrics_port:
+        prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
+    threads = start_outbox_threads(engine, stop)
+    stop.wait()
+    for thread in threads:
+        thread.join(10)
