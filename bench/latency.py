@@ -342,7 +342,9 @@ def measure(
     services.ensure_topics(
         base.kafka_bootstrap, [ours_in, peer_in, peer_out], base.topic_partitions
     )
-    s = dataclasses.replace(stack.isolated(base, "lat", ours_in), api_port=stack.free_port())
+    s = dataclasses.replace(
+        stack.engine_settings(stack.isolated(base, "lat", ours_in)), api_port=stack.free_port()
+    )
     stack.register_orgs(s, orgs)
     keys = _api_keys(s, orgs)
     logs = base.run_path / "logs" / "bench"
@@ -352,6 +354,7 @@ def measure(
     try:
         worker = stack.start_worker(s, logs / "latency-worker.log")
         procs.append(worker)
+        procs += stack.start_outbox(s, logs, "latency")
         # The query API, which also runs the ClickHouse projection (embedded chDB).
         api = stack.start_process(["-m", "leadscore.cli", "api"], s, logs / "latency-api.log")
         procs.append(api)

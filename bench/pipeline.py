@@ -116,13 +116,14 @@ class Run:
 
 
 def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) -> Run:
-    s = stack.isolated(base, "pipe", wl.topic)
+    s = stack.engine_settings(stack.isolated(base, "pipe", wl.topic))
     logs = base.run_path / "logs" / "bench"
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
     worker = stack.start_worker(s, logs / "pipeline-worker.log")
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
+    outbox = stack.start_outbox(s, logs, "pipeline")
     spy = None
     timeline = stack.Timeline()
     milestones: dict[str, float] = {}
@@ -172,6 +173,8 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
             profiling.stop(spy)
         positions.close()
         stack.stop_process(clickhouse)
+        for proc in outbox:
+            stack.stop_process(proc)
         stack.stop_process(worker)
         stack.cleanup(base, s)
     return Run(
@@ -298,7 +301,9 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
     lines = [
         f"Workload: {wl.events:,} lead-events over {wl.leads:,} leads in {len(wl.orgs)} orgs "
         f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
-        f"produced ahead to one topic of 6 partitions; every figure below read that topic.\n",
+        f"produced ahead to one topic of 6 partitions; every figure below read that topic. "
+        f"Engine topology: {stack.TOPOLOGY_TEXT} (LEADSCORE_BENCH_TOPOLOGY={stack.TOPOLOGY}), "
+        "plus the ClickHouse projection.\n",
         "| pipeline | lead-events/s | ours / it (paired runs) |",
         "|---|---|---|",
         f"| **leadscore worker**: decode, event store, scoring, explanations, score-events, "

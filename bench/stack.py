@@ -252,6 +252,39 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
         proc.wait()
 
 
+# "split" (default): the worker only consumes, stores and scores; `leadscore relay` and
+# `leadscore projections run postgres redis` are processes of their own, so on 2 cores
+# the work is not serialised behind one GIL. "single": all of it in the worker.
+TOPOLOGY = os.environ.get("LEADSCORE_BENCH_TOPOLOGY", "split")
+TOPOLOGY_TEXT = {
+    "split": "worker (consume, store, score) + `leadscore relay` + "
+    "`leadscore projections run postgres redis`, three processes",
+    "single": "one worker process with its relay and PostgreSQL/Redis projections",
+}[TOPOLOGY]
+
+
+def engine_settings(s: Settings) -> Settings:
+    """The worker's settings for the topology measured."""
+    if TOPOLOGY == "split":
+        return dataclasses.replace(s, worker_relay=False, worker_projections="")
+    return s
+
+
+def start_outbox(s: Settings, logs: Path, name: str) -> list[subprocess.Popen[bytes]]:
+    """With the split topology: the relay and the projections, beside the worker."""
+    if TOPOLOGY != "split":
+        return []
+    quiet = dataclasses.replace(s, metrics_port=0)
+    return [
+        start_process(["-m", "leadscore.cli", "relay"], quiet, logs / f"{name}-relay.log"),
+        start_process(
+            ["-m", "leadscore.cli", "projections", "run", "postgres", "redis"],
+            quiet,
+            logs / f"{name}-projections.log",
+        ),
+    ]
+
+
 def start_worker(s: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     return start_process(["-m", "leadscore.cli", "worker"], s, log_path)
 
