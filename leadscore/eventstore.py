@@ -15,7 +15,11 @@ from uuid import UUID
 import orjson
 import psycopg
 from eventsourcing import persistence as es_persistence
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+)
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import Cursor
@@ -150,16 +154,17 @@ class LeadStore(Application[UUID]):
     name = "Leads"
 
     def load(self, ids: Iterable[UUID]) -> dict[UUID, Lead | None]:
-        found: dict[UUID, Lead | None] = {}
+        """The current state of each lead (None: never stored). Leads not in the cache are
+        rebuilt from one query for all their events, not one query each: a batch brings
+        many new leads, and a replay or a cold worker many stored ones."""
         cache = self.repository.cache
         ids = list(ids)
-        # Leads not in the cache: one query says which exist at all, so a new lead costs
-        # no round trip of its own (a batch brings many).
-        missing = {i for i in ids if cache is None or i not in cache.cache}
-        stored = self._stored(list(missing)) if len(missing) > 1 else missing
+        missing = [i for i in ids if cache is None or i not in cache.cache]
+        rebuilt = self._rebuild(missing) if len(missing) > 1 else None
+        found: dict[UUID, Lead | None] = {}
         for agg_id in ids:
-            if agg_id in missing and agg_id not in stored:
-                found[agg_id] = None
+            if rebuilt is not None and agg_id in rebuilt:
+                found[agg_id] = rebuilt[agg_id]
                 continue
             try:
                 found[agg_id] = self.repository.get(agg_id)
@@ -167,22 +172,45 @@ class LeadStore(Application[UUID]):
                 found[agg_id] = None
         return found
 
-    def _stored(self, ids: Sequence[UUID]) -> set[UUID]:
+    def _rebuild(self, ids: Sequence[UUID]) -> dict[UUID, Lead | None] | None:
+        """Leads ``ids`` from their stored events, put in the cache; None: not Postgres."""
         recorder = self.recorder
         if not isinstance(recorder, PostgresApplicationRecorder):
-            return set(ids)  # other backends: let each get() find out
+            return None  # other backends: one get() each
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
                 SQL(
-                    "SELECT DISTINCT originator_id FROM {schema}.{table} "
-                    "WHERE originator_id = ANY(%b::uuid[]) AND originator_version = 1"
+                    "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+                    "WHERE originator_id = ANY(%b::uuid[]) "
+                    "ORDER BY originator_id, originator_version"
                 ).format(
                     schema=Identifier(recorder.datastore.schema),
                     table=Identifier(recorder.events_table_name),
                 ),
                 (list(ids),),
             )
-            return {row["originator_id"] for row in curs.fetchall()}
+            rows = curs.fetchall()
+        history: dict[UUID, list[StoredEvent]] = {}
+        for row in rows:
+            history.setdefault(row["originator_id"], []).append(
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+            )
+        leads: dict[UUID, Lead | None] = dict.fromkeys(ids)
+        cache = self.repository.cache
+        for agg_id, stored in history.items():
+            # project_aggregate, without its typing.Protocol check per event.
+            lead = None
+            for event in stored:
+                lead = self.mapper.to_domain_event(event).mutate(lead)  # type: ignore[attr-defined]
+            leads[agg_id] = lead
+            if cache is not None:
+                cache.put(agg_id, lead)
+        return leads
 
     def save_leads(self, leads: Sequence[Lead]) -> None:
         """Store all new events of ``leads`` in one transaction."""
