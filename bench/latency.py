@@ -128,8 +128,7 @@ def receiver(bootstrap: str, topic: str, partitions: int, outfile: str, ready: s
     )
     parts = []
     for p in range(partitions):
-        _lo, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        parts.append(TopicPartition(topic, p, high))
+        parts.append(TopicPartition(topic, p, stack.high_watermark(consumer, topic, p)))
     consumer.assign(parts)
     stopping = False
 
@@ -187,8 +186,7 @@ def api_watcher(
     topic = s.topic_score_events
     parts = []
     for p in range(s.topic_partitions):
-        _lo, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        parts.append(TopicPartition(topic, p, high))
+        parts.append(TopicPartition(topic, p, stack.high_watermark(consumer, topic, p)))
     consumer.assign(parts)
     watches: queue.Queue[tuple[str, str, int, str] | None] = queue.Queue()
     seen: list[tuple[str, float]] = []

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 import structlog
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from domain.events import LeadEvent
@@ -167,14 +167,33 @@ def produce_ahead(
         progress(len(messages))
 
 
+def high_watermark(consumer: Consumer, topic: str, partition: int, wait_s: float = 20) -> int:
+    """A partition's high watermark; a topic created a moment ago may not have a leader
+    yet ("not leader for partition"), so that is waited out, not an error."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)[1])
+        except KafkaException as exc:
+            err = exc.args[0]
+            waiting = err.retriable() or err.code() in _NO_LEADER_YET
+            if not waiting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
 def topic_count(bootstrap: str, topic: str, partitions: int) -> int:
     """Messages in ``topic`` (sum of high watermarks; the topics here start at offset 0)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
     try:
-        return sum(
-            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        )
+        return sum(high_watermark(c, topic, p) for p in range(partitions))
     finally:
         c.close()
 
@@ -187,10 +206,7 @@ class Watermarks:
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
 
     def count(self) -> int:
-        return sum(
-            self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
-            for p in range(self.partitions)
-        )
+        return sum(high_watermark(self.consumer, self.topic, p) for p in range(self.partitions))
 
     def close(self) -> None:
         self.consumer.close()
@@ -206,7 +222,7 @@ def produce_span(bootstrap: str, topic: str, partitions: int) -> float:
     first, last = float("inf"), 0.0
     try:
         for p in range(partitions):
-            _lo, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            high = high_watermark(c, topic, p)
             if high == 0:
                 continue
             for offset in (0, high - 1):
