@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from leadscore.demo import stop_worker
+
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 # A sample belongs to the first stage whose pattern matches any of its frames.
@@ -212,13 +214,8 @@ def record(pid: int, out: Path, rate: int = RATE) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """py-spy writes its samples when interrupted (SIGINT)."""
+    stop_worker(proc, timeout, signal.SIGINT)
 
 
 if __name__ == "__main__":

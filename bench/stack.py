@@ -13,7 +13,6 @@ import dataclasses
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from domain.events import LeadEvent
 from leadscore import services, tenancy
+from leadscore.demo import stop_worker
 from leadscore.eventstore import SCORED_TOPIC
 from leadscore.settings import Settings, settings_env
 from projections.log import EVENTS_TABLE
@@ -257,15 +257,7 @@ def start_process(
         )
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_process = stop_worker  # SIGTERM, then SIGKILL after the timeout
 
 
 # "split" (default): the worker only consumes, stores and scores; `leadscore relay` and

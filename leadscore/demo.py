@@ -51,10 +51,13 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def stop_worker(
+    proc: subprocess.Popen[bytes], timeout: float = 30, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Ask a process to stop (``sig``), then kill it if it has not within ``timeout``."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
