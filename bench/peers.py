@@ -3,13 +3,17 @@
 (a) ``faust``: what a user writes first: a plain Faust agent that decodes each
     lead-event (fastavro through the project's schema catalog, then the project's
     validation into a LeadEvent) and forwards it to another topic, one event at a time.
+(a0) ``faust-take``: a Faust agent that takes the events in batches (``take_events``, as
+    the worker does) and does nothing with them: the ceiling of any pipeline built on a
+    Faust agent on this machine, and what that machinery costs in CPU per event.
 (b) ``raw``: a confluent-kafka consume -> produce loop in Python doing nothing else: the
     Python I/O ceiling.
 (c) Kafka's own ProducerPerformance and ConsumerPerformance (what kafka-producer-perf-test
     and kafka-consumer-perf-test run), from the jars `leadscore services up` fetched: the
     broker's ceiling on this machine.
 
-(a) and (b) run as processes: ``python -m bench.peers faust|raw SRC SINK GROUP PARTITIONS``.
+(a) and (b) run as processes: ``python -m bench.peers faust|raw SRC SINK GROUP PARTITIONS``;
+(a0) as ``python -m bench.peers faust-take SRC GROUP PARTITIONS EVENTS OUT.json``.
 Both copy the message headers, so the latency bench can time them too.
 """
 
@@ -51,6 +55,62 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
         async for event in stream.events():
             record_to_event(catalog.decode(event.value))
             await target.send(key=event.key, value=event.value, headers=list(event.headers.items()))
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def run_faust_take(
+    s: Settings, src: str, group: str, partitions: int, events: int, out: str
+) -> None:
+    """(a0): consume ``events`` in batches, do nothing; write the timing as JSON to ``out``.
+
+    Timed from the first batch to the one that completes the count; the first batch's
+    events are left out of the rate (its consumption is not inside the span)."""
+    import json
+    import os
+    import resource
+    import time
+
+    import faust
+
+    app = faust.App(
+        group,
+        broker=f"kafka://{s.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(s.run_path / "faust"),
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=s.batch_size,
+        stream_buffer_maxsize=4 * s.batch_size,
+    )
+    source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    @app.agent(source, name="take")
+    async def take(stream: faust.StreamT[bytes]) -> None:
+        seen = first = 0
+        started = cpu_started = 0.0
+        within = s.batch_timeout_ms / 1000
+        async for batch in stream.take_events(s.batch_size, within=within):
+            if not seen:
+                first, started, cpu_started = len(batch), time.perf_counter(), cpu_seconds()
+            seen += len(batch)
+            if seen >= events:
+                result = {
+                    "events": seen - first,
+                    "seconds": time.perf_counter() - started,
+                    "cpu_seconds": cpu_seconds() - cpu_started,
+                }
+                with open(out, "w") as f:
+                    json.dump(result, f)
+                os._exit(0)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
@@ -158,8 +218,12 @@ def consumer_perf(s: Settings, topic: str, messages: int) -> float:
 
 
 def main(argv: list[str]) -> None:
-    kind, src, sink, group, partitions = argv
     s = Settings.from_env()
+    if argv[0] == "faust-take":
+        _kind, src, group, partitions, events, out = argv
+        run_faust_take(s, src, group, int(partitions), int(events), out)
+        return
+    kind, src, sink, group, partitions = argv
     if kind == "faust":
         run_faust(s, src, sink, group, int(partitions))
     elif kind == "raw":

@@ -23,6 +23,8 @@ LEADSCORE_BENCH_PERF_TOOLS=0 skips (c).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 import statistics
 import time
@@ -41,8 +43,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from bench import cpu, stack
 from bench import profile as profiling
-from bench import stack
 from bench.harness import RUNS, Spread, paired_ratio, ratio, write_results
 from leadscore import services
 from leadscore.settings import Settings
@@ -58,6 +60,8 @@ PROFILE = stack.env_int("LEADSCORE_BENCH_PROFILE", 1)
 PERF_TOOLS = stack.env_int("LEADSCORE_BENCH_PERF_TOOLS", 1)
 POLL = 0.25
 PROJECTIONS = ("postgres", "redis", "clickhouse")
+# Worker processes in the consumer group (partitions = scale); RSS is the first one's.
+WORKERS = stack.env_int("LEADSCORE_BENCH_WORKERS", 1)
 
 
 def progress_bar() -> Progress:
@@ -113,6 +117,7 @@ class Run:
     rss: list[tuple[int, float]] = field(default_factory=list)  # (events applied, RSS MiB)
     profile: str = ""
     done_after: dict[str, float] = field(default_factory=dict)  # milestone -> seconds
+    cpu: dict[str, float] = field(default_factory=dict)  # group -> CPU seconds in the window
 
 
 def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) -> Run:
@@ -121,9 +126,23 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
-    worker = stack.start_worker(s, logs / "pipeline-worker.log")
+    # One consumer group: more workers share the partitions (each with its metrics port).
+    scaled = [s] + [
+        dataclasses.replace(s, metrics_port=stack.free_port()) for _ in range(WORKERS - 1)
+    ]
+    workers = [
+        stack.start_worker(w, logs / f"pipeline-worker-{i}.log") for i, w in enumerate(scaled)
+    ]
+    worker = workers[0]
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
     outbox = stack.start_outbox(s, logs, "pipeline")
+    named = {w.pid: "worker" for w in workers}
+    named[clickhouse.pid] = "ClickHouse projection"
+    # the split topology's relay and projections (none with "single")
+    outbox_names = ("relay", "PostgreSQL + Redis projections")
+    named.update(zip((p.pid for p in outbox), outbox_names, strict=False))
+    cpu_start: cpu.Snapshot | None = None
+    cpu_spent: dict[str, float] = {}
     spy = None
     timeline = stack.Timeline()
     milestones: dict[str, float] = {}
@@ -133,16 +152,18 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
         with progress_bar() as progress:
             task = progress.add_task("leadscore worker: events applied", total=wl.events)
             while True:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"worker exited with {worker.returncode}; see {logs}")
+                for w in workers:
+                    if w.poll() is not None:
+                        raise RuntimeError(f"worker exited with {w.returncode}; see {logs}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"run not finished in time; see {logs}")
-                m = stack.scrape(s.metrics_port)
+                m = stack.scrape_sum([w.metrics_port for w in scaled])
                 now = time.monotonic()
                 received = int(m["received"])
                 rss, _hwm = stack.rss_kib(worker.pid)
                 if received and not timeline.started:
                     timeline.started, timeline.first_count = now, received
+                    cpu_start = cpu.snapshot()
                 timeline.samples.append((now, received, rss))
                 progress.update(task, completed=received)
                 if received >= wl.events:
@@ -159,6 +180,8 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
                     progress.update(task, description=f"waiting for {', '.join(behind)}")
                     if not behind:
                         timeline.ended = now
+                        if cpu_start is not None:
+                            cpu_spent = cpu.spent(cpu_start, cpu.snapshot(), named)
                         break
                 if spy is None and profile_to is not None and received:
                     spy = profiling.record(worker.pid, profile_to)  # after start-up
@@ -175,7 +198,8 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
         stack.stop_process(clickhouse)
         for proc in outbox:
             stack.stop_process(proc)
-        stack.stop_process(worker)
+        for w in workers:
+            stack.stop_process(w)
         stack.cleanup(base, s)
     return Run(
         rate=timeline.rate(wl.events),
@@ -184,6 +208,7 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
         peak_rss_mib=hwm / 1024,
         scored=scored,
         done_after={k: v - timeline.started for k, v in milestones.items()},
+        cpu=cpu_spent,
         published=on_topic,
         rss=[(n, kib / 1024) for _t, n, kib in timeline.samples],
         profile=profile_to.read_text() if profile_to and profile_to.exists() else "",
@@ -230,6 +255,25 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
     return (wl.events - 1) / span if span > 0 else timeline.rate(wl.events)
 
 
+def run_faust_take(base: Settings, wl: Workload) -> tuple[float, float]:
+    """(events/s, CPU µs per event) of peer (a0), a Faust agent taking batches, doing nothing."""
+    tag = secrets.token_hex(3)
+    out = base.run_path / "logs" / "bench" / f"peer-faust-take-{tag}.json"
+    args = [wl.topic, f"bench-faust-take-{tag}", str(base.topic_partitions), str(wl.events)]
+    proc = stack.start_process(
+        ["-m", "bench.peers", "faust-take", *args, str(out)],
+        stack.engine_settings(base),
+        base.run_path / "logs" / "bench" / "peer-faust-take.log",
+    )
+    try:
+        proc.wait(timeout_for(wl.events))
+        result = json.loads(out.read_text())
+    finally:
+        stack.stop_process(proc)
+        out.unlink(missing_ok=True)
+    return result["events"] / result["seconds"], result["cpu_seconds"] / result["events"] * 1e6
+
+
 def perf_tools(base: Settings, wl: Workload) -> tuple[float, float]:
     """(producer records/s, consumer messages/s) of Kafka's own tools, same size/count."""
     from bench.peers import consumer_perf, producer_perf
@@ -255,6 +299,8 @@ def measure(
     base: Settings, wl: Workload, runs: int, *, profile: bool, perf: bool
 ) -> dict[str, Any]:
     ours: list[Run] = []
+    take_rates: list[float] = []
+    take_cpu: list[float] = []
     faust_rates: list[float] = []
     raw_rates: list[float] = []
     producer_rates: list[float] = []
@@ -262,6 +308,9 @@ def measure(
     for i in range(runs):
         console.print(f"run {i + 1}/{runs}")
         ours.append(run_ours(base, wl))
+        rate, cpu_us = run_faust_take(base, wl)
+        take_rates.append(rate)
+        take_cpu.append(cpu_us)
         faust_rates.append(run_peer(base, wl, "faust"))
         raw_rates.append(run_peer(base, wl, "raw"))
         if perf:
@@ -269,7 +318,8 @@ def measure(
             producer_rates.append(p)
             consumer_rates.append(c)
         console.print(
-            f"  ours {ours[-1].rate:,.0f}/s, Faust agent {faust_rates[-1]:,.0f}/s, "
+            f"  ours {ours[-1].rate:,.0f}/s, Faust batches doing nothing {take_rates[-1]:,.0f}/s, "
+            f"Faust agent {faust_rates[-1]:,.0f}/s, "
             f"raw loop {raw_rates[-1]:,.0f}/s"
             + (
                 f", Kafka tools {producer_rates[-1]:,.0f}/{consumer_rates[-1]:,.0f}/s"
@@ -284,6 +334,9 @@ def measure(
         profiled = run_ours(base, wl, profile_to=out)
     return {
         "ours": ours,
+        "faust_take": take_rates,
+        "faust_take_cpu": take_cpu,
+        "batch_size": base.batch_size,
         "faust": faust_rates,
         "raw": raw_rates,
         "producer": producer_rates,
@@ -298,6 +351,8 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
     mine = Spread.of(rates)
     vs_faust = paired_ratio(rates, r["faust"])
     vs_raw = paired_ratio(rates, r["raw"])
+    vs_take = paired_ratio(rates, r["faust_take"])
+    take_cpu = statistics.median(r["faust_take_cpu"])
     lines = [
         f"Workload: {wl.events:,} lead-events over {wl.leads:,} leads in {len(wl.orgs)} orgs "
         f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
@@ -308,6 +363,9 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         "|---|---|---|",
         f"| **leadscore worker**: decode, event store, scoring, explanations, score-events, "
         f"PostgreSQL + Redis + ClickHouse read models | **{mine}** | — |",
+        f"| (a0) Faust agent taking batches of {r['batch_size']:,} (as the worker does), doing "
+        f"nothing: {take_cpu:,.0f} µs of CPU per event | {Spread.of(r['faust_take'])} | "
+        f"{vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
         f"| (a) Faust agent: decode each event, forward it, one at a time | "
         f"{Spread.of(r['faust'])} | **{vs_faust.median:.2f}** "
         f"({vs_faust.low:.2f}–{vs_faust.high:.2f}) |",
@@ -366,6 +424,7 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         )
         + " |",
     ]
+    lines += cpu_table(ours, wl.events)
     profiled: Run | None = r["profiled"]
     if profiled is not None:
         lines += [
@@ -375,6 +434,53 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
             profiling.summarise(profiled.profile, seconds=profiled.seconds),
         ]
     return "\n".join(lines)
+
+
+CPU_ORDER = (
+    "worker",
+    "relay",
+    "PostgreSQL + Redis projections",
+    "ClickHouse projection",
+    "PostgreSQL",
+    "Kafka broker",
+    "Redis",
+    "kernel threads",
+    "other processes",
+)
+
+
+def cpu_table(ours: list[Run], events: int) -> list[str]:
+    """CPU microseconds per lead-event by process group (medians over the runs)."""
+    runs = [x for x in ours if x.cpu]
+    if not runs:
+        return []
+
+    def per_event(x: Run, group: str) -> float:
+        return x.cpu.get(group, 0.0) / events * 1e6
+
+    total = statistics.median(per_event(x, "all (machine)") for x in runs)
+    rows = []
+    for group in CPU_ORDER:
+        us = statistics.median(per_event(x, group) for x in runs)
+        rows.append(f"| {group} | {us:,.0f} | {us / total:.0%} |")
+    idle = statistics.median(
+        x.cpu["idle (machine)"] / (x.cpu["idle (machine)"] + x.cpu["all (machine)"]) for x in runs
+    )
+    return [
+        "",
+        "Where the machine's CPU went during ours (bench/cpu.py: /proc CPU times from the "
+        "first stored batch to the end; medians of the runs). On this machine the sum is the "
+        "bound: 2 cores ÷ (CPU per event) is the most the whole stack can do, whichever "
+        "process is busiest.",
+        "",
+        "| process group | CPU µs per lead-event | share |",
+        "|---|---|---|",
+        *rows,
+        f"| **all, whole machine** | **{total:,.0f}** | idle {idle:.0%} of the cores |",
+        "",
+        f"At {total:,.0f} µs per lead-event the two cores allow at most "
+        f"{2e6 / total:,.0f} lead-events/s; 10,000/s needs 200 µs.",
+    ]
 
 
 def bench(

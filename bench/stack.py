@@ -340,6 +340,15 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def scrape_sum(ports: Sequence[int]) -> dict[str, float]:
+    """The counters of ``scrape``, summed over several workers."""
+    total: dict[str, float] = {}
+    for port in ports:
+        for key, value in scrape(port).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
 class LogPositions:
     """The event store's head and each read model's reported position, from PostgreSQL."""
 

@@ -33,7 +33,13 @@ class ProjectionBusyError(RuntimeError):
 
 
 class Projection(Protocol):
-    """A read model that follows the notification log."""
+    """A read model that follows the notification log.
+
+    A projection may also set ``linger_s``: how long the runner waits, once it has read
+    up to the head of the log, before it reads again (default: the runner's
+    ``idle_wait``). Each read at the head is one write of the entries stored since the
+    last one, so a store that prefers few large writes (ClickHouse) lingers longer.
+    """
 
     name: str
 
@@ -82,13 +88,18 @@ class ProjectionRunner:
         projection: Projection,
         until: int | None = None,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        batches: int | None = None,
     ) -> int:
-        """Apply everything after the projection's position (up to ``until``); returns count."""
+        """Apply everything after the projection's position (up to ``until``, at most
+        ``batches`` reads); returns count."""
         if not await table_exists(self.pool):
             return 0
         applied = 0
         position = await projection.position()
-        while until is None or position < until:
+        while (until is None or position < until) and batches != 0:
+            if batches is not None:
+                batches -= 1
             entries = await self.reader.read(position, self.batch_size)
             if until is not None:
                 entries = [e for e in entries if e.position <= until]
@@ -130,10 +141,13 @@ class ProjectionRunner:
             if stop.is_set():
                 return
             log.info("projection elected", projection=projection.name)
+            linger = getattr(projection, "linger_s", self.idle_wait)
             try:
                 while not stop.is_set():
-                    if await self.catch_up(projection) == 0:
-                        await _wait(stop, self.idle_wait)
+                    # A short batch means the head of the log: wait for more to gather,
+                    # rather than writing the few entries each moment brings.
+                    if await self.catch_up(projection, batches=1) < self.batch_size:
+                        await _wait(stop, linger)
             finally:
                 if not lock_conn.is_closed():
                     with contextlib.suppress(Exception):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -14,11 +15,12 @@ from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from projections.base import ProjectionRunner
-from projections.log import LogReader
+from leadscore.bootstrap import bootstrap
+from projections.log import LogEntry, LogReader
 from projections.postgres import PROFILE_COLUMNS, PostgresProjection
 from projections.redis import RedisProjection
 from tests.factories import FixedScorer
-from tests.integration.test_pipeline import store_history
+from tests.integration.test_pipeline import process_all, store_history
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +156,47 @@ async def test_restart_in_the_middle_with_redelivery_converges(
     recent = await client.lrange(f"{prefix}:{sorted(orgs)[0]}:recent", 0, -1)
     positions = [int(x.split(b'"position":')[1].rstrip(b"}")) for x in recent]
     assert len(positions) == len(set(positions))  # no change listed twice
+
+
+class CountedWrites(PostgresProjection):
+    """The PostgreSQL read model, counting its writes (the entries of each)."""
+
+    linger_s = 2.0
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.writes: list[int] = []
+
+    async def project(self, entries: Sequence[LogEntry]) -> None:
+        self.writes.append(len(entries))
+        await super().project(entries)
+
+
+async def test_a_follower_at_the_head_lingers_and_writes_what_gathered_at_once(
+    history: dict[str, Any], settings: Settings, stores: tuple[asyncpg.Pool, aioredis.Redis, str]
+) -> None:
+    pool, _client, _prefix = stores
+    projection = CountedWrites(pool)
+    runner = ProjectionRunner(pool, [projection], batch_size=100_000)
+    await projection.setup()
+    engine = bootstrap(settings, scorer=FixedScorer())
+    stop = asyncio.Event()
+    follower = asyncio.create_task(runner.follow(projection, stop))
+    try:
+        async with asyncio.timeout(30):
+            while await projection.position() < history["head"]:
+                await asyncio.sleep(0.05)
+        assert projection.writes == [history["head"]]  # the whole history, one read
+        # Five transactions while the follower lingers at the head...
+        new = list(generate(2, 20, 100, seed=22))
+        await asyncio.to_thread(process_all, engine, new, 20)
+        head = (await LogReader(pool).read(history["head"], 100_000))[-1].position
+        async with asyncio.timeout(30):
+            while await projection.position() < head:
+                await asyncio.sleep(0.05)
+        # ...are one write when it wakes.
+        assert projection.writes == [history["head"], head - history["head"]]
+    finally:
+        stop.set()
+        await follower
+        engine.close()
