@@ -61,7 +61,8 @@ PERF_TOOLS = stack.env_int("LEADSCORE_BENCH_PERF_TOOLS", 1)
 POLL = 0.25
 PROJECTIONS = ("postgres", "redis", "clickhouse")
 # Worker processes in the consumer group (partitions = scale); RSS is the first one's.
-WORKERS = stack.env_int("LEADSCORE_BENCH_WORKERS", 1)
+# Two: one worker is bound by its GIL at about 1 core, and Faust takes half of that.
+WORKERS = stack.env_int("LEADSCORE_BENCH_WORKERS", 2)
 
 
 def progress_bar() -> Progress:
@@ -220,11 +221,15 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
     tag = secrets.token_hex(3)
     sink, group = f"bench-{kind}-sink-{tag}", f"bench-{kind}-{tag}"
     services.ensure_topics(base.kafka_bootstrap, [sink], base.topic_partitions)
-    proc = stack.start_process(
-        ["-m", "bench.peers", kind, wl.topic, sink, group, str(base.topic_partitions)],
-        base,
-        base.run_path / "logs" / "bench" / f"peer-{kind}.log",
-    )
+    # The Faust agent runs in as many processes as our workers (one group), the raw loop in one.
+    procs = [
+        stack.start_process(
+            ["-m", "bench.peers", kind, wl.topic, sink, group, str(base.topic_partitions)],
+            base,
+            base.run_path / "logs" / "bench" / f"peer-{kind}-{i}.log",
+        )
+        for i in range(WORKERS if kind == "faust" else 1)
+    ]
     marks = stack.Watermarks(base.kafka_bootstrap, sink, base.topic_partitions)
     timeline = stack.Timeline()
     deadline = time.monotonic() + timeout_for(wl.events)
@@ -232,8 +237,9 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
         with progress_bar() as progress:
             task = progress.add_task(f"peer {kind}: events forwarded", total=wl.events)
             while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"peer {kind} exited with {proc.returncode}")
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"peer {kind} exited with {proc.returncode}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"peer {kind} did not forward every event in time")
                 n = marks.count()
@@ -248,7 +254,8 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
         span = stack.produce_span(base.kafka_bootstrap, sink, base.topic_partitions)
     finally:
         marks.close()
-        stack.stop_process(proc)
+        for proc in procs:
+            stack.stop_process(proc)
         stack.delete_topics(base.kafka_bootstrap, [sink])
     # From the first to the last message the peer wrote (their timestamps): exact even
     # when the peer forwards everything between two polls of the watermarks.
@@ -358,14 +365,15 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
         f"produced ahead to one topic of 6 partitions; every figure below read that topic. "
         f"Engine topology: {stack.TOPOLOGY_TEXT} (LEADSCORE_BENCH_TOPOLOGY={stack.TOPOLOGY}), "
-        "plus the ClickHouse projection.\n",
+        f"plus the ClickHouse projection; {WORKERS} worker process(es) in one consumer group "
+        f"(LEADSCORE_BENCH_WORKERS), and the Faust agent (a) in as many.\n",
         "| pipeline | lead-events/s | ours / it (paired runs) |",
         "|---|---|---|",
         f"| **leadscore worker**: decode, event store, scoring, explanations, score-events, "
         f"PostgreSQL + Redis + ClickHouse read models | **{mine}** | — |",
         f"| (a0) Faust agent taking batches of {r['batch_size']:,} (as the worker does), doing "
-        f"nothing: {take_cpu:,.0f} µs of CPU per event | {Spread.of(r['faust_take'])} | "
-        f"{vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
+        f"nothing, one process: {take_cpu:,.0f} µs of CPU per event | "
+        f"{Spread.of(r['faust_take'])} | {vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
         f"| (a) Faust agent: decode each event, forward it, one at a time | "
         f"{Spread.of(r['faust'])} | **{vs_faust.median:.2f}** "
         f"({vs_faust.low:.2f}–{vs_faust.high:.2f}) |",
