@@ -373,7 +373,8 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         f"PostgreSQL + Redis + ClickHouse read models | **{mine}** | — |",
         f"| (a0) Faust agent taking batches of {r['batch_size']:,} (as the worker does), doing "
         f"nothing, one process: {take_cpu:,.0f} µs of CPU per event | "
-        f"{Spread.of(r['faust_take'])} | {vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
+        f"{Spread.of(r['faust_take'])} | "
+        f"{vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
         f"| (a) Faust agent: decode each event, forward it, one at a time | "
         f"{Spread.of(r['faust'])} | **{vs_faust.median:.2f}** "
         f"({vs_faust.low:.2f}–{vs_faust.high:.2f}) |",
