@@ -18,6 +18,7 @@ def test_pipeline_bench_runs_and_reports_every_row(services: Settings) -> None:
     body = pipeline.bench(services, 1_500, 150, 3, 1, profile=True, perf=True)
     for row in (
         "| **leadscore worker**",
+        "| (a0) Faust agent taking batches",
         "| (a) Faust agent",
         "| (b) confluent-kafka consume",
         "| (c) kafka-producer-perf-test",
@@ -25,6 +26,7 @@ def test_pipeline_bench_runs_and_reports_every_row(services: Settings) -> None:
         "| lead-events/s |",
         "| worker peak RSS (VmHWM), MiB |",
         "| scores stored / score-events on the topic |",
+        "| process group | CPU µs per lead-event | share |",
         "### Where the time goes",
         "Within the event-store thread",
     ):
@@ -32,6 +34,12 @@ def test_pipeline_bench_runs_and_reports_every_row(services: Settings) -> None:
     stored, on_topic = _cells(body, "| scores stored / score-events on the topic |")[0].split(" / ")
     assert int(stored.replace(",", "")) > 0
     assert int(on_topic.replace(",", "")) >= int(stored.replace(",", ""))
+    # The workers and PostgreSQL did work in the window measured, and the machine more.
+    worker_us = float(_cells(body, "| worker |")[0].replace(",", ""))
+    postgres_us = float(_cells(body, "| PostgreSQL |")[0].replace(",", ""))
+    machine_us = float(_cells(body, "| **all, whole machine** |")[0].strip("*").replace(",", ""))
+    assert 0 < worker_us < machine_us
+    assert 0 < postgres_us < machine_us
 
 
 def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
