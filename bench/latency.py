@@ -350,8 +350,8 @@ def measure(
     procs = []
     segments: list[Segment] = []
     try:
-        worker = stack.start_worker(s, logs / "latency-worker.log")
-        procs.append(worker)
+        workers, ports = stack.start_workers(s, logs, "latency")
+        procs += workers
         procs += stack.start_outbox(s, logs, "latency")
         # The query API, which also runs the ClickHouse projection (embedded chDB).
         api = stack.start_process(["-m", "leadscore.cli", "api"], s, logs / "latency-api.log")
@@ -384,7 +384,7 @@ def measure(
         def drained(who: str) -> bool:
             if who == "peer":
                 return marks.count() >= sent["peer"]
-            m = stack.scrape(s.metrics_port)
+            m = stack.scrape_sum(ports)
             if m["received"] < sent["ours"]:
                 return False
             return positions.published(s.topic_score_events) >= positions.last_score()
@@ -480,9 +480,9 @@ def report(
         )  # fmt: skip
     lines = [
         f"Open-loop generator (one process, a few sends per 1 ms tick, linger.ms=1, acks=all), "
-        f"{seconds:g} s per rate and run, {runs} runs; the worker runs as in production "
-        "(relay, PostgreSQL and Redis projections in-process; the query API beside it, which "
-        "runs the ClickHouse projection). "
+        f"{seconds:g} s per rate and run, {runs} runs. Engine: {stack.TOPOLOGY_TEXT}, with "
+        f"{stack.WORKERS} worker process(es) in one group; the query API beside it, which "
+        "runs the ClickHouse projection. "
         "Latency = score-event received − lead-event sent, ms.\n",
         "| offered events/s | achieved | p50 | p95 | p99 (min–max) | samples (share of events) "
         "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 "

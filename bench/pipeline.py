@@ -23,7 +23,6 @@ LEADSCORE_BENCH_PERF_TOOLS=0 skips (c).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import statistics
@@ -60,9 +59,7 @@ PROFILE = stack.env_int("LEADSCORE_BENCH_PROFILE", 1)
 PERF_TOOLS = stack.env_int("LEADSCORE_BENCH_PERF_TOOLS", 1)
 POLL = 0.25
 PROJECTIONS = ("postgres", "redis", "clickhouse")
-# Worker processes in the consumer group (partitions = scale); RSS is the first one's.
-# Two: one worker is bound by its GIL at about 1 core, and Faust takes half of that.
-WORKERS = stack.env_int("LEADSCORE_BENCH_WORKERS", 2)
+WORKERS = stack.WORKERS
 
 
 def progress_bar() -> Progress:
@@ -127,14 +124,8 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
-    # One consumer group: more workers share the partitions (each with its metrics port).
-    scaled = [s] + [
-        dataclasses.replace(s, metrics_port=stack.free_port()) for _ in range(WORKERS - 1)
-    ]
-    workers = [
-        stack.start_worker(w, logs / f"pipeline-worker-{i}.log") for i, w in enumerate(scaled)
-    ]
-    worker = workers[0]
+    workers, ports = stack.start_workers(s, logs, "pipeline")
+    worker = workers[0]  # its RSS is sampled and it is the one profiled
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
     outbox = stack.start_outbox(s, logs, "pipeline")
     named = {w.pid: "worker" for w in workers}
@@ -158,7 +149,7 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
                         raise RuntimeError(f"worker exited with {w.returncode}; see {logs}")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"run not finished in time; see {logs}")
-                m = stack.scrape_sum([w.metrics_port for w in scaled])
+                m = stack.scrape_sum(ports)
                 now = time.monotonic()
                 received = int(m["received"])
                 rss, _hwm = stack.rss_kib(worker.pid)

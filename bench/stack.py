@@ -297,6 +297,20 @@ def start_worker(s: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     return start_process(["-m", "leadscore.cli", "worker"], s, log_path)
 
 
+# Worker processes in one consumer group (partitions = scale). Two by default: one
+# worker is bound by its GIL at about one core, and Faust's consumer takes half of that.
+WORKERS = env_int("LEADSCORE_BENCH_WORKERS", 2)
+
+
+def start_workers(
+    s: Settings, logs: Path, name: str
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``WORKERS`` workers in one group, the first on ``s.metrics_port``; (processes, ports)."""
+    scaled = [s] + [dataclasses.replace(s, metrics_port=free_port()) for _ in range(WORKERS - 1)]
+    procs = [start_worker(w, logs / f"{name}-worker-{i}.log") for i, w in enumerate(scaled)]
+    return procs, [w.metrics_port for w in scaled]
+
+
 def start_clickhouse_projection(s: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """The ClickHouse read model: with embedded chDB it runs outside the worker (the API
     process runs it in production); here `leadscore projections run clickhouse`."""

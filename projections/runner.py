@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -84,10 +85,14 @@ def start_projection_thread(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=lambda: (stop_flag.wait(), loop.call_soon_threadsafe(stop.set)),
-            daemon=True,
-        ).start()
+
+        def wake() -> None:
+            stop_flag.wait()
+            # The loop may be gone already: with no projections to run it ends at once.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=wake, daemon=True).start()
         await run_projections(settings, names, stop)
 
     def target() -> None:

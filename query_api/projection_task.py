@@ -37,6 +37,8 @@ class TrackedProjection:
         self.inner = inner
         self.name = inner.name
         self.applied = 0
+        if hasattr(inner, "linger_s"):  # how long it waits at the head of the log
+            self.linger_s: float = inner.linger_s
 
     async def setup(self) -> None:
         await self.inner.setup()
