@@ -124,7 +124,7 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
-    workers, ports = stack.start_workers(s, logs, "pipeline")
+    workers, ports = stack.start_workers(s, logs, "pipeline", WORKERS)
     worker = workers[0]  # its RSS is sampled and it is the one profiled
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
     outbox = stack.start_outbox(s, logs, "pipeline")

@@ -303,10 +303,12 @@ WORKERS = env_int("LEADSCORE_BENCH_WORKERS", 2)
 
 
 def start_workers(
-    s: Settings, logs: Path, name: str
+    s: Settings, logs: Path, name: str, count: int | None = None
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """``WORKERS`` workers in one group, the first on ``s.metrics_port``; (processes, ports)."""
-    scaled = [s] + [dataclasses.replace(s, metrics_port=free_port()) for _ in range(WORKERS - 1)]
+    """``count`` (default ``WORKERS``) workers in one group, the first on ``s.metrics_port``;
+    (processes, their metrics ports)."""
+    count = WORKERS if count is None else count
+    scaled = [s] + [dataclasses.replace(s, metrics_port=free_port()) for _ in range(count - 1)]
     procs = [start_worker(w, logs / f"{name}-worker-{i}.log") for i, w in enumerate(scaled)]
     return procs, [w.metrics_port for w in scaled]
 

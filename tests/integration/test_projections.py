@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from leadscore.bootstrap import bootstrap
 from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from projections.base import ProjectionRunner
-from leadscore.bootstrap import bootstrap
 from projections.log import LogEntry, LogReader
 from projections.postgres import PROFILE_COLUMNS, PostgresProjection
 from projections.redis import RedisProjection
