@@ -23,19 +23,17 @@ import re
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from leadscore.services import kafka as kafka_service
 from leadscore.settings import Settings
 
 
-def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> None:
+def _faust_app(s: Settings, group: str, **settings: Any) -> Any:
+    """A Faust app on raw bytes, configured as the worker's (streams/worker.py)."""
     import faust
 
-    from streams.codec import record_to_event
-    from streams.wire import SchemaCatalog
-
-    catalog = SchemaCatalog(s.schema_registry_url)
-    app = faust.App(
+    return faust.App(
         group,
         broker=f"kafka://{s.kafka_bootstrap}",
         value_serializer="raw",
@@ -46,7 +44,18 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
+        **settings,
     )
+
+
+def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> None:
+    import faust
+
+    from streams.codec import record_to_event
+    from streams.wire import SchemaCatalog
+
+    catalog = SchemaCatalog(s.schema_registry_url)
+    app = _faust_app(s, group)
     source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
     target = app.topic(sink, key_type=bytes, value_type=bytes, partitions=partitions)
 
@@ -73,19 +82,9 @@ def run_faust_take(
 
     import faust
 
-    app = faust.App(
-        group,
-        broker=f"kafka://{s.kafka_bootstrap}",
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        datadir=str(s.run_path / "faust"),
-        web_enabled=False,
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_max_poll_records=s.batch_size,
-        stream_buffer_maxsize=4 * s.batch_size,
+    # Fetching and buffering as the worker does (streams/worker.py).
+    app = _faust_app(
+        s, group, broker_max_poll_records=s.batch_size, stream_buffer_maxsize=4 * s.batch_size
     )
     source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
 
