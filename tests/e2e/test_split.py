@@ -18,7 +18,7 @@ from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.e2e.test_worker import free_port, metric, start, wait_until
+from tests.e2e.test_worker import free_port, metric, start, wait_for_events
 from tests.integration.test_pipeline import consume_all
 
 pytestmark = pytest.mark.e2e
@@ -42,12 +42,8 @@ def test_a_relay_process_publishes_what_a_relayless_worker_stores(
     relay = None
     try:
         wait_for_group(s, worker, timeout=120)
-        wait_until(
-            lambda: (
-                metric(s.metrics_port, "leadscore_lead_events_total", "applied") >= len(workload)
-            ),
-            120,
-            "the worker to apply every lead-event",
+        wait_for_events(
+            s.metrics_port, "applied", len(workload), 120, "the worker to apply every lead-event"
         )
         # Stored, but nothing published: the worker has no relay.
         assert metric(s.metrics_port, "leadscore_score_events_published_total") == 0

@@ -83,6 +83,11 @@ def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_for_events(port: int, outcome: str, count: int, timeout: float, what: str) -> None:
+    """Until the worker on ``port`` has counted ``count`` lead-events as ``outcome``."""
+    wait_until(lambda: metric(port, "leadscore_lead_events_total", outcome) >= count, timeout, what)
+
+
 def committed_all(settings: Settings) -> bool:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     req = ConsumerGroupTopicPartitions(settings.consumer_group)
@@ -129,10 +134,8 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     worker = start(s, log)
     try:
         wait_for_group(s, worker, timeout=120)
-        wait_until(
-            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= total,
-            120,
-            "the worker to take every lead-event",
+        wait_for_events(
+            s.metrics_port, "received", total, 120, "the worker to take every lead-event"
         )
         store = open_store(s.pg_dsn, cache_size=0)
         ids = [lead_aggregate_id(org, lead) for org, lead in leads]
@@ -193,18 +196,12 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
         reset_offsets(s)
         worker = start(s, log)
         wait_for_group(s, worker, timeout=120)
-        wait_until(
-            lambda: (
-                metric(s.metrics_port, "leadscore_lead_events_total", "duplicate") >= len(workload)
-            ),
-            120,
-            "the worker to see every redelivered event",
+        wait_for_events(
+            s.metrics_port, "duplicate", len(workload), 120, "the worker to see redelivered events"
         )
         assert metric(s.metrics_port, "leadscore_lead_events_total", "applied") == 0
-        wait_until(
-            lambda: metric(s.metrics_port, "leadscore_lead_events_total", "received") >= total,
-            60,
-            "the worker to take every redelivered message",
+        wait_for_events(
+            s.metrics_port, "received", total, 60, "the worker to take every redelivered message"
         )
         assert_counted(s.metrics_port, total, dead_lettered=len(bad))
         after = []
