@@ -5,7 +5,9 @@
     validation into a LeadEvent) and forwards it to another topic, one event at a time.
 (a0) ``faust-take``: a Faust agent that takes the events in batches (``take_events``, as
     the worker does) and does nothing with them: the ceiling of any pipeline built on a
-    Faust agent on this machine, and what that machinery costs in CPU per event.
+    Faust agent on this machine, and what that machinery costs in CPU per event. Run twice:
+    on Faust's own consumer loop, and (``faust-take-direct``) on the worker's
+    (streams/consumer.py), which hands a message to the stream without four tasks.
 (b) ``raw``: a confluent-kafka consume -> produce loop in Python doing nothing else: the
     Python I/O ceiling.
 (c) Kafka's own ProducerPerformance and ConsumerPerformance (what kafka-producer-perf-test
@@ -13,7 +15,7 @@
     broker's ceiling on this machine.
 
 (a) and (b) run as processes: ``python -m bench.peers faust|raw SRC SINK GROUP PARTITIONS``;
-(a0) as ``python -m bench.peers faust-take SRC GROUP PARTITIONS EVENTS OUT.json``.
+(a0) as ``python -m bench.peers faust-take[-direct] SRC GROUP PARTITIONS EVENTS OUT.json``.
 Both copy the message headers, so the latency bench can time them too.
 """
 
@@ -69,7 +71,7 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
 
 
 def run_faust_take(
-    s: Settings, src: str, group: str, partitions: int, events: int, out: str
+    s: Settings, src: str, group: str, partitions: int, events: int, out: str, *, direct: bool
 ) -> None:
     """(a0): consume ``events`` in batches, do nothing; write the timing as JSON to ``out``.
 
@@ -86,6 +88,10 @@ def run_faust_take(
     app = _faust_app(
         s, group, broker_max_poll_records=s.batch_size, stream_buffer_maxsize=4 * s.batch_size
     )
+    if direct:
+        from streams.consumer import use_direct_delivery
+
+        use_direct_delivery(app)
     source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
 
     def cpu_seconds() -> float:
@@ -218,9 +224,10 @@ def consumer_perf(s: Settings, topic: str, messages: int) -> float:
 
 def main(argv: list[str]) -> None:
     s = Settings.from_env()
-    if argv[0] == "faust-take":
-        _kind, src, group, partitions, events, out = argv
-        run_faust_take(s, src, group, int(partitions), int(events), out)
+    if argv[0] in ("faust-take", "faust-take-direct"):
+        kind, src, group, partitions, events, out = argv
+        direct = kind == "faust-take-direct"
+        run_faust_take(s, src, group, int(partitions), int(events), out, direct=direct)
         return
     kind, src, sink, group, partitions = argv
     if kind == "faust":

@@ -253,15 +253,17 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
     return (wl.events - 1) / span if span > 0 else timeline.rate(wl.events)
 
 
-def run_faust_take(base: Settings, wl: Workload) -> tuple[float, float]:
-    """(events/s, CPU µs per event) of peer (a0), a Faust agent taking batches, doing nothing."""
+def run_faust_take(base: Settings, wl: Workload, *, direct: bool) -> tuple[float, float]:
+    """(events/s, CPU µs per event) of peer (a0), a Faust agent taking batches, doing nothing,
+    on Faust's own consumer loop or (``direct``) on the worker's."""
     tag = secrets.token_hex(3)
-    out = base.run_path / "logs" / "bench" / f"peer-faust-take-{tag}.json"
-    args = [wl.topic, f"bench-faust-take-{tag}", str(base.topic_partitions), str(wl.events)]
+    kind = "faust-take-direct" if direct else "faust-take"
+    out = base.run_path / "logs" / "bench" / f"peer-{kind}-{tag}.json"
+    args = [wl.topic, f"bench-{kind}-{tag}", str(base.topic_partitions), str(wl.events)]
     proc = stack.start_process(
-        ["-m", "bench.peers", "faust-take", *args, str(out)],
+        ["-m", "bench.peers", kind, *args, str(out)],
         stack.engine_settings(base),
-        base.run_path / "logs" / "bench" / "peer-faust-take.log",
+        base.run_path / "logs" / "bench" / f"peer-{kind}.log",
     )
     try:
         proc.wait(timeout_for(wl.events))
@@ -299,6 +301,8 @@ def measure(
     ours: list[Run] = []
     take_rates: list[float] = []
     take_cpu: list[float] = []
+    direct_rates: list[float] = []
+    direct_cpu: list[float] = []
     faust_rates: list[float] = []
     raw_rates: list[float] = []
     producer_rates: list[float] = []
@@ -306,9 +310,12 @@ def measure(
     for i in range(runs):
         console.print(f"run {i + 1}/{runs}")
         ours.append(run_ours(base, wl))
-        rate, cpu_us = run_faust_take(base, wl)
+        rate, cpu_us = run_faust_take(base, wl, direct=False)
         take_rates.append(rate)
         take_cpu.append(cpu_us)
+        rate, cpu_us = run_faust_take(base, wl, direct=True)
+        direct_rates.append(rate)
+        direct_cpu.append(cpu_us)
         faust_rates.append(run_peer(base, wl, "faust"))
         raw_rates.append(run_peer(base, wl, "raw"))
         if perf:
@@ -316,7 +323,8 @@ def measure(
             producer_rates.append(p)
             consumer_rates.append(c)
         console.print(
-            f"  ours {ours[-1].rate:,.0f}/s, Faust batches doing nothing {take_rates[-1]:,.0f}/s, "
+            f"  ours {ours[-1].rate:,.0f}/s, Faust batches doing nothing {take_rates[-1]:,.0f}/s "
+            f"(direct delivery {direct_rates[-1]:,.0f}/s), "
             f"Faust agent {faust_rates[-1]:,.0f}/s, "
             f"raw loop {raw_rates[-1]:,.0f}/s"
             + (
@@ -334,6 +342,8 @@ def measure(
         "ours": ours,
         "faust_take": take_rates,
         "faust_take_cpu": take_cpu,
+        "faust_direct": direct_rates,
+        "faust_direct_cpu": direct_cpu,
         "batch_size": base.batch_size,
         "faust": faust_rates,
         "raw": raw_rates,
@@ -351,6 +361,8 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
     vs_raw = paired_ratio(rates, r["raw"])
     vs_take = paired_ratio(rates, r["faust_take"])
     take_cpu = statistics.median(r["faust_take_cpu"])
+    vs_direct = paired_ratio(rates, r["faust_direct"])
+    direct_cpu = statistics.median(r["faust_direct_cpu"])
     lines = [
         f"Workload: {wl.events:,} lead-events over {wl.leads:,} leads in {len(wl.orgs)} orgs "
         f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
@@ -363,9 +375,12 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
         f"| **leadscore worker**: decode, event store, scoring, explanations, score-events, "
         f"PostgreSQL + Redis + ClickHouse read models | **{mine}** | — |",
         f"| (a0) Faust agent taking batches of {r['batch_size']:,} (as the worker does), doing "
-        f"nothing, one process: {take_cpu:,.0f} µs of CPU per event | "
+        f"nothing, one process, Faust's consumer loop: {take_cpu:,.0f} µs of CPU per event | "
         f"{Spread.of(r['faust_take'])} | "
         f"{vs_take.median:.2f} ({vs_take.low:.2f}–{vs_take.high:.2f}) |",
+        f"| (a0) the same on the worker's consumer loop (direct delivery, streams/consumer.py): "
+        f"{direct_cpu:,.0f} µs of CPU per event | {Spread.of(r['faust_direct'])} | "
+        f"{vs_direct.median:.2f} ({vs_direct.low:.2f}–{vs_direct.high:.2f}) |",
         f"| (a) Faust agent: decode each event, forward it, one at a time | "
         f"{Spread.of(r['faust'])} | **{vs_faust.median:.2f}** "
         f"({vs_faust.low:.2f}–{vs_faust.high:.2f}) |",

@@ -52,6 +52,9 @@ class Settings:
     # The score-event relay and webhook dispatcher run in each worker (elected: one
     # publishes); 0 leaves them to `leadscore relay`, a process of their own.
     worker_relay: bool = True
+    # Hand each fetched message to the stream without Faust's four tasks per message when
+    # nothing can block it (streams/consumer.py); false: Faust's own consumer loop.
+    consumer_direct_delivery: bool = True
 
     # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
     # score is older than `after` as of now; 0 turns it off.

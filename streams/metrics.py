@@ -37,6 +37,14 @@ SCORES_RECORDED = Counter("leadscore_scores_recorded_total", "LeadScored events 
 SCORE_EVENTS_PUBLISHED = Counter(
     "leadscore_score_events_published_total", "Score-events delivered to Kafka by the relay"
 )
+DELIVERIES = Counter(
+    "leadscore_consumer_deliveries_total",
+    "Fetched messages handed to the stream: directly, or guarded against a rebalance "
+    "because the stream's buffer was full or the flow suspended (streams/consumer.py)",
+    ["path"],
+)
+for _path in ("direct", "guarded"):
+    DELIVERIES.labels(_path)
 BATCH_SECONDS = Histogram(
     "leadscore_batch_seconds",
     "Time to decode, apply, score and store one batch",

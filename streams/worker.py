@@ -18,6 +18,7 @@ from faust.types import Message
 from leadscore.bootstrap import Engine
 from projections.runner import start_projection_thread, worker_projection_names
 from streams import metrics
+from streams.consumer import use_direct_delivery
 from streams.decay import DecayTimer
 from streams.dlq import DeadLetter, DeadLetterError, DeadLetterSink, RawMessage, normalize_headers
 from streams.processor import TRANSIENT_ERRORS, BatchStats
@@ -49,6 +50,8 @@ def create_app(engine: Engine) -> faust.App:
         # abandons its batch without committing it (see score_leads).
         stream_wait_empty=False,
     )
+    if s.consumer_direct_delivery:
+        use_direct_delivery(app)
     lead_events = app.topic(
         s.topic_lead_events, key_type=bytes, value_type=bytes, partitions=s.topic_partitions
     )

@@ -23,6 +23,7 @@ def test_pipeline_bench_runs_and_reports_every_row(
     for row in (
         "| **leadscore worker**",
         "| (a0) Faust agent taking batches",
+        "| (a0) the same on the worker's consumer loop",
         "| (a) Faust agent",
         "| (b) confluent-kafka consume",
         "| (c) kafka-producer-perf-test",

@@ -1,0 +1,64 @@
+"""A Faust agent on streams.consumer's transport that records what it is given.
+
+Run by tests/integration/test_consumer.py as ``python -m tests.integration.faust_probe
+BOOTSTRAP TOPIC GROUP OUT_DIR``. The agent's first batch sleeps, so the stream's small
+buffer fills and later deliveries take the guarded path. Every event is appended to
+OUT_DIR/seen.jsonl as partition, offset and value; OUT_DIR/deliveries.json holds the
+consumer's counts of direct and guarded deliveries, rewritten after every batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import faust
+
+from streams.consumer import use_direct_delivery
+
+BUFFER = 40  # the stream's buffer: small, so a sleeping agent fills it
+
+
+def main(bootstrap: str, topic_name: str, group: str, out_dir: str) -> None:
+    out = Path(out_dir)
+    app = faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(out / "faust"),
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=100,
+        stream_buffer_maxsize=BUFFER,
+        stream_wait_empty=False,
+    )
+    use_direct_delivery(app)
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=3)
+
+    @app.agent(topic, name="probe")
+    async def probe(stream: faust.StreamT[bytes]) -> None:
+        first = True
+        async for batch in stream.take_events(100, within=0.2):
+            if first:
+                first = False
+                await asyncio.sleep(2.0)
+            with (out / "seen.jsonl").open("a") as f:
+                for event in batch:
+                    m = event.message
+                    f.write(json.dumps({"p": m.partition, "o": m.offset, "v": m.value.decode()}))
+                    f.write("\n")
+            consumer = app.consumer
+            counts = {"direct": consumer.delivered_direct, "guarded": consumer.delivered_guarded}
+            (out / "deliveries.json").write_text(json.dumps(counts))
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
