@@ -18,7 +18,8 @@ that answers each event with a message.
 
 Sizes: LEADSCORE_BENCH_LATENCY_RATES (default "500,2000,5000"),
 LEADSCORE_BENCH_LATENCY_SECONDS per rate and run (10), LEADSCORE_BENCH_RUNS; worker
-processes: LEADSCORE_BENCH_LATENCY_WORKERS (1).
+processes: LEADSCORE_BENCH_LATENCY_WORKERS (1); one lead in
+LEADSCORE_BENCH_LATENCY_API_SAMPLE (10) watched through the API.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 import structlog
 from rich.console import Console
 
-from bench import stack
+from bench import cpu, stack
 from bench.harness import RUNS, Spread, write_results
 from leadscore import services
 from leadscore.settings import Settings
@@ -56,9 +57,22 @@ WARMUP_SECONDS = 2.0
 # One worker: at 500 events/s it answered sooner than two (p50 109 against 190 ms, p99
 # 279 against 687, in the runs of 2026-11-28); at 2,000 and 5,000 both are over capacity.
 WORKERS = stack.env_int("LEADSCORE_BENCH_LATENCY_WORKERS", 1)
-API_SAMPLE = 10  # one lead in this many is watched through the API
+# One lead in this many is watched through the API (LEADSCORE_BENCH_LATENCY_API_SAMPLE).
+API_SAMPLE = stack.env_int("LEADSCORE_BENCH_LATENCY_API_SAMPLE", 10)
 TARGETS_MS = {2000: 100.0, 5000: 250.0}  # p99 targets of issue 6
 ID_HEADER = "bench-event-id"
+OUTBOX_NAMES = ("relay", "PostgreSQL + Redis projections")  # stack.start_outbox's order
+CPU_GROUPS = (
+    "worker",
+    *OUTBOX_NAMES,
+    "query API (+ ClickHouse projection)",
+    "PostgreSQL",
+    "Kafka broker",
+    "Redis",
+    "bench: receivers, API watcher, peer",
+    "other processes",
+    "kernel threads",
+)
 
 
 # -- the generator process ------------------------------------------------------------
@@ -127,7 +141,7 @@ def receiver(bootstrap: str, topic: str, partitions: int, outfile: str, ready: s
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-latency-{secrets.token_hex(4)}",
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
         }
     )
     parts = []
@@ -184,7 +198,7 @@ def api_watcher(
             "bootstrap.servers": s.kafka_bootstrap,
             "group.id": f"bench-latency-api-{secrets.token_hex(4)}",
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
         }
     )
     topic = s.topic_score_events
@@ -253,6 +267,8 @@ class Segment:
     rate: int
     run: int
     sent_file: Path
+    # CPU seconds per process group while the segment was sent and drained (bench/cpu.py)
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _start_receiver(s: Settings, topic: str, tmp: Path, name: str):  # type: ignore[no-untyped-def]
@@ -356,7 +372,8 @@ def measure(
     try:
         workers, ports = stack.start_workers(s, logs, "latency", WORKERS)
         procs += workers
-        procs += stack.start_outbox(s, logs, "latency")
+        outbox = stack.start_outbox(s, logs, "latency")
+        procs += outbox
         # The query API, which also runs the ClickHouse projection (embedded chDB).
         api = stack.start_process(["-m", "leadscore.cli", "api"], s, logs / "latency-api.log")
         procs.append(api)
@@ -381,6 +398,11 @@ def measure(
         )  # fmt: skip
         procs.append(watcher)
         stack.wait_for(api_ready.exists, 60, "the API watcher")
+        named = {w.pid: "worker" for w in workers}
+        named.update(zip((p.pid for p in outbox), OUTBOX_NAMES, strict=False))
+        named[api.pid] = "query API (+ ClickHouse projection)"
+        for p in (recv_ours, recv_peer, watcher, peer):
+            named[p.pid] = "bench: receivers, API watcher, peer"
         positions = stack.LogPositions(s.pg_dsn)
         marks = stack.Watermarks(base.kafka_bootstrap, peer_out, base.topic_partitions)
         sent = {"ours": 0, "peer": 0}
@@ -395,11 +417,13 @@ def measure(
 
         def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
             topic = ours_in if who == "ours" else peer_in
+            before = cpu.snapshot()
             out = _send(s, topic, rate, chunk, tmp, f"{who}-{rate}-{run}")
             sent[who] += len(chunk)
             stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
+            spent = cpu.spent(before, cpu.snapshot(), named)
             time.sleep(0.5)  # the last score-events reach the receiver
-            segments.append(Segment(who, rate, run, out))
+            segments.append(Segment(who, rate, run, out, spent))
 
         with console.status("warming up (worker joining its group, first batches)"):
             stack.wait_for(lambda: stack.scrape(s.metrics_port)["received"] >= 0, 60, "metrics")
@@ -517,6 +541,7 @@ def report(
             f"{med(ours_runs, 'api_p50'):,.0f} | {med(ours_runs, 'api_p99'):,.0f} | "
             f"{med(ours_runs, 'api_samples'):,.0f} |"
         )
+    lines += cpu_table(segments, rates, seconds)
     worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
     lines += [
         "",
@@ -530,6 +555,45 @@ def report(
         "models, the API's hot cache evicted by their change notices).",
     ]
     return "\n".join(lines)
+
+
+def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list[str]:
+    """CPU µs per offered lead-event by process group, for our segments at each rate."""
+    ours = {rate: [g for g in segments if g.who == "ours" and g.rate == rate] for rate in rates}
+    if not any(g.cpu for gs in ours.values() for g in gs):
+        return []
+
+    def per_event(rate: int, group: str) -> float:
+        return statistics.median(g.cpu.get(group, 0.0) for g in ours[rate]) / (rate * seconds)
+
+    def idle(rate: int) -> float:
+        return statistics.median(
+            g.cpu["idle (machine)"] / (g.cpu["idle (machine)"] + g.cpu["all (machine)"])
+            for g in ours[rate]
+        )
+
+    shown = [r for r in rates if ours[r]]
+    lines = [
+        "",
+        "Where the machine's CPU went while ours was sent each rate and caught up (bench/cpu.py;"
+        " µs per lead-event sent, medians of the runs; the generator counts under other "
+        "processes, with the bench's own polling):",
+        "",
+        "| process group | " + " | ".join(f"{r:,}/s" for r in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for group in CPU_GROUPS:
+        lines.append(
+            f"| {group} | " + " | ".join(f"{per_event(r, group) * 1e6:,.0f}" for r in shown) + " |"
+        )
+    lines.append(
+        "| **all, whole machine** | "
+        + " | ".join(
+            f"**{per_event(r, 'all (machine)') * 1e6:,.0f}** (idle {idle(r):.0%})" for r in shown
+        )
+        + " |"
+    )
+    return lines
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from typing import Any
 
+from bench import stack
 from leadscore.services import kafka as kafka_service
 from leadscore.settings import Settings
 
@@ -131,7 +132,7 @@ def run_raw(s: Settings, src: str, sink: str, group: str) -> None:
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
-            "fetch.wait.max.ms": 5,
+            "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
         }
     )
     producer = kafka_producer(s.kafka_bootstrap)

@@ -54,6 +54,10 @@ def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[4].startswith("**"), row  # p99 of ours
         assert cells[8] not in ("nan", ""), row  # peer p99
+    cpu_rows = {line.split("|")[1].strip(): line for line in body.splitlines() if "|" in line}
+    worker = [c.strip() for c in cpu_rows["worker"].strip("|").split("|")[1:]]
+    assert len(worker) == 2 and all(float(c.replace(",", "")) > 0 for c in worker), worker
+    assert "**all, whole machine**" in cpu_rows
 
 
 def test_profile_summary_attributes_samples_to_stages() -> None:

@@ -97,6 +97,14 @@ async def test_no_direct_delivery_while_flow_is_suspended_or_a_buffer_is_full() 
     assert isinstance(app.transport, Transport)
     topic = app.topic("guarded", value_type=bytes, partitions=1)
     consumer = app.consumer
+    try:
+        await _check_guards(app, topic, consumer)
+    finally:
+        # Never started: close the loop its consumer thread made (mode.threads).
+        consumer._thread.thread_loop.close()
+
+
+async def _check_guards(app: faust.App, topic: faust.TopicT, consumer: Consumer) -> None:
     assert isinstance(consumer, Consumer)
     tp = faust.types.TP("guarded", 0)
     app.topics._tp_index[tp].add(topic)
@@ -112,6 +120,14 @@ async def test_no_direct_delivery_while_flow_is_suspended_or_a_buffer_is_full() 
     assert topic.queue.full()
     assert not consumer.can_deliver_without_waiting(tp)
     topic.queue.get_nowait()
+    assert consumer.can_deliver_without_waiting(tp)
+
+    pending = app.producer.buffer.pending
+    for i in range(app.producer.buffer.max_messages + 1):
+        pending.put_nowait(i)
+    assert not consumer.can_deliver_without_waiting(tp)
+    while not pending.empty():
+        pending.get_nowait()
     assert consumer.can_deliver_without_waiting(tp)
 
     consumer.suspend_flow.set()
