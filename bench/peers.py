@@ -56,6 +56,7 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
 
     from streams.codec import record_to_event
     from streams.wire import SchemaCatalog
+    from streams.worker import faust_worker
 
     catalog = SchemaCatalog(s.schema_registry_url)
     app = _faust_app(s, group)
@@ -68,7 +69,7 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
             record_to_event(catalog.decode(event.value))
             await target.send(key=event.key, value=event.value, headers=list(event.headers.items()))
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
 
 
 def run_faust_take(
@@ -84,6 +85,8 @@ def run_faust_take(
     import time
 
     import faust
+
+    from streams.worker import faust_worker
 
     # Fetching and buffering as the worker does (streams/worker.py).
     app = _faust_app(
@@ -118,7 +121,7 @@ def run_faust_take(
                     json.dump(result, f)
                 os._exit(0)
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
 
 
 def run_raw(s: Settings, src: str, sink: str, group: str) -> None:

@@ -30,6 +30,17 @@ log = structlog.get_logger(__name__)
 DB_RETRY_SECONDS = 1.0
 
 
+def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """A Faust worker for ``app`` logging at ``loglevel``, without the terminal spinner.
+
+    At WARNING and above Faust spins a spinner on every log record, and for that sets the
+    root logger to DEBUG: every debug line of aiokafka, Faust and mode would be made into
+    a record (a fifth of a worker's CPU at 500 events/s, in a paired run)."""
+    worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True)
+    worker.spinner = None
+    return worker
+
+
 def create_app(engine: Engine) -> faust.App:
     s = engine.settings
     app = faust.App(
@@ -194,7 +205,7 @@ def run_worker(engine: Engine) -> None:
     threads = start_outbox_threads(engine, stop) if engine.settings.worker_relay else []
     names = worker_projection_names(engine.settings)
     projections_thread, projections_stop = start_projection_thread(engine.settings, names)
-    worker = faust.Worker(app, loglevel=engine.settings.log_level.upper(), quiet=True)
+    worker = faust_worker(app, engine.settings.log_level)
     try:
         worker.execute_from_commandline()
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import faust
 
 from streams.consumer import use_direct_delivery
+from streams.worker import faust_worker
 
 BUFFER = 40  # the stream's buffer: small, so a sleeping agent fills it
 
@@ -57,7 +58,7 @@ def main(bootstrap: str, topic_name: str, group: str, out_dir: str) -> None:
             counts = {"direct": consumer.delivered_direct, "guarded": consumer.delivered_guarded}
             (out / "deliveries.json").write_text(json.dumps(counts))
 
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
 
 
 if __name__ == "__main__":
