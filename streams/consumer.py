@@ -64,7 +64,7 @@ class Consumer(faust_aiokafka.Consumer):
         # _tp_index is a defaultdict: .get does not add the partition.
         return not any(chan.queue.full() for chan in conductor._tp_index.get(tp, ()))
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+    async def _drain_messages(self, fetcher: Any) -> None:
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = cast(Service, self)._stopped.is_set
