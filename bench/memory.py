@@ -68,8 +68,8 @@ def main() -> None:
     base = stack.base_settings()
     lines = [
         f"Aggregate cache: LEADSCORE_AGGREGATE_CACHE_SIZE = {base.aggregate_cache_size:,} leads. "
-        "One run per size (a state, not a rate); the worker as in production (relay, "
-        "PostgreSQL and Redis projections in-process).\n",
+        f"One run per size (a state, not a rate); one worker, the engine as {stack.TOPOLOGY_TEXT} "
+        f"(LEADSCORE_BENCH_TOPOLOGY={stack.TOPOLOGY}).\n",
         "| leads | events taken | RSS after every lead is known, MiB | "
         f"after +{GROWTH:,} events | after +{2 * GROWTH:,} events | growth N → 2N, MiB | "
         "peak RSS (VmHWM), MiB | lead-events/s |",
@@ -80,7 +80,7 @@ def main() -> None:
         console.rule(f"[bold]memory: {leads:,} leads, then {more:,} events on them")
         wl = prepare(base, leads, more)
         try:
-            run = run_ours(base, wl)
+            run = run_ours(base, wl, workers=1)
         finally:
             stack.delete_topics(base.kafka_bootstrap, [wl.topic])
         known = rss_when(run, wl.leads)
@@ -96,8 +96,8 @@ def main() -> None:
         )
         console.print(lines[-1])
     lines.append(
-        "\nRSS is sampled every 0.25 s, so a reading is at most one batch (1,000 events) "
-        "past its mark."
+        f"\nRSS is sampled every 0.25 s, so a reading is at most one batch "
+        f"({base.batch_size:,} events) past its mark."
     )
     body = "\n".join(lines)
     console.print(body)

@@ -118,17 +118,19 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)  # group -> CPU seconds in the window
 
 
-def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) -> Run:
+def run_ours(
+    base: Settings, wl: Workload, *, workers: int = WORKERS, profile_to: Path | None = None
+) -> Run:
     s = stack.engine_settings(stack.isolated(base, "pipe", wl.topic))
     logs = base.run_path / "logs" / "bench"
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
-    workers, ports = stack.start_workers(s, logs, "pipeline", WORKERS)
-    worker = workers[0]  # its RSS is sampled and it is the one profiled
+    procs, ports = stack.start_workers(s, logs, "pipeline", workers)
+    worker = procs[0]  # its RSS is sampled and it is the one profiled
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
     outbox = stack.start_outbox(s, logs, "pipeline")
-    named = {w.pid: "worker" for w in workers}
+    named = {w.pid: "worker" for w in procs}
     named[clickhouse.pid] = "ClickHouse projection"
     # the split topology's relay and projections (none with "single")
     outbox_names = ("relay", "PostgreSQL + Redis projections")
@@ -144,7 +146,7 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
         with progress_bar() as progress:
             task = progress.add_task("leadscore worker: events applied", total=wl.events)
             while True:
-                for w in workers:
+                for w in procs:
                     if w.poll() is not None:
                         raise RuntimeError(f"worker exited with {w.returncode}; see {logs}")
                 if time.monotonic() > deadline:
@@ -190,7 +192,7 @@ def run_ours(base: Settings, wl: Workload, *, profile_to: Path | None = None) ->
         stack.stop_process(clickhouse)
         for proc in outbox:
             stack.stop_process(proc)
-        for w in workers:
+        for w in procs:
             stack.stop_process(w)
         stack.cleanup(base, s)
     return Run(
