@@ -119,14 +119,15 @@ class Run:
 
 
 def run_ours(
-    base: Settings, wl: Workload, *, workers: int = WORKERS, profile_to: Path | None = None
+    base: Settings, wl: Workload, *, workers: int | None = None, profile_to: Path | None = None
 ) -> Run:
+    """One run of the engine over ``wl`` with ``workers`` worker processes (WORKERS)."""
     s = stack.engine_settings(stack.isolated(base, "pipe", wl.topic))
     logs = base.run_path / "logs" / "bench"
     stack.register_orgs(s, wl.orgs)
     positions = stack.LogPositions(s.pg_dsn)
     launched = time.monotonic()
-    procs, ports = stack.start_workers(s, logs, "pipeline", workers)
+    procs, ports = stack.start_workers(s, logs, "pipeline", workers or WORKERS)
     worker = procs[0]  # its RSS is sampled and it is the one profiled
     clickhouse = stack.start_clickhouse_projection(s, logs / "pipeline-clickhouse.log")
     outbox = stack.start_outbox(s, logs, "pipeline")
