@@ -35,7 +35,7 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
 
     At WARNING and above Faust spins a spinner on every log record, and for that sets the
     root logger to DEBUG: every debug line of aiokafka, Faust and mode would be made into
-    a record (a fifth of a worker's CPU at 500 events/s, in a paired run)."""
+    a record (5% of a busy worker's profile samples at 500 events/s)."""
     worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True)
     worker.spinner = None
     return worker
