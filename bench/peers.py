@@ -34,21 +34,9 @@ from leadscore.settings import Settings
 
 def _faust_app(s: Settings, group: str, **settings: Any) -> Any:
     """A Faust app on raw bytes, configured as the worker's (streams/worker.py)."""
-    import faust
+    from streams.worker import faust_app
 
-    return faust.App(
-        group,
-        broker=f"kafka://{s.kafka_bootstrap}",
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        datadir=str(s.run_path / "faust"),
-        web_enabled=False,
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        **settings,
-    )
+    return faust_app(group, s.kafka_bootstrap, s.run_path / "faust", **settings)
 
 
 def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> None:

@@ -8,7 +8,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import faust
 import prometheus_client
@@ -41,19 +42,30 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     return worker
 
 
-def create_app(engine: Engine) -> faust.App:
-    s = engine.settings
-    app = faust.App(
-        s.consumer_group,
-        broker=f"kafka://{s.kafka_bootstrap}",
+def faust_app(group: str, bootstrap: str, datadir: str | Path, **settings: Any) -> faust.App:
+    """A Faust app on raw bytes as the worker runs one (the benchmarks' Faust peers and the
+    consumer tests' probe too): no web server, no topic declaration, memory store."""
+    return faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(s.run_path / "faust"),
+        datadir=str(datadir),
         web_enabled=False,
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
+        **settings,
+    )
+
+
+def create_app(engine: Engine) -> faust.App:
+    s = engine.settings
+    app = faust_app(
+        s.consumer_group,
+        s.kafka_bootstrap,
+        s.run_path / "faust",
         broker_max_poll_records=s.batch_size,
         stream_buffer_maxsize=4 * s.batch_size,
         # Waiting for the streams to drain hangs a shutdown while the database is

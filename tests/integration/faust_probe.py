@@ -17,24 +17,17 @@ from pathlib import Path
 import faust
 
 from streams.consumer import use_direct_delivery
-from streams.worker import faust_worker
+from streams.worker import faust_app, faust_worker
 
 BUFFER = 40  # the stream's buffer: small, so a sleeping agent fills it
 
 
 def main(bootstrap: str, topic_name: str, group: str, out_dir: str) -> None:
     out = Path(out_dir)
-    app = faust.App(
+    app = faust_app(
         group,
-        broker=f"kafka://{bootstrap}",
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        datadir=str(out / "faust"),
-        web_enabled=False,
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
+        bootstrap,
+        out / "faust",
         broker_max_poll_records=100,
         stream_buffer_maxsize=BUFFER,
         stream_wait_empty=False,
