@@ -92,3 +92,9 @@ def spent(start: Snapshot, end: Snapshot, named: Mapping[int, str]) -> dict[str,
     out["all (machine)"] = busy
     out["idle (machine)"] = (end.total - start.total) - busy
     return out
+
+
+def idle_share(spent_cpu: Mapping[str, float]) -> float:
+    """The share of the cores left idle over a window measured by :func:`spent`."""
+    idle = spent_cpu["idle (machine)"]
+    return idle / (idle + spent_cpu["all (machine)"])

@@ -61,10 +61,9 @@ WORKERS = stack.env_int("LEADSCORE_BENCH_LATENCY_WORKERS", 1)
 API_SAMPLE = stack.env_int("LEADSCORE_BENCH_LATENCY_API_SAMPLE", 10)
 TARGETS_MS = {2000: 100.0, 5000: 250.0}  # p99 targets of issue 6
 ID_HEADER = "bench-event-id"
-OUTBOX_NAMES = ("relay", "PostgreSQL + Redis projections")  # stack.start_outbox's order
 CPU_GROUPS = (
     "worker",
-    *OUTBOX_NAMES,
+    *stack.OUTBOX_NAMES,
     "query API (+ ClickHouse projection)",
     "PostgreSQL",
     "Kafka broker",
@@ -399,7 +398,7 @@ def measure(
         procs.append(watcher)
         stack.wait_for(api_ready.exists, 60, "the API watcher")
         named = {w.pid: "worker" for w in workers}
-        named.update(zip((p.pid for p in outbox), OUTBOX_NAMES, strict=False))
+        named.update(zip((p.pid for p in outbox), stack.OUTBOX_NAMES, strict=False))
         named[api.pid] = "query API (+ ClickHouse projection)"
         for p in (recv_ours, recv_peer, watcher, peer):
             named[p.pid] = "bench: receivers, API watcher, peer"
@@ -567,10 +566,7 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
         return statistics.median(g.cpu.get(group, 0.0) for g in ours[rate]) / (rate * seconds)
 
     def idle(rate: int) -> float:
-        return statistics.median(
-            g.cpu["idle (machine)"] / (g.cpu["idle (machine)"] + g.cpu["all (machine)"])
-            for g in ours[rate]
-        )
+        return statistics.median(cpu.idle_share(g.cpu) for g in ours[rate])
 
     shown = [r for r in rates if ours[r]]
     lines = [

@@ -134,8 +134,7 @@ def run_ours(
     named = {w.pid: "worker" for w in procs}
     named[clickhouse.pid] = "ClickHouse projection"
     # the split topology's relay and projections (none with "single")
-    outbox_names = ("relay", "PostgreSQL + Redis projections")
-    named.update(zip((p.pid for p in outbox), outbox_names, strict=False))
+    named.update(zip((p.pid for p in outbox), stack.OUTBOX_NAMES, strict=False))
     cpu_start: cpu.Snapshot | None = None
     cpu_spent: dict[str, float] = {}
     spy = None
@@ -481,9 +480,7 @@ def cpu_table(ours: list[Run], events: int) -> list[str]:
     for group in CPU_ORDER:
         us = statistics.median(per_event(x, group) for x in runs)
         rows.append(f"| {group} | {us:,.0f} | {us / total:.0%} |")
-    idle = statistics.median(
-        x.cpu["idle (machine)"] / (x.cpu["idle (machine)"] + x.cpu["all (machine)"]) for x in runs
-    )
+    idle = statistics.median(cpu.idle_share(x.cpu) for x in runs)
     return [
         "",
         "Where the machine's CPU went during ours (bench/cpu.py: /proc CPU times from the "

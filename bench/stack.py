@@ -283,8 +283,13 @@ def engine_settings(s: Settings) -> Settings:
     return s
 
 
+# What start_outbox's processes are, in its order (the CPU tables' process groups).
+OUTBOX_NAMES = ("relay", "PostgreSQL + Redis projections")
+
+
 def start_outbox(s: Settings, logs: Path, name: str) -> list[subprocess.Popen[bytes]]:
-    """With the split topology: the relay and the projections, beside the worker."""
+    """With the split topology: the relay and the projections (OUTBOX_NAMES), beside the
+    worker."""
     if TOPOLOGY != "split":
         return []
     quiet = dataclasses.replace(s, metrics_port=0)
