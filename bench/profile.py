@@ -11,6 +11,7 @@ sleep), so the shares are of the time the worker's threads were running Python o
 from __future__ import annotations
 
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -190,9 +191,15 @@ _ROOTS = (
 RATE = 97  # samples/s per thread
 
 
-def record(pid: int, out: Path, rate: int = RATE) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid``; ``stop`` it to get the file written."""
-    return subprocess.Popen(
+def record(
+    pid: int, out: Path, rate: int = RATE, attach_timeout: float = 30
+) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid``; ``stop`` it to get the file written.
+
+    Returns once py-spy says it is sampling, so the caller knows the samples start now
+    and not whenever the attach finishes on a busy machine; raises if it never does.
+    """
+    proc = subprocess.Popen(
         [
             str(PY_SPY),
             "record",
@@ -208,14 +215,26 @@ def record(pid: int, out: Path, rate: int = RATE) -> subprocess.Popen[bytes]:
             "--output",
             str(out),
         ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
+    assert proc.stdout is not None
+    said = b""
+    ready, _, _ = select.select([proc.stdout], [], [], attach_timeout)
+    if ready:
+        said = proc.stdout.readline()  # "py-spy> Sampling process 97 times a second. ..."
+    if b"Sampling process" not in said:
+        proc.kill()
+        rest = proc.communicate()[0]
+        raise RuntimeError(f"py-spy did not start sampling pid {pid}: {(said + rest).decode()}")
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """py-spy writes its samples when interrupted (SIGINT)."""
     stop_worker(proc, timeout, signal.SIGINT)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 if __name__ == "__main__":

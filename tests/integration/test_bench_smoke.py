@@ -7,9 +7,12 @@ measures that). Nothing is written to bench/results.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from bench import latency, pipeline
+from bench import latency, pipeline, stack
 from bench import profile as profiling
 from leadscore.settings import Settings
 
@@ -17,7 +20,6 @@ from leadscore.settings import Settings
 def test_pipeline_bench_runs_and_reports_every_row(
     services: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One worker: with two, 1,500 events may leave the profiled one too little to sample.
     monkeypatch.setattr(pipeline, "WORKERS", 1)
     body = pipeline.bench(services, 1_500, 150, 3, 1, profile=True, perf=True)
     for row in (
@@ -32,8 +34,7 @@ def test_pipeline_bench_runs_and_reports_every_row(
         "| worker peak RSS (VmHWM), MiB |",
         "| scores stored / score-events on the topic |",
         "| process group | CPU µs per lead-event | share |",
-        "### Where the time goes",
-        "Within the event-store thread",
+        "### Where the time goes",  # what py-spy saw: test_profiled_run_samples_...
     ):
         assert row in body, row
     stored, on_topic = _cells(body, "| scores stored / score-events on the topic |")[0].split(" / ")
@@ -45,6 +46,24 @@ def test_pipeline_bench_runs_and_reports_every_row(
     machine_us = float(_cells(body, "| **all, whole machine** |")[0].strip("*").replace(",", ""))
     assert 0 < worker_us < machine_us
     assert 0 < postgres_us < machine_us
+
+
+def test_profiled_run_samples_the_event_store_thread(services: Settings, tmp_path: Path) -> None:
+    # py-spy starts once the worker has received its first lead-event, so the run must
+    # outlast that: 1,500 events in one batch of 3,000 can be done before the next poll.
+    # 8,000 events in batches of 500 keep the worker busy for several seconds.
+    small_batches = dataclasses.replace(services, batch_size=500)
+    wl = pipeline.prepare(small_batches, 8_000, 400, 3)
+    try:
+        run = pipeline.run_ours(small_batches, wl, workers=1, profile_to=tmp_path / "spy.txt")
+    finally:
+        stack.delete_topics(services.kafka_bootstrap, [wl.topic])
+    p = profiling.parse(run.profile)
+    assert p.samples > 0, run.profile
+    assert sum(p.critical.values()) > 0, dict(p.threads)  # the event-store thread was seen
+    summary = profiling.summarise(run.profile, seconds=run.seconds)
+    assert "Within the event-store thread" in summary
+    assert "| event store save |" in summary or "| event store load |" in summary, summary
 
 
 def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
