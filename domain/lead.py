@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -54,10 +54,17 @@ def score_event_id(aggregate_id: UUID, version: int) -> UUID:
 class Lead(Aggregate):
     """A lead's event-sourced state.
 
-    Every lead-event becomes one domain event carrying its ``source_event_id``;
-    the set of applied ids makes redelivery harmless. Every event also carries
+    Every lead-event becomes one domain event carrying its ``source_event_id``, so a
+    redelivered lead-event is recognised by its id. The aggregate remembers only the
+    ids of its last ``RECENT_EVENT_IDS`` lead-events, so its size does not grow with its
+    history; ``knows_applied`` says when that is not enough to tell, and the event store
+    answers for older ids (``apply_batch``'s ``stored``). Every event also carries
     ``org_id`` and ``lead_id`` so the log is self-describing for projections.
     """
+
+    # Ids of the latest lead-events kept in the aggregate. A redelivery after a crash or
+    # a rebalance is usually among them; older ids are looked up in the event store.
+    RECENT_EVENT_IDS: ClassVar[int] = 8
 
     @staticmethod
     def create_id(org_id: str, lead_id: str, **_: Any) -> UUID:
@@ -76,9 +83,11 @@ class Lead(Aggregate):
         self.lead_id = lead_id
         self.created_at = created_at
         self.profile: dict[str, Any] = dict(profile)
-        self.applied_event_ids: set[str] = set()
+        # The ids of the last RECENT_EVENT_IDS lead-events applied, oldest first.
+        self.recent_event_ids: dict[str, None] = {}
+        self.applied_count = 0  # lead-events applied over the whole history
         if source_event_id is not None:
-            self.applied_event_ids.add(source_event_id)
+            self._remember(source_event_id)
         self.activity_counts: dict[str, int] = {}
         # Decayed engagement per kind, as of ``engagement_as_of`` (O(1) state).
         self.decayed: dict[str, float] = {}
@@ -123,9 +132,20 @@ class Lead(Aggregate):
         lead.handle(first)
         return lead
 
+    def knows_applied(self, event_id: str) -> bool | None:
+        """Whether lead-event ``event_id`` was applied; None when only the store can tell
+        (the lead has applied more lead-events than it remembers, and not this one lately).
+        """
+        if event_id in self.recent_event_ids:
+            return True
+        if self.applied_count == len(self.recent_event_ids):
+            return False  # it remembers every id it ever applied
+        return None
+
     def handle(self, ev: LeadEvent) -> bool:
-        """Apply a lead-event once. Returns False for an id already applied."""
-        if ev.event_id in self.applied_event_ids:
+        """Apply a lead-event. Returns False for an id among the recently applied;
+        older ids are the caller's to rule out (``knows_applied``)."""
+        if ev.event_id in self.recent_event_ids:
             return False
         if ev.event_type in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED):
             changes = {k: v for k, v in ev.profile.items() if self.profile.get(k) != v}
@@ -189,7 +209,7 @@ class Lead(Aggregate):
         occurred_at: datetime,
         changes: dict[str, Any],
     ) -> None:
-        self.applied_event_ids.add(source_event_id)
+        self._remember(source_event_id)
         self.profile.update(changes)
         self._touch(occurred_at)
 
@@ -203,7 +223,7 @@ class Lead(Aggregate):
         kind: str,
         properties: dict[str, str],
     ) -> None:
-        self.applied_event_ids.add(source_event_id)
+        self._remember(source_event_id)
         self.activity_counts[kind] = self.activity_counts.get(kind, 0) + 1
         self._decay_to(occurred_at)
         self.decayed[kind] = self.decayed.get(kind, 0.0) + ACTIVITY_WEIGHT.get(kind, 0.5)
@@ -265,10 +285,17 @@ class Lead(Aggregate):
     # -- pure helpers -----------------------------------------------------
 
     def _record_outcome(self, outcome: str, source_event_id: str, occurred_at: datetime) -> None:
-        self.applied_event_ids.add(source_event_id)
+        self._remember(source_event_id)
         self.outcome = outcome
         self.outcome_at = occurred_at
         self._touch(occurred_at)
+
+    def _remember(self, source_event_id: str) -> None:
+        recent = self.recent_event_ids
+        recent[source_event_id] = None
+        self.applied_count += 1
+        if len(recent) > self.RECENT_EVENT_IDS:
+            del recent[next(iter(recent))]
 
     def _touch(self, occurred_at: datetime) -> None:
         if occurred_at > self.last_event_at:

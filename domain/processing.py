@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -63,6 +63,20 @@ def lead_ids(events: Iterable[LeadEvent]) -> set[UUID]:
     return {lead_aggregate_id(e.org_id, e.lead_id) for e in events}
 
 
+def undecided(
+    events: Iterable[LeadEvent], leads: Mapping[UUID, Lead | None]
+) -> list[tuple[UUID, str]]:
+    """The (lead, event id) pairs only the event store can rule out as duplicates: events
+    of stored leads that have applied more lead-events than they remember."""
+    out = []
+    for ev in events:
+        agg_id = lead_aggregate_id(ev.org_id, ev.lead_id)
+        lead = leads.get(agg_id)
+        if lead is not None and lead.knows_applied(ev.event_id) is None:
+            out.append((agg_id, ev.event_id))
+    return out
+
+
 def apply_batch(
     events: Iterable[LeadEvent],
     leads: Mapping[UUID, Lead | None],
@@ -71,10 +85,13 @@ def apply_batch(
     scored_at: datetime,
     rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
     shadow_for: Callable[[str], Scorer | None] = lambda _org: None,
+    stored: Collection[tuple[UUID, str]] = (),
 ) -> BatchOutcome:
     """Apply events in order to their leads, then score every lead that changed, once.
 
     ``leads`` holds the current state of each lead the batch touches (None when new).
+    ``stored`` holds the (lead, event id) pairs of ``undecided(events, leads)`` that the
+    event store already has: duplicates older than what the leads remember.
     ``scorer`` is one model, or the model for each org; ``clock(lead)`` is the time a
     lead is scored as of; ``rules_for(org)`` the org's scoring rules, applied to the
     model's score (domain/rules.py); ``shadow_for(org)`` a model scoring beside it.
@@ -82,8 +99,15 @@ def apply_batch(
     out = BatchOutcome()
     current: dict[UUID, Lead | None] = dict(leads)
     last_cause: dict[UUID, str] = {}
+    # Applied in this batch: a lead given more than RECENT_EVENT_IDS events here forgets
+    # the first ones before the batch is stored, so its duplicates are caught here.
+    applied_now: set[tuple[UUID, str]] = set()
     for ev in events:
         agg_id = lead_aggregate_id(ev.org_id, ev.lead_id)
+        key = (agg_id, ev.event_id)
+        if key in stored or key in applied_now:
+            out.duplicates += 1
+            continue
         lead = current.get(agg_id)
         if lead is None:
             lead = Lead.open(ev)
@@ -92,6 +116,7 @@ def apply_batch(
         else:
             applied = lead.handle(ev)
         if applied:
+            applied_now.add(key)
             out.applied += 1
             out.touched[agg_id] = lead
             last_cause[agg_id] = ev.event_id

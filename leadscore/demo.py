@@ -321,7 +321,7 @@ def _settled(
             leads = store.load(ids)
             applied = all(
                 lead is not None
-                and last_event[(lead.org_id, lead.lead_id)] in lead.applied_event_ids
+                and lead.knows_applied(last_event[(lead.org_id, lead.lead_id)]) is True
                 for lead in leads.values()
             )
             expected = sum(lead.score_count for lead in leads.values() if lead is not None)

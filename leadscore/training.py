@@ -108,13 +108,16 @@ def snapshots(
     observe: dict[tuple[str, str], datetime] = {}  # when an open lead is looked at
     done: set[tuple[str, str]] = set()  # leads whose outcome row is out: ignore the rest
     provisional: dict[tuple[str, str], Snapshot] = {}  # open negatives, until an outcome
+    # Ids seen, for duplicates older than what a Lead remembers (Lead.RECENT_EVENT_IDS).
+    seen: set[tuple[str, str, str]] = set()
     end: datetime | None = None
     for ev in events:
         if end is None or ev.occurred_at > end:
             end = ev.occurred_at
         key = (ev.org_id, ev.lead_id)
-        if key in done:
+        if key in done or (*key, ev.event_id) in seen:
             continue
+        seen.add((*key, ev.event_id))
         lead = leads.get(key)
         if lead is None:
             # A lead first seen through its outcome has no history to learn from.
@@ -124,8 +127,6 @@ def snapshots(
             leads[key] = lead = Lead.open(ev)
             lead.collect_events()
             observe[key] = lead.created_at + cutoff * _unit(key)
-            continue
-        if ev.event_id in lead.applied_event_ids:
             continue
         if key not in provisional and ev.occurred_at > observe[key]:
             # Its state now is its state at the observation time: this event is the

@@ -18,7 +18,14 @@ import structlog
 
 from domain.events import LeadEvent
 from domain.lead import Lead
-from domain.processing import BatchOutcome, apply_batch, event_time, lead_ids, rescore
+from domain.processing import (
+    BatchOutcome,
+    apply_batch,
+    event_time,
+    lead_ids,
+    rescore,
+    undecided,
+)
 from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Models, OneModel, Scorer
 from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
@@ -250,6 +257,8 @@ class BatchProcessor:
                 scored_at,
                 self.rules_for,
                 self.models.shadow,
+                # ids older than what a lead remembers: one query for the whole batch
+                stored=self.store.stored_event_ids(undecided(events, leads)),
             ),
             scored_at,
         )

@@ -121,7 +121,7 @@ def test_confluent_avro_producers_of_v1_and_v2_feed_the_engine(
     # v1's employees and v2's company_size are the same profile field in the domain.
     assert a.profile["employees"] == 300 and a.profile["title"] == "CTO"
     assert b.profile["employees"] == 40 and b.profile["email"] == "b@initech.io"
-    assert {e["event_id"] for e in v1 + v2} == a.applied_event_ids | b.applied_event_ids
+    assert {e["event_id"] for e in v1 + v2} == a.recent_event_ids.keys() | b.recent_event_ids.keys()
 
 
 def test_the_registry_refuses_a_producer_with_a_breaking_schema(settings: Settings) -> None:

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
+import psycopg
 import pytest
 
-from leadscore.eventstore import LeadStore, open_store
+from domain.lead import Lead, lead_aggregate_id
+from domain.processing import apply_batch, event_time
+from leadscore.eventstore import (
+    SCORED_TOPIC,
+    ConcurrentWriteError,
+    LeadStore,
+    open_store,
+    postgres_env,
+)
 from leadscore.settings import Settings
+from tests.factories import T0, FixedScorer, activity, created
 from tests.unit.test_eventstore import LeadStoreContract
 
 pytestmark = pytest.mark.integration
@@ -17,3 +28,51 @@ class TestPostgresLeadStore(LeadStoreContract):
         s = open_store(settings.pg_dsn, cache_size=100)
         yield s
         s.close()
+
+
+def test_a_lead_event_cannot_be_stored_twice_for_a_lead(settings: Settings) -> None:
+    """The unique index on (lead, source_event_id): a writer that applied a lead-event the
+    lead had forgotten (skipping the store's answer) is refused, as a conflicting write."""
+    store = open_store(settings.pg_dsn, cache_size=100)
+    try:
+        events = [created(lead="u")] + [
+            activity(lead="u", at=T0 + timedelta(minutes=m))
+            for m in range(Lead.RECENT_EVENT_IDS + 2)
+        ]
+        out = apply_batch(events, {}, FixedScorer(), event_time, T0)
+        store.save_leads(list(out.touched.values()))
+        agg = lead_aggregate_id("org-1", "u")
+        lead = store.load([agg])[agg]
+        assert lead is not None and lead.handle(events[1]) is True  # forgotten: applies
+        with pytest.raises(ConcurrentWriteError):
+            store.save_leads([lead])
+        assert sum(1 for n in store.all_notifications() if n.topic != SCORED_TOPIC) == len(events)
+    finally:
+        store.close()
+
+
+def test_a_table_from_before_the_column_gets_it_filled_from_the_stored_states(
+    settings: Settings,
+) -> None:
+    # The library's own recorder makes and fills the table as before this column existed.
+    env = postgres_env(settings.pg_dsn, cache_size=0)
+    del env["APPLICATION_RECORDER_TOPIC"]
+    old = LeadStore(env=env)
+    events = [created(lead="m"), activity(lead="m"), activity(lead="m")]
+    out = apply_batch(events, {}, FixedScorer(), event_time, T0)
+    old.save_leads(list(out.touched.values()))
+    old.close()
+    with psycopg.connect(settings.pg_dsn) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'leads_events'"
+        ).fetchall()
+    assert {"state", "topic"} <= {c for (c,) in columns}
+    assert "source_event_id" not in {c for (c,) in columns}
+
+    store = open_store(settings.pg_dsn, cache_size=0)
+    try:
+        agg = lead_aggregate_id("org-1", "m")
+        pairs = {(agg, e.event_id) for e in events}
+        assert store.stored_event_ids([*pairs, (agg, "other")]) == pairs
+    finally:
+        store.close()

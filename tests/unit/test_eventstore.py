@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -62,6 +62,23 @@ class LeadStoreContract:
         mine.handle(activity(lead="c"))
         with pytest.raises(ConcurrentWriteError):
             store.save_leads([mine])
+
+    def test_stored_event_ids_answers_for_ids_a_lead_has_forgotten(self, store: LeadStore) -> None:
+        n = Lead.RECENT_EVENT_IDS + 4
+        events = [created(lead="d")] + [
+            activity(lead="d", at=T0 + timedelta(minutes=m)) for m in range(n)
+        ]
+        out = apply_batch(events, {}, FixedScorer(), event_time, T0)
+        store.save_leads(list(out.touched.values()))
+        agg = lead_aggregate_id("org-1", "d")
+        store.evict([agg])
+        lead = store.load([agg])[agg]
+        assert lead is not None and lead.knows_applied(events[0].event_id) is None
+        stored = {(agg, e.event_id) for e in events}
+        other_lead = (lead_aggregate_id("org-1", "e"), events[0].event_id)
+        asked = [*stored, (agg, "never-sent"), other_lead]
+        assert store.stored_event_ids(asked) == stored
+        assert store.stored_event_ids([]) == set()
 
 
 class TestInMemoryLeadStore(LeadStoreContract):
