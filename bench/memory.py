@@ -11,7 +11,9 @@ bounded by LEADSCORE_AGGREGATE_CACHE_SIZE (shown).
 
 Memory is a state, not a rate: one run per size.
 Sizes: LEADSCORE_BENCH_MEMORY_LEADS ("100000,1000000"), LEADSCORE_BENCH_MEMORY_EVENTS (N,
-200,000), LEADSCORE_BENCH_ORGS.
+200,000), LEADSCORE_BENCH_ORGS. To see whether a lead's state stops growing, give the first
+size more events per lead than a Lead remembers ids (Lead.RECENT_EVENT_IDS), e.g.
+LEADSCORE_BENCH_MEMORY_LEADS=20000 LEADSCORE_BENCH_MEMORY_EVENTS=200000 (10 and 20 per lead).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bench import stack
 from bench.harness import write_results
 from bench.pipeline import Run, Workload, progress_bar, run_ours
 from domain.events import EventType
+from domain.lead import Lead
 from leadscore import services
 from leadscore.settings import Settings
 from leadscore.workload import generate
@@ -71,8 +74,9 @@ def main() -> None:
         f"One run per size (a state, not a rate); one worker, the engine as {stack.TOPOLOGY_TEXT} "
         f"(LEADSCORE_BENCH_TOPOLOGY={stack.TOPOLOGY}).\n",
         "| leads | events taken | RSS after every lead is known, MiB | "
-        f"after +{GROWTH:,} events | after +{2 * GROWTH:,} events | growth N → 2N, MiB | "
-        "peak RSS (VmHWM), MiB | lead-events/s |",
+        f"after +{GROWTH:,} events (+{GROWTH / SIZES[0]:,.1f} per lead) | "
+        f"after +{2 * GROWTH:,} events (+{2 * GROWTH / SIZES[0]:,.1f} per lead) | "
+        "growth N → 2N, MiB | peak RSS (VmHWM), MiB | lead-events/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, leads in enumerate(SIZES):
@@ -97,7 +101,9 @@ def main() -> None:
         console.print(lines[-1])
     lines.append(
         f"\nRSS is sampled every 0.25 s, so a reading is at most one batch "
-        f"({base.batch_size:,} events) past its mark."
+        f"({base.batch_size:,} events) past its mark. A lead keeps the ids of its last "
+        f"{Lead.RECENT_EVENT_IDS} lead-events (older ones are looked up in the event store), so "
+        "its state stops growing once it has had that many."
     )
     body = "\n".join(lines)
     console.print(body)

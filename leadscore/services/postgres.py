@@ -9,6 +9,7 @@ import pwd
 import shutil
 import signal
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -177,10 +178,19 @@ def drop_database(dsn_or_settings: Settings | str, dbname: str) -> None:
     """Drop `dbname` if it exists, disconnecting its sessions."""
     dsn = dsn_or_settings.pg_dsn if isinstance(dsn_or_settings, Settings) else dsn_or_settings
     maintenance = dsn if target(dsn).dbname != dbname else with_dbname(dsn, "postgres")
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-        )
+        for attempt in range(40):
+            try:
+                conn.execute(drop)
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                # A session our role may not end: an autovacuum worker analysing the
+                # database (the event store asks for it after 1,000 inserts). It is done
+                # in moments; a session of another user stays, and this raises.
+                if attempt == 39:
+                    raise
+                time.sleep(0.25)
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
