@@ -86,15 +86,14 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
             "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
             "AND table_name = %s AND column_name = 'source_event_id'"
         )
-        self.add_source_column_statements = [
-            SQL("ALTER TABLE {schema}.{table} ADD COLUMN source_event_id text").format(**names),
-            # Events stored before the column existed: their ids are in their state.
-            SQL(
-                "UPDATE {schema}.{table} SET source_event_id = "
-                "convert_from(state, 'UTF8')::jsonb ->> 'source_event_id' "
-                "WHERE topic <> %s"
-            ).format(**names),
-        ]
+        self.add_source_column_statement = SQL(
+            "ALTER TABLE {schema}.{table} ADD COLUMN source_event_id text"
+        ).format(**names)
+        # Events stored before the column existed: their ids are in their state.
+        self.fill_source_column_statement = SQL(
+            "UPDATE {schema}.{table} SET source_event_id = "
+            "convert_from(state, 'UTF8')::jsonb ->> 'source_event_id' WHERE topic <> %s"
+        ).format(**names)
         self.create_source_index_statement = SQL(
             "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {schema}.{table} "
             "(originator_id, source_event_id) WHERE source_event_id IS NOT NULL"
@@ -108,9 +107,8 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
                 (self.datastore.schema or "public", self.events_table_name),
             )
             if curs.fetchone() is None:  # a table made before the column: add it once
-                add, backfill = self.add_source_column_statements
-                curs.execute(add)
-                curs.execute(backfill, (SCORED_TOPIC,))
+                curs.execute(self.add_source_column_statement)
+                curs.execute(self.fill_source_column_statement, (SCORED_TOPIC,))
             curs.execute(self.create_source_index_statement)
 
     def _insert_stored_events(
