@@ -99,13 +99,20 @@ def apply_batch(
     out = BatchOutcome()
     current: dict[UUID, Lead | None] = dict(leads)
     last_cause: dict[UUID, str] = {}
-    # Applied in this batch: a lead given more than RECENT_EVENT_IDS events here forgets
-    # the first ones before the batch is stored, so its duplicates are caught here.
-    applied_now: set[tuple[UUID, str]] = set()
-    for ev in events:
-        agg_id = lead_aggregate_id(ev.org_id, ev.lead_id)
-        key = (agg_id, ev.event_id)
-        if key in stored or key in applied_now:
+    keyed = [(ev, (lead_aggregate_id(ev.org_id, ev.lead_id), ev.event_id)) for ev in events]
+    # Duplicates known before the batch is applied: the store's answer, and the ids the
+    # leads remember now. A lead forgets its oldest ids as the batch's new events come,
+    # so a redelivery behind them in the same batch must be recognised up front; and a
+    # lead given more than RECENT_EVENT_IDS events here forgets the first ones before the
+    # batch is stored, so what the batch applies is remembered until its end.
+    seen = set(stored)
+    for _ev, key in keyed:
+        lead = leads.get(key[0])
+        if lead is not None and lead.knows_applied(key[1]):
+            seen.add(key)
+    for ev, key in keyed:
+        agg_id = key[0]
+        if key in seen:
             out.duplicates += 1
             continue
         lead = current.get(agg_id)
@@ -116,7 +123,7 @@ def apply_batch(
         else:
             applied = lead.handle(ev)
         if applied:
-            applied_now.add(key)
+            seen.add(key)
             out.applied += 1
             out.touched[agg_id] = lead
             last_cause[agg_id] = ev.event_id

@@ -1,12 +1,18 @@
 from datetime import timedelta
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pympler.asizeof import asizeof
 
 from domain.events import ActivityKind, EventType
 from domain.lead import Lead, lead_aggregate_id, score_event_id
 from domain.processing import apply_batch, event_time, undecided
+from leadscore.modelstore import load_scorer
+from leadscore.workload import generate
 from tests.factories import T0, FixedScorer, activity, created, outcome
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
 
 
 def test_created_lead_holds_its_profile_and_event_id() -> None:
@@ -85,6 +91,22 @@ def test_a_lead_remembers_its_latest_event_ids_only() -> None:
     assert lead.knows_applied("never-seen") is None
 
 
+def test_a_redelivery_behind_new_events_in_one_batch_is_still_a_duplicate() -> None:
+    """The batch's new events push the oldest remembered id out of the window before its
+    redelivery, later in the same batch, is reached: it must be known from the start."""
+    lead = Lead.open(created())
+    window = [activity(at=T0 + timedelta(minutes=m)) for m in range(Lead.RECENT_EVENT_IDS)]
+    for ev in window:
+        lead.handle(ev)
+    oldest = window[0]
+    assert lead.knows_applied(oldest.event_id) is True
+    new = activity(at=T0 + timedelta(hours=1))
+    agg_id = lead.id
+    out = apply_batch([new, oldest], {agg_id: lead}, FixedScorer(), event_time, T0)
+    assert (out.applied, out.duplicates) == (1, 1)
+    assert lead.activity_counts == {"page_view": Lead.RECENT_EVENT_IDS + 1}
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     deliveries=st.lists(st.integers(0, 30), min_size=1, max_size=120),
@@ -127,3 +149,28 @@ def test_every_lead_event_applies_once_across_batches_and_cold_reloads(
     assert sorted(ids) == sorted(events[n].event_id for n in set(deliveries))
     assert applied == len(set(deliveries))
     assert duplicates == len(deliveries) - applied
+
+
+def test_a_leads_state_stops_growing_with_its_history() -> None:
+    """The worker's memory is bounded by its aggregate cache only if each cached Lead is:
+    3,000 lead-events of one lead (every kind, updates, an outcome), scored by the real
+    model with explanations, leave it no bigger than it was after its first 300."""
+    events = list(generate(1, 1, 3_000, seed=5))
+    scorer = load_scorer(MODEL_DIR, "v1")
+    leads: dict = {}
+    size_after: dict[int, int] = {}
+    for start in range(0, len(events), 10):
+        batch = events[start : start + 10]
+        out = apply_batch(batch, leads, scorer, event_time, batch[-1].occurred_at)
+        for agg_id, lead in out.touched.items():
+            lead.collect_events()
+            leads[agg_id] = lead
+        size_after[start + len(batch)] = asizeof(*leads.values())
+    (lead,) = leads.values()
+    assert lead.applied_count == 3_000
+    assert len(lead.activity_counts) == len(ActivityKind)  # every kind of state filled
+    assert lead.score_count > 1 and lead.factors  # rescored, and explained
+    settled = max(size for n, size in size_after.items() if 100 <= n <= 300)
+    # Labels such as "no activity for 12 days" may gain a digit: a few bytes, not a
+    # record per lead-event (3,000 remembered ids would be over 200 KB).
+    assert max(size for n, size in size_after.items() if n > 300) <= settled + 256
