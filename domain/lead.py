@@ -60,6 +60,10 @@ class Lead(Aggregate):
     history; ``knows_applied`` says when that is not enough to tell, and the event store
     answers for older ids (``apply_batch``'s ``stored``). Every event also carries
     ``org_id`` and ``lead_id`` so the log is self-describing for projections.
+
+    The event store keeps snapshots of Leads (copies of their attributes): a change to
+    the attributes sets ``class_version`` to one more and adds ``upcast_v{n}_v{n+1}``,
+    a static method that brings an older snapshot's state up to date (the library's way).
     """
 
     # Ids of the latest lead-events kept in the aggregate. A redelivery after a crash or

@@ -43,7 +43,11 @@ class Engine:
 
 def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     """The engine. Models come from the registry, unless a ``scorer`` (tests) is given."""
-    store = open_store(settings.pg_dsn, cache_size=settings.aggregate_cache_size)
+    store = open_store(
+        settings.pg_dsn,
+        cache_size=settings.aggregate_cache_size,
+        snapshot_interval=settings.snapshot_interval,
+    )
     catalog = SchemaCatalog(settings.schema_registry_url)
     # Register the schemas we speak so their ids exist before any producer needs them.
     AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)

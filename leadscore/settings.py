@@ -45,6 +45,9 @@ class Settings:
     batch_size: int = 3000
     batch_timeout_ms: int = 50
     aggregate_cache_size: int = 100_000
+    # A snapshot of a lead every this many of its stored events; a lead missing from the
+    # cache is rebuilt from its latest one (leadscore/eventstore.py). 0: none taken.
+    snapshot_interval: int = 100
     publish_interval_ms: int = 20
     # Which projections a worker runs: "auto" = postgres and redis, plus clickhouse
     # when it is a server (embedded chdb belongs to the API process).

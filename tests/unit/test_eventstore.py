@@ -7,6 +7,7 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
+from eventsourcing.domain import Snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,6 +80,53 @@ class LeadStoreContract:
         asked = [*stored, (agg, "never-sent"), other_lead]
         assert store.stored_event_ids(asked) == stored
         assert store.stored_event_ids([]) == set()
+
+    def test_a_long_lead_is_rebuilt_from_its_latest_snapshot(self, store: LeadStore) -> None:
+        store.snapshot_interval = 10
+        agg, other = lead_aggregate_id("org-1", "s"), lead_aggregate_id("org-1", "t")
+        events = [created(lead="s"), created(lead="t")] + [
+            activity(lead="s", at=T0 + timedelta(minutes=m)) for m in range(30)
+        ]
+        for start in range(0, len(events), 4):  # at most 5 new versions a save
+            chunk = events[start : start + 4]
+            out = apply_batch(chunk, store.load([agg, other]), FixedScorer(), event_time, T0)
+            store.save_leads(list(out.touched.values()))
+        lead = store.load([agg])[agg]
+        assert lead is not None and store.snapshots is not None
+        taken = [s.originator_version for s in store.snapshots.get(agg)]
+        assert len(taken) == lead.version // 10 and taken == sorted(taken)
+        assert all(v % 10 < 5 for v in taken)  # taken by the save that crossed each ten
+        assert not list(store.snapshots.get(other))  # two versions: none due
+
+        def state(x: Lead | None) -> dict[str, Any]:
+            assert x is not None
+            return {k: v for k, v in vars(x).items() if k != "_pending_events"}
+
+        store.evict([agg, other])
+        assert state(store.load([agg, other])[agg]) == state(lead)  # one query for many
+        store.evict([agg])
+        assert state(store.load([agg])[agg]) == state(lead)  # the library's get
+
+        # A snapshot at the current version, doctored: what loads is built from it.
+        assert lead.version % 10 != 0  # (no snapshot there yet)
+        doctored = Snapshot.take(lead)
+        doctored.state["profile"] = {**lead.profile, "company": "as in the snapshot"}
+        store.snapshots.put([doctored])
+        for ids in ([agg, other], [agg]):
+            store.evict(ids)
+            loaded = store.load(ids)[agg]
+            assert loaded is not None and loaded.profile["company"] == "as in the snapshot"
+            assert loaded.version == lead.version
+
+    def test_no_snapshots_with_an_interval_of_zero(self, store: LeadStore) -> None:
+        store.snapshot_interval = 0
+        events = [created(lead="z")] + [
+            activity(lead="z", at=T0 + timedelta(minutes=m)) for m in range(30)
+        ]
+        out = apply_batch(events, {}, FixedScorer(), event_time, T0)
+        store.save_leads(list(out.touched.values()))
+        assert store.snapshots is not None
+        assert not list(store.snapshots.get(lead_aggregate_id("org-1", "z")))
 
 
 class TestInMemoryLeadStore(LeadStoreContract):
