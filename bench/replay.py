@@ -14,6 +14,12 @@ log alone and mapping each entry to its domain event (``LeadStore.all_notificati
 ``to_event``): the read ceiling both stand on. events/s = stored events (lead-events and
 scores) in the log / seconds.
 
+Cold start, on the same history: every lead loaded as a restarted worker loads them
+(``LeadStore.load``, batches of LEADSCORE_BATCH_SIZE ids, nothing cached), from its latest
+snapshot and the events after it; peer: the same store with snapshots off, every lead
+from its whole history. The generator gives a few leads thousands of events (the median
+lead a handful), which is where snapshots matter.
+
 Sizes: LEADSCORE_BENCH_REPLAY_EVENTS, LEADSCORE_BENCH_REPLAY_LEADS; LEADSCORE_BENCH_RUNS.
 """
 
@@ -35,7 +41,7 @@ from bench import stack
 from bench.harness import RUNS, Spread, paired_ratio, write_results
 from leadscore import services
 from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import open_store
+from leadscore.eventstore import LeadStore, open_store, postgres_env
 from leadscore.modelstore import load_scorer
 from leadscore.settings import Settings
 from leadscore.workload import generate
@@ -142,6 +148,37 @@ def time_log_read(s: Settings) -> tuple[float, int]:
         store.close()
 
 
+def time_cold_load(s: Settings, *, snapshots: bool) -> tuple[float, int]:
+    """(seconds, leads) to load every lead of the history in batches, nothing cached."""
+    env = postgres_env(s.pg_dsn, cache_size=s.aggregate_cache_size)
+    if not snapshots:
+        env["IS_SNAPSHOTTING_ENABLED"] = "n"
+    store = LeadStore(env=env)
+    try:
+        with psycopg.connect(s.pg_dsn) as conn:
+            ids = [i for (i,) in conn.execute("SELECT DISTINCT originator_id FROM leads_events")]
+        started = time.perf_counter()
+        for i in range(0, len(ids), s.batch_size):
+            loaded = store.load(ids[i : i + s.batch_size])
+            assert all(lead is not None for lead in loaded.values())
+        return time.perf_counter() - started, len(ids)
+    finally:
+        store.close()
+
+
+def events_read_cold(s: Settings) -> tuple[int, int, int]:
+    """(stored events, snapshots, events after each lead's latest snapshot)."""
+    with psycopg.connect(s.pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM leads_events), (SELECT count(*) FROM leads_snapshots), "
+            "(SELECT count(*) FROM leads_events e LEFT JOIN (SELECT originator_id, "
+            "max(originator_version) AS v FROM leads_snapshots GROUP BY 1) l USING (originator_id) "
+            "WHERE e.originator_version > coalesce(l.v, 0))"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def main() -> None:
     base = stack.base_settings()
     tag = secrets.token_hex(3)
@@ -159,25 +196,33 @@ def main() -> None:
         with console.status("training the candidate model"):
             models(tmp, Path(base.model_dir))
         stored = seed(s)
-        replays, backtests, reads = [], [], []
+        replays, backtests, reads, colds, colds_full = [], [], [], [], []
         leads = changed = rows = 0
         for i in range(RUNS):
-            with console.status(f"run {i + 1}/{RUNS}: log read, replay, backtest"):
+            with console.status(f"run {i + 1}/{RUNS}: log read, replay, backtest, cold start"):
                 seconds, n = time_log_read(s)
                 reads.append(n / seconds)
                 seconds, leads, changed = time_replay(base, s, template)
                 replays.append(stored / seconds)
                 seconds, rows = time_backtest(s)
                 backtests.append(stored / seconds)
+                seconds, loaded = time_cold_load(s, snapshots=True)
+                colds.append(loaded / seconds)
+                seconds, loaded = time_cold_load(s, snapshots=False)
+                colds_full.append(loaded / seconds)
             console.print(
                 f"  run {i + 1}: replay {replays[-1]:,.0f}, backtest {backtests[-1]:,.0f}, "
-                f"log read {reads[-1]:,.0f} events/s"
+                f"log read {reads[-1]:,.0f} events/s; cold start {colds[-1]:,.0f} leads/s, "
+                f"{colds_full[-1]:,.0f} without snapshots"
             )
+        in_store, snapshots, after_snapshots = events_read_cold(s)
     finally:
         services.drop_database(base, template)
         shutil.rmtree(tmp, ignore_errors=True)
 
     rp, bt, rd = Spread.of(replays), Spread.of(backtests), Spread.of(reads)
+    cold, cold_full = Spread.of(colds), Spread.of(colds_full)
+    r_cold = paired_ratio(colds, colds_full)
     r_rp, r_bt = paired_ratio(replays, reads), paired_ratio(backtests, reads)
     target = "met" if rp.median >= 50_000 else "not met"
     body = "\n".join(
@@ -198,6 +243,16 @@ def main() -> None:
             f"Target >= 50,000 events/s for replay: {target} ({rp.median:,.0f}). Timed "
             "in-process (the functions the command calls, without its start-up); each "
             "replay on a fresh copy of the history (CREATE DATABASE ... TEMPLATE).",
+            "",
+            f"Cold start: every one of the {loaded:,} leads loaded in batches of "
+            f"{s.batch_size:,} ids with nothing cached, as a restarted worker loads them "
+            f"(the store holds {snapshots:,} snapshots, one per {s.snapshot_interval} events "
+            "of a lead):\n",
+            "| loaded from | leads/s | stored events read | ratio (paired) |",
+            "|---|---|---|---|",
+            f"| latest snapshot + the events after it | **{cold}** | {after_snapshots:,} | "
+            f"{r_cold.median:.2f} ({r_cold.low:.2f}–{r_cold.high:.2f}) |",
+            f"| peer: the whole history (snapshots off) | {cold_full} | {in_store:,} | 1 |",
             "",
             f"What bounds it: reading the log and mapping each row to its domain event, the "
             f"first thing any replay does, ran at {rd.median:,.0f} events/s here"

@@ -286,14 +286,8 @@ class LeadStore(Application[UUID]):
             leads[agg_id] = self.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
         for row in rows:
             agg_id = row["originator_id"]
-            stored = StoredEvent(
-                originator_id=agg_id,
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
             # project_aggregate, without its typing.Protocol check per event.
-            leads[agg_id] = self.mapper.to_domain_event(stored).mutate(leads[agg_id])  # type: ignore[attr-defined]
+            leads[agg_id] = self.mapper.to_domain_event(_stored(row)).mutate(leads[agg_id])  # type: ignore[attr-defined]
         cache = self.repository.cache
         if cache is not None:
             for agg_id, lead in leads.items():
@@ -321,15 +315,7 @@ class LeadStore(Application[UUID]):
             ),
             (list(ids),),
         )
-        return {
-            row["originator_id"]: StoredEvent(
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            for row in curs.fetchall()
-        }
+        return {row["originator_id"]: _stored(row) for row in curs.fetchall()}
 
     def save_leads(self, leads: Sequence[Lead]) -> None:
         """Store all new events of ``leads`` in one transaction."""
@@ -404,6 +390,16 @@ class LeadStore(Application[UUID]):
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+
+def _stored(row: DictRow) -> StoredEvent:
+    """A row of the events or the snapshots table, as the library's StoredEvent."""
+    return StoredEvent(
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
 
 
 # Workers starting together would race on CREATE TABLE IF NOT EXISTS (PostgreSQL can
