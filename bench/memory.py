@@ -32,6 +32,7 @@ import os
 import secrets
 import statistics
 from pathlib import Path
+from uuid import UUID
 
 from pympler.asizeof import asizeof
 from rich.console import Console
@@ -93,7 +94,7 @@ class LeadSizes:
 
     mark: int
     mib: float  # all Leads together (shared objects counted once)
-    largest: int  # bytes, the largest single Lead
+    busiest: int  # bytes, the Lead that had had the most lead-events
     per_lead: list[int]  # lead-events applied, sorted
 
 
@@ -101,7 +102,7 @@ def lead_sizes(base: Settings, ordered: list[LeadEvent], marks: list[int]) -> li
     """Apply ``ordered`` to Leads in this process as the worker does (batches, the active
     model, explanations) and measure them at each of ``marks``."""
     scorer = load_scorer(Path(base.model_dir), base.model_version or None)
-    leads: dict = {}
+    leads: dict[UUID, Lead] = {}
     out: list[LeadSizes] = []
     pending = sorted(marks)
     with progress_bar() as progress:
@@ -116,12 +117,12 @@ def lead_sizes(base: Settings, ordered: list[LeadEvent], marks: list[int]) -> li
             progress.update(task, completed=done)
             while pending and done >= pending[0]:
                 pending.pop(0)
-                largest = max(leads.values(), key=lambda lead: lead.applied_count)
+                busiest = max(leads.values(), key=lambda lead: lead.applied_count)
                 out.append(
                     LeadSizes(
                         mark=done,
                         mib=asizeof(*leads.values()) / 2**20,
-                        largest=asizeof(largest),
+                        busiest=asizeof(busiest),
                         per_lead=sorted(lead.applied_count for lead in leads.values()),
                     )
                 )
@@ -194,7 +195,7 @@ def main() -> None:
             n = size.per_lead
             lines.append(
                 f"| {size.mark:,} | {size.mib:,.1f} | {size.mib * 2**20 / len(n):,.0f} | "
-                f"{pct(n, 0.5):,} / {pct(n, 0.9):,} / {n[-1]:,} | {size.largest:,} |"
+                f"{pct(n, 0.5):,} / {pct(n, 0.9):,} / {n[-1]:,} | {size.busiest:,} |"
             )
     body = "\n".join(lines)
     console.print(body)

@@ -14,6 +14,6 @@ def test_the_leads_are_measured_at_each_mark() -> None:
     for size in sizes:
         assert len(size.per_lead) == 200  # every lead known from the first mark on
         assert sum(size.per_lead) == size.mark  # each lead-event applied once
-        assert 0 < size.largest < size.mib * 2**20
+        assert 0 < size.busiest < size.mib * 2**20
     assert sizes[0].mib < sizes[1].mib < sizes[2].mib  # leads filling their state
     assert pct(sizes[0].per_lead, 0.9) == 1 and pct(sizes[2].per_lead, 0.5) >= 1
