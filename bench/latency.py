@@ -509,7 +509,10 @@ def report(
         f"Open-loop generator (one process, a few sends per 1 ms tick, linger.ms=1, acks=all), "
         f"{seconds:g} s per rate and run, {runs} runs. Engine: {stack.TOPOLOGY_TEXT}, with "
         f"{WORKERS} worker process(es) in one group (LEADSCORE_BENCH_LATENCY_WORKERS); the "
-        "query API beside it, which runs the ClickHouse projection. "
+        "query API beside it, which runs the ClickHouse projection. The worker's Kafka "
+        f"fetches wait for {base.consumer_fetch_min_bytes:,} bytes or "
+        f"{base.consumer_fetch_max_wait_ms:,} ms (LEADSCORE_CONSUMER_FETCH_MIN_BYTES, "
+        "LEADSCORE_CONSUMER_FETCH_MAX_WAIT_MS). "
         "Latency = score-event received − lead-event sent, ms.\n",
         "| offered events/s | achieved | p50 | p95 | p99 (min–max) | samples (share of events) "
         "| peer p50 | peer p95 | peer p99 | p99 / peer p99 | target p99 "

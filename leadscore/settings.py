@@ -58,6 +58,11 @@ class Settings:
     # Hand each fetched message to the stream without Faust's four tasks per message when
     # nothing can block it (streams/consumer.py); false: Faust's own consumer loop.
     consumer_direct_delivery: bool = True
+    # With it, a fetch from Kafka waits for this many bytes or this long, whichever comes
+    # first, so a trickle of lead-events is fetched a few at a time, not one per fetch
+    # (README, Benchmarks: the worker's CPU per lead-event at 500/s).
+    consumer_fetch_min_bytes: int = 65_536
+    consumer_fetch_max_wait_ms: int = 20
 
     # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
     # score is older than `after` as of now; 0 turns it off.

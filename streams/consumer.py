@@ -43,6 +43,9 @@ class Consumer(faust_aiokafka.Consumer):
     delivered_direct: int = 0
     delivered_guarded: int = 0
 
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     @cached_property
     def _producer_backlog(self) -> Callable[[], int]:
         # ProducerBuffer.size reads app.conf on every call (a few µs); resolve it once.
@@ -149,12 +152,41 @@ class Consumer(faust_aiokafka.Consumer):
             metrics.DELIVERIES.labels("guarded").inc(guarded)
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, giving aiokafka the fetch settings of its :class:`Transport`
+    (Faust passes neither: the broker then answers a fetch as soon as one byte is there)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # AIOKafkaConsumer hands these to its Fetcher when it starts, which is after this.
+        consumer._fetch_min_bytes = transport.fetch_min_bytes
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
+        return consumer
+
+
+# Faust's own: one byte, and 1.5 s to wait for it.
+FETCH_MIN_BYTES = 1
+FETCH_MAX_WAIT_MS = 1500
+
+
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with :class:`Consumer`."""
+    """Faust's aiokafka transport with :class:`Consumer` and its fetch settings."""
 
     Consumer = Consumer
+    fetch_min_bytes = FETCH_MIN_BYTES
+    fetch_max_wait_ms = FETCH_MAX_WAIT_MS
 
 
-def use_direct_delivery(app: Any) -> None:
-    """Make ``app`` consume through :class:`Transport`; call before declaring topics."""
-    app.transport = Transport(app.conf.broker_consumer, app)
+def use_direct_delivery(
+    app: Any, *, fetch_min_bytes: int = FETCH_MIN_BYTES, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+) -> None:
+    """Make ``app`` consume through :class:`Transport`; call before declaring topics.
+
+    A fetch is answered when ``fetch_min_bytes`` are there or ``fetch_max_wait_ms`` have
+    passed. With one byte, a trickle of lead-events costs a fetch (and its round of the
+    consumer's loop, and the broker's work) for every few messages.
+    """
+    transport = Transport(app.conf.broker_consumer, app)
+    transport.fetch_min_bytes = fetch_min_bytes
+    transport.fetch_max_wait_ms = fetch_max_wait_ms
+    app.transport = transport

@@ -74,7 +74,11 @@ def create_app(engine: Engine) -> faust.App:
         stream_wait_empty=False,
     )
     if s.consumer_direct_delivery:
-        use_direct_delivery(app)
+        use_direct_delivery(
+            app,
+            fetch_min_bytes=s.consumer_fetch_min_bytes,
+            fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
+        )
     lead_events = app.topic(
         s.topic_lead_events, key_type=bytes, value_type=bytes, partitions=s.topic_partitions
     )

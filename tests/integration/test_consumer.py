@@ -17,7 +17,8 @@ from confluent_kafka import Producer
 from faust.transport.consumer import Consumer as FaustConsumer
 
 from leadscore.settings import Settings
-from streams.consumer import Consumer, Transport, use_direct_delivery
+from streams.consumer import Consumer, ConsumerThread, Transport, use_direct_delivery
+from streams.worker import faust_app
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which streams/consumer.py
 # copies with one change. A new Faust changes it: compare the two loops, carry over what
@@ -87,6 +88,29 @@ def test_a_slow_agent_gets_every_message_once_in_order_by_both_paths(
     # and once the agent kept up the rest went directly.
     assert deliveries["guarded"] > 0 and deliveries["direct"] > 0
     assert deliveries["guarded"] + deliveries["direct"] == n
+
+
+async def test_the_kafka_consumer_fetches_with_the_transports_settings(
+    services: Settings, tmp_path: Path
+) -> None:
+    """Faust passes aiokafka no fetch_min_bytes; ours does, to the fetcher of a consumer
+    started on the test broker."""
+    app = faust_app("probe-fetch", services.kafka_bootstrap, tmp_path)
+    use_direct_delivery(app, fetch_min_bytes=4096, fetch_max_wait_ms=7)
+    thread = app.consumer._thread
+    assert isinstance(thread, ConsumerThread)
+    kafka = thread._create_worker_consumer(app.transport)
+    await kafka.start()
+    try:
+        fetcher = kafka._fetcher
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (4096, 7)
+    finally:
+        await kafka.stop()
+        thread.thread_loop.close()
+    default = faust_app("probe-fetch-default", services.kafka_bootstrap, tmp_path)
+    use_direct_delivery(default)
+    assert (default.transport.fetch_min_bytes, default.transport.fetch_max_wait_ms) == (1, 1500)
+    default.consumer._thread.thread_loop.close()
 
 
 async def test_no_direct_delivery_while_flow_is_suspended_or_a_buffer_is_full() -> None:
