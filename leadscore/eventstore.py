@@ -29,7 +29,7 @@ from eventsourcing.postgres import (
 )
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from domain.lead import Lead
 from leadscore.settings import Settings
@@ -265,15 +265,13 @@ class LeadStore(Application[UUID]):
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             snapshots = self._latest_snapshots(curs, ids)
             curs.execute(
-                SQL(
+                _on_table(
+                    recorder,
                     "SELECT e.originator_id, e.originator_version, e.topic, e.state "
                     "FROM unnest(%b::uuid[], %b::bigint[]) AS w(originator_id, after) "
                     "JOIN {schema}.{table} e ON e.originator_id = w.originator_id "
                     "AND e.originator_version > w.after "
-                    "ORDER BY e.originator_id, e.originator_version"
-                ).format(
-                    schema=Identifier(recorder.datastore.schema),
-                    table=Identifier(recorder.events_table_name),
+                    "ORDER BY e.originator_id, e.originator_version",
                 ),
                 (
                     list(ids),
@@ -303,15 +301,12 @@ class LeadStore(Application[UUID]):
             self.snapshots.recorder, PostgresAggregateRecorder
         ):
             return {}
-        recorder = self.snapshots.recorder
         curs.execute(
-            SQL(
+            _on_table(
+                self.snapshots.recorder,
                 "SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, "
                 "state FROM {schema}.{table} WHERE originator_id = ANY(%b::uuid[]) "
-                "ORDER BY originator_id, originator_version DESC"
-            ).format(
-                schema=Identifier(recorder.datastore.schema),
-                table=Identifier(recorder.events_table_name),
+                "ORDER BY originator_id, originator_version DESC",
             ),
             (list(ids),),
         )
@@ -390,6 +385,14 @@ class LeadStore(Application[UUID]):
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
+
+
+def _on_table(recorder: PostgresAggregateRecorder, query: str) -> Composed:
+    """``query`` with {schema}.{table} naming the table of ``recorder``."""
+    return SQL(query).format(
+        schema=Identifier(recorder.datastore.schema),
+        table=Identifier(recorder.events_table_name),
+    )
 
 
 def _stored(row: DictRow) -> StoredEvent:
