@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -18,9 +17,8 @@ from domain.lead import Lead
 from domain.processing import apply_batch, event_time
 from domain.scoring import EXPLAIN_MIN_CHANGE
 from leadscore.modelstore import load_scorer
-from tests.factories import T0, activity, created
+from tests.factories import MODEL_DIR, T0, activity, created
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
 V1 = load_scorer(MODEL_DIR, "v1")
 
 

@@ -1,5 +1,4 @@
 from datetime import timedelta
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,9 +9,7 @@ from domain.lead import Lead, lead_aggregate_id, score_event_id
 from domain.processing import apply_batch, event_time, undecided
 from leadscore.modelstore import load_scorer
 from leadscore.workload import generate
-from tests.factories import T0, FixedScorer, activity, created, outcome
-
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
+from tests.factories import MODEL_DIR, T0, FixedScorer, activity, created, outcome
 
 
 def test_created_lead_holds_its_profile_and_event_id() -> None:

@@ -16,9 +16,7 @@ from domain.scoring import check_model, score_leads
 from leadscore.modelstore import ModelNotFoundError, OnnxScorer, list_models, load_scorer
 from leadscore.training import build_dataset
 from leadscore.workload import generate
-from tests.factories import T0, activity, created
-
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
+from tests.factories import MODEL_DIR, T0, activity, created
 
 
 @pytest.fixture(scope="module")
