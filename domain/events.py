@@ -47,7 +47,9 @@ PROFILE_FIELDS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class LeadEvent:
-    """One upstream lead-event. ``profile`` holds only the fields the event set."""
+    """One upstream lead-event. ``profile`` holds only the fields the event set;
+    ``attributes`` the org's own profile fields (CRM custom fields, form answers) it set,
+    on LeadCreated and LeadUpdated (lead_event v3)."""
 
     event_id: str
     event_type: EventType
@@ -58,3 +60,4 @@ class LeadEvent:
     activity_kind: ActivityKind | None = None
     activity_properties: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
