@@ -17,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from domain.events import ActivityKind
+from domain.featurespec import DEFAULT_SPEC, FeatureSpec
 from domain.features import FEATURE_NAMES, NO_ACTIVITY_DAYS
 from domain.firmographics import COUNTRIES, DEPARTMENTS, INDUSTRIES, SENIORITY_UNKNOWN, SOURCES
 
 TOP = 3  # positive and negative factors kept with each score
 NEGLIGIBLE = 0.05  # points: smaller contributions are not worth a salesperson's time
 
-_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # The reference lead: unknown on every feature except its age (days_since_created),
 # which is kept, so age alone is never "the reason".
 _REFERENCE: dict[str, float] = {
@@ -31,7 +31,7 @@ _REFERENCE: dict[str, float] = {
     "seniority": float(SENIORITY_UNKNOWN),
     "days_since_last_activity": NO_ACTIVITY_DAYS,
 }
-_KEPT = frozenset({_INDEX["days_since_created"]})
+_KEPT = frozenset({"days_since_created"})
 
 _SENIORITY = {
     0: "student or intern",
@@ -55,26 +55,34 @@ _KIND_LABELS = {
 }
 
 
-def reference_row(row: Sequence[float]) -> list[float]:
+def reference_value(name: str, value: float) -> float:
+    """The reference lead's value of builtin feature ``name`` (the lead's own for its age)."""
+    return value if name in _KEPT else _REFERENCE[name]
+
+
+def reference_row(row: Sequence[float], spec: FeatureSpec = DEFAULT_SPEC) -> list[float]:
     """The reference lead's features for a lead whose features are ``row``."""
-    ref = [_REFERENCE[name] for name in FEATURE_NAMES]
-    for i in _KEPT:
-        ref[i] = row[i]
-    return ref
+    return spec.reference(row)
+
+
+def _differs(a: float, b: float) -> bool:
+    return a != b and not (math.isnan(a) and math.isnan(b))
 
 
 def contributions(
-    rows: Sequence[Sequence[float]], predict: Any
+    rows: Sequence[Sequence[float]], predict: Any, spec: FeatureSpec = DEFAULT_SPEC
 ) -> list[tuple[float, dict[str, float]]]:
     """Per row: the reference score and each differing feature's contribution, in points.
 
     ``predict`` is a Scorer's predict (probabilities for rows); it is called once.
+    ``spec`` is the model's feature spec: it names the row's columns and the reference.
     """
+    names = spec.names
     batch: list[list[float]] = []
     plans: list[tuple[int, list[int]]] = []
     for row in rows:
-        ref = reference_row(row)
-        changed = [i for i, (a, b) in enumerate(zip(row, ref, strict=True)) if a != b]
+        ref = spec.reference(row)
+        changed = [i for i, (a, b) in enumerate(zip(row, ref, strict=True)) if _differs(a, b)]
         plans.append((len(batch), changed))
         batch.append(ref)
         for order in (changed, changed[::-1]):
@@ -88,36 +96,47 @@ def contributions(
     for start, changed in plans:
         k = len(changed)
         base = p[start]
-        parts = dict.fromkeys((FEATURE_NAMES[i] for i in changed), 0.0)
+        parts = dict.fromkeys((names[i] for i in changed), 0.0)
         forward = p[start + 1 : start + 1 + k]
         backward = p[start + 1 + k : start + 1 + 2 * k]
         previous = base
         for i, value in zip(changed, forward, strict=True):
-            parts[FEATURE_NAMES[i]] += 50.0 * (value - previous)
+            parts[names[i]] += 50.0 * (value - previous)
             previous = value
         previous = base
         for i, value in zip(changed[::-1], backward, strict=True):
-            parts[FEATURE_NAMES[i]] += 50.0 * (value - previous)
+            parts[names[i]] += 50.0 * (value - previous)
             previous = value
         out.append((100.0 * base, parts))
     return out
 
 
 def top_factors(
-    row: Sequence[float], parts: dict[str, float], labels: Mapping[str, str] | None = None
+    row: Sequence[float],
+    parts: dict[str, float],
+    labels: Mapping[str, str] | None = None,
+    spec: FeatureSpec = DEFAULT_SPEC,
 ) -> list[dict[str, Any]]:
     """The TOP largest positive then TOP largest negative contributions, labelled.
 
     ``parts`` are features' contributions and, named in ``labels``, any others (rules).
     """
     labels = labels or {}
+    index = {name: i for i, name in enumerate(spec.names)}
+
+    def words(name: str) -> str:
+        if name in labels:
+            return labels[name]
+        value = row[index[name]]
+        return spec.label(name, value) or label(name, value)
+
     ranked = sorted(parts.items(), key=lambda kv: kv[1], reverse=True)
     positive = [kv for kv in ranked if kv[1] >= NEGLIGIBLE][:TOP]
     negative = [kv for kv in reversed(ranked) if kv[1] <= -NEGLIGIBLE][:TOP]
     return [
         {
             "feature": name,
-            "label": labels[name] if name in labels else label(name, row[_INDEX[name]]),
+            "label": words(name),
             "contribution": round(c, 1),
         }
         for name, c in (*positive, *negative)

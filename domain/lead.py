@@ -40,6 +40,16 @@ ACTIVITY_WEIGHT: dict[str, float] = {
 }
 
 
+# Running activity state kept for feature specs (domain/featurespec.py): per activity kind
+# and per (kind, property), totals plus per-day buckets over the last WINDOW_DAYS days, so
+# a spec can ask for counts, sums, means, maxima and last values over all time or any
+# window up to WINDOW_DAYS. Caps keep a lead's size bounded whatever upstream sends.
+WINDOW_DAYS = 30
+MAX_PROPERTY_STATS = 24  # (kind, property) pairs tracked per lead; later new ones ignored
+MAX_ATTRIBUTES = 64  # custom attributes kept per lead; later new names ignored
+MAX_TEXT = 80  # characters kept of a non-numeric property's last value
+
+
 @lru_cache(maxsize=65_536)
 def lead_aggregate_id(org_id: str, lead_id: str) -> UUID:
     """Stable aggregate id: the same upstream lead always maps to one stream, per org."""
@@ -69,6 +79,8 @@ class Lead(Aggregate):
     # Ids of the latest lead-events kept in the aggregate. A redelivery after a crash or
     # a rebalance is usually among them; older ids are looked up in the event store.
     RECENT_EVENT_IDS: ClassVar[int] = 8
+    # 2: attributes and the running activity state for feature specs (upcast_v1_v2).
+    class_version: ClassVar[int] = 2
 
     @staticmethod
     def create_id(org_id: str, lead_id: str, **_: Any) -> UUID:
@@ -82,6 +94,7 @@ class Lead(Aggregate):
         created_at: datetime,
         profile: dict[str, Any],
         source_event_id: str | None,
+        attributes: dict[str, str] | None = None,  # lead_event v3; None in older events
     ) -> None:
         self.org_id = org_id
         self.lead_id = lead_id
@@ -108,6 +121,19 @@ class Lead(Aggregate):
         self.stage: str | None = None  # lead, mql, sql, disqualified (with thresholds)
         self.rules_version: str | None = None
         self.score_count = 0
+        self.attributes: dict[str, str] = {}
+        self._set_attributes(attributes or {})
+        # Per activity kind: [last time (epoch s), [day, count, 0, ...]] (see _bucket_add).
+        self.kind_activity: dict[str, list[Any]] = {}
+        # Per "kind\x1fproperty": PropertyStats.new() lists (see the functions below).
+        self.property_stats: dict[str, list[Any]] = {}
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """Snapshots taken before attributes and activity state: start them empty."""
+        state["attributes"] = {}
+        state["kind_activity"] = {}
+        state["property_stats"] = {}
 
     # -- commands ---------------------------------------------------------
 
@@ -125,6 +151,7 @@ class Lead(Aggregate):
                 created_at=first.occurred_at,
                 profile=dict(first.profile),
                 source_event_id=first.event_id,
+                attributes=dict(first.attributes) or None,
             )
         lead = cls(
             org_id=first.org_id,
@@ -153,7 +180,15 @@ class Lead(Aggregate):
             return False
         if ev.event_type in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED):
             changes = {k: v for k, v in ev.profile.items() if self.profile.get(k) != v}
-            self._update_profile(self.org_id, self.lead_id, ev.event_id, ev.occurred_at, changes)
+            attributes = {k: v for k, v in ev.attributes.items() if self.attributes.get(k) != v}
+            self._update_profile(
+                self.org_id,
+                self.lead_id,
+                ev.event_id,
+                ev.occurred_at,
+                changes,
+                attributes or None,
+            )
         elif ev.event_type is EventType.ACTIVITY_RECORDED:
             kind = ev.activity_kind or ActivityKind.OTHER
             self._record_activity(
@@ -212,9 +247,12 @@ class Lead(Aggregate):
         source_event_id: str,
         occurred_at: datetime,
         changes: dict[str, Any],
+        attributes: dict[str, str] | None = None,  # lead_event v3; None in older events
     ) -> None:
         self._remember(source_event_id)
         self.profile.update(changes)
+        if attributes:
+            self._set_attributes(attributes)
         self._touch(occurred_at)
 
     @event("ActivityRecorded")
@@ -235,6 +273,7 @@ class Lead(Aggregate):
             self.first_activity_at = occurred_at
         if self.last_activity_at is None or occurred_at > self.last_activity_at:
             self.last_activity_at = occurred_at
+        self._track_activity(kind, occurred_at, properties)
         self._touch(occurred_at)
 
     @event("LeadConverted")
@@ -301,6 +340,29 @@ class Lead(Aggregate):
         if len(recent) > self.RECENT_EVENT_IDS:
             del recent[next(iter(recent))]
 
+    def _set_attributes(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            if name in self.attributes or len(self.attributes) < MAX_ATTRIBUTES:
+                self.attributes[name] = value
+
+    def _track_activity(self, kind: str, at: datetime, properties: dict[str, str]) -> None:
+        ts = at.timestamp()
+        day = int(ts // 86_400)
+        entry = self.kind_activity.get(kind)
+        if entry is None:
+            entry = self.kind_activity[kind] = [ts, []]
+        elif ts > entry[0]:
+            entry[0] = ts
+        _bucket_add(entry[1], day, 1, 0)
+        for name, raw in properties.items():
+            key = f"{kind}\x1f{name}"
+            stats = self.property_stats.get(key)
+            if stats is None:
+                if len(self.property_stats) >= MAX_PROPERTY_STATS:
+                    continue
+                stats = self.property_stats[key] = new_property_stats()
+            add_to_property_stats(stats, ts, day, raw)
+
     def _touch(self, occurred_at: datetime) -> None:
         if occurred_at > self.last_event_at:
             self.last_event_at = occurred_at
@@ -331,3 +393,73 @@ def decayed_engagement(
         kind: value * math.pow(0.5, days / HALF_LIFE_DAYS.get(kind, 7.0))
         for kind, value in values.items()
     }
+
+
+# -- running activity state (plain lists and dicts: cheap to copy into snapshots) --------
+
+# A property's stats: [n numeric, sum, max, last numeric, last time (epoch s),
+# last text (non-numeric values), [day, n, sum, ...] over the last WINDOW_DAYS days]
+N, SUM, MAX, LAST, LAST_AT, TEXT, DAYS = range(7)
+
+
+def new_property_stats() -> list[Any]:
+    return [0, 0.0, None, None, None, None, []]
+
+
+def as_number(raw: str) -> float | None:
+    """A property value as a finite number, or None when it is text."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def add_to_property_stats(stats: list[Any], ts: float, day: int, raw: str) -> None:
+    value = as_number(raw)
+    newest = stats[LAST_AT] is None or ts >= stats[LAST_AT]
+    if newest:
+        stats[LAST_AT] = ts
+    if value is None:
+        if newest:
+            stats[TEXT] = str(raw)[:MAX_TEXT]
+        return
+    stats[N] += 1
+    stats[SUM] += value
+    stats[MAX] = value if stats[MAX] is None else max(stats[MAX], value)
+    if newest:
+        stats[LAST] = value
+    _bucket_add(stats[DAYS], day, 1, value)
+
+
+def _bucket_add(days: list[Any], day: int, n: int, value: float) -> None:
+    """Add to the bucket of ``day`` in a flat list [day, n, sum, day, n, sum, ...].
+
+    Buckets are in day order, only those of the WINDOW_DAYS days up to the newest. Flat,
+    not a list per bucket (a third of the memory for a busy lead), and not a dict keyed
+    by day: snapshots go through JSON, whose object keys are strings.
+    """
+    newest = days[-3] if days else day
+    if day <= newest - WINDOW_DAYS:
+        return  # too old for any window
+    i = len(days) - 3
+    while i >= 0 and days[i] > day:
+        i -= 3
+    if i >= 0 and days[i] == day:
+        days[i + 1] += n
+        days[i + 2] += value
+        return
+    days[i + 3 : i + 3] = [day, n, value]
+    while days[0] <= days[-3] - WINDOW_DAYS:
+        del days[:3]
+
+
+def window_sums(days: list[Any], now: datetime, window_days: int) -> tuple[float, float]:
+    """(count, sum) over the buckets of the ``window_days`` days up to ``now``."""
+    today = int(now.timestamp() // 86_400)
+    n = total = 0.0
+    for i in range(0, len(days), 3):
+        if today - window_days < days[i] <= today:
+            n += days[i + 1]
+            total += days[i + 2]
+    return n, total

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from domain.events import LeadEvent
 from domain.explain import contributions, top_factors
-from domain.features import features
+from domain.featurespec import FeatureSpec
 from domain.lead import Lead, lead_aggregate_id
 from domain.rules import NO_RULES, RuleEffect, ScoringRules, stage_of
 from domain.rules import apply as apply_rules
@@ -21,6 +21,7 @@ from domain.scoring import (
     needs_explanation,
     route,
     score_leads,
+    spec_of,
 )
 
 
@@ -204,7 +205,8 @@ def _score_with(
     rules_for: Callable[[str], ScoringRules],
 ) -> None:
     """Score leads in one model call, apply rules, record changed scores."""
-    rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
+    spec = spec_of(scorer)
+    rows = [spec.row(lead, at) for lead, at in zip(leads, now, strict=True)]
     cards = score_leads(leads, now, scorer, rows)
     _observe(out, leads, rows, cards, scorer.version)
     rules = [rules_for(lead.org_id) for lead in leads]
@@ -213,7 +215,7 @@ def _score_with(
     ]
     stages = [stage_of(r, e) for r, e in zip(rules, effects, strict=True)]
     if shadow is not None:
-        _shadow(out, leads, now, rows, rules, effects, shadow)
+        _shadow(out, leads, now, rows, rules, effects, shadow, spec)
     changed = [
         (lead, effect, row, stage, r.version)
         for lead, effect, row, stage, r in zip(leads, effects, rows, stages, rules, strict=True)
@@ -222,9 +224,9 @@ def _score_with(
     # One more model call for the whole batch explains the material changes; the rules'
     # own points join the model's contributions.
     explain = [c for c in changed if needs_explanation(c[0], c[1].card)]
-    explained = contributions([c[2] for c in explain], scorer.predict)
+    explained = contributions([c[2] for c in explain], scorer.predict, spec)
     factors = {
-        lead.id: top_factors(row, {**parts, **e.parts}, e.labels)
+        lead.id: top_factors(row, {**parts, **e.parts}, e.labels, spec)
         for (lead, e, row, _s, _v), (_ref, parts) in zip(explain, explained, strict=True)
     }
     for lead, effect, _row, stage, rules_version in changed:
@@ -268,9 +270,12 @@ def _shadow(
     rules: list[ScoringRules],
     effects: list[RuleEffect],
     shadow: Scorer,
+    active_spec: FeatureSpec,
 ) -> None:
     """The shadow model's score under the same rules, beside the active one's."""
-    cards = score_leads(leads, now, shadow, rows)
+    # A shadow with another feature spec (or other vocabularies) reads rows of its own.
+    same_spec = spec_of(shadow) == active_spec
+    cards = score_leads(leads, now, shadow, rows if same_spec else None)
     for lead, r, card, active in zip(leads, rules, cards, effects, strict=True):
         out.shadows.append(
             ShadowScore(

@@ -9,13 +9,17 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from domain.events import PROFILE_FIELDS
-from domain.features import FEATURE_NAMES, features
+from domain.featurespec import DEFAULT_SPEC, FeatureSpec
 from domain.firmographics import is_free_mail, seniority
 from domain.lead import Lead
 
 
 class Scorer(Protocol):
-    """Port to a conversion model. Adapters: ONNX runtime in production, fakes in tests."""
+    """Port to a conversion model. Adapters: ONNX runtime in production, fakes in tests.
+
+    A scorer may also have ``spec``, the FeatureSpec its rows are made with (learned
+    vocabularies included); one without is read with the default spec (``spec_of``).
+    """
 
     version: str
     feature_names: tuple[str, ...]
@@ -119,11 +123,18 @@ def grade(fit: float, engagement: float) -> str:
     return letter + digit
 
 
+def spec_of(scorer: Scorer) -> FeatureSpec:
+    """The feature spec a scorer reads: its own, or the default (the builtin features)."""
+    spec = getattr(scorer, "spec", None)
+    return spec if isinstance(spec, FeatureSpec) else DEFAULT_SPEC
+
+
 def check_model(scorer: Scorer) -> None:
-    if tuple(scorer.feature_names) != FEATURE_NAMES:
+    names = spec_of(scorer).names
+    if tuple(scorer.feature_names) != names:
         raise ModelMismatchError(
             f"model {scorer.version} expects features {scorer.feature_names}, "
-            f"the domain computes {FEATURE_NAMES}"
+            f"its feature spec computes {names}"
         )
 
 
@@ -140,7 +151,8 @@ def score_leads(
     if not leads:
         return []
     if rows is None:
-        rows = [features(lead, at) for lead, at in zip(leads, now, strict=True)]
+        spec = spec_of(scorer)
+        rows = [spec.row(lead, at) for lead, at in zip(leads, now, strict=True)]
     probabilities = scorer.predict(rows)
     cards = []
     for lead, at, p in zip(leads, now, probabilities, strict=True):

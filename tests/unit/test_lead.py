@@ -1,3 +1,4 @@
+import dataclasses
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -5,7 +6,7 @@ from hypothesis import strategies as st
 from pympler.asizeof import asizeof
 
 from domain.events import ActivityKind, EventType
-from domain.lead import Lead, lead_aggregate_id, score_event_id
+from domain.lead import WINDOW_DAYS, Lead, lead_aggregate_id, score_event_id
 from domain.processing import apply_batch, event_time, undecided
 from leadscore.modelstore import load_scorer
 from leadscore.workload import generate
@@ -150,9 +151,15 @@ def test_every_lead_event_applies_once_across_batches_and_cold_reloads(
 
 def test_a_leads_state_stops_growing_with_its_history() -> None:
     """The worker's memory is bounded by its aggregate cache only if each cached Lead is:
-    3,000 lead-events of one lead (every kind, updates, an outcome), scored by the real
-    model with explanations, leave it no bigger than it was after its first 300."""
-    events = list(generate(1, 1, 3_000, seed=5))
+    3,000 lead-events of one lead (every kind, updates, an outcome) an hour apart (125
+    days), scored by the real model with explanations, leave it no bigger than it was once
+    its per-day activity windows had had time to fill (2 x WINDOW_DAYS, its 1,440th
+    event), give or take a kilobyte: rare kinds fill their days' buckets late."""
+    events = [
+        dataclasses.replace(ev, occurred_at=T0 + timedelta(hours=i))
+        for i, ev in enumerate(generate(1, 1, 3_000, seed=5))
+    ]
+    assert 2 * WINDOW_DAYS * 24 == 1_440
     scorer = load_scorer(MODEL_DIR, "v1")
     leads: dict = {}
     size_after: dict[int, int] = {}
@@ -167,7 +174,10 @@ def test_a_leads_state_stops_growing_with_its_history() -> None:
     assert lead.applied_count == 3_000
     assert len(lead.activity_counts) == len(ActivityKind)  # every kind of state filled
     assert lead.score_count > 1 and lead.factors  # rescored, and explained
-    settled = max(size for n, size in size_after.items() if 100 <= n <= 300)
+    settled = max(size for n, size in size_after.items() if 1_440 <= n <= 1_800)
     # Labels such as "no activity for 12 days" may gain a digit: a few bytes, not a
     # record per lead-event (3,000 remembered ids would be over 200 KB).
-    assert max(size for n, size in size_after.items() if n > 300) <= settled + 256
+    assert max(size for n, size in size_after.items() if n > 1_800) <= settled + 1_024
+    # The windows hold at most WINDOW_DAYS days of buckets (3 numbers each).
+    assert all(len(days) <= 3 * WINDOW_DAYS for _ts, days in lead.kind_activity.values())
+    assert all(len(st[-1]) <= 3 * WINDOW_DAYS for st in lead.property_stats.values())
