@@ -24,6 +24,9 @@ EPSILON = 1e-4
 STABLE_BELOW = 0.1
 SIGNIFICANT_ABOVE = 0.25
 
+# Where a missing (NaN) feature falls in the bins: below every value, at training and live.
+MISSING_BIN = -1e30
+
 
 def reference_edges(values: Iterable[float], bins: int = DEFAULT_BINS) -> list[float]:
     """Cut points at the training quantiles 1/bins ... (bins-1)/bins, deduplicated.

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from domain.events import ActivityKind
-from domain.featurespec import DEFAULT_SPEC, FeatureSpec
 from domain.features import FEATURE_NAMES, NO_ACTIVITY_DAYS
+from domain.featurespec import DEFAULT_SPEC, FeatureSpec
 from domain.firmographics import COUNTRIES, DEPARTMENTS, INDUSTRIES, SENIORITY_UNKNOWN, SOURCES
 
 TOP = 3  # positive and negative factors kept with each score

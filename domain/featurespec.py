@@ -283,9 +283,7 @@ def _activity(item: Any, where: str) -> list[Feature]:
             suffix = "count" if w is None else f"count_{w}d"
             out.append(Feature(name=f"{kind}.{suffix}", source="count", key=kind, window=w))
         if item.get("days_since_last", False):
-            out.append(
-                Feature(name=f"{kind}.days_since_last", source="days_since_last", key=kind)
-            )
+            out.append(Feature(name=f"{kind}.days_since_last", source="days_since_last", key=kind))
         if set(item) & {"stats", "windows", "type"}:
             raise FeatureSpecError(f"{where}: stats, windows and type need a 'property'")
         if not out:
@@ -446,7 +444,10 @@ def _label(f: Feature, value: float, vocabulary: Sequence[str]) -> str:
     if f.categorical:
         c = int(value) if not math.isnan(value) else MISSING
         text = (
-            "unknown" if c == MISSING else "other" if c == OTHER or c - 2 >= len(vocabulary)
+            "unknown"
+            if c == MISSING
+            else "other"
+            if c == OTHER or c - 2 >= len(vocabulary)
             else vocabulary[c - 2]
         )
         what = _words(f.key if f.source != "last_text" else f.prop or f.key)

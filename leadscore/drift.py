@@ -85,7 +85,7 @@ class Reference:
     """A model's reference bins, laid out flat: every feature's bins, then the score's."""
 
     source: str
-    names: tuple[str, ...]  # FEATURE_NAMES + ("score",)
+    names: tuple[str, ...]  # the model's feature names + ("score",)
     edges: tuple[np.ndarray, ...]
     expected: tuple[list[float], ...]
     offsets: np.ndarray  # where each variable's bins start in the flat layout
@@ -100,16 +100,17 @@ class Reference:
                 "models trained before drift monitoring need one added "
                 "(leadscore.training.add_reference_from_provenance)"
             )
-        parts = [ref["features"][name] for name in FEATURE_NAMES] + [ref["score"]]
+        features = tuple(meta.get("feature_names") or FEATURE_NAMES)
+        parts = [ref["features"][name] for name in features] + [ref["score"]]
         # Features are compared as float32, the type the model reads; the score as float64.
         edges = tuple(
-            np.asarray(p["edges"], dtype=np.float32 if i < len(FEATURE_NAMES) else np.float64)
+            np.asarray(p["edges"], dtype=np.float32 if i < len(features) else np.float64)
             for i, p in enumerate(parts)
         )
         widths = [len(e) + 1 for e in edges]
         return cls(
             source=str(ref.get("source", "")),
-            names=(*FEATURE_NAMES, SCORE),
+            names=(*features, SCORE),
             edges=edges,
             expected=tuple([float(x) for x in p["proportions"]] for p in parts),
             offsets=np.cumsum([0, *widths[:-1]]),
@@ -117,8 +118,8 @@ class Reference:
         )
 
     def count(self, rows: Sequence[Sequence[float]] | np.ndarray, scores: Any) -> np.ndarray:
-        """Flat bin counts of a batch: rows in FEATURE_NAMES order, scores 0-100."""
-        n, width = len(scores), len(FEATURE_NAMES)
+        """Flat bin counts of a batch: rows in the model's feature order, scores 0-100."""
+        n, width = len(scores), len(self.names) - 1
         if isinstance(rows, np.ndarray):
             X = np.asarray(rows, dtype=np.float32).reshape(-1, width)
         else:
@@ -129,7 +130,8 @@ class Reference:
             X = X.reshape(n, width)
         if len(X) != n:
             raise ValueError(f"{len(X)} feature rows for {n} scores")
-        columns = np.ascontiguousarray(X.T)
+        # A missing value (NaN) falls below every value, as in the training reference.
+        columns = np.ascontiguousarray(np.nan_to_num(X.T, nan=drift.MISSING_BIN))
         idx = np.empty((len(self.edges), n), dtype=np.intp)
         for j in range(width):
             idx[j] = np.searchsorted(self.edges[j], columns[j], side="right")
@@ -206,7 +208,7 @@ class DriftRecorder:
         rows: Sequence[Sequence[float]] | np.ndarray,
         scores: Sequence[float] | np.ndarray,
     ) -> None:
-        """Count one org's scored batch: feature rows (FEATURE_NAMES order), scores 0-100."""
+        """Count one org's scored batch: feature rows (the model's order), scores 0-100."""
         if len(scores) == 0:
             return
         ref = self.reference(model_version)
@@ -346,7 +348,7 @@ async def drift_report(
     ]
     features = [
         {"feature": name, "psi": rounded(values[name]), "level": drift.level(values[name])}
-        for name in FEATURE_NAMES
+        for name in ref.names[:-1]
     ]
     # Most drifted first; with no observations (psi null) in feature order.
     features.sort(key=lambda f: -(f["psi"] or 0.0))

@@ -44,12 +44,12 @@ def as_lead_event(ev: Any, position: int) -> LeadEvent:
     if kind == "LeadCreated":
         return LeadEvent(
             event_id, EventType.LEAD_CREATED, ev.org_id, ev.lead_id, ev.created_at,
-            dict(ev.profile),
+            dict(ev.profile), attributes=dict(getattr(ev, "attributes", None) or {}),
         )  # fmt: skip
     if kind == "LeadUpdated":
         return LeadEvent(
             event_id, EventType.LEAD_UPDATED, ev.org_id, ev.lead_id, ev.occurred_at,
-            dict(ev.changes),
+            dict(ev.changes), attributes=dict(getattr(ev, "attributes", None) or {}),
         )  # fmt: skip
     if kind == "ActivityRecorded":
         return LeadEvent(

@@ -116,11 +116,20 @@ class ModelRegistry:
             conn.execute("LOCK TABLE scoring_models IN SHARE ROW EXCLUSIVE MODE")
             known = {r["version"] for r in conn.execute("SELECT version FROM scoring_models")}
             new = [m for m in metas if str(m["version"]) not in known]
-            for meta in new:
-                conn.execute(
-                    "INSERT INTO scoring_models (version, scope, metadata) VALUES (%s, %s, %s)",
-                    (str(meta["version"]), scope_of(meta), Jsonb(meta)),
-                )
+            for meta in list(new):
+                try:
+                    with conn.transaction():  # a savepoint: one bad folder spoils nothing
+                        conn.execute(
+                            "INSERT INTO scoring_models (version, scope, metadata) "
+                            "VALUES (%s, %s, %s)",
+                            (str(meta["version"]), scope_of(meta), Jsonb(meta)),
+                        )
+                except (psycopg.DataError, ValueError) as exc:
+                    # e.g. NaN in metrics (jsonb has none): reported and skipped, not fatal.
+                    log.warning(
+                        "model folder not registered", version=meta["version"], error=str(exc)
+                    )
+                    new.remove(meta)
             active = conn.execute(
                 "SELECT 1 FROM scoring_models WHERE scope = %s AND status = 'active'", (GLOBAL,)
             ).fetchone()
@@ -354,7 +363,7 @@ def shadow_report(dsn: str, version: str) -> dict[str, Any]:
     where the read model knows outcomes, each model's AUC and lift at the top decile."""
     import numpy as np
 
-    from leadscore.training import auc, lift_at
+    from leadscore.evaluation import auc, lift_at
 
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         try:

@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import structlog
+
+from domain.featurespec import DEFAULT_SPEC, FeatureSpec
+
+log = structlog.get_logger(__name__)
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
@@ -33,6 +38,15 @@ class OnnxScorer:
         self.metadata: dict[str, Any] = _read_metadata(version_dir / METADATA_FILE)
         self.version: str = str(self.metadata["version"])
         self.feature_names: tuple[str, ...] = tuple(self.metadata["feature_names"])
+        # The feature spec the model was trained with (vocabularies included); models from
+        # before feature specs read the builtin features.
+        doc = self.metadata.get("feature_spec")
+        self.spec: FeatureSpec = FeatureSpec.from_dict(doc) if doc else DEFAULT_SPEC
+        if self.spec.names != self.feature_names:
+            raise ValueError(
+                f"model {self.version}: its feature spec computes {self.spec.names}, "
+                f"metadata names {self.feature_names}"
+            )
         opts = ort.SessionOptions()
         # The worker shares a 2-core box with Kafka and the databases: one thread per run,
         # parallelism comes from running more workers.
@@ -104,7 +118,15 @@ def list_models(model_dir: Path) -> list[dict[str, Any]]:
     root = Path(model_dir)
     if not root.is_dir():
         return []
-    metas = [_read_metadata(d / METADATA_FILE) for d in sorted(root.iterdir()) if _is_model_dir(d)]
+    metas = []
+    for d in sorted(root.iterdir()):
+        if not _is_model_dir(d):
+            continue
+        try:
+            metas.append(_read_metadata(d / METADATA_FILE))
+        except (OSError, ValueError) as exc:
+            # A broken version folder is reported and skipped; it never hides the others.
+            log.warning("model folder skipped", folder=d.name, error=str(exc))
     return sorted(metas, key=lambda m: (_trained_at(m), str(m["version"])))
 
 

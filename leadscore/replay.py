@@ -26,11 +26,12 @@ import numpy as np
 from domain.events import LeadEvent
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import event_time
-from domain.scoring import Scorer
+from domain.scoring import Scorer, spec_of
 from leadscore.bootstrap import Engine
+from leadscore.evaluation import evaluate
 from leadscore.eventstore import LeadStore
 from leadscore.history import lead_events
-from leadscore.training import build_dataset, evaluate
+from leadscore.training_rows import training_rows
 from streams.processor import BatchProcessor
 
 BATCH = 500
@@ -48,11 +49,15 @@ def backtest(
     if since is not None:
         recent = active_since(store, org, since)
         events = (e for e in events if lead_aggregate_id(e.org_id, e.lead_id) in recent)
-    X, y, _t = build_dataset(events)
+    # Each model reads its own feature spec at the same prediction points.
+    scorers = (("candidate", candidate), ("active", active))
+    rows = list(training_rows(events, [spec_of(scorer).row for _name, scorer in scorers]))
+    y = np.array([r.label for r in rows], dtype=np.int32)
     if len(y) == 0:
-        raise ValueError("no labelled leads in the history yet")
+        raise ValueError("no labelled prediction points in the history yet")
     out: dict[str, Any] = {"rows": len(y), "conversions": int(np.sum(y))}
-    for name, scorer in (("candidate", candidate), ("active", active)):
+    for i, (name, scorer) in enumerate(scorers):
+        X = np.array([r.values[i] for r in rows], dtype=np.float32)
         metrics = evaluate(y, np.asarray(scorer.predict(X), dtype=np.float64))
         out[name] = {"version": scorer.version, **metrics}
     return out

@@ -1,32 +1,33 @@
 """Train a conversion model from lead-event history and export it to ONNX.
 
-The history is replayed through the domain (the same Lead aggregate and
-``features`` the engine scores with), so a model never sees features the engine
-cannot compute. Each lead gives at most one labelled row:
+The history is replayed through the domain (the same Lead aggregate and feature spec the
+engine scores with), so a model never sees features the engine cannot compute. Rows are
+prediction points chosen without looking at the outcome (leadscore/training_rows.py):
+each open lead at fixed ages after creation, labelled "converts within the horizon".
 
-* a lead whose first outcome is LeadConverted (1) or LeadDisqualified (0) gives
-  its features as of the outcome's time, from its state just *before* that event;
-* a lead with no outcome is a negative (0) once it has been open
-  ``open_cutoff_days`` (30) days without one. Its features are taken at a moment
-  drawn uniformly from those 30 days (from a hash of its ids, so the same on
-  every replay), from its state at that moment. Not at exactly day 30: every such
-  row would then say ``days_since_created == 30`` and the model learnt a spike
-  there (a lead scored at day 30.0 got ~1%). If the lead converts or is
-  disqualified later, that outcome wins. Open leads younger than the cutoff at the
-  end of the history are left out: we do not know yet how they end.
+Every training reports, on one time-ordered holdout with a gap: the model's AUC,
+PR-AUC, log-loss, lift at the top decile and calibration, beside the same numbers for a
+points model made of the org's rules (HubSpot-style: fit + engagement + rule points), a
+logistic regression on the same features, and the model active before it.
+
+A leakage guard refuses a history in which one feature alone, or the moment a row was
+observed (its age at the point), separates the classes on the training rows (AUC above
+``LEAK_AUC``): such a field was filled in knowing the outcome (a CRM status, a sales
+tag), or the rows were observed differently per class. ``allow_leaky`` overrides it and
+is recorded in the metadata. (A shuffled-label control was tried and dropped: a model
+fit on shuffled labels cannot see a leak in the features, and on small holdouts with
+several rows per lead its AUC strayed 0.1 from chance with no leak at all.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,36 @@ import numpy as np
 import onnxruntime as ort
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from domain import drift
-from domain.events import EventType, LeadEvent
-from domain.features import FEATURE_NAMES, features
+from domain.events import LeadEvent
+from domain.featurespec import DEFAULT_SPEC, FeatureSpec, learn_vocabularies
 from domain.lead import Lead
+from domain.rules import NO_RULES, ScoringRules
+from domain.rules import apply as apply_rules
+from domain.scoring import ScoreCard, Scorer, engagement_component, fit_component, spec_of
+from leadscore.evaluation import auc, evaluate, lift_at, single_feature_aucs
+from leadscore.training_rows import (
+    AGES_DAYS,
+    HORIZON_DAYS,
+    RowStats,
+    TrainingRow,
+    epoch_ms,
+    time_split,
+    training_rows,
+)
+
+__all__ = ["auc", "evaluate", "lift_at"]  # re-exported for the registry and backtests
 
 INPUT_NAME = "features"
 PROBABILITIES = "probabilities"
 PARITY_TOLERANCE = 1e-4
-OPEN_CUTOFF_DAYS = 30
-
-_OUTCOMES = {EventType.LEAD_CONVERTED: 1, EventType.LEAD_DISQUALIFIED: 0}
+LEAK_AUC = 0.97  # a single feature separating the classes this well is a leak
+AGE_AT_POINT = "(age at the prediction point)"  # checked by the guard, never a feature
 
 
 class NotEnoughOutcomesError(ValueError):
@@ -57,16 +76,8 @@ class ParityError(RuntimeError):
     """The ONNX export does not reproduce LightGBM's probabilities."""
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One labelled row: a lead's features as of ``as_of``."""
-
-    org_id: str
-    lead_id: str
-    as_of: datetime
-    label: int
-    kind: str  # "converted", "disqualified" or "open" (no outcome after the cutoff)
-    row: list[float]
+class LeakageError(ValueError):
+    """The training rows know their outcome: a feature or the split leaks the label."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,8 @@ class ModelMetadata:
     provenance: dict[str, Any] = field(default_factory=dict)
     # Training distributions the drift monitor compares live traffic with (see reference()).
     reference: dict[str, Any] = field(default_factory=dict)
+    # The feature spec with its learned vocabularies: how a worker builds this model's rows.
+    feature_spec: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -95,173 +108,36 @@ class ModelMetadata:
 # ---------------------------------------------------------------------------
 
 
-def snapshots(
-    events: Iterable[LeadEvent], *, open_cutoff_days: float = OPEN_CUTOFF_DAYS
-) -> Iterator[Snapshot]:
-    """Replay ``events`` (each lead's in time order) and yield one labelled row per lead.
+def points_score(rules: ScoringRules) -> Any:
+    """An observer: the HubSpot-style points score of a lead (fit and engagement, 0-100
+    each, averaged, then the org's rule points), the baseline every model must beat."""
 
-    Rows come in the order their label became known: outcomes as they happen, open
-    negatives at the end.
-    """
-    cutoff = timedelta(days=open_cutoff_days)
-    leads: dict[tuple[str, str], Lead] = {}
-    observe: dict[tuple[str, str], datetime] = {}  # when an open lead is looked at
-    done: set[tuple[str, str]] = set()  # leads whose outcome row is out: ignore the rest
-    provisional: dict[tuple[str, str], Snapshot] = {}  # open negatives, until an outcome
-    # Ids seen, for duplicates older than what a Lead remembers (Lead.RECENT_EVENT_IDS).
-    seen: set[tuple[str, str, str]] = set()
-    end: datetime | None = None
-    for ev in events:
-        if end is None or ev.occurred_at > end:
-            end = ev.occurred_at
-        key = (ev.org_id, ev.lead_id)
-        if key in done or (*key, ev.event_id) in seen:
-            continue
-        seen.add((*key, ev.event_id))
-        lead = leads.get(key)
-        if lead is None:
-            # A lead first seen through its outcome has no history to learn from.
-            if ev.event_type in _OUTCOMES:
-                done.add(key)
-                continue
-            leads[key] = lead = Lead.open(ev)
-            lead.collect_events()
-            observe[key] = lead.created_at + cutoff * _unit(key)
-            continue
-        if key not in provisional and ev.occurred_at > observe[key]:
-            # Its state now is its state at the observation time: this event is the
-            # first after it.
-            provisional[key] = _snapshot(lead, observe[key], 0, "open")
-        label = _OUTCOMES.get(ev.event_type)
-        if label is not None:
-            # Features from the state *before* the outcome is applied: no label leakage.
-            yield _snapshot(lead, ev.occurred_at, label, str(ev.event_type))
-            provisional.pop(key, None)
-            done.add(key)
-            del leads[key], observe[key]
-            continue
-        lead.handle(ev)
-        lead.collect_events()  # the replay keeps state, not the domain events
-    if end is None:
-        return
-    for key, lead in leads.items():
-        if lead.created_at + cutoff > end:
-            continue  # still young: its label is not known yet
-        snap = provisional.get(key)
-        yield snap if snap is not None else _snapshot(lead, observe[key], 0, "open")
+    def observe(lead: Lead, at: datetime) -> float:
+        fit, eng = fit_component(lead), engagement_component(lead, at)
+        card = ScoreCard((fit + eng) / 2.0, fit, eng, "", "points")
+        return apply_rules(rules, lead, card).card.total
 
-
-def _unit(key: tuple[str, str]) -> float:
-    """A number in [0, 1) fixed by the lead's ids (not Python's per-process hash())."""
-    digest = hashlib.blake2b("\x1f".join(key).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def _snapshot(lead: Lead, as_of: datetime, label: int, kind: str) -> Snapshot:
-    kind = {"LeadConverted": "converted", "LeadDisqualified": "disqualified"}.get(kind, kind)
-    return Snapshot(lead.org_id, lead.lead_id, as_of, label, kind, features(lead, as_of))
-
-
-def _epoch_ms(when: datetime) -> int:
-    return round(when.timestamp() * 1000)
-
-
-def _arrays(rows: list[Snapshot]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    X = np.array([s.row for s in rows], dtype=np.float32).reshape(len(rows), len(FEATURE_NAMES))
-    y = np.array([s.label for s in rows], dtype=np.int32)
-    # Epoch milliseconds, not aware datetimes: numpy has no time zones.
-    t = np.array([_epoch_ms(s.as_of) for s in rows], dtype="datetime64[ms]")
-    return X, y, t
+    return observe
 
 
 def build_dataset(
-    events: Iterable[LeadEvent], *, open_cutoff_days: float = OPEN_CUTOFF_DAYS
+    events: Iterable[LeadEvent],
+    *,
+    spec: FeatureSpec = DEFAULT_SPEC,
+    ages_days: Iterable[float] = AGES_DAYS,
+    horizon_days: float = HORIZON_DAYS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labelled rows from a history: X (float32, FEATURE_NAMES order), y (0/1), t (as-of, UTC).
+    """Labelled rows of a history: X (float32, the spec's columns), y (0/1), t (points, UTC).
 
-    See the module docstring for how leads are labelled and which are left out.
+    With a spec that has categorical features, its vocabularies must already be learned
+    (a model's spec); see leadscore/training_rows.py for which points and labels.
     """
-    return _arrays(list(snapshots(events, open_cutoff_days=open_cutoff_days)))
-
-
-# ---------------------------------------------------------------------------
-# Metrics (numpy only: a handful of lines each)
-# ---------------------------------------------------------------------------
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC via the rank-sum (Mann-Whitney) statistic, ties at average rank."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    sorted_p = np.asarray(p)[order]
-    ranks = np.empty(len(p), dtype=np.float64)
-    # Average ranks within runs of equal scores.
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def lift_at(y: np.ndarray, p: np.ndarray, fraction: float = 0.1) -> float:
-    """Positive rate among the top ``fraction`` by score, over the overall positive rate."""
-    y = np.asarray(y, dtype=np.float64)
-    base = y.mean() if len(y) else 0.0
-    if base == 0:
-        return float("nan")
-    k = max(1, math.ceil(fraction * len(y)))
-    top = np.argsort(-np.asarray(p), kind="mergesort")[:k]
-    return float(y[top].mean() / base)
-
-
-def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Reliability table: per equal-width probability bin, mean predicted vs observed."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    table = []
-    for b in range(bins):
-        mask = idx == b
-        n = int(mask.sum())
-        table.append(
-            {
-                "bin": f"{b / bins:.1f}-{(b + 1) / bins:.1f}",
-                "n": n,
-                "mean_predicted": round(float(p[mask].mean()), 4) if n else None,
-                "observed_rate": round(float(y[mask].mean()), 4) if n else None,
-            }
-        )
-    return table
-
-
-def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    """The quality numbers stored with every model."""
-    y = np.asarray(y)
-    p = np.asarray(p, dtype=np.float64)
-    table = calibration(y, p)
-    # Expected calibration error: bin gaps weighted by bin size.
-    ece = sum(
-        row["n"] * abs(row["mean_predicted"] - row["observed_rate"]) for row in table if row["n"]
-    ) / max(1, len(y))
-    return {
-        "auc": round(auc(y, p), 4),
-        "log_loss": round(log_loss(y, p), 4),
-        "brier": round(float(np.mean((p - y) ** 2)), 4),
-        "lift_top_decile": round(lift_at(y, p, 0.1), 3),
-        "ece": round(float(ece), 4),
-        "positive_rate": round(float(np.mean(y)), 4),
-        "mean_predicted": round(float(np.mean(p)), 4),
-        "n": len(y),
-        "calibration": table,
-    }
+    rows = list(
+        training_rows(events, [spec.row], ages_days=tuple(ages_days), horizon_days=horizon_days)
+    )
+    X = np.array([r.values[0] for r in rows], dtype=np.float32).reshape(len(rows), len(spec.names))
+    y = np.array([r.label for r in rows], dtype=np.int32)
+    return X, y, epoch_ms(rows)
 
 
 # ---------------------------------------------------------------------------
@@ -292,12 +168,12 @@ def lightgbm_params(
     }
 
 
-def to_onnx(booster: lgb.Booster, version: str) -> bytes:
+def to_onnx(booster: lgb.Booster, version: str, width: int | None = None) -> bytes:
     """The booster as an ONNX graph: float32 ``features`` [N, F] -> ``probabilities`` [N, 2]."""
     model = convert_lightgbm(
         booster,
         name=f"leadscore-{version}",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, len(FEATURE_NAMES)]))],
+        initial_types=[(INPUT_NAME, FloatTensorType([None, width or booster.num_feature()]))],
         zipmap=False,
     )
     # The converter declares the label output as [1]; it is one label per row.
@@ -343,17 +219,16 @@ def _opset(model_bytes: bytes) -> dict[str, int]:
     return {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
 
 
-def _time_split(t: np.ndarray, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(t, kind="stable")
-    cut = int(round(len(t) * (1.0 - holdout_fraction)))
-    return order[:cut], order[cut:]
-
-
 def train(
     events: Iterable[LeadEvent],
     *,
     version: str,
     out_dir: Path,
+    spec: FeatureSpec = DEFAULT_SPEC,
+    rules: ScoringRules = NO_RULES,
+    previous: Scorer | None = None,
+    ages_days: tuple[float, ...] = AGES_DAYS,
+    horizon_days: float = HORIZON_DAYS,
     num_trees: int = 100,
     num_leaves: int = 15,
     learning_rate: float = 0.08,
@@ -361,33 +236,69 @@ def train(
     seed: int = 7,
     num_threads: int = 1,
     holdout_fraction: float = 0.2,
-    open_cutoff_days: float = OPEN_CUTOFF_DAYS,
     overwrite: bool = False,
     provenance: dict[str, Any] | None = None,
     min_conversions: int = 0,
+    allow_leaky: bool = False,
 ) -> ModelMetadata:
-    """Train on the earlier 80% of rows (by as-of time), check on the later 20%, export.
+    """Train on the rows whose horizon ended before the holdout, report on the holdout.
 
-    Writes ``out_dir/<version>/model.onnx`` and ``metadata.json`` only after the ONNX
-    model reproduces LightGBM on the holdout within 1e-4 (else ParityError, nothing
-    written). ``num_threads`` is 1 by default: on a shared 2-core box OpenMP's spinning
-    threads made two threads up to 10x slower than one.
+    ``spec`` names the features (its vocabularies are learned here from the training
+    rows); ``rules`` make the points baseline; ``previous`` (the active model) is scored
+    on the same holdout. Writes ``out_dir/<version>/model.onnx`` and ``metadata.json``
+    only after the ONNX model reproduces LightGBM on the holdout within 1e-4 (else
+    ParityError) and the leakage guard passes (else LeakageError, unless
+    ``allow_leaky``, which is recorded). ``num_threads`` is 1 by default: on a shared
+    2-core box OpenMP's spinning threads made two threads up to 10x slower than one.
     """
     target = Path(out_dir) / version
     if target.exists() and not overwrite:
         raise FileExistsError(f"model version {version!r} already exists at {target}")
-    rows = list(snapshots(events, open_cutoff_days=open_cutoff_days))
-    X, y, t = _arrays(rows)
-    kinds = np.array([s.kind for s in rows])
-    if int(y.sum()) < min_conversions:
-        raise NotEnoughOutcomesError(
-            f"the history has {int(y.sum())} conversions; a model of its own needs "
-            f"{min_conversions} (until then the org is scored by the global model)"
+    observers: list[Any] = [spec.observe, points_score(rules)]
+    if previous is not None:
+        observers.append(spec_of(previous).row)
+    stats = RowStats()
+    rows: list[TrainingRow] = list(
+        training_rows(
+            events, observers, ages_days=ages_days, horizon_days=horizon_days, stats=stats
         )
-    tr, ho = _time_split(t, holdout_fraction)
+    )
+    if not rows:
+        raise ValueError("the history has no labelled prediction points yet")
+    y = np.array([r.label for r in rows], dtype=np.int32)
+    tr, ho, holdout_from = time_split(epoch_ms(rows), horizon_days, holdout_fraction)
+    converted = len({(rows[i].org_id, rows[i].lead_id) for i in tr if y[i] == 1})
+    if converted < min_conversions:
+        raise NotEnoughOutcomesError(
+            f"the training rows have {converted} converting leads; a model of its own "
+            f"needs {min_conversions} (until then the org is scored by the global model)"
+        )
     for name, idx in (("training", tr), ("holdout", ho)):
         if len(idx) == 0 or len(np.unique(y[idx])) < 2:
-            raise ValueError(f"the {name} set needs both converted and other leads")
+            raise ValueError(
+                f"the {name} set needs both converting and other prediction points "
+                f"({len(idx)} rows; a longer history or a shorter horizon helps)"
+            )
+
+    # Vocabularies from the training rows only: the holdout never shapes its own codes.
+    learned = spec.with_vocabularies(
+        learn_vocabularies(spec, [rows[i].values[0] for i in tr], y[tr].tolist())
+    )
+    names = list(learned.names)
+    X = np.array([learned.encode(r.values[0]) for r in rows], dtype=np.float32)
+    # The guard also reads when each row was looked at (its age at the point): labels that
+    # follow the moment of observation, not the lead, are the leak of the old rows.
+    ages = np.array([[r.age_days] for r in rows], dtype=np.float32)
+    single = single_feature_aucs(np.hstack([X, ages])[tr], y[tr], [*names, AGE_AT_POINT])
+    leaky = {n: a for n, a in single.items() if a > LEAK_AUC}
+    if leaky and not allow_leaky:
+        raise LeakageError(
+            "refusing to train: alone, "
+            + ", ".join(f"{n} (AUC {a:.3f})" for n, a in sorted(leaky.items()))
+            + f" separates converting from other prediction points (> {LEAK_AUC}). Such a "
+            "field is usually filled in after the outcome (a CRM status, a sales tag); drop "
+            "it from the feature spec, or train with --allow-leaky to record the override"
+        )
 
     params = lightgbm_params(
         num_leaves=num_leaves,
@@ -396,59 +307,125 @@ def train(
         seed=seed,
         num_threads=num_threads,
     )
-    data = lgb.Dataset(X[tr], label=y[tr], feature_name=list(FEATURE_NAMES), free_raw_data=True)
-    booster = lgb.train(params, data, num_boost_round=num_trees)
-
-    model_bytes = to_onnx(booster, version)
+    booster = _fit(params, X[tr], y[tr], names, num_trees)
+    model_bytes = to_onnx(booster, version, len(names))
     parity = check_parity(booster, model_bytes, X[ho])
-
     # Report the model as it will run: the ONNX probabilities.
     p_ho = onnx_probabilities(model_bytes, X[ho])
     metrics = evaluate(y[ho], p_ho)
-    dispositioned = kinds[ho] != "open"
-    metrics["auc_dispositioned"] = round(auc(y[ho][dispositioned], p_ho[dispositioned]), 4)
-    metrics["train_auc"] = round(auc(y[tr], booster.predict(X[tr])), 4)
+
+    metrics["baselines"] = _baselines(rows, X, y, tr, ho, previous)
+    metrics["train_auc"] = _round(auc(y[tr], booster.predict(X[tr])))
     metrics["train_positive_rate"] = round(float(y[tr].mean()), 4)
-    metrics["holdout_from"] = str(t[ho].min()) + "Z"
-    metrics["rows_by_kind"] = {
-        k: int((kinds == k).sum()) for k in ("converted", "disqualified", "open")
+    metrics["holdout_from"] = holdout_from.isoformat()
+    metrics["rows"] = {
+        "train": len(tr),
+        "holdout": len(ho),
+        "gap": len(rows) - len(tr) - len(ho),
+        "censored": stats.censored,
+        "leads": stats.leads,
+        "by_outcome": dict(stats.by_outcome),
     }
-    # The reference is the model's training rows and its own (ONNX) scores on them.
-    ref = reference(X[tr], onnx_probabilities(model_bytes, X[tr]), "training set (at training)")
+    metrics["leakage"] = {
+        "max_single_feature_auc": max(single.values(), default=None),
+        "single_feature_auc": dict(sorted(single.items(), key=lambda kv: -kv[1])[:10]),
+        "age_at_point_auc": single.get(AGE_AT_POINT),
+        "threshold": LEAK_AUC,
+        "overridden": sorted(leaky),
+        "allow_leaky": allow_leaky,
+    }
     gain = booster.feature_importance(importance_type="gain")
     metrics["feature_importance_gain"] = {
         name: round(float(v), 2)
-        for name, v in sorted(zip(FEATURE_NAMES, gain, strict=True), key=lambda kv: -kv[1])
+        for name, v in sorted(zip(names, gain, strict=True), key=lambda kv: -kv[1])
     }
-
+    # The reference is the model's training rows and its own (ONNX) scores on them.
+    ref = reference(
+        X[tr], onnx_probabilities(model_bytes, X[tr]), "training set (at training)", names
+    )
     meta = ModelMetadata(
         version=version,
         trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        feature_names=list(FEATURE_NAMES),
+        feature_names=names,
         metrics=metrics,
         params={
             **params,
             "num_trees": num_trees,
             "holdout_fraction": holdout_fraction,
-            "open_cutoff_days": open_cutoff_days,
+            "ages_days": list(ages_days),
+            "horizon_days": horizon_days,
         },
         n_train=len(tr),
         n_holdout=len(ho),
         opset=_opset(model_bytes),
         parity_max_abs_diff=parity,
         label_policy=(
-            "1 = first outcome LeadConverted, 0 = LeadDisqualified, features as of the "
-            f"outcome from the state before it; open leads: 0 after {open_cutoff_days:g} "
-            "days without an outcome (features as of created+cutoff), younger ones excluded"
+            f"prediction points at {', '.join(f'{a:g}' for a in ages_days)} days after "
+            f"creation while the lead is open; 1 = converts within {horizon_days:g} days "
+            "after the point, 0 = disqualified or no conversion within them; points whose "
+            "horizon passes the end of the history are censored (left out); features only "
+            "from events before the point; holdout = latest 20% of points, training rows "
+            "end their horizon before it"
         ),
         provenance=provenance or {},
         reference=ref,
+        feature_spec=learned.to_dict(),
     )
     _write(target, model_bytes, meta, overwrite=overwrite)
     return meta
 
 
-def reference(X: np.ndarray, p: np.ndarray, source: str) -> dict[str, Any]:
+def _fit(
+    params: dict[str, Any], X: np.ndarray, y: np.ndarray, names: list[str], num_trees: int
+) -> lgb.Booster:
+    data = lgb.Dataset(X, label=y, feature_name=names, free_raw_data=True)
+    return lgb.train(params, data, num_boost_round=num_trees)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _baselines(
+    rows: list[TrainingRow],
+    X: np.ndarray,
+    y: np.ndarray,
+    tr: np.ndarray,
+    ho: np.ndarray,
+    previous: Scorer | None,
+) -> dict[str, Any]:
+    """The same holdout scored by the points model, a logistic regression on the same
+    features, and the previously active model."""
+    points = np.array([rows[i].values[1] for i in ho], dtype=np.float64)
+    out: dict[str, Any] = {
+        "points": {
+            "what": "fit + engagement components and the org's rule points (0-100)",
+            **evaluate(y[ho], points, probabilities=False),
+        }
+    }
+    logistic = make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(max_iter=2000),
+    )
+    logistic.fit(X[tr], y[tr])
+    out["logistic"] = {
+        "what": "logistic regression on the same features",
+        **evaluate(y[ho], logistic.predict_proba(X[ho])[:, 1]),
+    }
+    if previous is not None:
+        prev_rows = np.array([rows[i].values[2] for i in ho], dtype=np.float32)
+        out["previous"] = {
+            "what": "the model active before this one",
+            "version": previous.version,
+            **evaluate(y[ho], np.asarray(previous.predict(prev_rows), dtype=np.float64)),
+        }
+    return out
+
+
+def reference(
+    X: np.ndarray, p: np.ndarray, source: str, names: Iterable[str] = DEFAULT_SPEC.names
+) -> dict[str, Any]:
     """Per feature and for the score: quantile bin edges and the training proportions.
 
     Features are binned as float32, the type the model reads; the score as the engine
@@ -461,13 +438,12 @@ def reference(X: np.ndarray, p: np.ndarray, source: str) -> dict[str, Any]:
         props = drift.proportions(drift.bin_counts(values, edges))
         return {"edges": edges, "proportions": [round(v, 6) for v in props]}
 
-    X = np.asarray(X, dtype=np.float32)
+    # A missing value (NaN) is binned below every value, in live traffic as here.
+    X = np.nan_to_num(np.asarray(X, dtype=np.float32), nan=drift.MISSING_BIN)
     return {
         "source": source,
         "rows": len(X),
-        "features": {
-            name: binned([float(v) for v in X[:, j]]) for j, name in enumerate(FEATURE_NAMES)
-        },
+        "features": {name: binned([float(v) for v in X[:, j]]) for j, name in enumerate(names)},
         "score": binned(scores),
     }
 
@@ -484,14 +460,19 @@ def add_reference(version_dir: Path, events: Iterable[LeadEvent], source: str) -
     meta_path = version_dir / "metadata.json"
     meta = json.loads(meta_path.read_text())
     params = meta.get("params", {})
+    spec = FeatureSpec.from_dict(meta["feature_spec"]) if meta.get("feature_spec") else DEFAULT_SPEC
+    horizon = float(params.get("horizon_days", HORIZON_DAYS))
     X, _y, t = build_dataset(
-        events, open_cutoff_days=float(params.get("open_cutoff_days", OPEN_CUTOFF_DAYS))
+        events,
+        spec=spec,
+        ages_days=tuple(params.get("ages_days", AGES_DAYS)),
+        horizon_days=horizon,
     )
-    tr, _ho = _time_split(t, float(params.get("holdout_fraction", 0.2)))
+    tr, _ho, _start = time_split(t, horizon, float(params.get("holdout_fraction", 0.2)))
     if meta.get("n_train") != len(tr):
         source += f" (approximate: {len(tr)} rows, the model trained on {meta.get('n_train')})"
     p = onnx_probabilities((version_dir / "model.onnx").read_bytes(), X[tr])
-    meta["reference"] = reference(X[tr], p, source)
+    meta["reference"] = reference(X[tr], p, source, spec.names)
     tmp = meta_path.with_name(f".{meta_path.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, meta_path)  # never a half-written metadata.json
@@ -535,7 +516,9 @@ def _write(target: Path, model_bytes: bytes, meta: ModelMetadata, *, overwrite: 
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is for everyone to read
         (tmp / "model.onnx").write_bytes(model_bytes)
-        (tmp / "metadata.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
+        # allow_nan=False: metadata goes into jsonb, which has no NaN; fail here, not there.
+        text = json.dumps(asdict(meta), indent=2, allow_nan=False)
+        (tmp / "metadata.json").write_text(text + "\n")
         if target.exists() and overwrite:
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -555,9 +538,9 @@ def train_from_store(
 ) -> ModelMetadata:
     """Train on the lead-events recorded in the event store: one org's, or all (global).
 
-    The same replay and labelling as any history (module docstring): features as of each
-    lead's state before its outcome, a time-based split. An org needs ``min_conversions``
-    conversions for a model of its own; the global model has no minimum.
+    The same prediction points and labels as any history (leadscore/training_rows.py).
+    An org needs ``min_conversions`` converting leads in its training rows for a model of
+    its own; the global model has no minimum.
     """
     from leadscore.eventstore import open_store
     from leadscore.history import lead_events

@@ -1,5 +1,5 @@
-"""Training: the dataset has no label leakage, the ONNX export matches LightGBM, the
-model learns, and a failed parity check leaves nothing behind."""
+"""Training: rows observed without looking ahead, the ONNX export matches LightGBM, the
+model learns and beats its baselines, and a failed parity check leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -20,21 +20,20 @@ from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
 from leadscore import training
+from leadscore.evaluation import calibration, log_loss
 from leadscore.training import (
     ModelMetadata,
     ParityError,
     auc,
     build_dataset,
-    calibration,
     check_parity,
     lift_at,
     lightgbm_params,
-    log_loss,
     onnx_probabilities,
-    snapshots,
     to_onnx,
     train,
 )
+from leadscore.training_rows import AGES_DAYS, RowStats, time_split, training_rows
 from leadscore.workload import generate
 from tests.factories import T0, activity, created, outcome
 
@@ -73,7 +72,7 @@ def tamper(model_bytes: bytes, delta: float = 0.3) -> bytes:
     return model.SerializeToString()
 
 
-# -- the dataset -------------------------------------------------------------
+# -- the dataset: prediction points (leadscore/training_rows.py) -----------------
 
 
 def test_dataset_shapes_and_labels(
@@ -83,75 +82,95 @@ def test_dataset_shapes_and_labels(
     assert X.dtype == np.float32 and X.shape == (len(y), len(FEATURE_NAMES))
     assert set(np.unique(y)) == {0, 1}
     assert t.dtype == np.dtype("datetime64[ms]") and len(t) == len(y)
+    # At most one row per lead and age; positives only for leads that converted.
     converted = {(e.org_id, e.lead_id) for e in history if e.event_type is EventType.LEAD_CONVERTED}
-    assert int(y.sum()) == len(converted)  # one positive row per converted lead
+    rows = list(training_rows(history, [lambda lead, at: None]))
+    assert len(rows) == len(y)
+    assert len({(r.org_id, r.lead_id, r.age_days) for r in rows}) == len(rows)
+    assert {(r.org_id, r.lead_id) for r in rows if r.label == 1} <= converted
 
 
-def test_outcome_features_are_from_the_state_before_the_outcome(
-    history: list[LeadEvent],
-) -> None:
-    """No label leakage: a row equals the features of the history without its outcome."""
+def test_both_classes_are_observed_at_the_same_ages(history: list[LeadEvent]) -> None:
+    """The leak of the old rows: converted leads were seen just before their outcome, open
+    ones at a fixed age, so age alone told them apart. Now both come from the same points."""
+    rows = list(training_rows(history, [features]))
+    for label in (0, 1):
+        ages = {r.age_days for r in rows if r.label == label}
+        assert ages == set(AGES_DAYS)
+    age = FEATURE_NAMES.index("days_since_created")
+    X = np.array([r.values[0] for r in rows])
+    y = np.array([r.label for r in rows])
+    assert abs(auc(y, X[:, age]) - 0.5) < 0.1  # age alone no longer separates the classes
+
+
+def test_a_row_is_built_only_from_events_before_its_point(history: list[LeadEvent]) -> None:
     by_lead: dict[tuple[str, str], list[LeadEvent]] = {}
     for ev in history:
         by_lead.setdefault((ev.org_id, ev.lead_id), []).append(ev)
     checked = 0
-    for snap in snapshots(history):
-        if snap.kind == "open":
-            continue
-        events = by_lead[(snap.org_id, snap.lead_id)]
-        final = events[-1]
-        assert final.event_type in (EventType.LEAD_CONVERTED, EventType.LEAD_DISQUALIFIED)
-        assert snap.label == int(final.event_type is EventType.LEAD_CONVERTED)
-        assert snap.as_of == final.occurred_at
+    for row in training_rows(history, [features]):
+        events = [e for e in by_lead[(row.org_id, row.lead_id)] if e.occurred_at < row.point]
         lead = Lead.open(events[0])
-        for ev in events[1:-1]:  # everything but the outcome
+        for ev in events[1:]:
             lead.handle(ev)
-        assert lead.outcome is None
-        assert snap.row == features(lead, snap.as_of)
+        assert lead.outcome is None  # no row once the lead has its outcome
+        assert row.values[0] == features(lead, row.point)
         checked += 1
-    assert checked > 1_000
+        if checked == 1_500:
+            break
+    assert checked == 1_500
 
 
-def test_the_outcome_event_changes_nothing_in_the_row() -> None:
-    """Hand-built: what happens at or after the outcome never reaches the row."""
-    filler = [created(lead="filler"), activity(lead="filler", at=T0 + timedelta(days=80))]
-    base = [created(), activity(ActivityKind.PAGE_VIEW, at=T0 + timedelta(days=1))]
-    won = outcome(EventType.LEAD_CONVERTED, at=T0 + timedelta(days=3))
-    # A demo request recorded at the same instant as the outcome, but after it.
-    late = activity(ActivityKind.DEMO_REQUEST, at=T0 + timedelta(days=3))
-    (a,) = [s for s in snapshots([*base, won, *filler]) if s.lead_id == "lead-1"]
-    (b,) = [s for s in snapshots([*base, won, late, *filler]) if s.lead_id == "lead-1"]
-    assert a == b and a.label == 1
-    assert a.row[FEATURE_NAMES.index("n_page_view")] == 1.0
-    assert a.row[FEATURE_NAMES.index("n_demo_request")] == 0.0
-    assert a.row[FEATURE_NAMES.index("days_since_last_activity")] == pytest.approx(2.0)
-
-
-def test_open_leads_are_negatives_only_after_the_cutoff() -> None:
-    old = [created(lead="old"), activity(lead="old", at=T0 + timedelta(days=2))]
-    young = [created(lead="young", at=T0 + timedelta(days=50))]
-    late_win = [
-        created(lead="late"),
-        outcome(EventType.LEAD_CONVERTED, lead="late", at=T0 + timedelta(days=45)),
+def test_labels_converted_within_the_horizon_disqualified_and_censored() -> None:
+    day = timedelta(days=1)
+    events = [
+        created(lead="won"),
+        outcome(EventType.LEAD_CONVERTED, lead="won", at=T0 + 10 * day),
+        created(lead="lost"),
+        outcome(EventType.LEAD_DISQUALIFIED, lead="lost", at=T0 + 5 * day),
+        created(lead="slow"),
+        outcome(EventType.LEAD_CONVERTED, lead="slow", at=T0 + 50 * day),
+        created(lead="open"),
+        created(lead="young", at=T0 + 70 * day),
+        outcome(EventType.LEAD_DISQUALIFIED, lead="orphan", at=T0 + 5 * day),
+        created(lead="clock", at=T0 + 80 * day),
     ]
-    orphan = [outcome(EventType.LEAD_DISQUALIFIED, lead="orphan", at=T0 + timedelta(days=5))]
-    end = [created(lead="clock", at=T0 + timedelta(days=60))]
-    events = sorted([*old, *young, *late_win, *orphan, *end], key=lambda e: e.occurred_at)
-    rows = {s.lead_id: s for s in snapshots(events)}
-    # "young" and "clock" are under 30 days old at the end; "orphan" has no history.
-    assert set(rows) == {"old", "late"}
-    assert rows["old"].label == 0 and rows["old"].kind == "open"
-    assert T0 <= rows["old"].as_of <= T0 + timedelta(days=30)
-    assert rows["late"].label == 1  # an outcome after the cutoff still wins
-    # The observation moment is fixed per lead: the same on every replay.
-    assert next(s for s in snapshots(events) if s.lead_id == "old") == rows["old"]
+    events.sort(key=lambda e: e.occurred_at)
+    stats = RowStats()
+    rows = list(training_rows(events, [], ages_days=(1, 7, 30), horizon_days=30, stats=stats))
+    got = {(r.lead_id, r.age_days): r.label for r in rows}
+    assert got == {
+        # converted on day 10: within 30 days of each point before it
+        ("won", 1): 1, ("won", 7): 1,
+        # disqualified on day 5: a 0 at day 1, no row after its outcome
+        ("lost", 1): 0,
+        # converted on day 50: not within 30 days of day 1 or 7; within 30 of day 30
+        ("slow", 1): 0, ("slow", 7): 0, ("slow", 30): 1,
+        # no outcome by day 80: 0 where the horizon has passed
+        ("open", 1): 0, ("open", 7): 0, ("open", 30): 0,
+    }  # fmt: skip
+    # young (created day 70): its day-1 and day-7 horizons pass the end (day 80): censored
+    assert stats.censored == 2
+    assert stats.outcome_first == 1  # the orphan, first seen through its outcome
+    assert all(r.point == T0 + timedelta(days=r.age_days) for r in rows if r.lead_id != "young")
 
 
 def test_duplicate_events_are_applied_once() -> None:
-    ev = activity(ActivityKind.DEMO_REQUEST, at=T0 + timedelta(days=1))
+    ev = activity(ActivityKind.DEMO_REQUEST, at=T0 + timedelta(hours=1))
     events = [created(), ev, ev, outcome(at=T0 + timedelta(days=2))]
-    (row,) = snapshots(events)
-    assert row.row[FEATURE_NAMES.index("n_demo_request")] == 1.0
+    (row,) = training_rows(events, [features], ages_days=(1,))
+    assert row.values[0][FEATURE_NAMES.index("n_demo_request")] == 1.0 and row.label == 1
+
+
+def test_the_split_leaves_a_gap_of_one_horizon(
+    dataset: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    _X, _y, t = dataset
+    tr, ho, start = time_split(t, 30.0, 0.2)
+    start64 = np.datetime64(start.replace(tzinfo=None), "ms")
+    assert (t[ho] >= start64).all() and abs(len(ho) / len(t) - 0.2) < 0.01
+    assert (t[tr] + np.timedelta64(30, "D") <= start64).all()
+    assert len(set(tr) & set(ho)) == 0
 
 
 # -- the model ---------------------------------------------------------------
@@ -160,11 +179,21 @@ def test_duplicate_events_are_applied_once() -> None:
 def test_the_model_learns_the_hidden_propensity(trained: tuple[ModelMetadata, Path]) -> None:
     meta, _ = trained
     m = meta.metrics
-    assert 0.75 < m["auc"] < 0.99
-    assert m["auc_dispositioned"] > 0.75
+    # Measured at this size: AUC 0.744, log-loss 0.607, brier 0.203 (1,259 training rows:
+    # the 60-day history leaves most points in the 30-day gap before the holdout).
+    assert 0.7 < m["auc"] < 0.97
     assert m["lift_top_decile"] > 1.8
-    assert m["log_loss"] < 0.6 and m["brier"] < 0.2
+    assert m["log_loss"] < 0.65 and m["brier"] < 0.22
     assert sum(row["n"] for row in m["calibration"]) == meta.n_holdout
+    # Compared on the same holdout with plain baselines; the leakage guard's numbers kept.
+    base = m["baselines"]
+    assert base["points"]["n"] == base["logistic"]["n"] == meta.n_holdout
+    # Our generator's conversions follow fit and engagement, which the points model reads
+    # directly: on this world the model only matches it (see test_world_custom for one
+    # it was not designed around).
+    assert m["auc"] > base["points"]["auc"] - 0.02
+    assert m["leakage"]["max_single_feature_auc"] < training.LEAK_AUC
+    assert m["leakage"]["age_at_point_auc"] < 0.7
 
 
 def test_metadata_and_files(trained: tuple[ModelMetadata, Path]) -> None:
@@ -178,7 +207,10 @@ def test_metadata_and_files(trained: tuple[ModelMetadata, Path]) -> None:
     assert stored["parity_max_abs_diff"] <= 1e-4
     assert stored["opset"]["ai.onnx.ml"] >= 1
     assert stored["n_train"] == meta.n_train and stored["n_holdout"] == meta.n_holdout
-    assert abs(meta.n_holdout / (meta.n_train + meta.n_holdout) - 0.2) < 0.01
+    rows = meta.metrics["rows"]
+    assert rows["train"] == meta.n_train and rows["holdout"] == meta.n_holdout
+    assert abs(meta.n_holdout / (meta.n_train + meta.n_holdout + rows["gap"]) - 0.2) < 0.01
+    assert stored["feature_spec"]["features"][0]["source"] == "builtin"
     assert stored["params"]["num_trees"] == 100
     assert (out / "t1" / "model.onnx").stat().st_size < 1_000_000
 
@@ -189,8 +221,8 @@ def test_onnx_matches_lightgbm_on_the_holdout(
     """Retrain the same booster (deterministic) and compare it with the written ONNX file."""
     meta, out = trained
     X, y, t = dataset
-    order = np.argsort(t, kind="stable")
-    tr, ho = order[: meta.n_train], order[meta.n_train :]
+    tr, ho, _start = time_split(t, meta.params["horizon_days"], meta.params["holdout_fraction"])
+    assert (len(tr), len(ho)) == (meta.n_train, meta.n_holdout)
     assert t[ho].min() >= t[tr].max()  # a time split: the holdout is the later part
     params = {
         k: v
@@ -229,9 +261,11 @@ def test_parity_failure_writes_nothing(
 ) -> None:
     real = training.to_onnx
     # The real export, then broken: train must notice before it writes anything.
-    monkeypatch.setattr(training, "to_onnx", lambda booster, name: tamper(real(booster, name)))
+    monkeypatch.setattr(
+        training, "to_onnx", lambda booster, name, width: tamper(real(booster, name, width))
+    )
     with pytest.raises(ParityError):
-        train(history[:20_000], version="broken", out_dir=tmp_path, num_trees=20)
+        train(history, version="broken", out_dir=tmp_path, num_trees=20)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -253,7 +287,7 @@ def test_auc_equals_the_pairwise_definition(pairs: list[tuple[int, int]]) -> Non
     p = np.array([b / 5 for _, b in pairs])  # few distinct scores: many ties
     pos, neg = p[y == 1], p[y == 0]
     if len(pos) == 0 or len(neg) == 0:
-        assert np.isnan(auc(y, p))
+        assert auc(y, p) is None  # None, never NaN: metadata is JSON
         return
     wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
     assert auc(y, p) == pytest.approx(wins / (len(pos) * len(neg)))
