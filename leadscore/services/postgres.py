@@ -1,9 +1,22 @@
-"""A local PostgreSQL cluster under the run dir, plus per-test database helpers."""
+"""A local PostgreSQL cluster for the run dir, plus per-test database helpers.
+
+initdb and postgres refuse to run as root; as root they run as the ``postgres`` system
+user, which must reach the data directory and the socket. A run dir inside a folder only
+its owner may enter (a root home, a ``mktemp -d`` clone, both 0700) is out of its reach,
+so as root the server's files live in a home of their own under ``/var/tmp``, one per run
+dir (a hash of its path, so two clones never share a cluster), owned by postgres.
+``/var/tmp`` rather than ``/run``: every user may enter it, and it keeps the data across
+reboots (``/run`` is a tmpfs in memory). The pid file and the log stay in the run dir,
+which also gets a symlink ``pg/server`` to that home. A cluster an older version made
+inside the run dir stays where it is. Run as any other user, the server runs as that user
+and everything stays in the run dir, which that user owns.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -29,13 +42,18 @@ _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 60.0
 
 
+# Where the server's files live when it runs as the postgres user (see the module doc).
+SERVER_HOMES = Path("/var/tmp/leadscore-postgres")
+
+
 @dataclass(frozen=True)
 class Layout:
-    root: Path
+    root: Path  # in the run dir: pid file, log
+    home: Path  # the server's: data directory and socket (``root`` unless run as postgres)
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     @property
     def log(self) -> Path:
@@ -43,15 +61,29 @@ class Layout:
 
     @property
     def socket_dir(self) -> Path:
-        return self.root / "sock"
+        return self.home / "sock"
 
     @property
     def pidfile(self) -> Path:
         return self.root / "postgres.pid"
 
+    @property
+    def link(self) -> Path:
+        """A symlink in the run dir to ``home`` when that is elsewhere."""
+        return self.root / "server"
+
 
 def layout(settings: Settings) -> Layout:
-    return Layout(settings.run_path / "pg")
+    root = settings.run_path / "pg"
+    return Layout(root, server_home(root))
+
+
+def server_home(root: Path) -> Path:
+    """Where the data directory and socket of the cluster for ``root`` live."""
+    if os.geteuid() != 0 or (root / "data" / "PG_VERSION").exists():
+        return root
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return SERVER_HOMES / digest
 
 
 @dataclass(frozen=True)
@@ -90,10 +122,13 @@ def start(settings: Settings, progress: Progress) -> int:
     paths = layout(settings)
     bindir = _bindir(progress)
     user = _service_user()
-    for d in (paths.data, paths.log.parent, paths.socket_dir):
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    if paths.home != paths.root:
+        _make_server_home(paths)
+    for d in (paths.data, paths.socket_dir):
         d.mkdir(parents=True, exist_ok=True)
     if user is not None:
-        _hand_over(paths.root, user)
+        _hand_over(paths.home, user)
     paths.data.chmod(0o700)  # postgres refuses a group- or world-readable data directory
     if not (paths.data / "PG_VERSION").exists():
         with progress.step(f"initdb {paths.data}"):
@@ -106,7 +141,7 @@ def start(settings: Settings, progress: Progress) -> int:
                     "--auth-local=trust", "--auth-host=scram-sha-256",
                 ],
                 what="initdb",
-                cwd=paths.root,
+                cwd=paths.home,
                 user=user,
                 timeout=120.0,
             )  # fmt: skip
@@ -116,7 +151,7 @@ def start(settings: Settings, progress: Progress) -> int:
             [bindir / "postgres", "-D", paths.data],
             paths.log,
             paths.pidfile,
-            cwd=paths.root,
+            cwd=paths.home,
             user=user,
         )
 
@@ -246,16 +281,36 @@ def _service_user() -> str | None:
     return SUPERUSER
 
 
-def _hand_over(root: Path, user: str) -> None:
+def _make_server_home(paths: Layout) -> None:
+    """Create the server's home under SERVER_HOMES and link it from the run dir.
+
+    SERVER_HOMES sits in a directory every user may write to: it must be ours (root's) and
+    writable by nobody else, or another user could have planted a home (or a symlink)
+    for our server to use."""
+    base = paths.home.parent
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(parents=True)
+        base.chmod(0o755)
+    info = base.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+        raise ServiceError(
+            f"{base} is not a directory owned by root and writable only by it; remove it"
+        )
+    paths.home.mkdir(mode=0o700, exist_ok=True)
+    if not paths.link.is_symlink():
+        paths.link.symlink_to(paths.home, target_is_directory=True)
+
+
+def _hand_over(home: Path, user: str) -> None:
     account = pwd.getpwnam(user)
-    for parent in root.resolve().parents:
+    for parent in home.resolve().parents:
         mode = parent.stat().st_mode
         if not (mode & stat.S_IXOTH or parent.stat().st_uid == account.pw_uid):
             raise ServiceError(
                 f"{parent} is not traversable by the '{user}' user; choose a run dir it can reach"
             )
     # Not recursive: initdb and postgres create everything inside as that user already.
-    for path in [root, *root.iterdir()]:
+    for path in [home, *home.iterdir()]:
         os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 

@@ -87,7 +87,13 @@ def ping(url: str) -> bool:
 
 
 def stop(settings: Settings) -> bool:
-    """Stop the registry if we started it; True if something was stopped."""
-    return process.stop_owned(
-        "schema registry", layout(settings).pidfile, _MARKER, signal.SIGTERM, _STOP_TIMEOUT
-    )
+    """Stop the registry if we started it; True if something was stopped.
+
+    A registry still starting (waiting for PostgreSQL) is killed: uvicorn holds SIGTERM
+    until its start-up ends, which can be minutes, and it has nothing to flush yet (its
+    schemas are in PostgreSQL). That is the registry a failed `up` stops.
+    """
+    pidfile = layout(settings).pidfile
+    if process.owned_pid(pidfile, _MARKER) is not None and not ping(settings.schema_registry_url):
+        return process.stop_owned("schema registry", pidfile, _MARKER, signal.SIGKILL, 10.0)
+    return process.stop_owned("schema registry", pidfile, _MARKER, signal.SIGTERM, _STOP_TIMEOUT)

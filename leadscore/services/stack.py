@@ -54,23 +54,42 @@ def up(
     """Start what is not running, then return once every service answers for real.
 
     A server already listening on a service's port is reused as external. Services started
-    here get pid files under the run dir, so `down` stops exactly those.
+    here get pid files under the run dir, so `down` stops exactly those. When a service
+    cannot be started or does not answer, the ones this call started are stopped again
+    (those it found running are left alone) and the error is raised.
     """
     progress = Progress(console)
     started = time.monotonic()
     names = _selected(only)
     with _locked(settings):
         pids: dict[str, int | None] = {}
-        for name in names:
-            current = SERVICES[name].status(settings)
-            if current.state == STOPPED:
-                pids[name] = SERVICES[name].start(settings, progress)
-            else:
-                progress.note(f"{name} {current.state} on {current.address}")
-                pids[name] = current.pid
-        for name in names:
-            SERVICES[name].wait(settings, pids[name], progress)
+        launched: list[str] = []  # started by this call, in order
+        try:
+            for name in names:
+                current = SERVICES[name].status(settings)
+                if current.state == STOPPED:
+                    launched.append(name)
+                    pids[name] = SERVICES[name].start(settings, progress)
+                else:
+                    progress.note(f"{name} {current.state} on {current.address}")
+                    pids[name] = current.pid
+            for name in names:
+                SERVICES[name].wait(settings, pids[name], progress)
+        except BaseException:  # Ctrl-C included: nothing half-started is left behind
+            _stop_launched(settings, launched, progress)
+            raise
     progress.note(f"services up in {time.monotonic() - started:.1f}s")
+
+
+def _stop_launched(settings: Settings, names: list[str], progress: Progress) -> None:
+    """Stop what a failed `up` started, last first; report what cannot be stopped."""
+    for name in reversed(names):
+        # A start that failed before launching anything has no pid file: stop is a no-op.
+        try:
+            with progress.step(f"up failed: stopping the {name} it started"):
+                SERVICES[name].stop(settings)
+        except ServiceError as exc:
+            progress.note(f"could not stop {name}: {exc}")
 
 
 def down(

@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
 from leadscore import services
+from leadscore.services import postgres
 from leadscore.services.cli import app
 from leadscore.settings import Settings, get_settings
 
@@ -156,20 +157,22 @@ def _free_port() -> int:
 @pytest.fixture
 def alternate(stack: Settings) -> Iterator[Settings]:
     """A second stack in its own run dir and ports, sharing the session's Kafka as external."""
-    # mkdtemp makes a 0700 directory; the postgres system user must be able to enter it.
+    # mkdtemp makes a 0700 directory, which PostgreSQL's files are kept out of when it
+    # runs as the postgres user (test_services_any_folder.py).
     run_dir = Path(tempfile.mkdtemp(prefix="leadscore-services-"))
-    run_dir.chmod(0o755)
     alt = replace(
         stack,
         run_dir=str(run_dir),
         pg_dsn=f"postgresql://leadscore:leadscore@127.0.0.1:{_free_port()}/leadscore",
         redis_url=f"redis://127.0.0.1:{_free_port()}/0",
     )
+    server_home = postgres.layout(alt).home
     try:
         yield alt
     finally:
         services.down(alt)
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(server_home, ignore_errors=True)
 
 
 def test_down_stops_only_what_up_started(stack: Settings, alternate: Settings) -> None:
