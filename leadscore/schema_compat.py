@@ -1,23 +1,35 @@
-"""Avro schema compatibility, by the Avro specification's schema-resolution rules.
+"""Avro schema compatibility, checked by the Apache `avro` package's compatibility module.
 
 ``can_read(reader, writer)`` lists why data written with ``writer`` could not be read
-with ``reader`` (empty: it can). Compatibility levels build on it the way the Confluent
-Schema Registry defines them: BACKWARD = the new schema reads the previous one's data,
-FORWARD = the previous schema reads the new one's, FULL = both; ``*_TRANSITIVE`` checks
-every earlier version instead of the latest only.
+with ``reader`` (empty: it can). The verdict is ``avro.compatibility``'s
+``ReaderWriterCompatibilityChecker`` (the Python port of Java Avro's ``SchemaCompatibility``,
+which the Confluent Schema Registry and Karapace use); this module only names where each
+problem is, as ``Record.field`` paths. Compatibility levels build on it the way the
+Confluent Schema Registry defines them: BACKWARD = the new schema reads the previous one's
+data, FORWARD = the previous schema reads the new one's, FULL = both; ``*_TRANSITIVE``
+checks every earlier version instead of the latest only.
 
-Pure: no I/O, standard library only, so the registry, the tests and the `make test`
+Pure: no I/O besides reading schema files, so the registry, the tests and the `make test`
 check share it.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import avro.errors
+import avro.schema
+from avro.compatibility import (
+    ReaderWriterCompatibilityChecker,
+    SchemaCompatibilityType,
+    SchemaIncompatibilityType,
+    lookup_writer_field,
+)
 
 LEVELS = (
     "NONE",
@@ -28,213 +40,175 @@ LEVELS = (
     "FULL",
     "FULL_TRANSITIVE",
 )
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-# Writer type -> reader types it may be promoted to (Avro spec, "Schema Resolution").
-PROMOTIONS: Mapping[str, frozenset[str]] = {
-    "int": frozenset({"long", "float", "double"}),
-    "long": frozenset({"float", "double"}),
-    "float": frozenset({"double"}),
-    "string": frozenset({"bytes"}),
-    "bytes": frozenset({"string"}),
-}
-_NAMED = frozenset({"record", "error", "enum", "fixed"})
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)\.avsc$")
+_MISSING_DEFAULT = SchemaIncompatibilityType.reader_field_missing_default_value
+# What each kind of problem the checker reports means, in the words of our messages.
+_MEANING = {
+    _MISSING_DEFAULT: "new field without a default",
+    SchemaIncompatibilityType.name_mismatch: "not the writer's name nor aliased to it",
+    SchemaIncompatibilityType.missing_enum_symbols: (
+        "symbols unknown to the reader, which has no default"
+    ),
+    SchemaIncompatibilityType.fixed_size_mismatch: "fixed sizes differ",
+    SchemaIncompatibilityType.type_mismatch: "the reader's type cannot read the writer's",
+    SchemaIncompatibilityType.missing_union_branch: (
+        "no branch of the reader's union reads the writer's type"
+    ),
+}
+
+Schema = avro.schema.Schema
 
 
 class InvalidSchemaError(ValueError):
     """Text that is not a valid Avro schema."""
 
 
-@dataclass
-class _Schema:
-    """A schema with its named types resolved, so references can be followed."""
-
-    root: Any
-    names: dict[str, Any] = field(default_factory=dict)
-
-
-def parse(schema: str | Mapping[str, Any] | list[Any]) -> _Schema:
-    """Parse JSON schema text (or already-loaded JSON) and index its named types."""
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as exc:
-            raise InvalidSchemaError(f"not JSON: {exc}") from exc
-    else:
-        schema = json.loads(json.dumps(schema))  # indexing annotates nodes: work on a copy
-    parsed = _Schema(schema)
-    _index(schema, None, parsed.names)
+def parse(schema: str | Mapping[str, Any] | list[Any] | Schema) -> Schema:
+    """Parse JSON schema text (or already-loaded JSON) into an ``avro`` schema."""
+    if isinstance(schema, Schema):
+        return schema
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    try:
+        parsed = avro.schema.parse(text)
+    except (avro.errors.AvroException, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InvalidSchemaError(str(exc)) from exc
+    _reject_empty_unions(parsed, set())
     return parsed
 
 
-def _fullname(name: str, namespace: str | None) -> str:
-    if "." in name or not namespace:
-        return name
-    return f"{namespace}.{name}"
-
-
-def _index(node: Any, namespace: str | None, names: dict[str, Any]) -> None:
-    if isinstance(node, str):
-        if node not in PRIMITIVES and _fullname(node, namespace) not in names and node not in names:
-            raise InvalidSchemaError(f"unknown type {node!r}")
+def _reject_empty_unions(node: Schema, seen: set[int]) -> None:
+    # `avro` accepts `[]`, a union no value belongs to: nothing could be written with it.
+    if id(node) in seen:
         return
-    if isinstance(node, list):
-        if not node:
+    seen.add(id(node))
+    if isinstance(node, avro.schema.UnionSchema):
+        if not node.schemas:
             raise InvalidSchemaError("empty union")
-        for branch in node:
-            _index(branch, namespace, names)
-        return
-    if not isinstance(node, dict) or "type" not in node:
-        raise InvalidSchemaError(f"not a schema: {node!r}")
-    kind = node["type"]
-    if kind in _NAMED:
-        if not isinstance(node.get("name"), str):
-            raise InvalidSchemaError(f"{kind} without a name")
-        full = _fullname(node["name"], node.get("namespace", namespace))
-        if full in names:
-            raise InvalidSchemaError(f"{full} is defined twice")
-        names[full] = node
-        namespace = full.rpartition(".")[0] or None
-        node["__fullname__"] = full
-        node["__namespace__"] = namespace
-        if kind in ("record", "error"):
-            fields = node.get("fields")
-            if not isinstance(fields, list):
-                raise InvalidSchemaError(f"record {full} has no fields list")
-            for f in fields:
-                if not isinstance(f, dict) or not isinstance(f.get("name"), str) or "type" not in f:
-                    raise InvalidSchemaError(f"bad field in {full}: {f!r}")
-                _index(f["type"], namespace, names)
-        elif kind == "enum":
-            symbols = node.get("symbols")
-            if not isinstance(symbols, list) or len(set(symbols)) != len(symbols):
-                raise InvalidSchemaError(f"enum {full} needs distinct symbols")
-            if "default" in node and node["default"] not in symbols:
-                raise InvalidSchemaError(f"enum {full} default is not a symbol")
-        elif not isinstance(node.get("size"), int):
-            raise InvalidSchemaError(f"fixed {full} needs an int size")
-    elif kind == "array":
-        _index(node.get("items"), namespace, names)
-    elif kind == "map":
-        _index(node.get("values"), namespace, names)
-    elif isinstance(kind, str | list | dict) and kind not in PRIMITIVES:
-        # {"type": "SomeName"} or {"type": {...}}: a wrapped reference or schema.
-        _index(kind, namespace, names)
+        children = list(node.schemas)
+    elif isinstance(node, avro.schema.RecordSchema):
+        children = [f.type for f in node.fields]
+    elif isinstance(node, avro.schema.ArraySchema):
+        children = [node.items]
+    elif isinstance(node, avro.schema.MapSchema):
+        children = [node.values]
+    else:
+        children = []
+    for child in children:
+        _reject_empty_unions(child, seen)
 
 
-class _Resolver:
-    def __init__(self, reader: _Schema, writer: _Schema) -> None:
-        self.reader = reader
-        self.writer = writer
-        self._seen: set[tuple[str, str]] = set()
-
-    def _deref(self, node: Any, schema: _Schema, namespace: str | None) -> Any:
-        while True:
-            if isinstance(node, str) and node not in PRIMITIVES:
-                node = schema.names.get(_fullname(node, namespace)) or schema.names[node]
-            elif isinstance(node, dict) and node.get("type") not in _NAMED | {"array", "map"}:
-                inner = node["type"]
-                if isinstance(inner, str) and inner in PRIMITIVES:
-                    return inner  # {"type": "long", "logicalType": ...}: the primitive
-                node = inner
-            else:
-                return node
-
-    def check(self, r: Any, w: Any, path: str, rns: str | None, wns: str | None) -> list[str]:
-        r = self._deref(r, self.reader, rns)
-        w = self._deref(w, self.writer, wns)
-        if isinstance(w, list):
-            # Every branch the writer may have used must be readable.
-            errors: list[str] = []
-            for branch in w:
-                errors += self.check(r, branch, path, rns, wns)
-            return errors
-        if isinstance(r, list):
-            for branch in r:
-                if not self.check(branch, w, path, rns, wns):
-                    return []
-            return [f"{path}: no branch of the reader's union reads the writer's {_kind(w)}"]
-        rk, wk = _kind(r), _kind(w)
-        if rk != wk:
-            if wk in PROMOTIONS and rk in PROMOTIONS[wk]:
-                return []
-            return [f"{path}: reader type {rk} cannot read writer type {wk}"]
-        if isinstance(r, str):
-            return []
-        if rk in ("record", "error"):
-            return self._record(r, w, path)
-        if rk == "enum":
-            return self._enum(r, w, path)
-        if rk == "fixed":
-            errors = _names_match(r, w, path)
-            if r.get("size") != w.get("size"):
-                errors.append(f"{path}: fixed size {w.get('size')} read as {r.get('size')}")
-            return errors
-        if rk == "array":
-            return self.check(r["items"], w["items"], f"{path}[]", rns, wns)
-        if rk == "map":
-            return self.check(r["values"], w["values"], f"{path}{{}}", rns, wns)
-        return []
-
-    def _record(self, r: dict[str, Any], w: dict[str, Any], path: str) -> list[str]:
-        errors = _names_match(r, w, path)
-        key = (r["__fullname__"], w["__fullname__"])
-        if key in self._seen:
-            return errors  # recursive type: already being checked higher up
-        self._seen.add(key)
-        written = {f["name"]: f for f in w["fields"]}
-        for rf in r["fields"]:
-            fpath = f"{path}.{rf['name']}"
-            candidates = [rf["name"], *rf.get("aliases", [])]
-            wf = next((written[n] for n in candidates if n in written), None)
-            if wf is None:
-                if "default" not in rf:
-                    errors.append(f"{fpath}: new field without a default")
-                continue
-            errors += self.check(
-                rf["type"], wf["type"], fpath, r["__namespace__"], w["__namespace__"]
-            )
-        return errors
-
-    def _enum(self, r: dict[str, Any], w: dict[str, Any], path: str) -> list[str]:
-        errors = _names_match(r, w, path)
-        if "default" in r:
-            return errors  # unknown symbols resolve to the reader's default
-        missing = [s for s in w["symbols"] if s not in r["symbols"]]
-        if missing:
-            errors.append(f"{path}: symbols {missing} unknown to the reader, which has no default")
-        return errors
-
-
-def _kind(node: Any) -> str:
-    if isinstance(node, str):
-        return node
-    if isinstance(node, list):
-        return "union"
-    kind = node["type"]
-    return "record" if kind == "error" else str(kind)
-
-
-def _names_match(r: dict[str, Any], w: dict[str, Any], path: str) -> list[str]:
-    rfull, wfull = r["__fullname__"], w["__fullname__"]
-    ns = r["__namespace__"]
-    aliases = {_fullname(a, ns) for a in r.get("aliases", [])}
-    short = {n.rpartition(".")[2] for n in (rfull, *aliases)}
-    # Like Confluent (and Java's SchemaCompatibility), unqualified names also match.
-    if wfull == rfull or wfull in aliases or wfull.rpartition(".")[2] in short:
-        return []
-    return [f"{path}: writer's {wfull} is not the reader's {rfull} nor one of its aliases"]
-
-
-def can_read(reader: str | _Schema | Any, writer: str | _Schema | Any) -> list[str]:
+def can_read(reader: str | Schema | Any, writer: str | Schema | Any) -> list[str]:
     """Why data written with ``writer`` cannot be read with ``reader``; empty if it can."""
-    r = reader if isinstance(reader, _Schema) else parse(reader)
-    w = writer if isinstance(writer, _Schema) else parse(writer)
-    return _Resolver(r, w).check(r.root, w.root, _root_path(r.root), None, None)
+    r, w = parse(reader), parse(writer)
+    result = ReaderWriterCompatibilityChecker().get_compatibility(r, w)
+    if result.compatibility is not SchemaCompatibilityType.incompatible:
+        return []
+    # The checker gathers its findings into two sets, messages and locations (JSON pointers
+    # into the reader, like /fields/3/type). Each location is followed through both schemas
+    # to the message the checker writes for it there; that pairs them.
+    unexplained = set(result.messages)
+    lines = []
+    for location in sorted(result.locations, key=_pointer_order):
+        found = _explain(r, w, location, unexplained)
+        if found is not None:
+            path, kind, message = found
+            unexplained.discard(message)
+            detail = "" if kind is _MISSING_DEFAULT else f" ({message})"
+            lines.append(f"{path}: {_MEANING[kind]}{detail}")
+    # Inside a union the checker restarts its locations: what it found there is reported
+    # without a path.
+    lines += [f"{_name(r)}, in a union: {_unplaced(m)}" for m in sorted(unexplained)]
+    return lines
 
 
-def _root_path(node: Any) -> str:
-    return node.get("name", "$") if isinstance(node, dict) else "$"
+def _unplaced(message: str) -> str:
+    if message.startswith(("reader ", "expected: ")):
+        return message
+    if message.startswith("{"):
+        return f"{_MEANING[SchemaIncompatibilityType.missing_enum_symbols]} ({message})"
+    return f"{message}: {_MEANING[_MISSING_DEFAULT]}"  # the checker names the field only
+
+
+def _pointer_order(location: str) -> list[Any]:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in location.split("/")]
+
+
+def _name(schema: Schema) -> str:
+    return str(getattr(schema, "name", None) or "$")
+
+
+def _explain(
+    reader: Schema, writer: Schema, location: str, messages: set[str]
+) -> tuple[str, SchemaIncompatibilityType, str] | None:
+    """The ``Record.field`` path of a checker location, what kind of problem is there and the
+    checker's message for it; None if no message fits the location."""
+    r: Any = reader
+    w: Any = writer
+    path = _name(reader)
+    tokens = [t for t in location.split("/") if t]
+    expected: dict[SchemaIncompatibilityType, str] = {}
+    while tokens:
+        token = tokens.pop(0)
+        if token == "fields" and tokens and isinstance(r, avro.schema.RecordSchema):
+            index = int(tokens.pop(0))
+            if index >= len(r.fields):
+                return None
+            field = r.fields[index]
+            path += f".{field.name}"
+            if not tokens:  # the location is the reader's field: the writer has none
+                expected[_MISSING_DEFAULT] = field.name
+                break
+            written = (
+                lookup_writer_field(writer_schema=w, reader_field=field)
+                if isinstance(w, avro.schema.RecordSchema)
+                else None
+            )
+            if written is None or tokens.pop(0) != "type":
+                return None
+            r, w = field.type, written.type
+        elif token == "items" and isinstance(r, avro.schema.ArraySchema) and hasattr(w, "items"):
+            r, w, path = r.items, w.items, path + "[]"
+        elif token == "values" and isinstance(r, avro.schema.MapSchema) and hasattr(w, "values"):
+            r, w, path = r.values, w.values, path + "{}"
+        elif token == "name" and not tokens and hasattr(w, "fullname"):
+            expected[SchemaIncompatibilityType.name_mismatch] = f"expected: {w.fullname}"
+        elif token == "size" and not tokens and hasattr(w, "size") and hasattr(r, "size"):
+            expected[SchemaIncompatibilityType.fixed_size_mismatch] = (
+                f"expected: {w.size}, found: {r.size}"
+            )
+        elif token == "symbols" and not tokens and hasattr(w, "symbols"):
+            missing = set(w.symbols) - set(r.symbols)
+            expected[SchemaIncompatibilityType.missing_enum_symbols] = next(
+                (m for m in messages if m.startswith("{") and _symbols(m) == missing), ""
+            )
+        elif token.isdigit() and not tokens and isinstance(w, avro.schema.UnionSchema):
+            branch = w.schemas[int(token)] if int(token) < len(w.schemas) else None
+            if branch is None:
+                return None
+            expected[SchemaIncompatibilityType.missing_union_branch] = (
+                f"reader union lacking writer type: {branch.type.upper()}"
+            )
+        else:
+            return None
+    if not expected:  # the location is a type the reader cannot read the writer's with
+        expected[SchemaIncompatibilityType.type_mismatch] = (
+            f"reader type: {r.type} not compatible with writer type: {w.type}"
+        )
+        expected[SchemaIncompatibilityType.missing_union_branch] = (
+            f"reader union lacking writer type {w.type}"
+        )
+    return next(
+        ((path, kind, message) for kind, message in expected.items() if message in messages),
+        None,
+    )
+
+
+def _symbols(message: str) -> set[str]:
+    try:
+        value = ast.literal_eval(message)
+    except (ValueError, SyntaxError):
+        return set()
+    return value if isinstance(value, set) else set()
 
 
 def incompatibilities(level: str, new: str | Any, previous: Sequence[str | Any]) -> list[str]:
@@ -245,10 +219,10 @@ def incompatibilities(level: str, new: str | Any, previous: Sequence[str | Any])
     if level == "NONE" or not previous:
         return []
     against = previous if level.endswith("_TRANSITIVE") else previous[-1:]
-    candidate = parse(new) if not isinstance(new, _Schema) else new
+    candidate = parse(new)
     errors: list[str] = []
     for old in against:
-        old_parsed = parse(old) if not isinstance(old, _Schema) else old
+        old_parsed = parse(old)
         if level.startswith(("BACKWARD", "FULL")):
             errors += [f"BACKWARD: {e}" for e in can_read(candidate, old_parsed)]
         if level.startswith(("FORWARD", "FULL")):
