@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 
 from domain.events import LeadEvent
 from streams.codec import event_to_record
-from streams.wire import AvroTopic
+from streams.wire import LEAD_EVENT_SCHEMA_NEWEST, AvroTopic, SchemaCatalog
 
 
 @dataclass
@@ -23,6 +23,12 @@ class ProduceReport:
     @property
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
+
+
+def lead_event_encoder(catalog: SchemaCatalog, topic: str) -> AvroTopic:
+    """The lead-events encoder of the engine's producers: the newest lead_event schema
+    (v3), so attributes reach Kafka; registered under ``<topic>-value``."""
+    return AvroTopic(catalog, topic, LEAD_EVENT_SCHEMA_NEWEST)
 
 
 def produce_events(

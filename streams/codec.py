@@ -66,6 +66,7 @@ def validate(record: Any, *, now: datetime | None = None) -> None:
     for key, value in record.items():
         if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
             raise ValidationError(f"{key} is longer than {MAX_STRING_LENGTH} characters")
+    _validate_attributes(record.get("attributes"))
     activity = record.get("activity")
     if activity is None:
         return
@@ -85,6 +86,27 @@ def validate(record: Any, *, now: datetime | None = None) -> None:
             raise ValidationError(
                 f"an activity property is longer than {MAX_STRING_LENGTH} characters"
             )
+
+
+def _validate_attributes(attributes: Any) -> None:
+    # v1/v2 records have no attributes; v3 gives {} when the producer set none.
+    if attributes is None:
+        return
+    if not isinstance(attributes, dict):
+        raise ValidationError("attributes must be a map")
+    if len(attributes) > MAX_PROPERTIES:
+        raise ValidationError(f"attributes has more than {MAX_PROPERTIES} entries")
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ValidationError("attributes must map strings to strings")
+        if not name.strip():
+            raise ValidationError("an attribute name is empty")
+        if len(name) > MAX_STRING_LENGTH or len(value) > MAX_STRING_LENGTH:
+            raise ValidationError(f"an attribute is longer than {MAX_STRING_LENGTH} characters")
+        # Attributes become feature names, vocabularies and explanation text: no control
+        # characters (NUL breaks PostgreSQL text, newlines break logs and CSVs).
+        if not name.isprintable() or not value.isprintable():
+            raise ValidationError(f"attribute {name[:40]!r} has control characters")
 
 
 def record_to_event(record: dict[str, Any], *, now: datetime | None = None) -> LeadEvent:
@@ -108,6 +130,9 @@ def record_to_event(record: dict[str, Any], *, now: datetime | None = None) -> L
     profile = {f: record[f] for f in PROFILE_FIELDS if record.get(f) is not None}
     if record.get("company_size") is not None:  # lead_event v2 renamed employees
         profile["employees"] = record["company_size"]
+    attributes: dict[str, str] = {}
+    if event_type in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED):
+        attributes = dict(record.get("attributes") or {})  # v1/v2 carry none
     return LeadEvent(
         event_id=record["event_id"],
         event_type=event_type,
@@ -118,6 +143,7 @@ def record_to_event(record: dict[str, Any], *, now: datetime | None = None) -> L
         activity_kind=kind,
         activity_properties=properties,
         reason=record.get("reason"),
+        attributes=attributes,
     )
 
 
@@ -136,5 +162,9 @@ def event_to_record(ev: LeadEvent) -> dict[str, Any]:
             else None
         ),
         reason=ev.reason,
+        # Written under both names: v1 has employees, v2+ company_size (fastavro ignores
+        # the key a schema does not have).
+        company_size=ev.profile.get("employees"),
+        attributes=dict(ev.attributes),
     )
     return record

@@ -25,6 +25,10 @@ from fastavro.schema import to_parsing_canonical_form
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
 LEAD_EVENT_SCHEMA_V2 = SCHEMA_DIR / "lead_event.v2.avsc"
+LEAD_EVENT_SCHEMA_V3 = SCHEMA_DIR / "lead_event.v3.avsc"
+# What the engine's own producers write (`leadscore produce`, `leadscore import`): the
+# newest version, so every field reaches Kafka (tests/unit/test_schema_compat.py checks it).
+LEAD_EVENT_SCHEMA_NEWEST = LEAD_EVENT_SCHEMA_V3
 SCORE_EVENT_SCHEMA = SCHEMA_DIR / "score_event.v2.avsc"
 _HEADER = struct.Struct(">bI")
 MAGIC = 0

@@ -150,6 +150,58 @@ def test_fifty_properties_pass() -> None:
     validate(record, now=NOW)
 
 
+@pytest.mark.parametrize(
+    ("attributes", "why"),
+    [
+        ({f"k{i}": "v" for i in range(MAX_PROPERTIES + 1)}, "more than"),
+        ({"occupation": "o" * (MAX_STRING_LENGTH + 1)}, "longer"),
+        ({"o" * (MAX_STRING_LENGTH + 1): "student"}, "longer"),
+        ({"employees_band": 3}, "strings to strings"),
+        ({"  ": "x"}, "name is empty"),
+        (["occupation"], "must be a map"),
+        ({"occupation": "student\x00"}, "control characters"),
+        ({"occu\x00pation": "student"}, "control characters"),
+        ({"city": "Mumbai\nThane"}, "control characters"),
+        ({"tags\x1b[31m": "x"}, "control characters"),
+    ],
+)
+def test_oversized_or_malformed_attributes_are_refused(attributes: object, why: str) -> None:
+    record = event_to_record(created())
+    record["attributes"] = attributes
+    with pytest.raises(ValidationError, match=why):
+        validate(record, now=NOW)
+
+
+def test_attributes_at_the_limits_pass_and_reach_the_domain() -> None:
+    attributes = {f"k{i}": "v" * MAX_STRING_LENGTH for i in range(MAX_PROPERTIES)}
+    attributes["occupation"] = "working professional – Pune (ünïcode)"
+    del attributes["k0"]
+    ev = LeadEvent(**{**_fields(created()), "attributes": attributes})
+    record = event_to_record(ev)
+    validate(record, now=NOW)
+    assert record_to_event(record, now=NOW).attributes == attributes
+
+
+def test_records_without_attributes_decode_to_no_attributes() -> None:
+    # lead_event v1 and v2 have no attributes field; v3 defaults it to {}.
+    record = event_to_record(created())
+    del record["attributes"]
+    assert record_to_event(record, now=NOW).attributes == {}
+    record["attributes"] = None
+    assert record_to_event(record, now=NOW).attributes == {}
+
+
+def test_attributes_are_the_profile_events_own() -> None:
+    # Only LeadCreated / LeadUpdated carry the org's fields; an activity's are ignored.
+    record = event_to_record(activity())
+    record["attributes"] = {"occupation": "student"}
+    assert record_to_event(record, now=NOW).attributes == {}
+
+
+def _fields(ev: LeadEvent) -> dict[str, Any]:
+    return {name: getattr(ev, name) for name in LeadEvent.__dataclass_fields__}
+
+
 def test_not_a_record_is_refused() -> None:
     with pytest.raises(ValidationError):
         validate(["event_id"], now=NOW)  # type: ignore[arg-type]
