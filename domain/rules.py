@@ -4,8 +4,13 @@ A scoring configuration (config/scoring/*.yaml, docs in README "Scoring rules") 
 into ``ScoringRules``; ``apply`` combines it with the model's score, in this order:
 
 1. **Adjustments**: every matching rule adds its points to its group; a group's sum is
-   clamped to ``[-cap, +cap]`` when the group has a cap. The total is the model's score
-   plus every group's sum, clamped to 0-100.
+   clamped to ``[-cap, +cap]`` when the group has a cap. The points move the model's
+   log-odds, not its score: the total is ``100 * sigmoid(logit(p) + points / 25)``, where
+   ``p`` is the model's probability. A rule's points are what it adds to a lead scored
+   50; nearer 0 or 100 the same rule changes the odds by the same factor and moves the
+   score less, so the order of the model's best leads is kept (adding points and
+   clamping at 100 made an org's ten best leads all 100.0). Without rules the score is
+   the model's calibrated probability in percent.
 2. **Required fields**: if any is missing, the total is at most ``required_cap``.
 3. **Disqualifiers win**: a competitor or listed email domain, a free-mail address (when
    enabled) or a matching title sets the total to 0, whatever came before.
@@ -20,6 +25,7 @@ score's factors (model and rules) still add up to the score minus the reference 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +35,23 @@ from domain.events import PROFILE_FIELDS, ActivityKind
 from domain.firmographics import is_free_mail
 from domain.lead import Lead
 from domain.scoring import ScoreCard
+
+
+POINTS_PER_LOGIT = 25.0  # the slope of 100 * sigmoid at 50: a rule's points there
+
+
+def with_points(score: float, points: float) -> float:
+    """A 0-100 score moved by rule ``points`` in log-odds (see the module docstring)."""
+    if points == 0 or not 0.0 < score < 100.0:
+        return score  # a certain score stays certain: no odds to change
+    p = score / 100.0
+    if not 0.0 < p < 1.0:
+        return score  # too close to certain for a float's log-odds
+    z = math.log(p) - math.log1p(-p) + points / POINTS_PER_LOGIT
+    if z >= 0:  # the two halves of the logistic function keep exp() from overflowing
+        return 100.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return 100.0 * e / (1.0 + e)
 
 
 class RulesError(ValueError):
@@ -90,22 +113,21 @@ def apply(rules: ScoringRules, lead: Lead, card: ScoreCard) -> RuleEffect:
     for rule in rules.adjustments:
         if rule.matches(lead):
             groups.setdefault(rule.group, []).append(rule)
-    total = card.total
+    shares: dict[str, float] = {}
     for group, matched in groups.items():
         raw = sum(r.points for r in matched)
         cap = rules.caps.get(group)
         allowed = raw if cap is None else max(-cap, min(cap, raw))
         # Share a capped group's points among its rules in proportion to their points.
         for r in matched:
-            points = allowed * r.points / raw if raw else 0.0
-            parts[f"rule:{r.name}"] = points
+            shares[f"rule:{r.name}"] = allowed * r.points / raw if raw else 0.0
             labels[f"rule:{r.name}"] = r.name
-        total += allowed
-    bounded = max(0.0, min(100.0, total))
-    if bounded != total:
-        parts["rule:bounds"] = bounded - total
-        labels["rule:bounds"] = "score kept within 0-100"
-    total = bounded
+    model_score = 100.0 * card.probability if card.probability is not None else card.total
+    total = with_points(model_score, sum(shares.values()))
+    moved = sum(shares.values())
+    for name, share in shares.items():
+        # Each rule's factor: its share of what the rules moved the score (sums exactly).
+        parts[name] = (total - card.total) * share / moved if moved else 0.0
     missing = [f for f in rules.required if lead.profile.get(f) in (None, "")]
     if missing and total > rules.required_cap:
         parts["rule:required"] = rules.required_cap - total

@@ -81,6 +81,7 @@ class ScoreCard:
     engagement: float
     grade: str
     model_version: str
+    probability: float | None = None  # the model's, unrounded (rules move its log-odds)
 
     @property
     def components(self) -> dict[str, float]:
@@ -165,6 +166,7 @@ def score_leads(
                 engagement=eng,
                 grade=grade(fit, eng),
                 model_version=scorer.version,
+                probability=float(p),
             )
         )
     return cards
