@@ -36,7 +36,6 @@ from domain.firmographics import is_free_mail
 from domain.lead import Lead
 from domain.scoring import ScoreCard
 
-
 POINTS_PER_LOGIT = 25.0  # the slope of 100 * sigmoid at 50: a rule's points there
 
 
