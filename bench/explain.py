@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from scipy.stats import spearmanr
 
 from bench.harness import RUNS, Spread, write_results
 from bench.scoring import model
@@ -32,12 +33,6 @@ def per_second(fn: object, n: int) -> float:
     started = time.perf_counter()
     fn()  # type: ignore[operator]
     return n / (time.perf_counter() - started)
-
-
-def ranks(values: np.ndarray) -> np.ndarray:
-    out = np.empty(len(values))
-    out[np.argsort(values)] = np.arange(len(values))
-    return out
 
 
 def main() -> None:
@@ -66,9 +61,9 @@ def main() -> None:
         for i in top_mine:
             if abs(mine[i]) >= 0.05 and exact[i] != 0:
                 signs.append(float(np.sign(mine[i]) == np.sign(exact[i])))
-        a, b = ranks(np.abs(mine)), ranks(np.abs(exact))
-        if a.std() and b.std():
-            rho.append(float(np.corrcoef(a, b)[0, 1]))
+        a, b = np.abs(mine), np.abs(exact)
+        if np.ptp(a) and np.ptp(b):  # tied magnitudes (features at 0) share their rank
+            rho.append(float(spearmanr(a, b).statistic))
 
     o, s = Spread.of(ours_rate), Spread.of(shap_rate)
     lines = [

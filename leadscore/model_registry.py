@@ -391,7 +391,7 @@ def shadow_report(dsn: str, version: str) -> dict[str, Any]:
         "active": sorted({r["active_version"] for r in rows}),
         "mean_abs_diff": float(np.mean(np.abs(a - b))),
         "within_5_points": float(np.mean(np.abs(a - b) <= 5.0)),
-        "rank_correlation": _spearman(a, b),
+        "rank_correlation": rank_correlation(a, b),
         "top_decile_overlap": len(top_a & top_b) / top,
     }
     outcome = [r["status"] for r in rows]
@@ -406,10 +406,13 @@ def shadow_report(dsn: str, version: str) -> dict[str, Any]:
     return report
 
 
-def _spearman(a: Any, b: Any) -> float | None:
+def rank_correlation(a: Any, b: Any) -> float | None:
+    """Spearman's rank correlation of two models' scores for the same leads (scipy's: tied
+    scores share their average rank); None where it is undefined, for fewer than two leads
+    or when either model gives every lead the same score."""
     import numpy as np
+    from scipy.stats import spearmanr
 
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
