@@ -2,7 +2,8 @@
 
 The producer side uses only confluent-kafka (``Producer``, ``SchemaRegistryClient``,
 ``AvroSerializer``), the registry URL and the schema files: no project code. Two
-producers write v1 and v2 lead-events to one topic; the engine applies both.
+producers write v1 and v2 lead-events to one topic; the engine applies both. A v3 producer
+and the engine's own carry attributes to the Lead.
 """
 
 from __future__ import annotations
@@ -138,3 +139,55 @@ def test_the_registry_refuses_a_producer_with_a_breaking_schema(settings: Settin
                 {**_base("lead-c", "LeadCreated", datetime.now(UTC)), "budget": 1},
                 SerializationContext(settings.topic_lead_events, MessageField.VALUE),
             )
+
+
+def test_v3_attributes_reach_the_lead_from_confluent_and_our_own_producer(
+    engine: Engine, settings: Settings
+) -> None:
+    from domain.events import EventType, LeadEvent
+    from leadscore.producer import lead_event_encoder, produce_events
+
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    upstream = [
+        {**_base("lead-u", "LeadCreated", now), "email": "u@school.example",
+         "attributes": {"occupation": "working professional", "lead_origin": "api"}},
+        {**_base("lead-u", "LeadUpdated", now + timedelta(minutes=5)),
+         "attributes": {"specialization": "finance management", "lead_origin": "lead add form"}},
+    ]  # fmt: skip
+    produce(settings, "lead_event.v3.avsc", upstream)
+    ours = [
+        LeadEvent(
+            event_id=str(uuid.uuid4()),
+            event_type=EventType.LEAD_CREATED,
+            org_id="org-confluent",
+            lead_id="lead-o",
+            occurred_at=now,
+            profile={"employees": 12},
+            attributes={"occupation": "student"},
+        )
+    ]
+    encoder = lead_event_encoder(engine.catalog, settings.topic_lead_events)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    report = produce_events(producer, settings.topic_lead_events, encoder, ours)
+    assert (report.sent, report.failed) == (1, 0)
+    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+        latest = registry.get_latest_version(f"{settings.topic_lead_events}-value")
+        assert json.loads(latest.schema.schema_str)["fields"][-1]["name"] == "attributes"
+
+    values = consume(settings, expected=3)
+    assert len(values) == 3
+    stats = engine.processor.process(values)
+    assert (stats.received, stats.applied, stats.invalid, stats.failed) == (3, 3, 0, 0)
+    leads = engine.store.load(
+        [lead_aggregate_id("org-confluent", "lead-u"), lead_aggregate_id("org-confluent", "lead-o")]
+    )
+    u = leads[lead_aggregate_id("org-confluent", "lead-u")]
+    o = leads[lead_aggregate_id("org-confluent", "lead-o")]
+    assert u is not None and o is not None
+    # A later value replaces the earlier one; fields not set again are kept.
+    assert u.attributes == {
+        "occupation": "working professional",
+        "lead_origin": "lead add form",
+        "specialization": "finance management",
+    }
+    assert o.attributes == {"occupation": "student"} and o.profile["employees"] == 12
