@@ -15,6 +15,7 @@ from rich.table import Table
 
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
+from leadscore.cli_features import app as features_app
 from leadscore.cli_models import app as models_app
 from leadscore.cli_projections import app as projections_app
 from leadscore.cli_webhooks import app as webhooks_app
@@ -31,6 +32,7 @@ app.add_typer(webhooks_app, name="webhooks")
 register_api_commands(app)
 app.command()(registry)
 app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
 # Logs and CI have no terminal to measure: give tables room rather than 80 columns.
 console = Console() if sys.stdout.isatty() else Console(width=120)
 
@@ -125,8 +127,19 @@ def train(
         bool, typer.Option("--global", help="Every org's history from the event store")
     ] = False,
     min_conversions: Annotated[
-        int, typer.Option(help="Conversions an org needs for a model of its own")
+        int, typer.Option(help="Converting leads an org needs for a model of its own")
     ] = 200,
+    horizon_days: Annotated[
+        float, typer.Option(help="Label: converts within this many days after the point")
+    ] = 30.0,
+    ages: Annotated[
+        str, typer.Option(help="Prediction points: days after creation, comma-separated")
+    ] = "1,3,7,14,30",
+    allow_leaky: Annotated[
+        bool,
+        typer.Option("--allow-leaky", help="Train despite the leakage guard (recorded)"),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole metadata")] = False,
     orgs: int = 20,
     leads: int = 20_000,
     events: int = 200_000,
@@ -134,30 +147,119 @@ def train(
 ) -> None:
     """Train a LightGBM model and export it to ONNX, from the event store or generated data.
 
-    --org X trains X's own model (it needs --min-conversions), --global (or --from-store)
-    one for every org; with neither the history is generated (--orgs/--leads/--events/--seed).
-    The new version is registered, not used: see `leadscore models`.
+    --org X trains X's own model (it needs --min-conversions) on the features of
+    config/features/X.yaml (or default.yaml), compared with X's rules as a points model and
+    X's active model; --global (or --from-store) one for every org; with neither the history
+    is generated (--orgs/--leads/--events/--seed). The new version is registered, not
+    used: see `leadscore models`.
     """
-    from leadscore.training import NotEnoughOutcomesError, train_from_store, train_from_workload
+    from leadscore.training import (
+        LeakageError,
+        NotEnoughOutcomesError,
+        ParityError,
+        train_from_store,
+        train_from_workload,
+    )
 
     s = get_settings()
     if org is not None and global_:
         raise typer.BadParameter("--org and --global exclude each other")
+    try:
+        points = tuple(float(a) for a in ages.split(",") if a.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--ages takes days, comma-separated: {ages!r}") from None
+    common = {"ages_days": points, "horizon_days": horizon_days, "allow_leaky": allow_leaky}
     from_store = from_store or global_ or org is not None
     try:
         if from_store:
+            spec, rules, previous = _training_context(s, org)
+            console.print(
+                f"features: {len(spec.names)} from spec {spec.version!r}; "
+                f"compared with {previous.version if previous else 'no active model'}"
+            )
             with console.status("replaying the event store, training, checking parity"):
                 meta = train_from_store(
-                    version, Path(s.model_dir), s.pg_dsn, org=org, min_conversions=min_conversions
+                    version,
+                    Path(s.model_dir),
+                    s.pg_dsn,
+                    org=org,
+                    min_conversions=min_conversions,
+                    spec=spec,
+                    rules=rules,
+                    previous=previous,
+                    **common,
                 )
         else:
             meta = train_from_workload(
-                version, Path(s.model_dir), orgs=orgs, leads=leads, events=events, seed=seed
+                version,
+                Path(s.model_dir),
+                orgs=orgs,
+                leads=leads,
+                events=events,
+                seed=seed,
+                **common,
             )
-    except (NotEnoughOutcomesError, ValueError, FileExistsError) as exc:
+    except (NotEnoughOutcomesError, LeakageError, ParityError, ValueError, FileExistsError) as exc:
         console.print(f"[red]not trained:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print_json(data=_as_dict(meta))
+    if json_out:
+        console.print_json(data=_as_dict(meta))
+        return
+    _print_report(meta)
+
+
+def _training_context(s: object, org: str | None) -> tuple[object, object, object]:
+    """The org's feature spec and rules, and the model active for it now (if on disk)."""
+    from leadscore.featurebook import load_spec
+    from leadscore.model_registry import GLOBAL, ModelRegistry
+    from leadscore.modelstore import ModelNotFoundError, load_scorer
+    from leadscore.rulebook import RuleBook
+
+    spec = load_spec(Path(s.feature_config_dir), org)  # type: ignore[attr-defined]
+    book = RuleBook.load(Path(s.scoring_config_dir))  # type: ignore[attr-defined]
+    rules = book(org) if org else book.default
+    assignments = ModelRegistry(s.pg_dsn, Path(s.model_dir)).assignments()  # type: ignore[attr-defined]
+    active = (assignments.get(org) if org else None) or assignments.get(GLOBAL)
+    previous = None
+    if active is not None and active.active:
+        try:
+            previous = load_scorer(Path(s.model_dir), active.active)  # type: ignore[attr-defined]
+        except ModelNotFoundError:
+            console.print(f"active model {active.active} is not on this machine: not compared")
+    return spec, rules, previous
+
+
+def _print_report(meta: object) -> None:
+    """The holdout numbers of the new model beside its baselines, and the guard's."""
+    m = meta.metrics  # type: ignore[attr-defined]
+    table = Table(
+        "on the same holdout", "AUC", "PR-AUC", "log-loss", "lift@10%", "ECE",
+        title=f"model {meta.version}: {m['rows']['holdout']:,} holdout rows from "  # type: ignore[attr-defined]
+        f"{m['holdout_from'][:10]}, {m['rows']['train']:,} training rows",
+    )  # fmt: skip
+
+    def cell(value: object) -> str:
+        return "–" if value is None else f"{value}"
+
+    def row(name: str, r: dict[str, object]) -> None:
+        table.add_row(
+            name, cell(r.get("auc")), cell(r.get("pr_auc")), cell(r.get("log_loss")),
+            cell(r.get("lift_top_decile")), cell(r.get("ece")),
+        )  # fmt: skip
+
+    row(f"this model ({meta.version})", m)  # type: ignore[attr-defined]
+    for name, b in m["baselines"].items():
+        row(f"{name}: {b.get('version', b['what'])}" if name == "previous" else name, b)
+    console.print(table)
+    leak = m["leakage"]
+    console.print(
+        f"leakage guard: strongest single feature AUC {leak['max_single_feature_auc']}, "
+        f"age at the point {leak['age_at_point_auc']} (refused above {leak['threshold']})"
+        + (f"; OVERRIDDEN for {leak['overridden']}" if leak["overridden"] else "")
+    )
+    top = list(m["feature_importance_gain"].items())[:5]
+    console.print("top features by gain: " + ", ".join(f"{k} {v:,.0f}" for k, v in top))
+    typer.echo(f"trained {meta.version}: {Path(get_settings().model_dir) / meta.version}")  # type: ignore[attr-defined]
 
 
 @app.command()

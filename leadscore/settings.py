@@ -40,6 +40,9 @@ class Settings:
     model_refresh_s: float = 2.0  # how soon workers see a promotion
     # Per-org scoring rules: default.yaml and <org_id>.yaml (README, "Scoring rules").
     scoring_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "scoring"))
+    # Per-org feature specs for training: default.yaml and <org_id>.yaml (README, "Training
+    # on your own data"); a model carries its spec, so workers do not read these.
+    feature_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "features"))
     # Larger batches amortise each batch's fixed costs (a transaction, a model call); 3,000
     # applied 7-10% more events/s than 1,000 on 2 cores (README, Benchmarks).
     batch_size: int = 3000
