@@ -76,33 +76,53 @@ def produce(
     events: Annotated[int, typer.Option(help="Lead-events in all")] = 20_000,
     rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed of the workload")] = 7,
+    world: Annotated[
+        str,
+        typer.Option(
+            help="b2b: the demo's funnel (--orgs/--events); custom: one org (org-custom) whose "
+            "conversion depends on its own fields and time on site (leadscore/world_custom.py)"
+        ),
+    ] = "b2b",
+    leaky: Annotated[
+        bool, typer.Option("--leaky", help="custom world: add a tag that gives the outcome away")
+    ] = False,
 ) -> None:
     """Produce a realistic lead-event workload to Kafka."""
-    from leadscore import tenancy
-    from leadscore.producer import produce_events
-    from leadscore.workload import generate, org_ids
-    from streams.relay import kafka_producer
-    from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+    from collections.abc import Iterable
 
+    from domain.events import LeadEvent
+    from leadscore import tenancy
+    from leadscore.producer import lead_event_encoder, produce_events
+    from leadscore.workload import generate, org_ids
+    from leadscore.world_custom import custom_world
+    from streams.relay import kafka_producer
+    from streams.wire import SchemaCatalog
+
+    if world not in ("b2b", "custom"):
+        raise typer.BadParameter("--world is b2b or custom")
+    stream: Iterable[LeadEvent]
+    if world == "custom":
+        generated = custom_world(leads=leads, seed=seed, leaky=leaky)
+        tenants, stream, events = [generated.org_id], generated.events, len(generated.events)
+    else:
+        tenants, stream = org_ids(orgs), generate(orgs, leads, events, seed=seed)
     s = get_settings()
     if s.require_registered_org:
         # Events of unregistered orgs are dead-lettered; an admin registers tenants
         # first, and the generator does it for its own.
         n = asyncio.run(
-            tenancy.with_connection(s.pg_dsn, lambda db: tenancy.ensure_orgs(db, org_ids(orgs)))
+            tenancy.with_connection(s.pg_dsn, lambda db: tenancy.ensure_orgs(db, tenants))
         )
         if n:
             console.print(f"registered {n} org(s) of the workload")
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = lead_event_encoder(SchemaCatalog(s.schema_registry_url), s.topic_lead_events)
     with _progress() as progress:
         task = progress.add_task("producing", total=events)
         report = produce_events(
             kafka_producer(s.kafka_bootstrap),
             s.topic_lead_events,
             encoder,
-            generate(orgs, leads, events, seed=seed),
+            stream,
             rate=rate or None,
             on_progress=lambda n: progress.update(task, completed=n),
         )
