@@ -12,8 +12,9 @@ logistic regression on the same features, and the model active before it.
 
 A leakage guard refuses a history in which one feature alone, or the moment a row was
 observed (its age at the point), separates the classes on the training rows (AUC above
-``LEAK_AUC``): such a field was filled in knowing the outcome (a CRM status, a sales
-tag), or the rows were observed differently per class. ``allow_leaky`` overrides it and
+``LEAK_AUC``) — the horizon's labels, or the leads' final outcomes: such a field was
+filled in knowing the outcome (a CRM status, a sales tag), or the rows were observed
+differently per class. ``allow_leaky`` overrides it and
 is recorded in the metadata. (A shuffled-label control was tried and dropped: a model
 fit on shuffled labels cannot see a leak in the features, and on small holdouts with
 several rows per lead its AUC strayed 0.1 from chance with no leak at all.)
@@ -288,14 +289,24 @@ def train(
     X = np.array([learned.encode(r.values[0]) for r in rows], dtype=np.float32)
     # The guard also reads when each row was looked at (its age at the point): labels that
     # follow the moment of observation, not the lead, are the leak of the old rows.
+    # Each column is checked against the label and against the lead's final outcome: a
+    # field filled in knowing how the lead ends (a sales tag) predicts the final outcome
+    # almost perfectly even where the horizon's label is 0 (a late conversion).
     ages = np.array([[r.age_days] for r in rows], dtype=np.float32)
-    single = single_feature_aucs(np.hstack([X, ages])[tr], y[tr], [*names, AGE_AT_POINT])
-    leaky = {n: a for n, a in single.items() if a > LEAK_AUC}
+    final = np.array([r.outcome == "converted" for r in rows], dtype=np.int32)
+    checked = np.hstack([X, ages])[tr]
+    single = single_feature_aucs(checked, y[tr], [*names, AGE_AT_POINT])
+    single_final = single_feature_aucs(checked, final[tr], [*names, AGE_AT_POINT])
+    leaky = {
+        n: max(a, single_final.get(n, 0.0))
+        for n, a in single.items()
+        if max(a, single_final.get(n, 0.0)) > LEAK_AUC
+    }
     if leaky and not allow_leaky:
         raise LeakageError(
             "refusing to train: alone, "
             + ", ".join(f"{n} (AUC {a:.3f})" for n, a in sorted(leaky.items()))
-            + f" separates converting from other prediction points (> {LEAK_AUC}). Such a "
+            + f" separates converting from other leads (> {LEAK_AUC}). Such a "
             "field is usually filled in after the outcome (a CRM status, a sales tag); drop "
             "it from the feature spec, or train with --allow-leaky to record the override"
         )
@@ -328,6 +339,7 @@ def train(
     }
     metrics["leakage"] = {
         "max_single_feature_auc": max(single.values(), default=None),
+        "max_single_feature_auc_final_outcome": max(single_final.values(), default=None),
         "single_feature_auc": dict(sorted(single.items(), key=lambda kv: -kv[1])[:10]),
         "age_at_point_auc": single.get(AGE_AT_POINT),
         "threshold": LEAK_AUC,
