@@ -1,0 +1,133 @@
+# leadscore on AWS: network, MSK, RDS PostgreSQL, ElastiCache Redis, ECS Fargate services
+# and the LEADSCORE_* settings that wire them together (outputs.tf).
+
+locals {
+  run_registry = var.schema_registry_url == ""
+
+  # The settings every service reads, as plain environment variables. Their names are
+  # leadscore/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
+  leadscore_environment = {
+    LEADSCORE_KAFKA_BOOTSTRAP     = module.msk.bootstrap_brokers
+    LEADSCORE_SCHEMA_REGISTRY_URL = local.run_registry ? "http://registry.${var.internal_domain}:${var.registry_port}" : var.schema_registry_url
+    LEADSCORE_TOPIC_LEAD_EVENTS   = var.topic_lead_events
+    LEADSCORE_TOPIC_SCORE_EVENTS  = var.topic_score_events
+    LEADSCORE_TOPIC_DLQ           = var.topic_dlq
+    LEADSCORE_TOPIC_PARTITIONS    = tostring(var.topic_partitions)
+    LEADSCORE_CONSUMER_GROUP      = var.consumer_group
+    LEADSCORE_API_PORT            = tostring(var.api_port)
+    LEADSCORE_RUN_DIR             = "/var/run/leadscore"
+    LEADSCORE_LOG_FORMAT          = "json"
+    LEADSCORE_LOG_LEVEL           = var.log_level
+  }
+
+  # The settings that carry credentials: Secrets Manager ARNs, injected by ECS.
+  leadscore_secrets = {
+    LEADSCORE_PG_DSN         = module.postgres.dsn_secret_arn
+    LEADSCORE_REDIS_URL      = module.redis.url_secret_arn
+    LEADSCORE_CLICKHOUSE_DSN = aws_secretsmanager_secret.clickhouse_dsn.arn
+  }
+}
+
+module "network" {
+  source             = "./modules/network"
+  name               = var.name
+  cidr               = var.vpc_cidr
+  availability_zones = var.availability_zones
+  nat_per_az         = var.nat_per_az
+  log_retention_days = var.log_retention_days
+  kms_key_arn        = aws_kms_key.this.arn
+}
+
+module "msk" {
+  source                    = "./modules/msk"
+  name                      = var.name
+  vpc_id                    = module.network.vpc_id
+  subnet_ids                = module.network.private_subnet_ids
+  client_security_group_ids = local.clients.kafka
+  kafka_version             = var.kafka_version
+  broker_count              = var.kafka_broker_count
+  instance_type             = var.kafka_instance_type
+  volume_gb                 = var.kafka_volume_gb
+  partitions                = var.topic_partitions
+  retention_hours           = var.kafka_retention_hours
+  kms_key_arn               = aws_kms_key.this.arn
+  log_retention_days        = var.log_retention_days
+  credentials_version       = var.credentials_version
+}
+
+module "postgres" {
+  source                    = "./modules/postgres"
+  name                      = var.name
+  vpc_id                    = module.network.vpc_id
+  subnet_ids                = module.network.private_subnet_ids
+  client_security_group_ids = local.clients.postgres
+  engine_major              = var.postgres_major_version
+  instance_class            = var.postgres_instance_class
+  allocated_gb              = var.postgres_storage_gb
+  multi_az                  = var.postgres_multi_az
+  kms_key_arn               = aws_kms_key.this.arn
+  credentials_version       = var.credentials_version
+}
+
+module "redis" {
+  source                    = "./modules/redis"
+  name                      = var.name
+  vpc_id                    = module.network.vpc_id
+  subnet_ids                = module.network.private_subnet_ids
+  client_security_group_ids = local.clients.redis
+  engine_version            = var.redis_engine_version
+  node_type                 = var.redis_node_type
+  replicas                  = var.redis_replicas
+  kms_key_arn               = aws_kms_key.this.arn
+}
+
+resource "aws_secretsmanager_secret" "clickhouse_dsn" {
+  #checkov:skip=CKV2_AWS_57:the DSN is issued by the ClickHouse operator (Cloud or self-run); rotate it there and re-apply with a new credentials_version
+  name                    = "${var.name}/LEADSCORE_CLICKHOUSE_DSN"
+  description             = "LEADSCORE_CLICKHOUSE_DSN of the leadscore services"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "clickhouse_dsn" {
+  secret_id                = aws_secretsmanager_secret.clickhouse_dsn.id
+  secret_string_wo         = var.clickhouse_dsn
+  secret_string_wo_version = var.credentials_version
+}
+
+module "services" {
+  source                = "./modules/services"
+  name                  = var.name
+  region                = var.region
+  vpc_id                = module.network.vpc_id
+  private_subnet_ids    = module.network.private_subnet_ids
+  public_subnet_ids     = module.network.public_subnet_ids
+  security_group_ids    = { for k, sg in aws_security_group.service : k => sg.id }
+  alb_security_group_id = aws_security_group.alb.id
+  alb_log_bucket        = aws_s3_bucket.alb_logs.id
+  image                 = var.image
+  environment           = local.leadscore_environment
+  secrets               = local.leadscore_secrets
+  kms_key_arn           = aws_kms_key.this.arn
+  log_retention_days    = var.log_retention_days
+  acm_certificate_arn   = var.acm_certificate_arn
+  api_port              = var.api_port
+  api_count             = var.api_count
+  api_cpu               = var.api_cpu
+  api_memory            = var.api_memory
+  run_schema_registry   = local.run_registry
+  registry_port         = var.registry_port
+  internal_domain       = var.internal_domain
+  worker_cpu            = var.worker_cpu
+  worker_memory         = var.worker_memory
+  worker_min_count      = var.worker_min_count
+  worker_max_count      = var.worker_max_count
+  worker_lag_target     = var.worker_lag_target
+  lag_alarm_threshold   = var.lag_alarm_threshold
+  alarm_actions         = var.alarm_actions
+  kafka_cluster_name    = module.msk.cluster_name
+  consumer_group        = var.consumer_group
+  lead_events_topic     = var.topic_lead_events
+
+  depends_on = [aws_s3_bucket_policy.alb_logs]
+}
