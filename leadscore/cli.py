@@ -16,6 +16,7 @@ from rich.table import Table
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
 from leadscore.cli_features import app as features_app
+from leadscore.cli_import import import_export
 from leadscore.cli_models import app as models_app
 from leadscore.cli_projections import app as projections_app
 from leadscore.cli_webhooks import app as webhooks_app
@@ -31,6 +32,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(webhooks_app, name="webhooks")
 register_api_commands(app)
 app.command()(registry)
+app.command(name="import")(import_export)
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 # Logs and CI have no terminal to measure: give tables room rather than 80 columns.
