@@ -1,0 +1,85 @@
+"""`leadscore produce --world custom`: the second world through the registry and Kafka
+into the engine, its attributes and activity properties intact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer
+
+from domain.lead import lead_aggregate_id
+from leadscore.bootstrap import Engine, bootstrap
+from leadscore.settings import Settings, settings_env
+from leadscore.world_custom import LEAK_ATTRIBUTE, custom_world
+from streams.codec import record_to_event
+from tests.factories import FixedScorer
+
+pytestmark = pytest.mark.integration
+
+LEADS = 150
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    e = bootstrap(settings, scorer=FixedScorer())
+    yield e
+    e.close()
+
+
+def _consume(settings: Settings, expected: int, timeout: float = 60) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.consumer_group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_lead_events])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(values) < expected and time.monotonic() < deadline:
+            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if not m.error()]
+    finally:
+        consumer.close()
+    return values
+
+
+def test_the_custom_world_reaches_the_leads_with_its_own_fields(
+    engine: Engine, settings: Settings
+) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "leadscore.cli", "produce", "--world", "custom", "--leaky",
+         "--leads", str(LEADS)],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    world = custom_world(leads=LEADS, leaky=True)
+    assert f"sent {len(world.events):,} lead-events (0 failed)" in run.stdout
+
+    values = _consume(settings, expected=len(world.events))
+    assert len(values) == len(world.events)
+    received = {
+        ev.event_id: ev for ev in (record_to_event(engine.catalog.decode(v)) for v in values)
+    }
+    assert received == {ev.event_id: ev for ev in world.events}  # attributes and properties too
+    stats = engine.processor.process(values)
+    assert (stats.applied, stats.invalid, stats.failed) == (len(world.events), 0, 0)
+
+    lead_id = next(ev.lead_id for ev in world.events if LEAK_ATTRIBUTE in ev.attributes)
+    lead = engine.store.load([lead_aggregate_id(world.org_id, lead_id)])[
+        lead_aggregate_id(world.org_id, lead_id)
+    ]
+    assert lead is not None
+    expected: dict[str, str] = {}
+    for ev in world.events:
+        if ev.lead_id == lead_id:
+            expected.update(ev.attributes)
+    assert lead.attributes == expected and LEAK_ATTRIBUTE in expected
