@@ -150,7 +150,12 @@ def custom_world(
     days: int = 360,
     end: datetime | None = None,
 ) -> CustomWorld:
-    """Generate the world; see the module docstring."""
+    """Generate the world; see the module docstring.
+
+    Leads are created uniformly over the ``days`` before ``end`` (default DEFAULT_END,
+    fixed so runs repeat); an ``end`` later than now + 1 day makes events the engine
+    refuses. ``truth_names`` are the drivers of conversion, ``tags`` (leaky) is not one.
+    """
     end_ms = _ms(end or DEFAULT_END)
     start_ms = end_ms - days * _DAY_MS
     rng = np.random.default_rng(seed)
