@@ -14,6 +14,7 @@ locals {
     LEADSCORE_TOPIC_DLQ           = var.topic_dlq
     LEADSCORE_TOPIC_PARTITIONS    = tostring(var.topic_partitions)
     LEADSCORE_CONSUMER_GROUP      = var.consumer_group
+    LEADSCORE_API_HOST            = "0.0.0.0" # the API task's bind address; only the API reads it
     LEADSCORE_API_PORT            = tostring(var.api_port)
     LEADSCORE_RUN_DIR             = "/var/run/leadscore"
     LEADSCORE_LOG_FORMAT          = "json"

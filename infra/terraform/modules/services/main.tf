@@ -36,7 +36,7 @@ locals {
       }
       api = {
         command     = ["leadscore", "api"]
-        environment = { LEADSCORE_API_HOST = "0.0.0.0" }
+        environment = {}
         cpu         = var.api_cpu
         memory      = var.api_memory
         count       = var.api_count
