@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv up down status demo worker test test-unit test-integration test-e2e test-faults lint bench clean
+.PHONY: venv tools up down status demo worker test test-unit test-integration test-e2e test-faults lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The infrastructure checks' tools (tests/infra): promtool from Debian's prometheus package,
+# and checkov in a venv of its own (its pins would fight the project's). terraform and its
+# AWS provider mirror come with the machine; tests/infra fails saying so when they do not.
+TOOLS           := .venv-tools
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP   := $(TOOLS)/.checkov-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade pip
+	$(TOOLS)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+tools: $(CHECKOV_STAMP)
+	command -v promtool >/dev/null || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
 
 up: venv
 	$(BIN)/leadscore services up
@@ -31,7 +48,7 @@ worker: up
 	$(BIN)/leadscore worker
 
 # The test session starts the services it needs itself (tests/conftest.py).
-test: venv
+test: venv tools
 	$(BIN)/pytest
 
 test-unit: venv
