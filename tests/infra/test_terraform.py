@@ -23,6 +23,7 @@ WIRING_RUNS = (
     "api_only_through_the_alb",
     "managed_registry_url_replaces_the_registry_service",
     "more_workers_than_partitions_is_refused",
+    "small_size_plans",
 )
 
 

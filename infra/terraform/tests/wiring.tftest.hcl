@@ -227,3 +227,24 @@ run "more_workers_than_partitions_is_refused" {
 
   expect_failures = [var.worker_max_count]
 }
+
+# The pilot size of docs/deploy.md plans as written there.
+run "small_size_plans" {
+  command = plan
+
+  variables {
+    availability_zones      = ["us-east-1a", "us-east-1b"]
+    nat_per_az              = false
+    kafka_broker_count      = 2
+    kafka_instance_type     = "kafka.t3.small"
+    postgres_instance_class = "db.t4g.medium"
+    postgres_multi_az       = false
+    redis_node_type         = "cache.t4g.small"
+    worker_max_count        = 4
+  }
+
+  assert {
+    condition     = length(module.network.private_subnet_ids) == 2
+    error_message = "two zones, two private subnets"
+  }
+}

@@ -20,10 +20,11 @@ resource "aws_vpc_security_group_ingress_rule" "scram" {
 resource "aws_msk_configuration" "this" {
   name           = "${var.name}-kafka"
   kafka_versions = [var.kafka_version]
-  # The engine creates its topics with LEADSCORE_TOPIC_PARTITIONS partitions; the same
-  # number is the broker default so a topic created by anything else matches.
+  # Outside the dev stack (where `leadscore services up` creates them) nothing creates
+  # the engine's topics: the brokers do on first use, with the partitions and retention
+  # given here (LEADSCORE_TOPIC_PARTITIONS says the same number to the workers).
   server_properties = <<-PROPERTIES
-    auto.create.topics.enable=false
+    auto.create.topics.enable=true
     num.partitions=${var.partitions}
     default.replication.factor=${min(3, var.broker_count)}
     min.insync.replicas=${min(2, var.broker_count)}
