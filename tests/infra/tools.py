@@ -31,9 +31,12 @@ MIRROR_ROOTS = (
 
 
 def terraform_binary() -> str:
-    found = os.environ.get("LEADSCORE_TERRAFORM") or shutil.which("terraform")
-    if not found and Path("/usr/local/bin/terraform").exists():
-        found = "/usr/local/bin/terraform"
+    override = os.environ.get("LEADSCORE_TERRAFORM")
+    found = override if override and Path(override).is_file() else None
+    if not override:
+        found = shutil.which("terraform")
+        if not found and Path("/usr/local/bin/terraform").is_file():
+            found = "/usr/local/bin/terraform"
     if not found:
         pytest.fail(
             "terraform is not installed: the infra tests need terraform >= 1.11 on PATH "

@@ -144,37 +144,39 @@ resource "aws_ecs_task_definition" "service" {
     name = "run"
   }
 
-  container_definitions = jsonencode([{
-    name                   = each.key
-    image                  = var.image
-    command                = each.value.command
-    essential              = true
-    readonlyRootFilesystem = true
-    stopTimeout            = 60
-    environment = [
-      for k, v in merge(var.environment, each.value.environment) : { name = k, value = v }
-    ]
-    secrets = [
-      for k, arn in var.secrets : { name = k, valueFrom = arn }
-    ]
-    mountPoints = [{
-      sourceVolume  = "run"
-      containerPath = var.environment["LEADSCORE_RUN_DIR"]
-      readOnly      = false
-    }]
-    portMappings = each.value.port == null ? [] : [{
-      containerPort = each.value.port
-      protocol      = "tcp"
-    }]
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = aws_cloudwatch_log_group.service[each.key].name
-        awslogs-region        = var.region
-        awslogs-stream-prefix = each.key
+  # Keys with nothing to say are left out: ECS drops them and Terraform would see a diff.
+  container_definitions = jsonencode([merge(
+    {
+      name                   = each.key
+      image                  = var.image
+      command                = each.value.command
+      essential              = true
+      readonlyRootFilesystem = true
+      stopTimeout            = 60
+      environment = [
+        for k, v in merge(var.environment, each.value.environment) : { name = k, value = v }
+      ]
+      secrets = [
+        for k, arn in var.secrets : { name = k, valueFrom = arn }
+      ]
+      mountPoints = [{
+        sourceVolume  = "run"
+        containerPath = var.environment["LEADSCORE_RUN_DIR"]
+        readOnly      = false
+      }]
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = aws_cloudwatch_log_group.service[each.key].name
+          awslogs-region        = var.region
+          awslogs-stream-prefix = each.key
+        }
       }
-    }
-  }])
+    },
+    each.value.port == null ? {} : {
+      portMappings = [{ containerPort = each.value.port, protocol = "tcp" }]
+    },
+  )])
 }
 
 # Cloud Map: the registry's private DNS name, which LEADSCORE_SCHEMA_REGISTRY_URL names.
@@ -211,6 +213,12 @@ resource "aws_ecs_service" "service" {
   launch_type            = "FARGATE"
   enable_execute_command = false
   propagate_tags         = "SERVICE"
+
+  # A release whose tasks do not come up is rolled back instead of replacing healthy ones.
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
 
   network_configuration {
     subnets          = var.private_subnet_ids
