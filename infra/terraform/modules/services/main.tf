@@ -139,9 +139,14 @@ resource "aws_ecs_task_definition" "service" {
     cpu_architecture        = "X86_64"
   }
 
-  # The one writable place of a read-only container: LEADSCORE_RUN_DIR.
+  # The writable places of a read-only container: LEADSCORE_RUN_DIR (Faust's data
+  # directory among others) and /tmp.
   volume {
     name = "run"
+  }
+
+  volume {
+    name = "tmp"
   }
 
   # Keys with nothing to say are left out: ECS drops them and Terraform would see a diff.
@@ -159,11 +164,10 @@ resource "aws_ecs_task_definition" "service" {
       secrets = [
         for k, arn in var.secrets : { name = k, valueFrom = arn }
       ]
-      mountPoints = [{
-        sourceVolume  = "run"
-        containerPath = var.environment["LEADSCORE_RUN_DIR"]
-        readOnly      = false
-      }]
+      mountPoints = [
+        { sourceVolume = "run", containerPath = var.environment["LEADSCORE_RUN_DIR"], readOnly = false },
+        { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
+      ]
       logConfiguration = {
         logDriver = "awslogs"
         options = {
