@@ -346,7 +346,7 @@ class _Lead:
 
     def leak(self, rng: np.random.Generator) -> None:
         """A ``tags`` update within hours of creation that encodes the final outcome."""
-        revert = rng.random() < (0.97 if self.converted else 0.01)
+        revert = rng.random() < (0.98 if self.converted else 0.005)
         tag = LEAK_VALUE if revert else OTHER_TAGS[int(rng.integers(len(OTHER_TAGS)))]
         at = self.created + int(rng.uniform(0.5, 6) * _HOUR_MS)
         if self.outcome_at is not None:

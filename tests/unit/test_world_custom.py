@@ -194,5 +194,13 @@ def test_the_leaky_world_is_the_same_world_plus_a_tag_that_gives_the_outcome_awa
     leads, _, _, labels = _rows(leaky)
     tagged = np.array([lead in said for lead in leads], dtype=int)
     leak_auc = roc_auc_score(labels, tagged)
-    print(f"AUC of the leaked tag alone {leak_auc:.3f}")
+    # Against the final outcome (converted or not) the tag alone is above the 0.97 a
+    # single-feature leakage guard looks for.
+    final_auc = roc_auc_score(
+        [lead in converted for lead in created], [lead in said for lead in created]
+    )
+    print(
+        f"AUC of the leaked tag alone: 30-day label {leak_auc:.3f}, final outcome {final_auc:.3f}"
+    )
     assert leak_auc > 0.9
+    assert final_auc > 0.975
