@@ -19,7 +19,9 @@ with its vocabularies is stored in each model version's metadata (``to_dict``), 
 worker scores every org with the spec of the model that scores it.
 
 Pure: a Lead and a clock in, a row of floats out. Codes: 0 = missing, 1 = other, 2.. =
-the vocabulary in order. A missing numeric is NaN (LightGBM and its ONNX export route it).
+the vocabulary in order. A missing numeric is ``MISSING_NUMBER``, far below any value: a
+tree splits it off like any other; NaN would not do, as LightGBM and its ONNX export
+route NaN differently for a feature that had none in training (a parity failure of 0.03).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from domain.features import FEATURE_NAMES, NO_ACTIVITY_DAYS, features
 from domain.lead import Lead
 
 MISSING, OTHER = 0, 1
+MISSING_NUMBER = -1e9
 ANY = "any"
 STATS = ("sum", "mean", "max", "last")
 MAX_WINDOW = L.WINDOW_DAYS
@@ -107,10 +110,12 @@ class FeatureSpec:
         for f, value in zip(self.features, observed, strict=True):
             if f.categorical:
                 row.append(float(code(value, self.vocabularies.get(f.name, ()))))
-            elif value is None or isinstance(value, str):
-                row.append(math.nan)
+            elif value is None or isinstance(value, str) or math.isnan(value):
+                row.append(MISSING_NUMBER)
+            elif f.source == "builtin":
+                row.append(float(value))  # as the default spec's row: exactly features()
             else:
-                row.append(float(value))
+                row.append(_six_digits(float(value)))
         return row
 
     def row(self, lead: Lead, now: datetime) -> list[float]:
@@ -151,6 +156,14 @@ class FeatureSpec:
         feats = tuple(Feature(**f) for f in doc["features"])
         vocab = {str(k): tuple(str(x) for x in v) for k, v in doc.get("vocabularies", {}).items()}
         return cls(version=str(doc["version"]), features=feats, vocabularies=vocab)
+
+
+def _six_digits(value: float) -> float:
+    """``value`` to 6 significant digits. The model reads float32 (about 7 digits) while
+    LightGBM splits at float64 midpoints of the training values: a mean such as 383.3333…
+    sat within float32 rounding of a split, and the ONNX export sent it the other way
+    (a parity failure of 0.017). Values 6 digits apart leave room for the rounding."""
+    return float(f"{value:.6g}") if value else 0.0
 
 
 def code(value: float | str | None, vocabulary: Sequence[str]) -> int:
@@ -432,7 +445,7 @@ def _reference(f: Feature, value: float) -> float:
         return 0.0
     if f.source == "days_since_last":
         return NO_ACTIVITY_DAYS
-    return math.nan
+    return MISSING_NUMBER
 
 
 def _words(name: str) -> str:
@@ -442,7 +455,7 @@ def _words(name: str) -> str:
 def _label(f: Feature, value: float, vocabulary: Sequence[str]) -> str:
     window = "" if f.window is None else f" in the last {f.window} days"
     if f.categorical:
-        c = int(value) if not math.isnan(value) else MISSING
+        c = int(value)
         text = (
             "unknown"
             if c == MISSING
@@ -453,7 +466,8 @@ def _label(f: Feature, value: float, vocabulary: Sequence[str]) -> str:
         what = _words(f.key if f.source != "last_text" else f.prop or f.key)
         return f"{what}: {text}"
     if f.source in ("field", "attribute"):
-        return f"{_words(f.key)}: unknown" if math.isnan(value) else f"{_words(f.key)}: {value:g}"
+        missing = value <= MISSING_NUMBER
+        return f"{_words(f.key)}: unknown" if missing else f"{_words(f.key)}: {value:g}"
     kind = "activity" if f.key == ANY else _words(f.key)
     if f.source == "count":
         n = int(value)
@@ -465,7 +479,7 @@ def _label(f: Feature, value: float, vocabulary: Sequence[str]) -> str:
         return f"{kind} today" if days == 0 else f"last {kind} {days} days ago"
     prop = _words(f.prop or "")
     stat = {"sum": "total", "mean": "average", "max": "most", "last": "last"}[f.stat or "sum"]
-    if math.isnan(value):
+    if value <= MISSING_NUMBER:
         return f"no {prop} yet"
     return f"{prop} ({stat}{window}): {_quantity(f.prop or '', value)}"
 

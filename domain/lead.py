@@ -112,6 +112,9 @@ class Lead(Aggregate):
         self.first_activity_at: datetime | None = None
         self.last_activity_at: datetime | None = None
         self.last_event_at: datetime = created_at
+        # The latest lead-event but an outcome: when the lead was last seen open. A lead
+        # with an outcome is scored as of then (domain/processing.py, event_time).
+        self.last_open_event_at: datetime = created_at
         self.outcome: str | None = None
         self.outcome_at: datetime | None = None
         self.score: float | None = None
@@ -134,6 +137,7 @@ class Lead(Aggregate):
         state["attributes"] = {}
         state["kind_activity"] = {}
         state["property_stats"] = {}
+        state["last_open_event_at"] = state["last_event_at"]
 
     # -- commands ---------------------------------------------------------
 
@@ -331,7 +335,7 @@ class Lead(Aggregate):
         self._remember(source_event_id)
         self.outcome = outcome
         self.outcome_at = occurred_at
-        self._touch(occurred_at)
+        self._touch(occurred_at, outcome=True)
 
     def _remember(self, source_event_id: str) -> None:
         recent = self.recent_event_ids
@@ -363,9 +367,11 @@ class Lead(Aggregate):
                 stats = self.property_stats[key] = new_property_stats()
             add_to_property_stats(stats, ts, day, raw)
 
-    def _touch(self, occurred_at: datetime) -> None:
+    def _touch(self, occurred_at: datetime, outcome: bool = False) -> None:
         if occurred_at > self.last_event_at:
             self.last_event_at = occurred_at
+        if not outcome and occurred_at > self.last_open_event_at:
+            self.last_open_event_at = occurred_at
 
     def _decay_to(self, when: datetime) -> None:
         # Out-of-order activities are added undecayed at the current reference time:

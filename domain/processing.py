@@ -291,5 +291,11 @@ def _shadow(
 
 
 def event_time(lead: Lead) -> datetime:
-    """Score as of the lead's latest event: deterministic, so replays agree."""
-    return lead.last_event_at
+    """Score as of the lead's latest event: deterministic, so replays agree.
+
+    A lead with an outcome is scored as of its latest lead-event before it: the outcome
+    tells the model nothing it reads, and scoring it later would only decay a converted
+    lead's engagement (what sales saw before the lead converted is the score that counts,
+    and the one training rows are built like: leadscore/training_rows.py).
+    """
+    return lead.last_event_at if lead.outcome is None else lead.last_open_event_at

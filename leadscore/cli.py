@@ -155,8 +155,15 @@ def train(
         float, typer.Option(help="Label: converts within this many days after the point")
     ] = 30.0,
     ages: Annotated[
-        str, typer.Option(help="Prediction points: days after creation, comma-separated")
-    ] = "1,3,7,14,30",
+        str,
+        typer.Option(
+            help="Prediction points at these days after creation (e.g. 1,3,7,14,30) "
+            "instead of right after each lead-event"
+        ),
+    ] = "",
+    event_sample: Annotated[
+        float, typer.Option(help="Share of lead-events used as prediction points (0-1]")
+    ] = 1.0,
     allow_leaky: Annotated[
         bool,
         typer.Option("--allow-leaky", help="Train despite the leakage guard (recorded)"),
@@ -187,10 +194,17 @@ def train(
     if org is not None and global_:
         raise typer.BadParameter("--org and --global exclude each other")
     try:
-        points = tuple(float(a) for a in ages.split(",") if a.strip())
+        points = tuple(float(a) for a in ages.split(",") if a.strip()) or None
     except ValueError:
         raise typer.BadParameter(f"--ages takes days, comma-separated: {ages!r}") from None
-    common = {"ages_days": points, "horizon_days": horizon_days, "allow_leaky": allow_leaky}
+    if not 0 < event_sample <= 1:
+        raise typer.BadParameter("--event-sample is a share in (0, 1]")
+    common = {
+        "ages_days": points,
+        "event_sample": event_sample,
+        "horizon_days": horizon_days,
+        "allow_leaky": allow_leaky,
+    }
     from_store = from_store or global_ or org is not None
     try:
         if from_store:

@@ -55,11 +55,16 @@ def list_models() -> None:
             m["scope"],
             m["status"],
             str(meta.get("trained_at", ""))[:19],
-            f"{metrics.get('auc', float('nan')):.3f}",
-            f"{metrics.get('lift_top_decile', float('nan')):.2f}",
+            _number(metrics.get("auc"), ".3f"),
+            _number(metrics.get("lift_top_decile"), ".2f"),
             f"{meta.get('n_train', '')}",
         )
     console.print(table)
+
+
+def _number(value: object, spec: str) -> str:
+    """A metric, or "–" where it could not be computed (null: one class only)."""
+    return format(value, spec) if isinstance(value, (int, float)) else "–"
 
 
 @app.command()

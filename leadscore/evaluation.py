@@ -108,16 +108,36 @@ def evaluate(y: Any, p: Any, *, probabilities: bool = True) -> dict[str, Any]:
     return out
 
 
-def single_feature_aucs(X: np.ndarray, y: np.ndarray, names: list[str]) -> dict[str, float]:
+def single_feature_aucs(
+    X: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    missing: list[float | None] | None = None,
+    min_class: int = 30,
+) -> dict[str, float]:
     """Each feature alone as a score: its AUC, folded to >= 0.5 (direction does not
-    matter to a tree). Missing values rank below every value."""
+    matter to a tree), on every row, and on the rows where it is present alone when each
+    class has ``min_class`` of them there: a field filled in for some leads only (a sales
+    tag set after a call) is judged where it says something. ``missing[j]`` is column
+    j's code for "missing" besides NaN (a categorical's 0)."""
     out: dict[str, float] = {}
     y = np.asarray(y).astype(int)
     if not _both_classes(y):
         return out
     for j, name in enumerate(names):
         col = np.asarray(X[:, j], dtype=np.float64)
-        col = np.where(np.isnan(col), np.nanmin(col) - 1 if np.isfinite(col).any() else 0, col)
-        a = float(skm.roc_auc_score(y, col))
-        out[name] = round(max(a, 1.0 - a), 4)
+        absent = np.isnan(col)
+        if missing is not None and missing[j] is not None:
+            absent |= col == missing[j]
+        filled = np.where(np.isnan(col), np.nanmin(col) - 1 if (~np.isnan(col)).any() else 0, col)
+        best = _folded(y, filled)
+        present = ~absent
+        if present.any() and min(int(y[present].sum()), int((1 - y[present]).sum())) >= min_class:
+            best = max(best, _folded(y[present], filled[present]))
+        out[name] = round(best, 4)
     return out
+
+
+def _folded(y: np.ndarray, score: np.ndarray) -> float:
+    a = float(skm.roc_auc_score(y, score))
+    return max(a, 1.0 - a)

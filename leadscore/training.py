@@ -3,7 +3,8 @@
 The history is replayed through the domain (the same Lead aggregate and feature spec the
 engine scores with), so a model never sees features the engine cannot compute. Rows are
 prediction points chosen without looking at the outcome (leadscore/training_rows.py):
-each open lead at fixed ages after creation, labelled "converts within the horizon".
+each open lead right after its lead-events (the states the worker scores) or at fixed
+ages after creation, labelled "converts within the horizon".
 
 Every training reports, on one time-ordered holdout with a gap: the model's AUC,
 PR-AUC, log-loss, lift at the top decile and calibration, beside the same numbers for a
@@ -44,14 +45,19 @@ from sklearn.preprocessing import StandardScaler
 
 from domain import drift
 from domain.events import LeadEvent
-from domain.featurespec import DEFAULT_SPEC, FeatureSpec, learn_vocabularies
+from domain.featurespec import (
+    DEFAULT_SPEC,
+    MISSING,
+    MISSING_NUMBER,
+    FeatureSpec,
+    learn_vocabularies,
+)
 from domain.lead import Lead
 from domain.rules import NO_RULES, ScoringRules
 from domain.rules import apply as apply_rules
 from domain.scoring import ScoreCard, Scorer, engagement_component, fit_component, spec_of
 from leadscore.evaluation import auc, evaluate, lift_at, single_feature_aucs
 from leadscore.training_rows import (
-    AGES_DAYS,
     HORIZON_DAYS,
     RowStats,
     TrainingRow,
@@ -125,7 +131,7 @@ def build_dataset(
     events: Iterable[LeadEvent],
     *,
     spec: FeatureSpec = DEFAULT_SPEC,
-    ages_days: Iterable[float] = AGES_DAYS,
+    ages_days: Iterable[float] | None = None,
     horizon_days: float = HORIZON_DAYS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labelled rows of a history: X (float32, the spec's columns), y (0/1), t (points, UTC).
@@ -134,7 +140,12 @@ def build_dataset(
     (a model's spec); see leadscore/training_rows.py for which points and labels.
     """
     rows = list(
-        training_rows(events, [spec.row], ages_days=tuple(ages_days), horizon_days=horizon_days)
+        training_rows(
+            events,
+            [spec.row],
+            ages_days=None if ages_days is None else tuple(ages_days),
+            horizon_days=horizon_days,
+        )
     )
     X = np.array([r.values[0] for r in rows], dtype=np.float32).reshape(len(rows), len(spec.names))
     y = np.array([r.label for r in rows], dtype=np.int32)
@@ -228,7 +239,8 @@ def train(
     spec: FeatureSpec = DEFAULT_SPEC,
     rules: ScoringRules = NO_RULES,
     previous: Scorer | None = None,
-    ages_days: tuple[float, ...] = AGES_DAYS,
+    ages_days: tuple[float, ...] | None = None,
+    event_sample: float = 1.0,
     horizon_days: float = HORIZON_DAYS,
     num_trees: int = 100,
     num_leaves: int = 15,
@@ -261,7 +273,12 @@ def train(
     stats = RowStats()
     rows: list[TrainingRow] = list(
         training_rows(
-            events, observers, ages_days=ages_days, horizon_days=horizon_days, stats=stats
+            events,
+            observers,
+            ages_days=ages_days,
+            horizon_days=horizon_days,
+            stats=stats,
+            event_sample=event_sample,
         )
     )
     if not rows:
@@ -295,8 +312,13 @@ def train(
     ages = np.array([[r.age_days] for r in rows], dtype=np.float32)
     final = np.array([r.outcome == "converted" for r in rows], dtype=np.int32)
     checked = np.hstack([X, ages])[tr]
-    single = single_feature_aucs(checked, y[tr], [*names, AGE_AT_POINT])
-    single_final = single_feature_aucs(checked, final[tr], [*names, AGE_AT_POINT])
+    labels = [*names, AGE_AT_POINT]
+    missing: list[float | None] = [
+        float(MISSING) if f.categorical else None if f.source == "builtin" else MISSING_NUMBER
+        for f in learned.features
+    ] + [None]
+    single = single_feature_aucs(checked, y[tr], labels, missing)
+    single_final = single_feature_aucs(checked, final[tr], labels, missing)
     leaky = {
         n: max(a, single_final.get(n, 0.0))
         for n, a in single.items()
@@ -364,7 +386,8 @@ def train(
             **params,
             "num_trees": num_trees,
             "holdout_fraction": holdout_fraction,
-            "ages_days": list(ages_days),
+            "ages_days": None if ages_days is None else list(ages_days),
+            "event_sample": event_sample,
             "horizon_days": horizon_days,
         },
         n_train=len(tr),
@@ -372,11 +395,11 @@ def train(
         opset=_opset(model_bytes),
         parity_max_abs_diff=parity,
         label_policy=(
-            f"prediction points at {', '.join(f'{a:g}' for a in ages_days)} days after "
-            f"creation while the lead is open; 1 = converts within {horizon_days:g} days "
+            f"prediction points {_points_policy(ages_days, event_sample)} while the lead is "
+            f"open; 1 = converts within {horizon_days:g} days "
             "after the point, 0 = disqualified or no conversion within them; points whose "
             "horizon passes the end of the history are censored (left out); features only "
-            "from events before the point; holdout = latest 20% of points, training rows "
+            "from events up to the point; holdout = latest 20% of points, training rows "
             "end their horizon before it"
         ),
         provenance=provenance or {},
@@ -385,6 +408,13 @@ def train(
     )
     _write(target, model_bytes, meta, overwrite=overwrite)
     return meta
+
+
+def _points_policy(ages_days: tuple[float, ...] | None, event_sample: float) -> str:
+    if ages_days is None:
+        share = "" if event_sample >= 1.0 else f" ({event_sample:.0%} of them, by id hash)"
+        return f"right after each lead-event, as of its time{share}"
+    return f"at {', '.join(f'{a:g}' for a in ages_days)} days after creation"
 
 
 def _fit(
@@ -477,7 +507,7 @@ def add_reference(version_dir: Path, events: Iterable[LeadEvent], source: str) -
     X, _y, t = build_dataset(
         events,
         spec=spec,
-        ages_days=tuple(params.get("ages_days", AGES_DAYS)),
+        ages_days=None if params.get("ages_days") is None else tuple(params["ages_days"]),
         horizon_days=horizon,
     )
     tr, _ho, _start = time_split(t, horizon, float(params.get("holdout_fraction", 0.2)))

@@ -1,10 +1,15 @@
 """Labelled training rows from a lead-event history, observed without looking ahead.
 
-Both classes are observed the same way (invariant 9): every lead is looked at at fixed
-*prediction points* after its creation (``ages``, e.g. 1, 3, 7, 14 and 30 days), chosen
-without knowing how it ends. A row is the lead's state at its point, built only from
-events that occurred before the point, and its label answers one question: does the lead
-convert within ``horizon`` days after the point?
+Both classes are observed the same way (invariant 9): every lead is looked at at
+*prediction points* chosen without knowing how it ends, and a row is the lead's state at
+its point, built only from events up to the point. Its label answers one question: does
+the lead convert within ``horizon`` days after the point? The points are either
+
+* at its lead-events (the default, ``ages_days=None``): right after each lead-event is
+  applied, as of its time — exactly the states the worker scores, so training sees what
+  serving sees (``event_sample`` keeps a fixed, outcome-blind share of them); or
+* at fixed ages after creation (``ages_days``, e.g. 1, 3, 7, 14 and 30 days), from the
+  events before the point.
 
 * a lead with an outcome (converted or disqualified) before a point has no row there:
   it is no longer open, there is nothing to predict;
@@ -20,6 +25,7 @@ Rows of one lead share its later outcome, so the split must be by time with a ga
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,7 +36,7 @@ import numpy as np
 from domain.events import EventType, LeadEvent
 from domain.lead import Lead
 
-AGES_DAYS: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0)
+AGES_DAYS: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0)  # for ages_days=AGES_DAYS
 HORIZON_DAYS = 30.0
 _OUTCOMES = {EventType.LEAD_CONVERTED: "converted", EventType.LEAD_DISQUALIFIED: "disqualified"}
 
@@ -73,10 +79,11 @@ def training_rows(
     events: Iterable[LeadEvent],
     observers: Sequence[Observer],
     *,
-    ages_days: Sequence[float] = AGES_DAYS,
+    ages_days: Sequence[float] | None = None,
     horizon_days: float = HORIZON_DAYS,
     end: datetime | None = None,
     stats: RowStats | None = None,
+    event_sample: float = 1.0,
 ) -> Iterator[TrainingRow]:
     """Replay ``events`` (each lead's in the order they were applied) into labelled rows.
 
@@ -86,7 +93,8 @@ def training_rows(
     """
     stats = stats if stats is not None else RowStats()
     horizon = timedelta(days=horizon_days)
-    ages = sorted(float(a) for a in ages_days)
+    at_events = ages_days is None
+    ages = [] if ages_days is None else sorted(float(a) for a in ages_days)
     leads: dict[tuple[str, str], _Open] = {}
     done: set[tuple[str, str]] = set()
     seen: set[tuple[str, str, str]] = set()
@@ -109,6 +117,8 @@ def training_rows(
             lead.collect_events()
             leads[key] = state = _Open(lead, list(ages))
             stats.leads += 1
+            if at_events:
+                _observe_event(state, ev.event_id, observers, event_sample)
             continue
         _observe_until(state, ev.occurred_at, observers)
         if outcome is not None:
@@ -119,12 +129,33 @@ def training_rows(
             continue
         state.lead.handle(ev)
         state.lead.collect_events()  # the replay keeps state, not the domain events
+        if at_events:
+            _observe_event(state, ev.event_id, observers, event_sample)
     stop = end or latest
     if stop is None:
         return
     for state in leads.values():
         _observe_until(state, stop, observers, inclusive=True)
         yield from _labelled(state, None, stop, horizon, stats)
+
+
+def _observe_event(
+    state: _Open, event_id: str, observers: Sequence[Observer], sample: float
+) -> None:
+    """Observe the lead as the worker scores it after this lead-event: as of its latest
+    event. A share ``sample`` of events is kept, chosen by a hash of the ids alone."""
+    lead = state.lead
+    if sample < 1.0 and _unit(lead.org_id, lead.lead_id, event_id) >= sample:
+        return
+    point = lead.last_open_event_at  # the lead is open here: its worker's scoring clock
+    age = (point - lead.created_at).total_seconds() / 86_400.0
+    state.observed.append((point, age, tuple(o(lead, point) for o in observers)))
+
+
+def _unit(*ids: str) -> float:
+    """A number in [0, 1) fixed by the ids (not Python's per-process hash())."""
+    digest = hashlib.blake2b("\x1f".join(ids).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
 
 
 def _observe_until(

@@ -3,6 +3,7 @@ model learns and beats its baselines, and a failed parity check leaves nothing b
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import timedelta
 from itertools import combinations
@@ -19,6 +20,7 @@ from onnx import numpy_helper
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
+from domain.processing import event_time
 from leadscore import training
 from leadscore.evaluation import calibration, log_loss
 from leadscore.training import (
@@ -37,6 +39,7 @@ from leadscore.training_rows import AGES_DAYS, RowStats, time_split, training_ro
 from leadscore.workload import generate
 from tests.factories import T0, activity, created, outcome
 
+OUTCOME_TYPES = (EventType.LEAD_CONVERTED, EventType.LEAD_DISQUALIFIED)
 WORKLOAD = {"orgs": 10, "leads": 5_000, "events": 50_000, "seed": 7}
 
 
@@ -90,10 +93,12 @@ def test_dataset_shapes_and_labels(
     assert {(r.org_id, r.lead_id) for r in rows if r.label == 1} <= converted
 
 
-def test_both_classes_are_observed_at_the_same_ages(history: list[LeadEvent]) -> None:
+def test_at_fixed_ages_both_classes_are_observed_at_the_same_ages(
+    history: list[LeadEvent],
+) -> None:
     """The leak of the old rows: converted leads were seen just before their outcome, open
     ones at a fixed age, so age alone told them apart. Now both come from the same points."""
-    rows = list(training_rows(history, [features]))
+    rows = list(training_rows(history, [features], ages_days=AGES_DAYS))
     for label in (0, 1):
         ages = {r.age_days for r in rows if r.label == label}
         assert ages == set(AGES_DAYS)
@@ -103,22 +108,60 @@ def test_both_classes_are_observed_at_the_same_ages(history: list[LeadEvent]) ->
     assert abs(auc(y, X[:, age]) - 0.5) < 0.1  # age alone no longer separates the classes
 
 
-def test_a_row_is_built_only_from_events_before_its_point(history: list[LeadEvent]) -> None:
+def history_of(history: list[LeadEvent]) -> dict[tuple[str, str], list[LeadEvent]]:
     by_lead: dict[tuple[str, str], list[LeadEvent]] = {}
     for ev in history:
         by_lead.setdefault((ev.org_id, ev.lead_id), []).append(ev)
+    return by_lead
+
+
+def replayed(events: list[LeadEvent]) -> Lead:
+    lead = Lead.open(events[0])
+    for ev in events[1:]:
+        lead.handle(ev)
+    return lead
+
+
+def test_at_fixed_ages_a_row_is_built_only_from_events_before_its_point(
+    history: list[LeadEvent],
+) -> None:
+    by_lead = history_of(history)
     checked = 0
-    for row in training_rows(history, [features]):
-        events = [e for e in by_lead[(row.org_id, row.lead_id)] if e.occurred_at < row.point]
-        lead = Lead.open(events[0])
-        for ev in events[1:]:
-            lead.handle(ev)
+    for row in training_rows(history, [features], ages_days=AGES_DAYS):
+        lead = replayed(
+            [e for e in by_lead[(row.org_id, row.lead_id)] if e.occurred_at < row.point]
+        )
         assert lead.outcome is None  # no row once the lead has its outcome
         assert row.values[0] == features(lead, row.point)
         checked += 1
         if checked == 1_500:
             break
     assert checked == 1_500
+
+
+def test_at_lead_events_a_row_is_the_state_the_worker_scores(history: list[LeadEvent]) -> None:
+    """The default points: right after each lead-event, as of its time, as the worker
+    scores (event_time); every lead-event before the outcome is a point, whatever the
+    outcome, so both classes are observed the same way."""
+    by_lead = history_of(history)
+    checked = 0
+    stats = RowStats()
+    rows = list(training_rows(history, [features], stats=stats))
+    for row in rows[:1_500]:
+        lead = replayed(
+            [e for e in by_lead[(row.org_id, row.lead_id)] if e.occurred_at <= row.point]
+        )
+        assert lead.outcome is None and row.point == event_time(lead)
+        assert row.values[0] == features(lead, row.point)
+        checked += 1
+    assert checked == 1_500
+    # Every lead-event before an outcome is a point (labelled, or censored at the end).
+    before_outcome = sum(
+        len(list(itertools.takewhile(lambda e: e.event_type not in OUTCOME_TYPES, events)))
+        for events in by_lead.values()
+        if events[0].event_type not in OUTCOME_TYPES
+    )
+    assert len(rows) + stats.censored == before_outcome
 
 
 def test_labels_converted_within_the_horizon_disqualified_and_censored() -> None:
@@ -138,6 +181,7 @@ def test_labels_converted_within_the_horizon_disqualified_and_censored() -> None
     events.sort(key=lambda e: e.occurred_at)
     stats = RowStats()
     rows = list(training_rows(events, [], ages_days=(1, 7, 30), horizon_days=30, stats=stats))
+    assert {r.age_days for r in rows} == {1, 7, 30}
     got = {(r.lead_id, r.age_days): r.label for r in rows}
     assert got == {
         # converted on day 10: within 30 days of each point before it
@@ -159,6 +203,7 @@ def test_duplicate_events_are_applied_once() -> None:
     ev = activity(ActivityKind.DEMO_REQUEST, at=T0 + timedelta(hours=1))
     events = [created(), ev, ev, outcome(at=T0 + timedelta(days=2))]
     (row,) = training_rows(events, [features], ages_days=(1,))
+    assert len(list(training_rows(events, [features]))) == 2  # created, the demo; not twice
     assert row.values[0][FEATURE_NAMES.index("n_demo_request")] == 1.0 and row.label == 1
 
 
@@ -179,19 +224,20 @@ def test_the_split_leaves_a_gap_of_one_horizon(
 def test_the_model_learns_the_hidden_propensity(trained: tuple[ModelMetadata, Path]) -> None:
     meta, _ = trained
     m = meta.metrics
-    # Measured at this size: AUC 0.744, log-loss 0.607, brier 0.203 (1,259 training rows:
-    # the 60-day history leaves most points in the 30-day gap before the holdout).
-    assert 0.7 < m["auc"] < 0.97
-    assert m["lift_top_decile"] > 1.8
-    assert m["log_loss"] < 0.65 and m["brier"] < 0.22
+    # Measured at this size: AUC 0.80, log-loss 0.50, brier 0.15, lift 1.28 (the most a
+    # positive rate of 0.78 allows); the 60-day history leaves many points in the 30-day
+    # gap before the holdout.
+    assert 0.75 < m["auc"] < 0.97
+    assert m["lift_top_decile"] > 0.95 / m["positive_rate"]
+    assert m["log_loss"] < 0.55 and m["brier"] < 0.18
     assert sum(row["n"] for row in m["calibration"]) == meta.n_holdout
     # Compared on the same holdout with plain baselines; the leakage guard's numbers kept.
     base = m["baselines"]
     assert base["points"]["n"] == base["logistic"]["n"] == meta.n_holdout
     # Our generator's conversions follow fit and engagement, which the points model reads
-    # directly: on this world the model only matches it (see test_world_custom for one
-    # it was not designed around).
-    assert m["auc"] > base["points"]["auc"] - 0.02
+    # directly, so it is a strong baseline here (tests/unit/test_training_own_fields.py has
+    # a world the features were not designed for).
+    assert m["auc"] > base["points"]["auc"]  # measured: 0.80 against 0.76
     assert m["leakage"]["max_single_feature_auc"] < training.LEAK_AUC
     assert m["leakage"]["age_at_point_auc"] < 0.7
 

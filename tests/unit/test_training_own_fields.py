@@ -137,7 +137,9 @@ def test_scores_are_explained_in_the_orgs_own_words(
     assert any("seconds on site" in label and ("min" in label or " s" in label) for label in labels)
 
 
-def test_a_field_that_knows_the_outcome_is_refused(tmp_path: Path) -> None:
+def test_a_field_that_knows_the_outcome_is_refused(
+    trained: tuple[ModelMetadata, Path], tmp_path: Path
+) -> None:
     leaky = custom_world(leads=LEADS, seed=7, leaky=True)
     spec = parse({**SPEC, "fields": [*SPEC["fields"], {"attribute": LEAK_ATTRIBUTE}]})
     with pytest.raises(LeakageError, match=LEAK_ATTRIBUTE):
@@ -146,7 +148,8 @@ def test_a_field_that_knows_the_outcome_is_refused(tmp_path: Path) -> None:
     # Overridden on purpose: trained, and the override is in the metadata.
     meta = train(leaky.events, version="leaky", out_dir=tmp_path, spec=spec, allow_leaky=True)
     assert meta.metrics["leakage"]["overridden"] == [LEAK_ATTRIBUTE]
-    assert meta.metrics["auc"] > 0.95  # what a leak looks like: too good to be true
+    # What a leak looks like: far better than the honest model on the same world.
+    assert meta.metrics["auc"] > trained[0].metrics["auc"] + 0.1
 
 
 def test_an_org_with_no_disqualified_leads_trains(world: CustomWorld, tmp_path: Path) -> None:
