@@ -75,6 +75,7 @@ bench: up
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.own_data
 
 lint: venv
 	$(BIN)/ruff check .

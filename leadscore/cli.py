@@ -136,6 +136,20 @@ def produce(
         raise typer.Exit(1)
 
 
+@app.command("world-export")
+def world_export(
+    leads: Annotated[int, typer.Option(help="Leads (rows) in the export")] = 4_000,
+    seed: int = 7,
+) -> None:
+    """Write the second world (leadscore/world_custom.py) as a CRM export CSV to stdout:
+    the input of the README's "Training on your own data"."""
+    from leadscore.world_custom import custom_world
+    from leadscore.world_export import write_csv
+
+    n = write_csv(custom_world(leads=leads, seed=seed).events, sys.stdout)
+    typer.echo(f"{n:,} leads", err=True)
+
+
 @app.command()
 def train(
     version: Annotated[str, typer.Option(help="Version name, e.g. v2")],
