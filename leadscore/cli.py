@@ -10,8 +10,17 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
@@ -134,6 +143,13 @@ def produce(
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+class _RateColumn(ProgressColumn):
+    """Leads per second, as a whole number (rich's {task.speed} prints every digit)."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} leads/s")
 
 
 @app.command("world-export")
@@ -357,7 +373,7 @@ def replay(
         total = replays.count_leads(engine.store, org, since)
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TextColumn("{task.speed} leads/s"), TimeElapsedColumn(),
+            TaskProgressColumn(), _RateColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=console,
         )  # fmt: skip
         with progress:

@@ -29,6 +29,7 @@ def suggest(
     """
     from domain.featurespec import parse
     from leadscore.eventstore import open_store
+    from leadscore.featuresuggest import DISTINCT_COUNTED
     from leadscore.featuresuggest import suggest as propose
     from leadscore.history import lead_events
 
@@ -45,9 +46,10 @@ def suggest(
     parse(doc, "the proposal")  # what is proposed must be a spec training accepts
     table = Table("candidate", "leads with it", "distinct", "numeric", "proposed")
     for f in findings:
-        table.add_row(
-            f.what, f"{f.coverage:.0%}", str(f.distinct), f"{f.numeric_share:.0%}", f.decision
+        distinct = (
+            f"{f.distinct:,}" if f.distinct <= DISTINCT_COUNTED else f"over {DISTINCT_COUNTED}"
         )
+        table.add_row(f.what, f"{f.coverage:.0%}", distinct, f"{f.numeric_share:.0%}", f.decision)
     console.print(table)
     text = f"# Proposed by `leadscore features suggest --org {org}`; review before training.\n"
     text += yaml.safe_dump(doc, sort_keys=False)

@@ -27,6 +27,7 @@ from domain.lead import as_number
 MIN_COVERAGE = 0.05  # share of leads that must have a value
 MAX_CATEGORIES = 50  # more distinct values than this: not a category
 PERSONAL = frozenset({"email", "first_name", "last_name", "company"})
+DISTINCT_COUNTED = 500  # distinct values counted per column; more are "over 500"
 NUMERIC_SHARE = 0.95  # share of values that must parse as numbers for a numeric field
 
 
@@ -43,7 +44,7 @@ class _Column:
         self.total += 1
         if isinstance(value, (int, float)) or as_number(text) is not None:
             self.numeric += 1
-        if len(self.values) <= 10 * MAX_CATEGORIES or text in self.values:
+        if len(self.values) <= DISTINCT_COUNTED or text in self.values:
             self.values[text] += 1
 
 
