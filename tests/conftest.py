@@ -10,6 +10,10 @@ import pytest
 
 from leadscore.settings import Settings
 
+# Helpers in tests/support assert too (and hold LeadStoreContract's tests): let pytest
+# rewrite their asserts as it does a test module's, so a failure shows its values.
+pytest.register_assert_rewrite("tests.support")
+
 
 @pytest.fixture(scope="session")
 def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:

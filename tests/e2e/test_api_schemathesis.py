@@ -15,7 +15,7 @@ import pytest
 
 from leadscore.settings import Settings
 from query_api.openapi import document
-from tests.integration.test_api import ORG_A, Api, live_api
+from tests.support.api import ORG_A, Api, live_api
 
 pytestmark = pytest.mark.e2e
 

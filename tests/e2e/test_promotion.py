@@ -21,8 +21,9 @@ from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.e2e.test_worker import free_port, metric, start, wait_until
-from tests.integration.test_model_registry import copy_model
+from tests.support.models import copy_model
+from tests.support.net import free_port
+from tests.support.worker import metric, start, wait_until
 
 pytestmark = pytest.mark.e2e
 

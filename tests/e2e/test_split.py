@@ -18,8 +18,9 @@ from leadscore.settings import Settings, settings_env
 from leadscore.workload import generate
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.e2e.test_worker import free_port, metric, start, wait_for_events
-from tests.integration.test_pipeline import consume_all
+from tests.support.net import free_port
+from tests.support.pipeline import consume_all
+from tests.support.worker import metric, start, wait_for_events
 
 pytestmark = pytest.mark.e2e
 

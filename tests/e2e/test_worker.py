@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
-import redis.asyncio as aioredis
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -26,83 +18,24 @@ from domain.transitions import SCORE_UPDATED
 from leadscore.demo import stop_worker, wait_for_group
 from leadscore.eventstore import open_store
 from leadscore.producer import produce_events
-from leadscore.settings import Settings, settings_env
+from leadscore.settings import Settings
 from leadscore.workload import generate
-from projections.postgres import PostgresProjection
-from projections.redis import RedisProjection
 from streams.codec import event_to_record
 from streams.dlq import read_letters
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.factories import created
-from tests.integration.test_pipeline import consume_all
-from tests.integration.test_projections import (
-    expected_redis,
+from tests.support.net import free_port
+from tests.support.pipeline import consume_all
+from tests.support.readmodels import (
     expected_state,
-    pg_state,
-    redis_state,
+    projected_position,
+    read_models,
+    read_models_expected,
 )
+from tests.support.worker import committed_all, metric, start, wait_for_events, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings_env(settings), "LEADSCORE_LOG_LEVEL": "info"}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "leadscore.cli", "worker"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-
-
-def metric(port: int, name: str, outcome: str | None = None) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body = response.read().decode()
-    label = f'{name}{{outcome="{outcome}"}}' if outcome else name
-    for line in body.splitlines():
-        if line.startswith(label + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_for_events(port: int, outcome: str, count: int, timeout: float, what: str) -> None:
-    """Until the worker on ``port`` has counted ``count`` lead-events as ``outcome``."""
-    wait_until(lambda: metric(port, "leadscore_lead_events_total", outcome) >= count, timeout, what)
-
-
-def committed_all(settings: Settings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    req = ConsumerGroupTopicPartitions(settings.consumer_group)
-    committed = admin.list_consumer_group_offsets([req])[settings.consumer_group].result()
-    from confluent_kafka import Consumer
-
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "watermarks"})
-    try:
-        for tp in committed.topic_partitions:
-            _lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
-            if tp.offset < hi:
-                return False
-        return len(committed.topic_partitions) == settings.topic_partitions
-    finally:
-        c.close()
 
 
 def reset_offsets(settings: Settings) -> None:
@@ -241,33 +174,3 @@ def assert_counted(port: int, total: int, *, dead_lettered: int) -> None:
     assert n["received"] == total
     assert n["received"] == n["applied"] + n["duplicate"] + n["dead_lettered"]
     assert n["dead_lettered"] == dead_lettered
-
-
-async def projected_position(s: Settings) -> int:
-    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
-    client = aioredis.from_url(s.redis_url)
-    try:
-        positions = [
-            await PostgresProjection(pool).position(),
-            await RedisProjection(client, s.redis_prefix).position(),
-        ]
-        return min(positions)
-    finally:
-        await client.aclose()
-        await pool.close()
-
-
-async def read_models(s: Settings) -> tuple[object, object]:
-    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
-    client = aioredis.from_url(s.redis_url)
-    try:
-        pg = await pg_state(pool)
-        orgs = {lead[0] for lead in pg["leads"]}
-        return pg, await redis_state(client, s.redis_prefix, orgs)
-    finally:
-        await client.aclose()
-        await pool.close()
-
-
-def read_models_expected(want: dict) -> tuple[object, object]:  # type: ignore[type-arg]
-    return {k: want[k] for k in ("leads", "scores", "n_scores")}, expected_redis(want)

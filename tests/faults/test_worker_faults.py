@@ -27,18 +27,15 @@ from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.e2e.test_worker import (
-    committed_all,
-    free_port,
-    metric,
+from tests.support.net import free_port
+from tests.support.pipeline import consume_all
+from tests.support.readmodels import (
+    expected_state,
     projected_position,
     read_models,
     read_models_expected,
-    start,
-    wait_until,
 )
-from tests.integration.test_pipeline import consume_all
-from tests.integration.test_projections import expected_state
+from tests.support.worker import committed_all, metric, start, wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -30,7 +30,7 @@ from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogEntry, LogReader
 from tests.factories import FixedScorer, activity, created, outcome
-from tests.integration.test_pipeline import store_history
+from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration
 

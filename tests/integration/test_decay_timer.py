@@ -12,8 +12,8 @@ from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.decay import DecayTimer
-from tests.integration.test_api import project
-from tests.integration.test_pipeline import process_all
+from tests.support.pipeline import process_all
+from tests.support.readmodels import project
 
 pytestmark = pytest.mark.integration
 

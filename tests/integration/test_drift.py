@@ -30,7 +30,8 @@ from leadscore.modelstore import load_scorer
 from leadscore.settings import Settings
 from leadscore.training import build_dataset
 from leadscore.workload import generate
-from tests.integration.test_api import Reply, free_port, request, start_api, stop_api, wait_ready
+from tests.support.api import Reply, request, start_api, stop_api, wait_ready
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
 

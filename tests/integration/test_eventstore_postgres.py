@@ -17,7 +17,7 @@ from leadscore.eventstore import (
 )
 from leadscore.settings import Settings
 from tests.factories import T0, FixedScorer, activity, created
-from tests.unit.test_eventstore import LeadStoreContract
+from tests.support.store_contract import LeadStoreContract
 
 pytestmark = pytest.mark.integration
 

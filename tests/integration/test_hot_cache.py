@@ -20,8 +20,9 @@ from leadscore.settings import Settings
 from projections import changes
 from query_api import hotcache
 from tests.factories import T0, FixedScorer, activity, next_id
-from tests.integration.test_api import ORG_A, SHARED, Api, live_api, project, wait_for
-from tests.integration.test_pipeline import encoded
+from tests.support.api import ORG_A, SHARED, Api, live_api, wait_for
+from tests.support.pipeline import encoded
+from tests.support.readmodels import project
 
 pytestmark = pytest.mark.integration
 

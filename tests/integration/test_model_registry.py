@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +14,13 @@ from domain.events import ActivityKind, EventType, LeadEvent
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.eventstore import SCORED_TOPIC
 from leadscore.model_registry import ModelRegistry, RegistryError, shadow_report
-from leadscore.settings import ROOT, Settings
+from leadscore.settings import Settings
 from tests.factories import T0, activity, created, next_id
-from tests.integration.test_pipeline import consume_all, encoded
+from tests.support.models import copy_model
+from tests.support.pipeline import consume_all, encoded
+from tests.support.readmodels import project
 
 pytestmark = pytest.mark.integration
-
-
-def copy_model(model_dir: Path, version: str, org: str | None = None) -> None:
-    """The committed v1 under another version name (and, for ``org``, as that org's model)."""
-    shutil.copytree(ROOT / "models" / "onnx" / "v1", model_dir / version)
-    meta_path = model_dir / version / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta["version"] = version
-    meta["provenance"] = {"source": "test copy of v1", "org": org or "(all orgs)"}
-    meta_path.write_text(json.dumps(meta))
 
 
 @pytest.fixture
@@ -132,8 +122,6 @@ def test_a_promotion_reaches_a_running_processor_between_batches(
 def test_the_shadow_report_measures_lift_where_outcomes_are_known(
     engine: Engine, models: Settings
 ) -> None:
-    from tests.integration.test_api import project
-
     ModelRegistry(models.pg_dsn, Path(models.model_dir)).shadow("v2")
     events: list[LeadEvent] = []
     for i in range(40):

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from confluent_kafka import Consumer
 
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id, score_event_id
-from domain.scoring import Scorer
 from domain.transitions import SCORE_UPDATED, transitions
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.eventstore import SCORED_TOPIC
 from leadscore.settings import Settings
-from streams.codec import event_to_record
 from streams.relay import ScoreEventRelay
-from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
 from tests.factories import T0, FixedScorer, activity, created
+from tests.support.pipeline import consume_all, encoded
 
 pytestmark = pytest.mark.integration
 
@@ -31,60 +27,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
     e = bootstrap(settings, scorer=FixedScorer())
     yield e
     e.close()
-
-
-def encoded(engine: Engine, events: list) -> list[bytes]:  # type: ignore[type-arg]
-    enc = AvroTopic(engine.catalog, engine.settings.topic_lead_events, LEAD_EVENT_SCHEMA)
-    return [enc.encode(event_to_record(ev)) for ev in events]
-
-
-def process_all(engine: Engine, events: list, batch: int = 500) -> None:  # type: ignore[type-arg]
-    """Feed lead-events through the engine's real processor, in batches, as a worker would."""
-    values = encoded(engine, events)
-    for i in range(0, len(values), batch):
-        engine.processor.process(values[i : i + batch])
-
-
-def store_history(
-    settings: Settings,
-    events: list,  # type: ignore[type-arg]
-    scorer: Scorer | None = None,
-    batch: int = 500,
-) -> None:
-    """Store ``events`` with a short-lived engine (the committed model unless ``scorer``)."""
-    e = bootstrap(settings, scorer=scorer)
-    try:
-        process_all(e, events, batch)
-    finally:
-        e.close()
-
-
-def consume_all(
-    settings: Settings, expected: int, timeout: float = 30
-) -> list[tuple[bytes, bytes]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"{settings.consumer_group}-reader",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([settings.topic_score_events])
-    out: list[tuple[bytes, bytes]] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(out) < expected:
-            for msg in consumer.consume(500, timeout=0.5):
-                if not msg.error():
-                    out.append((msg.key(), msg.value()))
-        # A little longer: anything beyond the expected count is a defect too.
-        for msg in consumer.consume(500, timeout=1.0):
-            if not msg.error():
-                out.append((msg.key(), msg.value()))
-    finally:
-        consumer.close()
-    return out
 
 
 def test_processor_counts_every_message(engine: Engine) -> None:

@@ -12,15 +12,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from projections.base import ProjectionRunner
 from projections.log import LogEntry, LogReader
-from projections.postgres import PROFILE_COLUMNS, PostgresProjection
+from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
 from tests.factories import FixedScorer
-from tests.integration.test_pipeline import process_all, store_history
+from tests.support.pipeline import process_all, store_history
+from tests.support.readmodels import expected_redis, expected_state, pg_state, redis_state
 
 pytestmark = pytest.mark.integration
 
@@ -32,40 +32,6 @@ async def history(settings: Settings) -> dict[str, Any]:
     return expected_state(settings)
 
 
-def expected_state(settings: Settings) -> dict[str, Any]:
-    """What the read models must hold, computed from the aggregates themselves."""
-    store = open_store(settings.pg_dsn, cache_size=0)
-    try:
-        notes = []
-        while batch := store.notifications(notes[-1].id if notes else 0, 5000):
-            notes.extend(batch)
-        ids = {n.originator_id for n in notes}
-        leads = [lead for lead in store.load(ids).values() if lead is not None]
-        n_scores = len([n for n in notes if n.topic == SCORED_TOPIC])
-    finally:
-        store.close()
-    return {
-        "leads": sorted(
-            (
-                lead.org_id,
-                lead.lead_id,
-                tuple(lead.profile.get(c) for c in PROFILE_COLUMNS),
-                {"converted": "converted", "disqualified": "disqualified"}.get(
-                    lead.outcome or "", "open"
-                ),
-            )
-            for lead in leads
-        ),
-        "scores": sorted(
-            (lead.org_id, lead.lead_id, lead.score, lead.grade, lead.model_version)
-            for lead in leads
-            if lead.score is not None
-        ),
-        "n_scores": n_scores,
-        "head": notes[-1].id,
-    }
-
-
 @pytest.fixture
 async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aioredis.Redis, str]]:
     pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=4)
@@ -75,40 +41,6 @@ async def stores(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, aiored
     await RedisProjection(client, prefix).reset()
     await client.aclose()
     await pool.close()
-
-
-async def pg_state(pool: asyncpg.Pool) -> dict[str, Any]:
-    leads = await pool.fetch(
-        f"SELECT org_id, lead_id, {', '.join(PROFILE_COLUMNS)}, status FROM leads"
-    )
-    scores = await pool.fetch(
-        "SELECT org_id, lead_id, total, grade, model_version FROM lead_scores"
-    )
-    n_history = await pool.fetchval("SELECT count(*) FROM score_history")
-    return {
-        "leads": sorted(
-            (r["org_id"], r["lead_id"], tuple(r[c] for c in PROFILE_COLUMNS), r["status"])
-            for r in leads
-        ),
-        "scores": sorted(tuple(r) for r in scores),
-        "n_scores": n_history,
-    }
-
-
-async def redis_state(client: aioredis.Redis, prefix: str, orgs: set[str]) -> list[tuple[Any, ...]]:
-    out = []
-    for org in sorted(orgs):
-        board = await client.zrange(f"{prefix}:{org}:leaderboard", 0, -1, withscores=True)
-        for lead, score in board:
-            h = await client.hgetall(f"{prefix}:{org}:lead:{lead.decode()}")
-            out.append((org, lead.decode(), score, float(h[b"score"]), h[b"grade"].decode()))
-    return sorted(out)
-
-
-def expected_redis(expected: dict[str, Any]) -> list[tuple[Any, ...]]:
-    return sorted(
-        (org, lead, score, score, grade) for org, lead, score, grade, _m in expected["scores"]
-    )
 
 
 async def test_projections_equal_the_event_store_after_processing_and_after_rebuild(

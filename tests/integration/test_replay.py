@@ -20,7 +20,7 @@ from leadscore.replay import backtest, count_leads, replay
 from leadscore.settings import ROOT, Settings, settings_env
 from leadscore.training import train_from_store
 from leadscore.workload import generate
-from tests.integration.test_pipeline import store_history
+from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from leadscore.settings import Settings
 from leadscore.training import NotEnoughOutcomesError, snapshots, train_from_store
 from leadscore.workload import generate
 from tests.factories import FixedScorer
-from tests.integration.test_pipeline import store_history
+from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration
 

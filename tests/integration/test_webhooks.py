@@ -30,8 +30,9 @@ from streams import webhooks
 from streams.relay import score_records
 from streams.webhooks import DispatchConfig, WebhookDispatcher
 from tests.factories import FixedScorer, activity, created
-from tests.integration.test_api import free_port, request, start_api, stop_api, wait_ready
-from tests.integration.test_pipeline import encoded
+from tests.support.api import request, start_api, stop_api, wait_ready
+from tests.support.net import free_port
+from tests.support.pipeline import encoded
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from domain.lead import Lead
 from domain.processing import apply_batch, event_time, rescore
 from domain.scoring import engagement_component
 from tests.factories import T0, activity, created
-from tests.unit.test_explain import V1
+from tests.support.models import V1
 
 
 def engaged_lead(kinds: list[ActivityKind]) -> Lead:

@@ -16,10 +16,8 @@ from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
 from domain.scoring import EXPLAIN_MIN_CHANGE
-from leadscore.modelstore import load_scorer
-from tests.factories import MODEL_DIR, T0, activity, created
-
-V1 = load_scorer(MODEL_DIR, "v1")
+from tests.factories import T0, activity, created
+from tests.support.models import V1
 
 
 class Interacting:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from domain.events import ActivityKind, EventType, LeadEvent
 from streams.dlq import DeadLetter, RawMessage, Reason
 from streams.processor import decode_message
-from tests.unit.test_validation import NOW, SCHEMA_ID, LocalCatalog, Orgs, encode
+from tests.support.wire import NOW, SCHEMA_ID, LocalCatalog, Orgs, encode
 
 CATALOG = LocalCatalog()
 ORGS = Orgs("org-1", "org-2")
