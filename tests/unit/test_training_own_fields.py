@@ -164,3 +164,26 @@ def test_an_org_with_no_disqualified_leads_trains(world: CustomWorld, tmp_path: 
 
 def _no_nan(token: str) -> None:
     raise AssertionError(f"{token} in metadata.json")
+
+
+def test_one_batch_scores_each_org_with_its_own_models_spec(
+    world: CustomWorld, trained: tuple[ModelMetadata, Path]
+) -> None:
+    """The org's model reads its spec's row; another org in the same batch, on the global
+    model, reads the builtin row: each explained in its model's own terms."""
+    from tests.factories import MODEL_DIR, activity, created
+
+    own = load_scorer(trained[1], "own")
+    v1 = load_scorer(MODEL_DIR, "v1")
+    b2b = [created(lead="b2b-1", org="org-b2b"), activity(lead="b2b-1", org="org-b2b")]
+    batch = [*world.events[:400], *b2b]
+    result = apply_batch(
+        batch, {}, lambda org: own if org == world.org_id else v1, event_time, world.end
+    )
+    by_org: dict[str, set[str]] = {}
+    for lead in result.touched.values():
+        assert lead.model_version == ("own" if lead.org_id == world.org_id else "v1")
+        by_org.setdefault(lead.org_id, set()).update(f["feature"] for f in lead.factors)
+    assert by_org[world.org_id] <= set(own.spec.names)
+    assert by_org["org-b2b"] and by_org["org-b2b"] <= set(v1.spec.names)
+    assert by_org[world.org_id] - set(v1.spec.names)  # features only the org's spec has
