@@ -26,10 +26,11 @@ score's factors (model and rules) still add up to the score minus the reference 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import re2
 
 from domain.events import PROFILE_FIELDS, ActivityKind
 from domain.firmographics import is_free_mail
@@ -63,7 +64,7 @@ class Adjustment:
     points: float
     group: str
     field: str | None = None  # a profile field matched by ``pattern``
-    pattern: re.Pattern[str] | None = None
+    pattern: Any = None  # a compiled RE2 pattern (``_regex``)
     activity: str | None = None  # or an activity kind seen at least ``at_least`` times
     at_least: int = 1
 
@@ -71,9 +72,7 @@ class Adjustment:
         if self.activity is not None:
             return lead.activity_counts.get(self.activity, 0) >= self.at_least
         value = lead.profile.get(self.field or "")
-        return (
-            value is not None and self.pattern is not None and bool(self.pattern.search(str(value)))
-        )
+        return value is not None and self.pattern is not None and _search(self.pattern, value)
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class ScoringRules:
     required_cap: float = 30.0
     blocked_domains: frozenset[str] = frozenset()
     block_free_mail: bool = False
-    blocked_titles: tuple[re.Pattern[str], ...] = ()
+    blocked_titles: tuple[Any, ...] = ()  # compiled RE2 patterns
     mql: float | None = None  # marketing-qualified from this score
     sql: float | None = None  # sales-qualified from this score
 
@@ -161,7 +160,7 @@ def disqualified(rules: ScoringRules, lead: Lead) -> str | None:
         return "free-mail address"
     title = str(lead.profile.get("title") or "")
     for pattern in rules.blocked_titles:
-        if pattern.search(title):
+        if _search(pattern, title):
             return f"title matches {pattern.pattern!r}"
     return None
 
@@ -257,13 +256,29 @@ def _adjustment(a: Any, where: str) -> Adjustment:
     )
 
 
-def _regex(value: Any, where: str) -> re.Pattern[str]:
+# Rule patterns run on what upstream sends, on the worker's only store thread: RE2 matches
+# in time linear in the input (no catastrophic backtracking; it refuses backreferences
+# and lookarounds), and what it reads is capped.
+MAX_MATCHED = 1_000  # characters of a field a pattern reads (validation's string limit)
+_OPTIONS = re2.Options()
+_OPTIONS.case_sensitive = False
+_OPTIONS.log_errors = False
+
+
+def _search(pattern: Any, value: object) -> bool:
+    return pattern.search(str(value)[:MAX_MATCHED]) is not None
+
+
+def _regex(value: Any, where: str) -> Any:
     if not isinstance(value, str) or not value:
         raise RulesError(f"{where}: a regular expression is required")
     try:
-        return re.compile(value, re.IGNORECASE)
-    except re.error as exc:
-        raise RulesError(f"{where}: invalid regular expression {value!r}: {exc}") from None
+        return re2.compile(value, _OPTIONS)
+    except re2.error as exc:
+        raise RulesError(
+            f"{where}: invalid regular expression {value!r} (RE2 syntax: no backreferences "
+            f"or lookarounds): {exc}"
+        ) from None
 
 
 def _list(value: Any, where: str) -> list[Any]:

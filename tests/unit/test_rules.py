@@ -16,7 +16,7 @@ from domain.explain import contributions, reference_row
 from domain.features import features
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
-from domain.rules import NO_RULES, RulesError, ScoringRules, apply, parse, stage_of
+from domain.rules import NO_RULES, RulesError, ScoringRules, apply, disqualified, parse, stage_of
 from domain.scoring import ScoreCard
 from leadscore.modelstore import load_scorer
 from leadscore.rulebook import RuleBook, load_file
@@ -226,3 +226,31 @@ def test_no_thresholds_no_stage() -> None:
     rules = parse({"version": 1})
     assert stage_of(rules, apply(rules, lead_with(), card(90.0))) is None
     assert stage_of(NO_RULES, apply(NO_RULES, lead_with(), card(90.0))) is None
+
+
+def test_rule_patterns_run_in_linear_time() -> None:
+    """A pattern that makes Python's backtracking `re` run for ages on 40 characters
+    (2^40 steps) is matched by RE2 at once; run in a subprocess so a regression fails
+    on its timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "from domain.rules import parse, _search;"
+        "r = parse({'version': 1, 'disqualify': {'titles': ['^(a+)+$']}});"
+        "print(_search(r.blocked_titles[0], 'a' * 40 + '!'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_patterns_read_a_capped_prefix_and_refuse_backtracking_features() -> None:
+    rules = parse({"version": 1, "disqualify": {"titles": ["student"]}})
+    assert disqualified(rules, lead_with(title="student " + "x" * 5_000, email="a@b.io"))
+    assert not disqualified(rules, lead_with(title="x" * 1_000 + " student", email="a@b.io"))
+    with pytest.raises(RulesError, match="no backreferences"):
+        parse({"version": 1, "disqualify": {"titles": [r"(a)\1"]}})
+    with pytest.raises(RulesError, match="no backreferences"):
+        parse({"version": 1, "disqualify": {"titles": [r"(?=a)a"]}})
