@@ -6,6 +6,7 @@ Avro record to the domain's LeadEvent and back.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,11 +15,20 @@ from domain.events import ORG_ID_PATTERN, PROFILE_FIELDS, ActivityKind, EventTyp
 MAX_ID_LENGTH = 128
 MAX_STRING_LENGTH = 1_000
 MAX_PROPERTIES = 50
+# The sinks' column types: PostgreSQL `leads.employees integer` is the narrowest (int32).
+MAX_EMPLOYEES = 2**31 - 1
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 # Upstream clocks drift; a day is generous, more is a producer bug (ms vs s, years).
 MAX_CLOCK_SKEW = timedelta(days=1)
 _ID_FIELDS = ("event_id", "org_id", "lead_id")
 _EVENT_TYPES = frozenset(str(t) for t in EventType)
+# Every optional text field of any lead_event version (v2 added campaign, v1 has employees
+# where v2+ have company_size; both are checked as the integer they are).
+_TEXT_FIELDS = tuple(f for f in PROFILE_FIELDS if f != "employees") + ("campaign", "reason")
+_SIZE_FIELDS = ("employees", "company_size")
+# C0 and C1 control characters except tab: PostgreSQL text refuses NUL, and newlines or
+# escapes in a name break logs, CSV exports and terminals downstream.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class ValidationError(ValueError):
@@ -63,15 +73,18 @@ def validate(record: Any, *, now: datetime | None = None) -> None:
         raise ValidationError(
             f"occurred_at {occurred_at.isoformat()} is outside [{EARLIEST.date()}, now + 1 day]"
         )
-    for key, value in record.items():
-        if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
-            raise ValidationError(f"{key} is longer than {MAX_STRING_LENGTH} characters")
+    for key in _TEXT_FIELDS:
+        _check_text(key, record.get(key))
+    for key in _SIZE_FIELDS:
+        _check_size(key, record.get(key))
     _validate_attributes(record.get("attributes"))
     activity = record.get("activity")
     if activity is None:
         return
     if not isinstance(activity, dict):
         raise ValidationError("activity must be a record")
+    if not isinstance(activity.get("kind"), str):
+        raise ValidationError("activity.kind is missing")
     properties = activity.get("properties")
     if properties is None:
         return
@@ -86,6 +99,28 @@ def validate(record: Any, *, now: datetime | None = None) -> None:
             raise ValidationError(
                 f"an activity property is longer than {MAX_STRING_LENGTH} characters"
             )
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            raise ValidationError("an activity property has control characters")
+
+
+def _check_text(key: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValidationError(f"{key} must be a string, not {type(value).__name__}")
+    if len(value) > MAX_STRING_LENGTH:
+        raise ValidationError(f"{key} is longer than {MAX_STRING_LENGTH} characters")
+    if _CONTROL.search(value):
+        raise ValidationError(f"{key} has control characters")
+
+
+def _check_size(key: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{key} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= MAX_EMPLOYEES:
+        raise ValidationError(f"{key} {value} is outside [0, {MAX_EMPLOYEES}]")
 
 
 def _validate_attributes(attributes: Any) -> None:
