@@ -18,6 +18,7 @@ from rich.table import Table
 
 from leadscore.settings import get_settings
 from streams import webhooks
+from streams.webhook_secrets import SecretBox, SecretKeyError
 
 T = TypeVar("T")
 
@@ -28,9 +29,24 @@ app = typer.Typer(
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
-def _run(action: Callable[[psycopg.Connection[Any]], T]) -> T:
+def _box(required: bool) -> SecretBox | None:
+    try:
+        return SecretBox.from_settings(get_settings())
+    except SecretKeyError as exc:
+        if not required:
+            return None  # reading the tables needs no key
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _run(action: Callable[[psycopg.Connection[Any]], T], box: SecretBox | None = None) -> T:
     dsn = get_settings().pg_dsn
-    webhooks.ensure_schema(dsn)
+    try:
+        # With the key known, secrets stored before encryption are sealed now.
+        webhooks.ensure_schema(dsn, box or _box(required=False))
+    except SecretKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             return action(conn)
@@ -46,7 +62,10 @@ def _when(value: datetime | None) -> str:
 @app.command()
 def add(
     org: Annotated[str, typer.Option(help="The org whose events it receives")],
-    url: Annotated[str, typer.Option(help="http(s) URL to POST to")],
+    url: Annotated[
+        str,
+        typer.Option(help="https URL to POST to; it must resolve to public addresses only"),
+    ],
     events: Annotated[
         str | None,
         typer.Option(help="Comma-separated event types (default: all three typed events)"),
@@ -54,6 +73,11 @@ def add(
 ) -> None:
     """Add a webhook; it receives events stored from now on. Prints its secret once."""
     from leadscore.eventstore import open_store
+
+    settings = get_settings()
+    box = _box(required=True)
+    assert box is not None
+    policy = webhooks.policy_from_settings(settings)
 
     try:
         types = webhooks.parse_event_types(events)
@@ -64,10 +88,12 @@ def add(
         head = store.max_position()
     finally:
         store.close()
-    hook, secret = _run(lambda c: webhooks.add_webhook(c, org, url, types, head))
+    hook, secret = _run(
+        lambda c: webhooks.add_webhook(c, org, url, types, head, policy=policy, box=box), box
+    )
     console.print(
         f"webhook {hook.id} for {org}: {', '.join(hook.event_types)} -> {hook.url}\n"
-        "signing secret (store it now, it is not shown again):"
+        "Standard Webhooks signing secret (store it now, it is not shown again):"
     )
     # Plain print: rich could wrap or style it, and scripts read the last line.
     print(secret, flush=True)
@@ -139,3 +165,13 @@ def retry(delivery_id: Annotated[int, typer.Argument(help="A dead delivery's id"
     """Send a dead delivery again: back to pending, due now, attempts reset."""
     _run(lambda c: webhooks.retry_delivery(c, delivery_id))
     console.print(f"delivery {delivery_id} is pending again")
+
+
+@app.command("rotate-key")
+def rotate_key() -> None:
+    """Re-encrypt every stored secret under the first key of LEADSCORE_WEBHOOK_SECRET_KEY
+    (put the new key first, the old one after it; drop the old one once this ran)."""
+    box = _box(required=True)
+    assert box is not None
+    n = _run(lambda c: webhooks.rotate_secrets(c, box), box)
+    console.print(f"{n} webhook secrets re-encrypted under the newest key")

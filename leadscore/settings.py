@@ -28,6 +28,16 @@ class Settings:
     topic_lead_events: str = "lead-events"
     topic_score_events: str = "score-events"
     topic_dlq: str = "lead-events.dlq"
+    # Retention of the topics the engine creates (README, "Dead letters"): lead-events
+    # keep the broker's usual week; dead letters never expire (-1) until replayed or fixed.
+    lead_events_retention_ms: int = 604_800_000
+    dlq_retention_ms: int = -1
+    # A dead letter larger than this goes to the DLQ by reference, its bytes in PostgreSQL
+    # (dead_letter_payloads); below the producer's message.max.bytes (1,000,000).
+    dlq_max_inline_bytes: int = 900_000
+    # The largest message the broker takes (its message.max.bytes): replays of letters
+    # kept by reference are produced with it.
+    kafka_max_message_bytes: int = 1_048_588
     topic_partitions: int = 6
     consumer_group: str = "leadscore-worker"
     # A lead-event for an org not in `organizations` is dead-lettered (`leadscore orgs create`).
@@ -84,6 +94,18 @@ class Settings:
     webhook_timeout_ms: int = 5000
     webhook_batch: int = 100
     webhook_concurrency: int = 8
+    # No org holds more than this many of those POSTs at once, so one slow receiver
+    # cannot take every delivery thread (README, "Webhooks that cannot be aimed inward").
+    webhook_org_concurrency: int = 2
+    # Production refuses http:// URLs and any URL resolving to a loopback, private,
+    # link-local, CGNAT, multicast or reserved address. Dev and tests (receivers on
+    # 127.0.0.1) turn these on.
+    webhooks_allow_http: bool = False
+    webhooks_allow_private: bool = False
+    # Fernet key(s), comma-separated, newest first, that encrypt webhook secrets at rest
+    # (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`).
+    # Empty: a fixed dev key, only when one of the two allowances above is on.
+    webhook_secret_key: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -91,6 +113,19 @@ class Settings:
     # projections' change notices; 0 turns the cache off. The TTL is a safety net.
     api_cache_size: int = 200_000
     api_cache_ttl_s: int = 60
+    # Token buckets in the API process (one process serves the API: query_api/server.py):
+    # each key may make `rate` requests a second with bursts of `burst`, and each client
+    # IP (every request, authenticated or not) likewise; past them, 429 with Retry-After.
+    # 0 turns a limit off.
+    api_key_rate: float = 50.0
+    api_key_burst: int = 100
+    api_ip_rate: float = 100.0
+    api_ip_burst: int = 200
+    api_max_body_bytes: int = 65_536  # a larger request body answers 413
+    # An unknown or revoked key is remembered this long, so repeating it costs no query.
+    api_negative_cache_ttl_s: float = 30.0
+    # Non-empty: GET /metrics requires `Authorization: Bearer <this>`.
+    api_metrics_token: str = ""
     log_format: str = "console"  # "json" in production
     log_level: str = "info"
 

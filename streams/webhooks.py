@@ -11,24 +11,26 @@ Two steps, one elected dispatcher (an advisory lock, as the relay):
 2. *Send*: claim due rows (pushing their next attempt a lease ahead, so a crash mid-send
    retries rather than loses them), POST each, then record delivered, a retry at
    now + backoff, or, after ``max_attempts``, dead (the dead letter, with its last error).
+   POSTs run in a pool and are recorded as each one ends: nothing waits for a whole
+   batch, and no org holds more than ``org_concurrency`` POSTs, so a slow receiver
+   delays only its own org. Each POST has one total deadline (streams/webhook_http.py).
 
-Receivers verify ``X-Leadscore-Signature: sha256=HMAC(secret, f"{timestamp}.{body}")``
-(``verify`` below; docs/api.md, "Webhooks").
+URLs must resolve to public addresses (checked when added and before each attempt, the
+checked address pinned); ``last_error`` holds only a category, the detail is logged.
+Requests are signed with Standard Webhooks headers, and secrets are stored encrypted
+(streams/webhook_secrets.py; docs/api.md, "Webhooks").
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import functools
+import queue
 import random
-import secrets
 import threading
-import time
-import urllib.error
-import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,15 +46,25 @@ from leadscore.settings import Settings
 from leadscore.tenancy import SCHEMA_DDL as TENANCY_DDL
 from streams import metrics
 from streams.relay import Tracking, score_records
+from streams.webhook_http import Attempt, UrlPolicy, UrlRefusedError, check_url
+from streams.webhook_http import post as guarded_post
+from streams.webhook_secrets import (
+    ID_HEADER,
+    SECRET_PREFIX,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SecretBox,
+    SecretKeyError,
+    new_secret,
+)
+from streams.webhook_secrets import headers as signed_headers
 
 log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "webhooks"
-SIGNATURE_HEADER = "X-Leadscore-Signature"
-TIMESTAMP_HEADER = "X-Leadscore-Timestamp"
 STATUSES = ("pending", "delivered", "dead")
-SECRET_PREFIX = "whsec_"
 ERROR_LENGTH = 500  # last_error is for people; a receiver's whole error page is not
+__all__ = ["ID_HEADER", "SECRET_PREFIX", "SIGNATURE_HEADER", "TIMESTAMP_HEADER"]
 
 SCHEMA_DDL = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -93,35 +105,7 @@ class WebhookError(ValueError):
     """A webhook command that cannot be carried out (unknown org or id, bad URL or type)."""
 
 
-# -- signing ---------------------------------------------------------------------------
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header's value: HMAC-SHA256 over the exact bytes ``{timestamp}.{body}``.
-
-    The timestamp is inside the MAC so a captured request cannot be replayed later
-    under a fresh timestamp.
-    """
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def verify(
-    secret: str,
-    timestamp: str,
-    body: bytes,
-    signature: str,
-    *,
-    now: float | None = None,
-    tolerance_s: int = 300,
-) -> bool:
-    """What a receiver does: recompute, compare in constant time, refuse stale timestamps."""
-    if not timestamp.isdigit():
-        return False
-    ts = int(timestamp)
-    if abs((time.time() if now is None else now) - ts) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, ts, body), signature)
+# -- the retry schedule -------------------------------------------------------------
 
 
 def backoff_s(
@@ -137,13 +121,43 @@ def backoff_s(
 # -- the tables and the commands over them ---------------------------------------------
 
 
-def ensure_schema(dsn: str) -> None:
+def ensure_schema(dsn: str, box: SecretBox | None = None) -> None:
+    """The tables; with ``box``, also seal secrets stored before encryption (or under an
+    older key), so the migration runs wherever the key is known (CLI, dispatcher)."""
     with ddl_lock(dsn), psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
             # webhooks references organizations: make sure it exists, under tenancy's lock.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('leadscore.tenancy.schema'))")
             conn.execute(TENANCY_DDL)
         conn.execute(SCHEMA_DDL)
+        if box is not None:
+            migrate_secrets(conn, box)
+
+
+def migrate_secrets(conn: psycopg.Connection[Any], box: SecretBox) -> int:
+    """Encrypt every plain-text secret (rows from before encryption); returns how many."""
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT id, secret FROM webhooks WHERE secret NOT LIKE 'fernet:%' FOR UPDATE"
+        ).fetchall()
+        for hook_id, secret in rows:
+            conn.execute(
+                "UPDATE webhooks SET secret = %s WHERE id = %s", (box.seal(secret), hook_id)
+            )
+    if rows:
+        log.info("webhook secrets encrypted", count=len(rows))
+    return len(rows)
+
+
+def rotate_secrets(conn: psycopg.Connection[Any], box: SecretBox) -> int:
+    """Re-encrypt every secret under the newest key (after adding one); returns how many."""
+    with conn.transaction():
+        rows = conn.execute("SELECT id, secret FROM webhooks FOR UPDATE").fetchall()
+        for hook_id, secret in rows:
+            conn.execute(
+                "UPDATE webhooks SET secret = %s WHERE id = %s", (box.reseal(secret), hook_id)
+            )
+    return len(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,18 +189,24 @@ def add_webhook(
     url: str,
     event_types: Sequence[str],
     from_position: int,
+    *,
+    policy: UrlPolicy,
+    box: SecretBox,
 ) -> tuple[Webhook, str]:
     """A new webhook and its secret (shown once). It receives events stored after
-    ``from_position`` (the log's head now), not the org's whole history."""
-    if not url.startswith(("http://", "https://")) or len(url) > 2048:
-        raise WebhookError(f"not an http(s) URL: {url!r}")
-    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    ``from_position`` (the log's head now), not the org's whole history. The URL must
+    resolve to public addresses only (``policy``: https, unless dev allows http)."""
+    try:
+        check_url(url, policy)
+    except UrlRefusedError as exc:
+        raise WebhookError(f"{exc}: {url[:200]!r}") from exc
+    secret = new_secret()
     try:
         row = conn.execute(
             "INSERT INTO webhooks (org_id, url, secret, event_types, from_position) "
             "VALUES (%s, %s, %s, %s, %s) "
             "RETURNING id, org_id, url, event_types, active, created_at",
-            (org_id, url, secret, list(event_types), from_position),
+            (org_id, url, box.seal(secret), list(event_types), from_position),
         ).fetchone()
     except psycopg.errors.ForeignKeyViolation as exc:
         raise WebhookError(
@@ -264,38 +284,7 @@ def list_deliveries(
 # -- the dispatcher --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    status: int | None  # the HTTP status, None when no answer came
-    error: str | None  # None when delivered
-
-
 Post = Callable[[str, bytes, dict[str, str], float], Attempt]
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect is an answer we do not follow: a signed POST must not be re-sent
-    # elsewhere (and urllib would turn it into a GET). It counts as a failed attempt.
-    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
-def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Attempt:
-    """One POST; any 2xx delivers, anything else (status, timeout, refusal) is an error."""
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _opener.open(req, timeout=timeout_s) as resp:
-            resp.read(65536)  # let the connection close cleanly; the body is not used
-            return Attempt(resp.status, None)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return Attempt(exc.code, f"HTTP {exc.code} {exc.reason}")
-    except (OSError, ValueError) as exc:  # URLError, timeouts, refused, bad URL
-        reason = getattr(exc, "reason", exc)
-        return Attempt(None, f"{type(exc).__name__}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -303,9 +292,11 @@ class DispatchConfig:
     max_attempts: int = 8
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 3600.0
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # the whole POST: connect, TLS, send and answer
     batch: int = 100
-    concurrency: int = 8
+    concurrency: int = 8  # POSTs in flight, all orgs together
+    org_concurrency: int = 2  # POSTs in flight for one org
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
 
     @classmethod
     def from_settings(cls, s: Settings) -> DispatchConfig:
@@ -316,6 +307,8 @@ class DispatchConfig:
             timeout_s=s.webhook_timeout_ms / 1000,
             batch=s.webhook_batch,
             concurrency=s.webhook_concurrency,
+            org_concurrency=max(1, min(s.webhook_org_concurrency, s.webhook_concurrency)),
+            policy=policy_from_settings(s),
         )
 
     @property
@@ -324,26 +317,38 @@ class DispatchConfig:
         return self.timeout_s * 2 + 30
 
 
+def policy_from_settings(s: Settings) -> UrlPolicy:
+    return UrlPolicy(allow_http=s.webhooks_allow_http, allow_private=s.webhooks_allow_private)
+
+
 class WebhookDispatcher:
     def __init__(
         self,
         store: LeadStore,
         dsn: str,
+        box: SecretBox,
         config: DispatchConfig | None = None,
-        post: Post = http_post,
+        post: Post | None = None,
         *,
         log_batch: int = 1000,
     ) -> None:
-        ensure_schema(dsn)
+        ensure_schema(dsn, box)
         self.store = store
+        self.box = box
         self.config = config = config or DispatchConfig()
-        self.post = post
+        self.post: Post = post or functools.partial(guarded_post, policy=config.policy)
         self.log_batch = log_batch
         self.tracking = Tracking(dsn, TRACKING_NAME)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="webhook-post")
+        # POSTs in flight (claimed, not yet recorded) and per org; only this thread
+        # touches them. Finished POSTs come back through `done`.
+        self.in_flight = 0
+        self.org_in_flight: Counter[str] = Counter()
+        self.done: queue.SimpleQueue[tuple[dict[str, Any], Future[Attempt]]] = queue.SimpleQueue()
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)  # each POST ends by its deadline
+        self.record_finished()
         self.tracking.close()
 
     def __enter__(self) -> WebhookDispatcher:
@@ -392,36 +397,85 @@ class WebhookDispatcher:
         return len(notes)
 
     def send_once(self) -> int:
-        """POST the due deliveries (up to a batch); returns how many were attempted."""
+        """Start POSTs of due deliveries, as many as the free slots allow (all orgs and
+        each org); returns how many started. It does not wait for them."""
         c = self.config
+        free = min(c.batch, c.concurrency - self.in_flight)
+        if free <= 0:
+            return 0
+        # Orgs at their limit are not claimed for; the others at most their limit each,
+        # oldest due first, so one org's backlog cannot fill the round.
+        full = [org for org, n in self.org_in_flight.items() if n >= c.org_concurrency]
         with self.conn.cursor(row_factory=dict_row) as cur:
             due = cur.execute(
                 "UPDATE webhook_deliveries d "
                 "SET next_attempt_at = now() + make_interval(secs => %s) "
                 "FROM webhooks w WHERE w.id = d.webhook_id AND d.id IN ("
-                "  SELECT id FROM webhook_deliveries WHERE status = 'pending' "
-                "  AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT %s "
-                "  FOR UPDATE SKIP LOCKED) "
-                "RETURNING d.id, d.event_id, d.event_type, d.payload, d.attempts, "
+                "  SELECT id FROM ("
+                "    SELECT id, next_attempt_at, row_number() OVER ("
+                "      PARTITION BY org_id ORDER BY next_attempt_at, id) AS n "
+                "    FROM webhook_deliveries WHERE status = 'pending' "
+                "    AND next_attempt_at <= now() AND NOT (org_id = ANY(%s::text[]))"
+                "  ) ranked WHERE n <= %s ORDER BY next_attempt_at LIMIT %s) "
+                "AND d.status = 'pending' "
+                "RETURNING d.id, d.org_id, d.event_id, d.event_type, d.payload, d.attempts, "
                 "d.created_at, w.url, w.secret",
-                (c.lease_s, c.batch),
+                (c.lease_s, full, c.org_concurrency, free),
             ).fetchall()
-        if not due:
-            return 0
-        for row, attempt in zip(due, self.pool.map(self._attempt, due), strict=True):
+        started = 0
+        for row in due:
+            if self.org_in_flight[row["org_id"]] >= c.org_concurrency:
+                # Claimed past its org's limit (it had POSTs in flight): due again now.
+                self.conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = now() WHERE id = %s",
+                    (row["id"],),
+                )
+                continue
+            self.in_flight += 1
+            self.org_in_flight[row["org_id"]] += 1
+            future = self.pool.submit(self._attempt, row)
+            future.add_done_callback(functools.partial(self._finished, row))
+            started += 1
+        return started
+
+    def _finished(self, row: dict[str, Any], future: Future[Attempt]) -> None:
+        self.done.put((row, future))  # recorded by the dispatcher thread, on its connection
+
+    def record_finished(self, wait_s: float = 0.0) -> int:
+        """Record the POSTs that have ended (waiting up to ``wait_s`` for the first);
+        returns how many."""
+        n = 0
+        block = wait_s > 0
+        while True:
+            try:
+                row, future = self.done.get(block=block, timeout=wait_s if block else None)
+            except queue.Empty:
+                return n
+            block = False
+            self.in_flight -= 1
+            self.org_in_flight[row["org_id"]] -= 1
+            if self.org_in_flight[row["org_id"]] <= 0:
+                del self.org_in_flight[row["org_id"]]
+            try:
+                attempt = future.result()
+            except Exception as exc:  # a bug in the attempt, not the receiver's doing
+                log.exception("webhook attempt failed unexpectedly", delivery=row["id"])
+                attempt = Attempt(None, "delivery failed (internal error)", repr(exc))
             self._record(row, attempt)
-        return len(due)
+            n += 1
 
     def _attempt(self, row: dict[str, Any]) -> Attempt:
         body = orjson.dumps(row["payload"])
-        ts = int(time.time())
+        try:
+            secret = self.box.open(row["secret"])
+        except SecretKeyError as exc:
+            return Attempt(None, "delivery failed (signing key unavailable)", str(exc))
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "leadscore-webhooks/1",
+            "User-Agent": "leadscore-webhooks/2",
             "X-Leadscore-Event-Id": row["event_id"],
             "X-Leadscore-Event-Type": row["event_type"],
-            TIMESTAMP_HEADER: str(ts),
-            SIGNATURE_HEADER: sign(row["secret"], ts, body),
+            **signed_headers(secret, row["event_id"], body),
         }
         with metrics.WEBHOOK_REQUEST_SECONDS.time():
             return self.post(row["url"], body, headers, self.config.timeout_s)
@@ -441,7 +495,16 @@ class WebhookDispatcher:
                 latency = (done[0] - row["created_at"]).total_seconds()
                 metrics.WEBHOOK_DELIVERY_LATENCY.observe(max(0.0, latency))
             return
+        # The tenant reads `error` (a category); the operator's log gets the detail.
         error = attempt.error[:ERROR_LENGTH]
+        log.info(
+            "webhook attempt failed",
+            delivery=row["id"],
+            org_id=row["org_id"],
+            attempt=attempts,
+            error=error,
+            detail=(attempt.detail or "")[:ERROR_LENGTH],
+        )
         if attempts >= c.max_attempts:
             self.conn.execute(
                 "UPDATE webhook_deliveries SET status = 'dead', attempts = %s, "
@@ -465,13 +528,19 @@ class WebhookDispatcher:
         metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
 
     def run_once(self) -> int:
-        """Both steps until neither has work; returns deliveries attempted (for tests)."""
+        """Both steps until neither has work and nothing is in flight; returns deliveries
+        attempted (for tests)."""
         while self.enqueue_once():
             pass
         sent = 0
-        while n := self.send_once():
-            sent += n
-        return sent
+        while True:
+            started = self.send_once()
+            sent += started
+            self.record_finished()
+            if not started and not self.in_flight:
+                return sent
+            if not started:
+                self.record_finished(wait_s=0.05)
 
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
         """Dispatch until ``stop`` is set: get elected, then enqueue and send in turn."""
@@ -482,9 +551,10 @@ class WebhookDispatcher:
                     continue
                 log.info("webhook dispatcher elected", position=self.tracking.get())
                 while not stop.is_set():
-                    busy = self.enqueue_once() + self.send_once()
+                    busy = self.enqueue_once() + self.send_once() + self.record_finished()
                     if not busy:
-                        stop.wait(idle_wait)
+                        # Idle: wake as soon as a POST ends, else after idle_wait.
+                        self.record_finished(wait_s=idle_wait)
             except DATABASE_UNAVAILABLE as exc:
                 # The lock went with the connection: reconnect and stand again.
                 log.warning("webhook dispatcher lost PostgreSQL, reconnecting", error=str(exc))
@@ -503,10 +573,15 @@ def start_dispatcher_thread(
     """The worker's webhook dispatcher, in a thread beside the relay's."""
 
     def target() -> None:
+        try:
+            box = SecretBox.from_settings(settings)
+        except SecretKeyError as exc:
+            log.error("webhook dispatcher not started", error=str(exc))
+            return
         while not stop.is_set():
             try:
                 dispatcher = WebhookDispatcher(
-                    store, settings.pg_dsn, DispatchConfig.from_settings(settings)
+                    store, settings.pg_dsn, box, DispatchConfig.from_settings(settings)
                 )
                 break
             except DATABASE_UNAVAILABLE as exc:  # a worker may start before PostgreSQL

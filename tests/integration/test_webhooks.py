@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 import psycopg
 import pytest
+import standardwebhooks
 from typer.testing import CliRunner
 
 from domain.events import ActivityKind
@@ -28,6 +29,7 @@ from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from streams import webhooks
 from streams.relay import score_records
+from streams.webhook_secrets import SecretBox
 from streams.webhooks import DispatchConfig, WebhookDispatcher
 from tests.factories import FixedScorer, activity, created
 from tests.support.api import request, start_api, stop_api, wait_ready
@@ -36,10 +38,22 @@ from tests.support.pipeline import encoded
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The dev allowances: these receivers listen on 127.0.0.1 over plain http
+    (tests/integration/test_webhook_guard.py proves the production default refuses)."""
+    return dataclasses.replace(settings, webhooks_allow_http=True, webhooks_allow_private=True)
+
 FAILS_FIRST = 2  # the flaky receiver fails each event's first 2 requests
 MAX_ATTEMPTS = 3
 # Retries due within milliseconds, so a test walks the whole schedule quickly.
-FAST = DispatchConfig(max_attempts=MAX_ATTEMPTS, backoff_base_s=0.001, backoff_cap_s=0.01)
+FAST = DispatchConfig(
+    max_attempts=MAX_ATTEMPTS,
+    backoff_base_s=0.001,
+    backoff_cap_s=0.01,
+    policy=webhooks.UrlPolicy(allow_http=True, allow_private=True),
+)
 
 
 @dataclass
@@ -76,13 +90,15 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             raw = self.rfile.read(int(self.headers["Content-Length"]))
             event_id = self.headers["X-Leadscore-Event-Id"]
-            # What a receiver does: verify the raw bytes before trusting anything.
-            signed = webhooks.verify(
-                state.secrets.get(self.path, ""),
-                self.headers[webhooks.TIMESTAMP_HEADER],
-                raw,
-                self.headers[webhooks.SIGNATURE_HEADER],
-            )
+            # What a receiver does: verify the raw bytes before trusting anything, here
+            # with the Standard Webhooks reference library.
+            try:
+                standardwebhooks.Webhook(state.secrets[self.path]).verify(
+                    raw, dict(self.headers.items())
+                )
+                signed = self.headers["webhook-id"] == event_id
+            except (KeyError, standardwebhooks.WebhookVerificationError):
+                signed = False
             with state.lock:
                 state.tries[(self.path, event_id)] += 1
                 n = state.tries[(self.path, event_id)]
@@ -142,7 +158,15 @@ def add_hook(
     finally:
         store.close()
     with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
-        hook, secret = webhooks.add_webhook(conn, org, url, types or list(TYPED_EVENTS), head)
+        hook, secret = webhooks.add_webhook(
+            conn,
+            org,
+            url,
+            types or list(TYPED_EVENTS),
+            head,
+            policy=webhooks.policy_from_settings(s),
+            box=SecretBox.from_settings(s),
+        )
     receiver.secrets[path] = secret
     return hook.id
 
@@ -199,7 +223,8 @@ def dispatch_until_settled(
     """A dispatcher run until nothing is pending (retries are due within milliseconds)."""
     store = open_store(store_dsn, cache_size=0)
     try:
-        with WebhookDispatcher(store, s.pg_dsn, config) as dispatcher:
+        box = SecretBox.from_settings(s)
+        with WebhookDispatcher(store, s.pg_dsn, box, config) as dispatcher:
             deadline = time.monotonic() + timeout
             while True:
                 dispatcher.run_once()
@@ -262,7 +287,8 @@ def test_a_receiver_that_always_fails_gets_a_dead_letter_after_max_attempts(
     assert want and {d["event_id"] for d in rows} == want
     for d in rows:
         assert d["status"] == "dead" and d["attempts"] == MAX_ATTEMPTS
-        assert d["last_status"] == 500 and "HTTP 500" in d["last_error"]
+        # The tenant's error is a category, never the receiver's address or page.
+        assert d["last_status"] == 500 and d["last_error"] == "delivery failed (HTTP 500)"
         assert d["next_attempt_at"] is None
         assert receiver.tries[("/down", d["event_id"])] == MAX_ATTEMPTS
 

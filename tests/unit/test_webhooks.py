@@ -2,45 +2,135 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import ipaddress
+import re
+import time
 
 import pytest
+import standardwebhooks
 from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.transitions import TYPED_EVENTS
-from streams.webhooks import WebhookError, backoff_s, parse_event_types, sign, verify
+from streams.webhook_http import UrlPolicy, UrlRefusedError, check_url, is_public
+from streams.webhook_secrets import DEV_KEY, SecretBox, SecretKeyError, new_secret, sign, verify
+from streams.webhooks import WebhookError, backoff_s, parse_event_types
 
-SECRET = "whsec_test"
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 NOW = 1_767_600_000
 
 
-def test_signature_is_hmac_sha256_of_timestamp_dot_exact_body() -> None:
+def test_signature_is_standard_webhooks_v1_over_id_dot_timestamp_dot_exact_body() -> None:
     body = b'{"event_type":"lead.qualified","new_score":57.5}'
-    expected = hmac.new(SECRET.encode(), b"1767600000." + body, hashlib.sha256).hexdigest()
-    assert sign(SECRET, NOW, body) == "sha256=" + expected
+    mac = hmac.new(b"k" * 32, b"evt_1.1767600000." + body, hashlib.sha256).digest()
+    assert sign(SECRET, "evt_1", NOW, body) == "v1," + base64.b64encode(mac).decode()
 
 
-def test_signature_covers_the_exact_bytes() -> None:
-    # The same JSON value written differently is a different body: receivers must
-    # verify the raw bytes they received, not a re-serialisation of the parsed body.
-    a = sign(SECRET, NOW, b'{"a":1,"b":2}')
-    assert sign(SECRET, NOW, b'{"b":2,"a":1}') != a
-    assert sign(SECRET, NOW, b'{"a": 1, "b": 2}') != a
-    assert sign(SECRET, NOW + 1, b'{"a":1,"b":2}') != a
-    assert sign(SECRET + "x", NOW, b'{"a":1,"b":2}') != a
+def test_the_reference_library_verifies_our_signature_and_refuses_tampering() -> None:
+    secret = new_secret()
+    body = b'{"a":1}'
+    hook = standardwebhooks.Webhook(secret)
+    # The library checks the timestamp against its own clock: sign with "now".
+    now = int(time.time())
+    headers = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(secret, "evt_1", now, body),
+    }
+    assert hook.verify(body, headers) == {"a": 1}
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        hook.verify(body + b" ", headers)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(new_secret()).verify(body, headers)
 
 
 def test_verify_accepts_a_fresh_signature_and_refuses_tampering_and_replays() -> None:
     body = b'{"x":1}'
-    sig = sign(SECRET, NOW, body)
-    assert verify(SECRET, str(NOW), body, sig, now=NOW + 10)
-    assert not verify(SECRET, str(NOW), body + b" ", sig, now=NOW)
-    assert not verify("other", str(NOW), body, sig, now=NOW)
-    assert not verify(SECRET, str(NOW + 1), body, sig, now=NOW)  # timestamp is signed
-    assert not verify(SECRET, str(NOW), body, sig, now=NOW + 301)  # too old: a replay
-    assert not verify(SECRET, "not-a-time", body, sig, now=NOW)
+    h = {"webhook-id": "m", "webhook-timestamp": str(NOW),
+         "webhook-signature": sign(SECRET, "m", NOW, body)}  # fmt: skip
+    assert verify(SECRET, h, body, now=NOW + 10)
+    assert not verify(SECRET, h, body + b" ", now=NOW)
+    assert not verify(new_secret(), h, body, now=NOW)
+    assert not verify(SECRET, h | {"webhook-id": "n"}, body, now=NOW)  # the id is signed
+    assert not verify(SECRET, h | {"webhook-timestamp": str(NOW + 1)}, body, now=NOW)
+    assert not verify(SECRET, h, body, now=NOW + 301)  # too old: a replay
+    assert not verify(SECRET, h | {"webhook-timestamp": "soon"}, body, now=NOW)
+
+
+def test_secrets_are_sealed_at_rest_and_open_only_with_the_key() -> None:
+    box = SecretBox([DEV_KEY])
+    sealed = box.seal(SECRET)
+    assert sealed.startswith("fernet:") and SECRET not in sealed
+    assert box.open(sealed) == SECRET
+    assert box.open(SECRET) == SECRET  # a row from before encryption reads as it is
+    other = SecretBox([base64.urlsafe_b64encode(b"o" * 32)])
+    with pytest.raises(SecretKeyError):
+        other.open(sealed)
+    # Rotation: the new key first, the old one after it; reseal moves a row over.
+    rotated = SecretBox([base64.urlsafe_b64encode(b"o" * 32), DEV_KEY])
+    moved = rotated.reseal(sealed)
+    assert other.open(moved) == SECRET
+    with pytest.raises(SecretKeyError):
+        SecretBox([b"not a fernet key"])
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "127.1.2.3", "10.0.0.5", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+        "100.64.0.1", "100.127.255.254", "0.0.0.0", "224.0.0.1", "239.255.255.250",
+        "255.255.255.255", "198.18.0.1", "192.0.0.170", "240.0.0.1",
+        "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1", "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1", "2002:a00:1::1",
+        "2001:db8::1",
+    ],
+)  # fmt: skip
+def test_inward_addresses_are_not_public(address: str) -> None:
+    assert not is_public(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"])
+def test_public_addresses_are(address: str) -> None:
+    assert is_public(address)
+    assert ipaddress.ip_address(address)
+
+
+def fixed(*addresses: str):  # type: ignore[no-untyped-def]
+    return lambda host, port: list(addresses)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:5432/", "https"),
+        ("https://127.0.0.1:5432/", "public"),
+        ("https://169.254.169.254/latest/meta-data/", "public"),
+        ("https://[::1]/", "public"),
+        ("https://[::ffff:10.0.0.1]/", "public"),
+        ("https://user:pw@93.184.216.34/", "credentials"),
+        ("ftp://93.184.216.34/", "http(s)"),
+        ("https:///nohost", "http(s)"),
+        ("https://93.184.216.34:99999/", "http(s)"),
+        ("https://93.184.216.34/a b", "http(s)"),
+        ("https://x" + "a" * 2100 + ".com/", "http(s)"),
+    ],
+)
+def test_the_production_policy_refuses(url: str, why: str) -> None:
+    with pytest.raises(UrlRefusedError, match=re.escape(why)):
+        check_url(url, UrlPolicy())
+
+
+def test_a_name_with_any_private_answer_is_refused_and_the_checked_address_pinned() -> None:
+    with pytest.raises(UrlRefusedError):
+        check_url("https://hooks.example.com/", UrlPolicy(), fixed("93.184.216.34", "10.0.0.1"))
+    target = check_url("https://hooks.example.com:8443/x?y=1", UrlPolicy(), fixed("93.184.216.34"))
+    assert (target.address, target.host_header, target.path) == (
+        "93.184.216.34", "hooks.example.com:8443", "/x?y=1")  # fmt: skip
+    dev = check_url("http://127.0.0.1:9/", UrlPolicy(allow_http=True, allow_private=True))
+    assert dev.address == "127.0.0.1"
 
 
 @given(
