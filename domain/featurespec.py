@@ -376,23 +376,36 @@ def _observe(f: Feature, lead: Lead, now: datetime) -> float | str | None:
     if f.source == "count":
         if f.window is None:
             return float(_all_counts(lead, f.key))
-        return sum(L.window_sums(e[1], now, f.window)[0] for e in _kind_entries(lead, f.key))
+        return sum(
+            L.window_sums(e, L.KIND_BUCKETS, now, f.window)[0] for e in _kind_entries(lead, f.key)
+        )
     if f.source == "days_since_last":
         times = [e[0] for e in _kind_entries(lead, f.key)]
         if not times:
             return NO_ACTIVITY_DAYS
         days = (now.timestamp() - max(times)) / 86_400.0
         return min(NO_ACTIVITY_DAYS, max(0.0, days))
-    stats = _prop_stats(lead, f.key, f.prop or "")
     if f.source == "last_text":
-        latest = max((s for s in stats if s[L.TEXT] is not None), key=_last_at, default=None)
-        return None if latest is None else str(latest[L.TEXT])
-    return _stat(f, stats, now)
+        return _last_text(lead, f.key, f.prop or "")
+    return _stat(f, _prop_stats(lead, f.key, f.prop or ""), now)
+
+
+def _last_text(lead: Lead, kind: str, prop: str) -> str | None:
+    if kind != ANY:
+        return lead.property_text.get(f"{kind}\x1f{prop}")
+    # Of every kind with this property, the one whose latest activity is the most recent.
+    suffix, best, when = f"\x1f{prop}", None, -1.0
+    for key, text in lead.property_text.items():
+        if key.endswith(suffix):
+            at = lead.kind_activity.get(key[: -len(suffix)], [0.0])[0]
+            if at > when:
+                best, when = text, at
+    return best
 
 
 def _stat(f: Feature, stats: list[list[Any]], now: datetime) -> float | None:
     if f.window is not None:
-        return sum(L.window_sums(s[L.DAYS], now, f.window)[1] for s in stats)
+        return sum(L.window_sums(s, L.PROPERTY_BUCKETS, now, f.window)[1] for s in stats)
     n = sum(s[L.N] for s in stats)
     if f.stat == "sum":
         return float(sum(s[L.SUM] for s in stats))
@@ -402,8 +415,7 @@ def _stat(f: Feature, stats: list[list[Any]], now: datetime) -> float | None:
         return sum(s[L.SUM] for s in stats) / n
     if f.stat == "max":
         return float(max(s[L.MAX] for s in stats if s[L.MAX] is not None))
-    numeric = [s for s in stats if s[L.LAST] is not None]
-    return float(max(numeric, key=_last_at)[L.LAST])
+    return float(max(stats, key=_last_at)[L.LAST])
 
 
 def _last_at(stats: list[Any]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -126,10 +127,13 @@ class Lead(Aggregate):
         self.score_count = 0
         self.attributes: dict[str, str] = {}
         self._set_attributes(attributes or {})
-        # Per activity kind: [last time (epoch s), [day, count, 0, ...]] (see _bucket_add).
+        # Flat lists, a third of the memory of a list per bucket (see the functions below).
+        # Per activity kind: [last time (epoch s), day, count, 0, day, count, 0, ...].
         self.kind_activity: dict[str, list[Any]] = {}
-        # Per "kind\x1fproperty": PropertyStats.new() lists (see the functions below).
+        # Per "kind\x1fproperty" with numeric values: [n, sum, max, last, last time,
+        # day, n, sum, ...]; with text values, the latest text alone in property_text.
         self.property_stats: dict[str, list[Any]] = {}
+        self.property_text: dict[str, str] = {}
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -137,6 +141,7 @@ class Lead(Aggregate):
         state["attributes"] = {}
         state["kind_activity"] = {}
         state["property_stats"] = {}
+        state["property_text"] = {}
         state["last_open_event_at"] = state["last_event_at"]
 
     # -- commands ---------------------------------------------------------
@@ -354,18 +359,25 @@ class Lead(Aggregate):
         day = int(ts // 86_400)
         entry = self.kind_activity.get(kind)
         if entry is None:
-            entry = self.kind_activity[kind] = [ts, []]
+            entry = self.kind_activity[kind] = [ts]
         elif ts > entry[0]:
             entry[0] = ts
-        _bucket_add(entry[1], day, 1, 0)
+        _bucket_add(entry, KIND_BUCKETS, day, 1, 0)
         for name, raw in properties.items():
-            key = f"{kind}\x1f{name}"
+            # Interned: every lead holding "page_view\x1fcampaign" shares one string.
+            key = sys.intern(f"{kind}\x1f{name}")
+            value = as_number(raw)
+            if value is None:
+                room = key in self.property_text or len(self.property_text) < MAX_PROPERTY_STATS
+                if room and ts >= entry[0]:  # the kind's latest activity: its latest text
+                    self.property_text[key] = sys.intern(str(raw)[:MAX_TEXT])
+                continue
             stats = self.property_stats.get(key)
             if stats is None:
                 if len(self.property_stats) >= MAX_PROPERTY_STATS:
                     continue
-                stats = self.property_stats[key] = new_property_stats()
-            add_to_property_stats(stats, ts, day, raw)
+                stats = self.property_stats[key] = [0, 0.0, None, None, None]
+            add_to_property_stats(stats, ts, day, value)
 
     def _touch(self, occurred_at: datetime, outcome: bool = False) -> None:
         if occurred_at > self.last_event_at:
@@ -401,15 +413,12 @@ def decayed_engagement(
     }
 
 
-# -- running activity state (plain lists and dicts: cheap to copy into snapshots) --------
+# -- running activity state (flat lists and dicts: small, and cheap to snapshot) -----------
 
-# A property's stats: [n numeric, sum, max, last numeric, last time (epoch s),
-# last text (non-numeric values), [day, n, sum, ...] over the last WINDOW_DAYS days]
-N, SUM, MAX, LAST, LAST_AT, TEXT, DAYS = range(7)
-
-
-def new_property_stats() -> list[Any]:
-    return [0, 0.0, None, None, None, None, []]
+# A numeric property's stats: n, sum, max, last value, last time (epoch s), then buckets.
+N, SUM, MAX, LAST, LAST_AT = range(5)
+PROPERTY_BUCKETS = 5  # where the buckets start in a property's stats
+KIND_BUCKETS = 1  # ... and in a kind's entry, after its last time
 
 
 def as_number(raw: str) -> float | None:
@@ -421,51 +430,50 @@ def as_number(raw: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def add_to_property_stats(stats: list[Any], ts: float, day: int, raw: str) -> None:
-    value = as_number(raw)
-    newest = stats[LAST_AT] is None or ts >= stats[LAST_AT]
-    if newest:
-        stats[LAST_AT] = ts
-    if value is None:
-        if newest:
-            stats[TEXT] = str(raw)[:MAX_TEXT]
-        return
+def add_to_property_stats(stats: list[Any], ts: float, day: int, value: float) -> None:
     stats[N] += 1
     stats[SUM] += value
     stats[MAX] = value if stats[MAX] is None else max(stats[MAX], value)
-    if newest:
+    if stats[LAST_AT] is None or ts >= stats[LAST_AT]:
+        stats[LAST_AT] = ts
         stats[LAST] = value
-    _bucket_add(stats[DAYS], day, 1, value)
+    _bucket_add(stats, PROPERTY_BUCKETS, day, 1, value)
 
 
-def _bucket_add(days: list[Any], day: int, n: int, value: float) -> None:
-    """Add to the bucket of ``day`` in a flat list [day, n, sum, day, n, sum, ...].
+def _bucket_add(lst: list[Any], start: int, day: int, n: int, value: float) -> None:
+    """Add to the bucket of ``day`` among ``lst[start:]``, triples [day, n, sum, ...].
 
     Buckets are in day order, only those of the WINDOW_DAYS days up to the newest. Flat,
-    not a list per bucket (a third of the memory for a busy lead), and not a dict keyed
-    by day: snapshots go through JSON, whose object keys are strings.
+    not a list per bucket, and not a dict keyed by day: snapshots go through JSON, whose
+    object keys are strings.
     """
-    newest = days[-3] if days else day
+    newest = lst[-3] if len(lst) > start else day
     if day <= newest - WINDOW_DAYS:
         return  # too old for any window
-    i = len(days) - 3
-    while i >= 0 and days[i] > day:
+    i = len(lst) - 3
+    while i >= start and lst[i] > day:
         i -= 3
-    if i >= 0 and days[i] == day:
-        days[i + 1] += n
-        days[i + 2] += value
+    if i >= start and lst[i] == day:
+        lst[i + 1] += n
+        lst[i + 2] += value
         return
-    days[i + 3 : i + 3] = [day, n, value]
-    while days[0] <= days[-3] - WINDOW_DAYS:
-        del days[:3]
+    lst[i + 3 : i + 3] = [day, n, value]
+    while lst[start] <= lst[-3] - WINDOW_DAYS:
+        del lst[start : start + 3]
 
 
-def window_sums(days: list[Any], now: datetime, window_days: int) -> tuple[float, float]:
-    """(count, sum) over the buckets of the ``window_days`` days up to ``now``."""
+def window_sums(lst: list[Any], start: int, now: datetime, window_days: int) -> tuple[float, float]:
+    """(count, sum) over the buckets in ``lst[start:]`` of the ``window_days`` days up to
+    ``now``."""
     today = int(now.timestamp() // 86_400)
     n = total = 0.0
-    for i in range(0, len(days), 3):
-        if today - window_days < days[i] <= today:
-            n += days[i + 1]
-            total += days[i + 2]
+    for i in range(start, len(lst), 3):
+        if today - window_days < lst[i] <= today:
+            n += lst[i + 1]
+            total += lst[i + 2]
     return n, total
+
+
+def buckets(lst: list[Any], start: int) -> int:
+    """How many day buckets ``lst[start:]`` holds."""
+    return (len(lst) - start) // 3

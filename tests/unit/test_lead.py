@@ -6,7 +6,15 @@ from hypothesis import strategies as st
 from pympler.asizeof import asizeof
 
 from domain.events import ActivityKind, EventType
-from domain.lead import WINDOW_DAYS, Lead, lead_aggregate_id, score_event_id
+from domain.lead import (
+    KIND_BUCKETS,
+    PROPERTY_BUCKETS,
+    WINDOW_DAYS,
+    Lead,
+    buckets,
+    lead_aggregate_id,
+    score_event_id,
+)
 from domain.processing import apply_batch, event_time, undecided
 from leadscore.modelstore import load_scorer
 from leadscore.workload import generate
@@ -178,6 +186,6 @@ def test_a_leads_state_stops_growing_with_its_history() -> None:
     # Labels such as "no activity for 12 days" may gain a digit: a few bytes, not a
     # record per lead-event (3,000 remembered ids would be over 200 KB).
     assert max(size for n, size in size_after.items() if n > 1_800) <= settled + 1_024
-    # The windows hold at most WINDOW_DAYS days of buckets (3 numbers each).
-    assert all(len(days) <= 3 * WINDOW_DAYS for _ts, days in lead.kind_activity.values())
-    assert all(len(st[-1]) <= 3 * WINDOW_DAYS for st in lead.property_stats.values())
+    # The windows hold at most WINDOW_DAYS days of buckets.
+    assert all(buckets(e, KIND_BUCKETS) <= WINDOW_DAYS for e in lead.kind_activity.values())
+    assert all(buckets(s, PROPERTY_BUCKETS) <= WINDOW_DAYS for s in lead.property_stats.values())
