@@ -1,4 +1,4 @@
-"""`leadscore projections status|rebuild|run`."""
+"""`leadscore projections status|rebuild|run|quarantine list|quarantine retry`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leadscore.settings import Settings, get_settings
+from projections import quarantine as quarantined
 from projections.base import ProjectionBusyError, ProjectionRunner
 from projections.log import LogReader, table_exists
 from projections.runner import ALL, embedded_clickhouse, opened, run_projections
@@ -118,3 +119,65 @@ def run(names: Names = None) -> None:
         await run_projections(s, chosen, stop)
 
     asyncio.run(main())
+
+
+quarantine_app = typer.Typer(
+    help="Log entries a read model could not write and set aside.", no_args_is_help=True
+)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(names: Names = None) -> None:
+    """The entries set aside, by projection and log position, with the sink's reason."""
+    s = get_settings()
+    chosen = set(_names(s, names))
+    rows = asyncio.run(_quarantined(s))
+    table = Table("projection", "position", "kind", "org", "attempts", "since", "reason")
+    for q in rows:
+        if q.projection in chosen:
+            table.add_row(
+                q.projection, str(q.position), q.kind, q.org_id, str(q.attempts),
+                q.quarantined_at.isoformat(timespec="seconds"), q.reason,
+            )  # fmt: skip
+    console.print(table)
+
+
+async def _quarantined(s: Settings) -> list[quarantined.Quarantined]:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
+    try:
+        return await quarantined.entries(pool)
+    finally:
+        await pool.close()
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(names: Names = None) -> None:
+    """Write the entries set aside again (after a fix); those written are released."""
+    s = get_settings()
+    released, kept = asyncio.run(retry_quarantined(s, _names(s, names)))
+    console.print(f"released {released}, still quarantined {kept}")
+    if kept:
+        raise typer.Exit(1)
+
+
+async def retry_quarantined(s: Settings, names: list[str]) -> tuple[int, int]:
+    """Re-drive each named projection's quarantined entries; (released, still refused)."""
+    released = kept = 0
+    async with opened(s, names) as (pool, projections):
+        reader = LogReader(pool)
+        for p in projections:
+            await p.setup()
+            rows = await quarantined.entries(pool, p.name)
+            for entry in await reader.at([q.position for q in rows]):
+                try:
+                    await p.reapply([entry])
+                except Exception as exc:
+                    await quarantined.failed_again(pool, p.name, entry.position, exc)
+                    kept += 1
+                    continue
+                await quarantined.release(pool, p.name, entry.position)
+                released += 1
+    return released, kept

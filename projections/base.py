@@ -15,6 +15,7 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from projections import quarantine
 from projections.log import LogEntry, LogReader, table_exists
 
 log = structlog.get_logger(__name__)
@@ -55,10 +56,34 @@ class Projection(Protocol):
         Entries at or below the recorded position must change nothing.
         """
 
+    async def advance(self, position: int) -> None:
+        """Record ``position`` as applied without writing anything (an entry set aside)."""
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        """Write ``entries`` again whatever the recorded position, never regressing newer
+        state (re-driving quarantined entries); the position does not move."""
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is about the entries written (not the store being unreachable)."""
+
     async def reset(self) -> None:
         """Drop the read model and its position, ready to rebuild from 0."""
 
     async def close(self) -> None: ...
+
+
+class SinkUnavailableError(RuntimeError):
+    """Every entry of a batch failed on its own: the store, not the entries, is at fault."""
+
+
+# Never about the entry: the store or the network. The runner retries these with backoff.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 class ProjectionRunner:
@@ -104,14 +129,56 @@ class ProjectionRunner:
             if until is not None:
                 entries = [e for e in entries if e.position <= until]
             if not entries:
+                quarantine.LAG.labels(projection.name).set(0)
                 break
-            await projection.project(entries)
+            await self._project(projection, entries)
             position = entries[-1].position
             applied += len(entries)
             await self._report(projection.name, position)
+            quarantine.LAG.labels(projection.name).set(max(0, await self.reader.head() - position))
             if on_progress:
                 on_progress(position)
         return applied
+
+    async def _project(self, projection: Projection, entries: Sequence[LogEntry]) -> None:
+        """Write a batch; if the store refuses its data, write it entry by entry and set
+        aside (quarantine) the entries it still refuses, so one entry never stops the
+        projection. Connection errors propagate: ``follow`` retries them with backoff."""
+        try:
+            await projection.project(entries)
+            return
+        except Exception as exc:
+            if not _is_data_error(projection, exc):
+                raise
+            log.warning(
+                "projection batch refused, writing it entry by entry",
+                projection=projection.name,
+                entries=len(entries),
+                first=entries[0].position,
+                last=entries[-1].position,
+                error_type=type(exc).__name__,
+            )
+        refused: list[tuple[LogEntry, Exception]] = []
+        for entry in entries:
+            try:
+                await projection.project([entry])
+            except Exception as exc:
+                if not _is_data_error(projection, exc):
+                    raise
+                # Recorded before a later entry moves the position past this one.
+                await quarantine.add(self.pool, projection.name, entry, exc)
+                refused.append((entry, exc))
+        if len(refused) == len(entries) and (len(entries) > 1 or not await _answers(projection)):
+            for entry, _exc in refused:
+                await quarantine.forget(self.pool, projection.name, entry.position)
+            raise SinkUnavailableError(
+                f"{projection.name}: every entry of the batch was refused "
+                f"({type(refused[0][1]).__name__}); retrying the batch, not quarantining it"
+            )
+        for entry, exc in refused:
+            quarantine.alert(projection.name, entry, exc)
+        if refused and refused[-1][0] is entries[-1]:
+            await projection.advance(entries[-1].position)
 
     async def follow(self, projection: Projection, stop: asyncio.Event) -> None:
         """Elect, then keep the projection caught up until ``stop`` is set.
@@ -195,6 +262,21 @@ class ProjectionRunner:
             name,
             position,
         )
+
+
+def _is_data_error(projection: Projection, exc: BaseException) -> bool:
+    if isinstance(exc, CONNECTION_ERRORS):
+        return False
+    judge = getattr(projection, "is_data_error", None)
+    return bool(judge(exc)) if judge is not None else False
+
+
+async def _answers(projection: Projection) -> bool:
+    try:
+        await projection.position()
+    except Exception:
+        return False
+    return True
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

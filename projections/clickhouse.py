@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import re
+import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,12 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ProgrammingError
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from projections.log import LogEntry
 
@@ -84,7 +90,9 @@ def _fact_ddl(table: str) -> str:
         f"CREATE TABLE IF NOT EXISTS {table} (\n    {body},\n"
         "    INDEX position_idx position TYPE minmax GRANULARITY 4\n)\n"
         "ENGINE = MergeTree\n"
-        f"PARTITION BY toYYYYMM({time_column})\n"
+        # Yearly: lead-events go back to 2000 (streams/codec.py EARLIEST), and a CRM
+        # backfill in one insert must stay under max_partitions_per_insert_block (100).
+        f"PARTITION BY toYear({time_column})\n"
         "ORDER BY (org_id, lead_id, position)"
     )
 
@@ -215,6 +223,23 @@ class ClickHouseProjection:
     async def reset(self) -> None:
         await asyncio.to_thread(self._reset)
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        # The server (or chDB) refused the rows, or the client could not serialise a
+        # value; OperationalError is the connection.
+        if isinstance(exc, OperationalError):
+            return False
+        return isinstance(
+            exc,
+            DataError | DatabaseError | ProgrammingError | TypeError | ValueError
+            | OverflowError | KeyError | struct.error,
+        )  # fmt: skip
+
+    async def advance(self, position: int) -> None:
+        await asyncio.to_thread(self._advance, position)
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        await asyncio.to_thread(self._reapply, entries)
+
     async def close(self) -> None:
         """The client belongs to the caller (it may also serve analytics)."""
 
@@ -274,6 +299,25 @@ class ClickHouseProjection:
         self._save_position(fresh[-1].position)
         self._position = fresh[-1].position
 
+    def _advance(self, position: int) -> None:
+        if position > self._recovered_position():
+            self._save_position(position)
+            self._position = position
+
+    def _reapply(self, entries: Sequence[LogEntry]) -> None:
+        # Fact rows are keyed by position: insert an entry's row only where it is missing.
+        for e in entries:
+            events, scores = fact_rows([e])
+            for table, columns, rows in (
+                ("lead_events", LEAD_EVENT_COLUMNS, events),
+                ("score_history", SCORE_COLUMNS, scores),
+            ):
+                if rows and not self._scalar(
+                    f"SELECT count() FROM {table} WHERE position = {{p:UInt64}}",
+                    {"p": e.position},
+                ):
+                    self._insert(table, columns, rows)
+
     def _insert(
         self, table: str, columns: tuple[tuple[str, str], ...], rows: list[tuple[Any, ...]]
     ) -> None:
@@ -283,6 +327,9 @@ class ClickHouseProjection:
             column_names=[name for name, _ in columns],
             column_type_names=[type_ for _, type_ in columns],
             column_oriented=True,
+            # Tables made before yearly partitions are monthly: a backfill's batch may
+            # touch more months than the default limit of 100 allows in one insert.
+            settings={"max_partitions_per_insert_block": 0},
         )
 
     def _save_position(self, position: int) -> None:

@@ -75,6 +75,27 @@ class LogReader:
         )
         return [self._entry(r) for r in rows]
 
+    async def at(self, positions: Sequence[int]) -> list[LogEntry]:
+        """The entries at ``positions`` (those that exist), in log order."""
+        rows = await self.pool.fetch(
+            f"SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE notification_id = ANY($1::bigint[]) "
+            f"ORDER BY notification_id",
+            list(positions),
+        )
+        return [self._entry(r) for r in rows]
+
+    async def of_aggregate(self, aggregate_id: UUID, upto: int) -> list[LogEntry]:
+        """One lead's entries up to ``upto``, in log order (to fold its row afresh)."""
+        rows = await self.pool.fetch(
+            f"SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE originator_id = $1 AND notification_id <= $2 "
+            f"ORDER BY notification_id",
+            aggregate_id,
+            upto,
+        )
+        return [self._entry(r) for r in rows]
+
     async def head(self) -> int:
         """The newest position in the log (0 when empty)."""
         value = await self.pool.fetchval(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")

@@ -14,7 +14,19 @@ import orjson
 
 from leadscore.eventstore import DDL_LOCK, TRACKING_DDL
 from projections import changes
-from projections.log import LogEntry
+from projections.log import LogEntry, LogReader
+
+# What PostgreSQL (or asyncpg, encoding a value) refuses about the rows themselves: bad
+# text (NUL, encoding), out-of-range numbers, constraint violations; and Python's own
+# errors building the rows from an entry. Connection errors are none of these.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    TypeError,
+    ValueError,
+    KeyError,
+    OverflowError,
+)
 
 POSITION_NAME = "projection:postgres"
 PROFILE_COLUMNS = (
@@ -130,6 +142,44 @@ class PostgresProjection:
 
     async def close(self) -> None:
         """The pool belongs to the caller."""
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, DATA_ERRORS)
+
+    async def advance(self, position: int) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO tracking (name, position) VALUES ($1, $2) ON CONFLICT (name) "
+                "DO UPDATE SET position = greatest(tracking.position, EXCLUDED.position)",
+                POSITION_NAME,
+                position,
+            )
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        """Scores and history go in guarded by position; a lead's row is folded afresh from
+        all its entries up to the recorded position, so an old entry never overwrites a
+        newer change."""
+        reader = LogReader(self.pool)
+        async with self.pool.acquire() as conn, conn.transaction():
+            upto = await conn.fetchval(
+                "SELECT position FROM tracking WHERE name = $1 FOR UPDATE", POSITION_NAME
+            )
+            upto = max(int(upto or 0), max(e.position for e in entries))
+            scored = [e for e in entries if e.kind == "LeadScored"]
+            for agg in dict.fromkeys(e.aggregate_id for e in entries if e.kind != "LeadScored"):
+                history = [
+                    e for e in await reader.of_aggregate(agg, upto) if e.kind != "LeadScored"
+                ]
+                await conn.execute("DELETE FROM leads WHERE aggregate_id = $1", agg)
+                leads, _scores, _history = await self._rows(conn, history)
+                if leads:
+                    await conn.executemany(_UPSERT_LEAD, leads)
+            if scored:
+                await conn.executemany(_UPSERT_SCORE, [_score_row(e) for e in scored])
+                await conn.executemany(_INSERT_HISTORY, [_history_row(e) for e in scored])
+            touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in entries)
+            for payload in changes.encode(touched):
+                await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, payload)
 
     async def project(self, entries: Sequence[LogEntry]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import DataError, ResponseError
 
 from projections import changes
 from projections.log import LogEntry
@@ -32,9 +33,11 @@ local i = 4
 local changed = {}
 while i <= n do
   local pos = tonumber(ARGV[i])
-  if pos > current then
-    local org, lead = ARGV[i + 1], ARGV[i + 2]
-    local base = prefix .. ':' .. org
+  local org, lead = ARGV[i + 1], ARGV[i + 2]
+  local base = prefix .. ':' .. org
+  local have = tonumber(redis.call('HGET', base .. ':lead:' .. lead, 'position') or '0')
+  -- A lead's hash never goes back to an older score (a re-driven quarantined entry).
+  if pos > current and pos > have then
     redis.call('HSET', base .. ':lead:' .. lead,
       'score', ARGV[i + 3], 'grade', ARGV[i + 4], 'fit', ARGV[i + 5],
       'engagement', ARGV[i + 6], 'model_version', ARGV[i + 7], 'updated_at', ARGV[i + 8],
@@ -75,10 +78,32 @@ class RedisProjection:
         value = await self.client.get(self.position_key)
         return int(value or 0)
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        # The script refused an argument, or the client could not encode one.
+        return isinstance(exc, DataError | ResponseError | TypeError | ValueError | KeyError)
+
+    async def advance(self, position: int) -> None:
+        await self._script(
+            keys=[self.channel], args=[self.position_key, RECENT_LIMIT, self.prefix, position]
+        )
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        # A scratch position (0) so every entry is considered; each lead's own position
+        # keeps newer scores in place. The projection's position does not move.
+        scratch = f"{self.position_key}:reapply"
+        await self.client.delete(scratch)
+        try:
+            await self._apply(scratch, entries)
+        finally:
+            await self.client.delete(scratch)
+
     async def project(self, entries: Sequence[LogEntry]) -> None:
+        await self._apply(self.position_key, entries)
+
+    async def _apply(self, position_key: str, entries: Sequence[LogEntry]) -> None:
         if not entries:
             return
-        args: list[str | int | float] = [self.position_key, RECENT_LIMIT, self.prefix]
+        args: list[str | int | float] = [position_key, RECENT_LIMIT, self.prefix]
         for e in entries:
             if e.kind != "LeadScored":
                 continue

@@ -1,0 +1,195 @@
+"""A log entry a read model cannot write is quarantined and the projection moves on;
+`projections quarantine retry` re-drives it after a fix; a ClickHouse backfill spanning
+2000..now goes in one insert (issue 15, item 2 and the partitions bullet)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from domain.events import LeadEvent
+from leadscore.bootstrap import bootstrap
+from leadscore.cli_projections import retry_quarantined
+from leadscore.settings import Settings
+from projections import quarantine
+from projections.base import ProjectionRunner
+from projections.clickhouse import ClickHouseProjection, connect
+from projections.log import LogReader
+from projections.postgres import PostgresProjection
+from projections.redis import RedisProjection
+from streams.processor import BatchStats
+from tests.factories import T0, created
+
+pytestmark = pytest.mark.integration
+
+ORG = "org-q"
+
+
+def store_unvalidated(settings: Settings, events: list[LeadEvent]) -> None:
+    """Store events as an engine before today's validation did (the log may hold them)."""
+    engine = bootstrap(settings)
+    try:
+        engine.processor._apply(events, BatchStats())
+    finally:
+        engine.close()
+
+
+def counter(name: str, projection: str) -> float:
+    return REGISTRY.get_sample_value(name, {"projection": projection}) or 0.0
+
+
+async def project_all(settings: Settings, chdb: Path) -> dict[str, object]:
+    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=4)
+    client = aioredis.from_url(settings.redis_url)
+    ch = connect(f"chdb://{chdb}")
+    try:
+        projections = [
+            PostgresProjection(pool),
+            RedisProjection(client, settings.redis_prefix),
+            ClickHouseProjection(ch),
+        ]
+        runner = ProjectionRunner(pool, projections)
+        for p in projections:
+            await p.setup()
+            await runner.catch_up(p)
+        head = await LogReader(pool).head()
+        return {
+            "head": head,
+            "positions": {p.name: await p.position() for p in projections},
+            "leads": {
+                r["lead_id"]: (r["title"], r["employees"])
+                for r in await pool.fetch("SELECT lead_id, title, employees FROM leads")
+            },
+            "scored": {r[0] for r in await pool.fetch("SELECT lead_id FROM lead_scores")},
+            "redis": {
+                lead: await client.hget(f"{settings.redis_prefix}:{ORG}:lead:{lead}", "score")
+                is not None
+                for lead in ("good-1", "nul-title", "big-size", "good-2")
+            },
+            "ch_leads": {
+                r[0]
+                for r in ch.query(
+                    "SELECT lead_id FROM lead_events WHERE kind = 'LeadCreated'"
+                ).result_rows
+            },
+            "quarantined": [
+                (q.projection, q.kind, q.org_id, q.error_type, q.reason)
+                for q in await quarantine.entries(pool)
+            ],
+            "lag": REGISTRY.get_sample_value(
+                "leadscore_projection_lag_positions", {"projection": "postgres"}
+            ),
+        }
+    finally:
+        ch.close()
+        await client.aclose()
+        await pool.close()
+
+
+def test_poisoned_entries_are_quarantined_and_retried_after_a_fix(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = dataclasses.replace(settings, require_registered_org=False)
+    events = [
+        created("good-1", ORG, T0),
+        created("nul-title", ORG, T0, title="CEO\x00", employees=50),
+        created("big-size", ORG, T0, title="CTO", employees=2**40),  # > PostgreSQL integer
+        created("good-2", ORG, T0),
+    ]
+    store_unvalidated(s, events)
+    before = {
+        n: counter("leadscore_projection_quarantined_total", n) for n in ("postgres", "clickhouse")
+    }
+
+    got = asyncio.run(project_all(s, tmp_path / "chdb"))
+
+    # Every projection reached the head: nothing stopped behind the poisoned entries.
+    assert got["positions"] == dict.fromkeys(("postgres", "redis", "clickhouse"), got["head"])
+    assert got["lag"] == 0
+    # The writable entries are in every read model, the refused ones in none.
+    assert set(got["leads"]) == {"good-1", "good-2"}
+    assert got["scored"] == {"good-1", "nul-title", "big-size", "good-2"}
+    assert all(got["redis"].values())
+    # ClickHouse (String, Int64) holds both: only PostgreSQL refuses them.
+    assert got["ch_leads"] == {"good-1", "nul-title", "big-size", "good-2"}
+    q = sorted(got["quarantined"])
+    assert [(p, k, o) for p, k, o, _t, _r in q] == [("postgres", "LeadCreated", ORG)] * 2
+    reasons = " | ".join(r for *_x, r in q)
+    assert "0x00" in reasons and "int32" in reasons
+    assert str(2**40) not in reasons  # the refused value is not echoed
+    assert counter("leadscore_projection_quarantined_total", "postgres") == before["postgres"] + 2
+    assert counter("leadscore_projection_quarantined_total", "clickhouse") == before["clickhouse"]
+
+    # The fix for sizes: a wider column. Retry writes what now fits; the NUL stays out.
+    async def widen() -> None:
+        conn = await asyncpg.connect(s.pg_dsn)
+        try:
+            await conn.execute("ALTER TABLE leads ALTER COLUMN employees TYPE bigint")
+        finally:
+            await conn.close()
+
+    asyncio.run(widen())
+    s_ch = dataclasses.replace(s, clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}")
+    released, kept = asyncio.run(retry_quarantined(s_ch, ["postgres"]))
+    assert (released, kept) == (1, 1)  # big-size written; the NUL is still refused
+
+    async def after() -> tuple[object, object]:
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
+        try:
+            rows = await pool.fetch("SELECT lead_id, employees FROM leads ORDER BY lead_id")
+            left = [(x.projection, x.attempts) for x in await quarantine.entries(pool)]
+            return [tuple(r) for r in rows], sorted(left)
+        finally:
+            await pool.close()
+
+    leads, left = asyncio.run(after())
+    assert ("big-size", 2**40) in leads and len(leads) == 3
+    assert left == [("postgres", 2)]
+
+
+def test_a_backfill_spanning_2000_to_now_is_one_clickhouse_insert(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = dataclasses.replace(settings, require_registered_org=False)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    now = datetime.now(UTC)
+    months = (now.year - 2000) * 12 + now.month
+    assert months > 300
+    events = [
+        created(f"lead-{i:04d}", ORG, start + timedelta(days=30 * i)) for i in range(months - 1)
+    ]
+    store_unvalidated(s, events)
+
+    async def run() -> tuple[int, int, int, list[object]]:
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=2)
+        ch = connect(f"chdb://{tmp_path / 'chdb'}")
+        try:
+            p = ClickHouseProjection(ch)
+            await p.setup()
+            # One batch: every entry in one insert per table.
+            runner = ProjectionRunner(pool, [p], batch_size=10_000)
+            await runner.catch_up(p, batches=1)
+            head = await LogReader(pool).head()
+            n = ch.query("SELECT count() FROM lead_events").result_rows[0][0]
+            parts = ch.query(
+                "SELECT count(DISTINCT partition) FROM system.parts "
+                "WHERE database = currentDatabase() AND table = 'lead_events' AND active"
+            ).result_rows[0][0]
+            left = await quarantine.entries(pool)
+            return await p.position(), head, n, [n, parts, left]
+        finally:
+            ch.close()
+            await pool.close()
+
+    position, head, n, (_n, partitions, left) = asyncio.run(run())
+    assert position == head
+    assert n == months - 1
+    assert left == []
+    assert partitions <= now.year - 2000 + 1
