@@ -58,15 +58,11 @@ def _setup() -> None:
 def worker() -> None:
     """Run a worker: consume lead-events, score, store, publish score-events."""
     from leadscore.bootstrap import bootstrap
-    from leadscore.services import ensure_topics
+    from leadscore.services.topics import ensure_engine_topics
     from streams.worker import run_worker
 
     s = get_settings()
-    ensure_topics(
-        s.kafka_bootstrap,
-        [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
-        s.topic_partitions,
-    )
+    ensure_engine_topics(s)
     run_worker(bootstrap(s))
 
 

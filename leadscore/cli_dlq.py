@@ -1,5 +1,8 @@
 """`leadscore dlq list|show|replay`: inspect dead letters and re-drive them after a fix.
 
+A letter too large for Kafka went out by reference (its bytes in PostgreSQL,
+``dead_letter_payloads``): ``show`` and ``replay`` fetch them and check their sha256.
+
 Letters are named by their offset on the DLQ topic (``PARTITION:OFFSET`` outside
 partition 0, where the worker writes them all). Replays are recorded in PostgreSQL
 (``dlq_replays``); replaying a letter twice needs ``--force``.
@@ -21,12 +24,16 @@ from streams.dlq import (
     DETAIL,
     ERROR_CLASS,
     FIRST_FAILURE_AT,
+    PAYLOAD_REF,
+    PAYLOAD_SHA256,
     DeadLetterError,
+    PayloadStore,
     ReplayLog,
     StoredLetter,
     parse_ref,
     read_letters,
     replay,
+    resolve,
 )
 
 app = typer.Typer(help="Dead letters on lead-events.dlq: list, show, replay.", no_args_is_help=True)
@@ -36,6 +43,15 @@ console = Console() if sys.stdout.isatty() else Console(width=160)
 def _letters(s: Settings) -> list[StoredLetter]:
     try:
         return read_letters(s.kafka_bootstrap, s.topic_dlq)
+    except DeadLetterError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+def _resolved(s: Settings, letters: list[StoredLetter]) -> list[StoredLetter]:
+    payloads = PayloadStore(s.pg_dsn)
+    try:
+        return [resolve(x, payloads) for x in letters]
     except DeadLetterError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -98,7 +114,7 @@ def show(offset: Annotated[str, typer.Argument(help="OFFSET or PARTITION:OFFSET"
     if not found:
         console.print(f"[red]no dead letter at {offset} on {s.topic_dlq}[/red]")
         raise typer.Exit(1)
-    letter = found[0]
+    (letter,) = _resolved(s, found[:1])
     table = Table("header", "value", title=f"dead letter {letter.ref}")
     table.add_row("(key)", _key(letter, 200))
     table.add_row("(value)", f"{len(letter.value or b''):,} bytes")
@@ -106,6 +122,11 @@ def show(offset: Annotated[str, typer.Argument(help="OFFSET or PARTITION:OFFSET"
         table.add_row(name, value.decode("utf-8", "replace"))
     console.print(table)
     console.print(f"[bold]why:[/bold] {letter.reason}: {letter.header(DETAIL)}")
+    if letter.by_reference:
+        console.print(
+            f"[bold]value kept by reference:[/bold] {letter.header(PAYLOAD_REF)} "
+            f"sha256 {letter.header(PAYLOAD_SHA256)}"
+        )
     console.print(_decoded(s, letter))
 
 
@@ -162,10 +183,12 @@ def replay_letters(
         return
     from streams.relay import kafka_producer
 
+    chosen = _resolved(s, chosen)
     try:
         n = replay(
             chosen,
-            kafka_producer(s.kafka_bootstrap),
+            # A letter kept by reference is as large as the broker allowed the original.
+            kafka_producer(s.kafka_bootstrap, **{"message.max.bytes": s.kafka_max_message_bytes}),
             s.topic_lead_events,
             log,
             now=datetime.now(UTC),

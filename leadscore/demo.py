@@ -32,7 +32,7 @@ from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, SCORE_UPD
 from leadscore import tenancy
 from leadscore.eventstore import open_store
 from leadscore.producer import ProduceReport, produce_events
-from leadscore.services import ensure_topics
+from leadscore.services.topics import ensure_engine_topics
 from leadscore.settings import Settings
 from leadscore.workload import generate
 from streams.relay import kafka_producer
@@ -138,11 +138,7 @@ def run_demo(
     timeout: float,
 ) -> bool:
     s = settings
-    ensure_topics(
-        s.kafka_bootstrap,
-        [s.topic_lead_events, s.topic_score_events, s.topic_dlq],
-        s.topic_partitions,
-    )
+    ensure_engine_topics(s)
     catalog = SchemaCatalog(s.schema_registry_url)
     encoder = AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
     run = secrets.token_hex(3)

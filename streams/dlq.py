@@ -5,6 +5,15 @@ saying why and where it came from. The worker writes every dead letter to partit
 so the DLQ reads as one ordered log and an offset names a letter. A letter that is
 replayed and fails again keeps its first failure's source and time.
 
+A letter whose key, value and headers would not fit one Kafka message (over the
+sink's ``max_inline_bytes``, below the producer's ``message.max.bytes``) goes out by
+reference: its original key, value and headers are kept in PostgreSQL
+(``dead_letter_payloads``, one row per source topic/partition/offset) and the letter on
+the DLQ carries ``dlq.payload_ref``, ``dlq.payload_sha256`` and ``dlq.payload_bytes``
+instead of the value. ``resolve`` puts the bytes back for ``dlq show`` and ``dlq replay``.
+So a dead letter can always be produced: a message the broker accepted never stops the
+worker because its letter, with the dlq.* headers added, is too large.
+
 Replays are remembered in PostgreSQL (``dlq_replays``), one row per letter: replays can
 pick single letters, which a consumer-group offset (one position per partition) could
 not record without marking the letters before them as replayed too.
@@ -12,15 +21,27 @@ not record without marking the letters before them as replayed too.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+log = structlog.get_logger(__name__)
 
 PREFIX = "dlq."
 REASON = "dlq.reason"
@@ -31,8 +52,16 @@ SOURCE_PARTITION = "dlq.source_partition"
 SOURCE_OFFSET = "dlq.source_offset"
 FIRST_FAILURE_AT = "dlq.first_failure_at"
 REPLAYED_AT = "dlq.replayed_at"
+PAYLOAD_REF = "dlq.payload_ref"
+PAYLOAD_SHA256 = "dlq.payload_sha256"
+PAYLOAD_BYTES = "dlq.payload_bytes"
 DLQ_PARTITION = 0
 MAX_DETAIL = 1_000
+# Below librdkafka's default message.max.bytes (1,000,000), with room for the batch framing.
+MAX_INLINE_BYTES = 900_000
+# A key longer than this stays in PostgreSQL with the value of a letter sent by reference.
+MAX_INLINE_KEY = 16_384
+PAYLOAD_TABLE = "dead_letter_payloads"
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -100,26 +129,43 @@ class DeadLetter:
     detail: str
     error_class: str
 
-    def headers(self, now: datetime) -> list[tuple[str, bytes]]:
+    def carried_headers(self) -> list[tuple[str, bytes]]:
+        """The original message's own headers (a replayed letter's dlq.* ones excluded)."""
+        return [(k, v) for k, v in self.message.headers if not k.startswith(PREFIX)]
+
+    def source(self) -> tuple[str, int, int]:
+        """Where the message first came from: topic, partition, offset (kept by replays)."""
+        m = self.message
+        if m.header(SOURCE_TOPIC) is not None:
+            try:
+                return (
+                    (m.header(SOURCE_TOPIC) or b"").decode("utf-8", "replace"),
+                    int(m.header(SOURCE_PARTITION) or b"-1"),
+                    int(m.header(SOURCE_OFFSET) or b"-1"),
+                )
+            except ValueError:
+                pass  # a forged or damaged header: name where this copy came from
+        return m.topic, m.partition, m.offset
+
+    def size(self, now: datetime) -> int:
+        """The bytes this letter takes in a Kafka message, framing aside."""
+        m = self.message
+        heads = sum(len(k) + len(v) for k, v in self.headers(now))
+        return len(m.key or b"") + len(m.value or b"") + heads
+
+    def headers(self, now: datetime, *, carried: bool = True) -> list[tuple[str, bytes]]:
         """The original headers, then the dlq.* ones; a replayed letter keeps its provenance."""
         m = self.message
-        carried = [(k, v) for k, v in m.headers if not k.startswith(PREFIX)]
         first = m.header(FIRST_FAILURE_AT)
-        if m.header(SOURCE_TOPIC) is not None:
-            source = [
-                (SOURCE_TOPIC, m.header(SOURCE_TOPIC) or b""),
-                (SOURCE_PARTITION, m.header(SOURCE_PARTITION) or b""),
-                (SOURCE_OFFSET, m.header(SOURCE_OFFSET) or b""),
-            ]
-        else:
-            source = [
-                (SOURCE_TOPIC, m.topic.encode()),
-                (SOURCE_PARTITION, str(m.partition).encode()),
-                (SOURCE_OFFSET, str(m.offset).encode()),
-            ]
+        topic, partition, offset = self.source()
+        source = [
+            (SOURCE_TOPIC, topic.encode()),
+            (SOURCE_PARTITION, str(partition).encode()),
+            (SOURCE_OFFSET, str(offset).encode()),
+        ]
         replayed = m.header(REPLAYED_AT)
         return [
-            *carried,
+            *(self.carried_headers() if carried else []),
             (REASON, str(self.reason).encode()),
             (DETAIL, self.detail[:MAX_DETAIL].encode("utf-8", "replace")),
             (ERROR_CLASS, self.error_class.encode()),
@@ -137,19 +183,106 @@ def _deliver(producer: Producer, what: str, timeout: float, errors: list[str]) -
         )
 
 
+class PayloadStore:
+    """The original bytes of dead letters sent by reference (PostgreSQL, ``dead_letter_payloads``).
+
+    One row per source message (topic, partition, offset), written before its letter is
+    produced, so a letter never names a row that is not there; writing it twice is a no-op.
+    """
+
+    DDL = f"""
+    CREATE TABLE IF NOT EXISTS {PAYLOAD_TABLE} (
+        source_topic text NOT NULL,
+        source_partition int NOT NULL,
+        source_offset bigint NOT NULL,
+        sha256 text NOT NULL,
+        key bytea,
+        value bytea,
+        headers jsonb NOT NULL,
+        stored_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (source_topic, source_partition, source_offset)
+    )
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def put(self, letter: DeadLetter) -> tuple[str, str]:
+        """Keep the letter's key, value and headers; returns its reference and sha256."""
+        m = letter.message
+        digest = sha256(m.value)
+        topic, partition, offset = letter.source()
+        heads = [[k, v.hex()] for k, v in letter.carried_headers()]
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(self.DDL)
+            conn.execute(
+                f"INSERT INTO {PAYLOAD_TABLE} (source_topic, source_partition, source_offset, "
+                "sha256, key, value, headers) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING",
+                (topic, partition, offset, digest, m.key, m.value, orjson.dumps(heads).decode()),
+            )
+        return payload_ref(topic, partition, offset), digest
+
+    def get(self, ref: str) -> tuple[bytes | None, bytes | None, Headers, str] | None:
+        """The key, value, headers and sha256 kept under ``ref``; None if no row."""
+        topic, partition, offset = parse_payload_ref(ref)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(self.DDL)
+            row = conn.execute(
+                f"SELECT key, value, headers, sha256 FROM {PAYLOAD_TABLE} "
+                "WHERE source_topic = %s AND source_partition = %s AND source_offset = %s",
+                (topic, partition, offset),
+            ).fetchone()
+        if row is None:
+            return None
+        key, value, heads, digest = row
+        headers = tuple((str(k), bytes.fromhex(v)) for k, v in heads)
+        return (
+            None if key is None else bytes(key),
+            None if value is None else bytes(value),
+            headers,
+            str(digest),
+        )
+
+
+def sha256(value: bytes | None) -> str:
+    return hashlib.sha256(value or b"").hexdigest()
+
+
+def payload_ref(topic: str, partition: int, offset: int) -> str:
+    return f"postgresql:{PAYLOAD_TABLE}/{topic}/{partition}/{offset}"
+
+
+def parse_payload_ref(ref: str) -> tuple[str, int, int]:
+    prefix = f"postgresql:{PAYLOAD_TABLE}/"
+    if not ref.startswith(prefix):
+        raise DeadLetterError(f"not a dead-letter payload reference: {ref!r}")
+    topic, partition, offset = ref.removeprefix(prefix).rsplit("/", 2)
+    return topic, int(partition), int(offset)
+
+
 class DeadLetterSink:
-    """Produces dead letters and returns only once Kafka acknowledged every one."""
+    """Produces dead letters and returns only once Kafka acknowledged every one.
+
+    A letter over ``max_inline_bytes`` (or one the producer refuses as too large) is sent
+    by reference, its bytes kept in ``payloads`` first. Any failure (Kafka, PostgreSQL)
+    is a DeadLetterError: the caller retries the whole batch of letters.
+    """
 
     def __init__(
         self,
         producer: Producer,
         topic: str,
         *,
+        payloads: PayloadStore,
+        max_inline_bytes: int = MAX_INLINE_BYTES,
         now: Any = utc_now,
         timeout: float = 30.0,
     ) -> None:
         self.producer = producer
         self.topic = topic
+        self.payloads = payloads
+        self.max_inline_bytes = max_inline_bytes
         self.now = now
         self.timeout = timeout
 
@@ -161,17 +294,60 @@ class DeadLetterSink:
                 errors.append(str(err))
 
         now = self.now()
-        for letter in letters:
-            self.producer.produce(
-                self.topic,
-                key=letter.message.key,
-                value=letter.message.value,
-                headers=letter.headers(now),
-                partition=DLQ_PARTITION,
-                on_delivery=on_delivery,
-            )
-            self.producer.poll(0)
+        try:
+            for letter in letters:
+                if letter.size(now) > self.max_inline_bytes:
+                    self._produce_by_reference(letter, now, on_delivery)
+                    continue
+                try:
+                    self._produce(
+                        letter.message.key, letter.message.value, letter.headers(now), on_delivery
+                    )
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                        raise
+                    self._produce_by_reference(letter, now, on_delivery)
+        except (KafkaException, BufferError) as exc:
+            raise DeadLetterError(f"dead letters: {exc}") from exc
+        except psycopg.Error as exc:
+            raise DeadLetterError(f"dead-letter payloads: {exc}") from exc
         _deliver(self.producer, "dead letters", self.timeout, errors)
+
+    def _produce(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Any,
+    ) -> None:
+        self.producer.produce(
+            self.topic,
+            key=key,
+            value=value,
+            headers=headers,
+            partition=DLQ_PARTITION,
+            on_delivery=on_delivery,
+        )
+        self.producer.poll(0)
+
+    def _produce_by_reference(self, letter: DeadLetter, now: datetime, on_delivery: Any) -> None:
+        ref, digest = self.payloads.put(letter)
+        m = letter.message
+        size = len(m.value or b"")
+        log.warning(
+            "dead letter too large for Kafka, sent by reference",
+            ref=ref,
+            bytes=size,
+            reason=str(letter.reason),
+        )
+        key = m.key if m.key is None or len(m.key) <= MAX_INLINE_KEY else None
+        headers = [
+            *letter.headers(now, carried=False),
+            (PAYLOAD_REF, ref.encode()),
+            (PAYLOAD_SHA256, digest.encode()),
+            (PAYLOAD_BYTES, str(size).encode()),
+        ]
+        self._produce(key, None, headers, on_delivery)
 
     def close(self) -> None:
         self.producer.flush(10)
@@ -212,9 +388,29 @@ class StoredLetter:
             f"@{self.header(SOURCE_OFFSET)}"
         )
 
+    @property
+    def by_reference(self) -> bool:
+        return bool(self.header(PAYLOAD_REF))
+
     def replay_headers(self, now: datetime) -> list[tuple[str, bytes]]:
-        kept = [(k, v) for k, v in self.headers if k != REPLAYED_AT]
+        by_ref = (REPLAYED_AT, PAYLOAD_REF, PAYLOAD_SHA256, PAYLOAD_BYTES)
+        kept = [(k, v) for k, v in self.headers if k not in by_ref]
         return [*kept, (REPLAYED_AT, now.isoformat().encode())]
+
+
+def resolve(letter: StoredLetter, payloads: PayloadStore) -> StoredLetter:
+    """A letter sent by reference with its original key, value and headers put back
+    (checked against its sha256); any other letter as it is."""
+    if not letter.by_reference:
+        return letter
+    ref = letter.header(PAYLOAD_REF)
+    found = payloads.get(ref)
+    if found is None:
+        raise DeadLetterError(f"dead letter {letter.ref}: no payload at {ref}")
+    key, value, carried, digest = found
+    if sha256(value) != letter.header(PAYLOAD_SHA256) or digest != letter.header(PAYLOAD_SHA256):
+        raise DeadLetterError(f"dead letter {letter.ref}: payload at {ref} fails its sha256")
+    return replace(letter, key=key, value=value, headers=(*carried, *letter.headers))
 
 
 def ref(partition: int, offset: int) -> str:

@@ -25,6 +25,12 @@ DEAD_LETTERS = Counter(
     "Lead-events refused and sent to the dead-letter topic, by reason",
     ["reason"],
 )
+BATCH_RETRIES = Counter(
+    "leadscore_batch_retries_total",
+    "Batches retried whole for a failure not about their events (streams/errors.py): "
+    "a database away or read-only, the registry down, a model missing, a mass failure",
+    ["error"],
+)
 DEAD_LETTERS_PUBLISHED = Counter(
     "leadscore_dead_letters_published_total", "Dead letters acknowledged by Kafka"
 )

@@ -32,18 +32,23 @@ from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, Lea
 from streams import metrics
 from streams.codec import ValidationError, record_to_event
 from streams.dlq import DeadLetter, RawMessage, Reason
+from streams.errors import MassFailureError, TransientError, is_transient, transient
 from streams.wire import SerializationError, UnknownSchemaError
 
 log = structlog.get_logger(__name__)
 
 MAX_CONFLICT_RETRIES = 5
 # Errors that say "a service is away", not "this message is bad": the batch is retried,
-# never dead-lettered.
+# never dead-lettered. The processor raises them as TransientError (streams/errors.py).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
     *DATABASE_UNAVAILABLE,
     ConnectionError,
     TimeoutError,
 )
+# When events of a batch fail to apply one by one, at least this many failing and more
+# than half the batch is the engine failing (MassFailureError), not poison events.
+MASS_FAILURE_MIN = 3
 
 
 class Decoder(Protocol):
@@ -137,16 +142,17 @@ def decode_message(
 ) -> LeadEvent | DeadLetter:
     """Decode and validate one message: a LeadEvent, or a dead letter saying why.
 
-    Only TRANSIENT_ERRORS escape (the caller retries the batch); anything else a
-    message provokes is that message's fault and makes it a dead letter.
+    Only a TransientError escapes (the caller retries the batch: the registry or the
+    orgs' database is away); anything else a message provokes is that message's fault and
+    makes it a dead letter.
     """
     try:
         event = record_to_event(catalog.decode(message.value), now=now)
         if orgs is not None and not orgs.known(event.org_id):
             raise UnknownOrgError(f"org {event.org_id!r} is not registered")
         return event
-    except (*TRANSIENT_ERRORS, psycopg.Error):
-        raise  # the catalog's database, not the message
+    except (*TRANSIENT_ERRORS, psycopg.Error) as exc:
+        raise transient(exc) from exc  # the registry or the orgs' database, not the message
     except UnknownSchemaError as exc:
         return DeadLetter(message, Reason.UNKNOWN_SCHEMA, str(exc), type(exc).__name__)
     except SerializationError as exc:
@@ -156,6 +162,8 @@ def decode_message(
     except ValidationError as exc:
         return DeadLetter(message, Reason.INVALID, str(exc), type(exc).__name__)
     except Exception as exc:  # a decoder or mapping bug provoked by this message
+        if is_transient(exc):
+            raise transient(exc) from exc
         return DeadLetter(message, Reason.INVALID, f"{exc}", type(exc).__name__)
 
 
@@ -188,7 +196,8 @@ class BatchProcessor:
         """Apply a batch; every message ends applied, duplicate or in ``dead_letters``.
 
         Plain values are accepted for callers without Kafka metadata.
-        Raises only TRANSIENT_ERRORS, after which the whole batch must be retried.
+        Raises only TransientError (streams/errors.py), after which the whole batch must
+        be retried: a service away, a model missing, or most of the batch failing at once.
         """
         started = time.perf_counter()
         stats = BatchStats(received=len(values))
@@ -196,28 +205,43 @@ class BatchProcessor:
         events = [ev for _msg, ev in pairs]
         try:
             self._apply(events, stats)
-        except TRANSIENT_ERRORS:
-            raise  # the database is away: the caller retries the whole batch
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise transient(exc) from exc  # not the events': retry the whole batch
             log.exception("batch failed, isolating the failing events", events=len(events))
-            for message, ev in pairs:
-                try:
-                    self._apply([ev], stats)
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception as exc:
-                    stats.failed += 1
-                    letter = DeadLetter(message, Reason.FAILED, str(exc), type(exc).__name__)
-                    stats.dead_letters.append(letter)
-                    log.error(
-                        "lead-event failed",
-                        event_id=ev.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
+            self._isolate(pairs, stats)
         self._count(stats)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(values))
         return stats
+
+    def _isolate(self, pairs: Sequence[tuple[RawMessage, LeadEvent]], stats: BatchStats) -> None:
+        """Apply one event at a time; those that fail alone are dead letters, unless the
+        failure is transient or hits most of the batch (then nothing is dead-lettered)."""
+        failures: list[tuple[RawMessage, LeadEvent, Exception]] = []
+        for message, ev in pairs:
+            try:
+                self._apply([ev], stats)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise transient(exc) from exc
+                failures.append((message, ev, exc))
+        if len(failures) >= MASS_FAILURE_MIN and 2 * len(failures) > len(pairs):
+            first = failures[0][2]
+            raise MassFailureError(
+                f"{len(failures)} of {len(pairs)} events failed alone, the first with "
+                f"{type(first).__name__}: {first}"
+            ) from first
+        for message, ev, exc in failures:
+            stats.failed += 1
+            stats.dead_letters.append(
+                DeadLetter(message, Reason.FAILED, str(exc), type(exc).__name__)
+            )
+            log.error(
+                "lead-event failed",
+                event_id=ev.event_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _decode(
         self, messages: Sequence[RawMessage], stats: BatchStats

@@ -1,4 +1,10 @@
-"""The Faust worker: lead-events in batches -> BatchProcessor, with the relay beside it."""
+"""The Faust worker: lead-events in batches -> BatchProcessor, with the relay beside it.
+
+Beside the batches, supervised background tasks (streams/supervise.py) that restart with
+backoff on any error: the projections, the score-event relay, the webhook dispatcher and
+the decay timer (elected: one per consumer group). Their state is in ``/health`` and in
+``leadscore_background_alive`` on the metrics port.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +12,45 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
-import prometheus_client
 import structlog
 from faust.types import Message
 
 from leadscore.bootstrap import Engine
-from projections.runner import start_projection_thread, worker_projection_names
+from leadscore.eventstore import DATABASE_UNAVAILABLE
+from leadscore.settings import Settings
+from projections.runner import run_projections, worker_projection_names
 from streams import metrics
 from streams.consumer import use_direct_delivery
-from streams.decay import DecayTimer
-from streams.dlq import DeadLetter, DeadLetterError, DeadLetterSink, RawMessage, normalize_headers
+from streams.decay import DecayTimer, GroupLock, decay_lock_name, run_decay
+from streams.dlq import (
+    DeadLetter,
+    DeadLetterError,
+    DeadLetterSink,
+    PayloadStore,
+    RawMessage,
+    normalize_headers,
+)
+from streams.errors import classify
 from streams.processor import TRANSIENT_ERRORS, BatchStats
-from streams.relay import kafka_producer, start_relay_thread
-from streams.webhooks import start_dispatcher_thread
+from streams.relay import kafka_producer
+from streams.supervise import Supervisor, health, serve_metrics, supervise
+from streams.webhook_secrets import SecretBox, SecretKeyError
+from streams.webhooks import DispatchConfig, WebhookDispatcher
 
 log = structlog.get_logger(__name__)
 
 DB_RETRY_SECONDS = 1.0
+# A batch that failed for a reason not its events' (streams/errors.py) is retried after
+# this many seconds, doubling up to the cap while it keeps failing.
+RETRY_BASE_SECONDS = 1.0
+RETRY_CAP_SECONDS = 30.0
 
 
 def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
@@ -60,7 +82,9 @@ def faust_app(group: str, bootstrap: str, datadir: str | Path, **settings: Any) 
     )
 
 
-def create_app(engine: Engine) -> faust.App:
+def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> faust.App:
+    """The worker's Faust app; ``executor`` is its one event-store thread (made here if
+    not given; run_worker shares it with the decay timer)."""
     s = engine.settings
     app = faust_app(
         s.consumer_group,
@@ -83,8 +107,14 @@ def create_app(engine: Engine) -> faust.App:
         s.topic_lead_events, key_type=bytes, value_type=bytes, partitions=s.topic_partitions
     )
     # One thread: the event store is synchronous and batches must apply in order.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store")
-    dead_letters = DeadLetterSink(kafka_producer(s.kafka_bootstrap), s.topic_dlq)
+    if executor is None:
+        executor = event_store_executor()
+    dead_letters = DeadLetterSink(
+        kafka_producer(s.kafka_bootstrap),
+        s.topic_dlq,
+        payloads=PayloadStore(s.pg_dsn),
+        max_inline_bytes=s.dlq_max_inline_bytes,
+    )
 
     @app.agent(lead_events, name="score-leads")
     async def score_leads(stream: faust.StreamT[bytes]) -> None:
@@ -113,26 +143,14 @@ def create_app(engine: Engine) -> faust.App:
                 scored=stats.scored,
             )
 
-    if s.decay_interval_s > 0:
-        decay = DecayTimer(
-            engine.processor,
-            s.pg_dsn,
-            after=timedelta(seconds=s.decay_after_s),
-            batch=s.decay_batch,
-        )
-
-        @app.timer(interval=float(s.decay_interval_s))
-        async def rescore_stale() -> None:
-            # The same single thread as the batches: the event store is used by one at a time.
-            try:
-                await asyncio.get_running_loop().run_in_executor(executor, decay.tick)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("decay tick skipped; next interval retries", error=repr(exc))
-
     return app
 
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def event_store_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store")
 
 
 async def _store_batch(
@@ -183,13 +201,24 @@ async def _process_until_stored(
     engine: Engine,
     messages: list[RawMessage],
 ) -> BatchStats:
-    """A database outage pauses the stream; it never skips events."""
+    """A failure not about the events (a service away, a model missing, most of the batch
+    failing: streams/errors.py) pauses the stream and retries the batch with backoff; it
+    never dead-letters good events nor skips them."""
+    delay = RETRY_BASE_SECONDS
     while True:
         try:
             return await loop.run_in_executor(executor, engine.processor.process, messages)
         except TRANSIENT_ERRORS as exc:
-            log.warning("event store unavailable, retrying batch", error=str(exc))
-            await asyncio.sleep(DB_RETRY_SECONDS)
+            metrics.BATCH_RETRIES.labels(type(exc).__name__).inc()
+            log.warning(
+                "batch not stored, retrying",
+                kind=classify(exc),
+                error=type(exc).__name__,
+                cause=type(exc.__cause__).__name__ if exc.__cause__ else None,
+                wait=delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(RETRY_CAP_SECONDS, delay * 2)
 
 
 async def _dead_letter_until_delivered(
@@ -212,45 +241,120 @@ async def _dead_letter_until_delivered(
 
 
 def run_worker(engine: Engine) -> None:
-    if engine.settings.metrics_port:
-        prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
-    app = create_app(engine)
+    s = engine.settings
+    executor = event_store_executor()
+    app = create_app(engine, executor)
     # Beside the batches: the outbox relay and webhooks (unless `leadscore relay` runs
-    # them in a process of their own), and the projections this worker runs.
+    # them in a process of their own), the projections this worker runs, the decay timer.
     stop = threading.Event()
-    threads = start_outbox_threads(engine, stop) if engine.settings.worker_relay else []
-    names = worker_projection_names(engine.settings)
-    projections_thread, projections_stop = start_projection_thread(engine.settings, names)
-    worker = faust_worker(app, engine.settings.log_level)
+    tasks = start_outbox_tasks(engine, stop) if s.worker_relay else []
+    names = worker_projection_names(s)
+    if names:
+        tasks.append(supervise("projections", projections_work(s, names), stop))
+    if s.decay_interval_s > 0:
+        tasks.append(supervise("decay", decay_work(engine, executor), stop))
+    if s.metrics_port:
+        serve_metrics(s.metrics_port, lambda: health(tasks, {"role": "worker"}))
+    worker = faust_worker(app, s.log_level)
     try:
         worker.execute_from_commandline()
     finally:
         engine.processor.close()  # the sinks' last counts (drift)
         stop.set()
-        projections_stop.set()
-        for thread in [*threads, projections_thread]:
-            thread.join(10)
+        for task in tasks:
+            task.join(10)
 
 
-def start_outbox_threads(engine: Engine, stop: threading.Event) -> list[threading.Thread]:
-    """What follows the event store's log to the outside: score-events and webhooks."""
-    return [
-        start_relay_thread(engine.relay(), stop),
-        start_dispatcher_thread(engine.store, engine.settings, stop),
-    ]
+def projections_work(settings: Settings, names: list[str]) -> Callable[[threading.Event], None]:
+    """The projections on an event loop of their own, until ``stop``; raises what they raise."""
+
+    async def main(stop: threading.Event) -> None:
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            done.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await run_projections(settings, names, done)
+        finally:
+            watcher.cancel()
+
+    return lambda stop: asyncio.run(main(stop))
+
+
+def decay_work(engine: Engine, executor: ThreadPoolExecutor) -> Callable[[threading.Event], None]:
+    """The decay timer: elected once per consumer group, its ticks on the event-store thread
+    (the event store is used by one thread at a time)."""
+    s = engine.settings
+    timer = DecayTimer(
+        engine.processor, s.pg_dsn, after=timedelta(seconds=s.decay_after_s), batch=s.decay_batch
+    )
+
+    def on_store_thread(tick: Callable[[], int]) -> int:
+        return executor.submit(tick).result()
+
+    def work(stop: threading.Event) -> None:
+        lock = GroupLock(s.pg_dsn, decay_lock_name(s.consumer_group))
+        run_decay(timer, lock, float(s.decay_interval_s), on_store_thread, stop)
+
+    return work
+
+
+def relay_work(engine: Engine) -> Callable[[threading.Event], None]:
+    """The score-event relay, made anew on each (re)start."""
+
+    def work(stop: threading.Event) -> None:
+        with engine.relay() as relay:
+            relay.run(stop)
+
+    return work
+
+
+def dispatcher_work(engine: Engine, box: SecretBox) -> Callable[[threading.Event], None]:
+    """The webhook dispatcher, made anew on each (re)start."""
+
+    def work(stop: threading.Event) -> None:
+        s = engine.settings
+        try:
+            dispatcher = WebhookDispatcher(
+                engine.store, s.pg_dsn, box, DispatchConfig.from_settings(s)
+            )
+        except DATABASE_UNAVAILABLE as exc:  # a worker may start before PostgreSQL
+            log.warning("webhook dispatcher waiting for PostgreSQL", error=str(exc))
+            raise
+        with dispatcher:
+            dispatcher.run(stop)
+
+    return work
+
+
+def start_outbox_tasks(engine: Engine, stop: threading.Event) -> list[Supervisor]:
+    """What follows the event store's log to the outside: score-events and webhooks
+    (these only with a key for their secrets: streams/webhook_secrets.py)."""
+    tasks = [supervise("relay", relay_work(engine), stop)]
+    try:
+        box = SecretBox.from_settings(engine.settings)
+    except SecretKeyError as exc:
+        log.error("webhook dispatcher not started", error=str(exc))
+        return tasks
+    tasks.append(supervise("webhooks", dispatcher_work(engine, box), stop))
+    return tasks
 
 
 def run_relay(engine: Engine) -> None:
-    """The outbox threads in a process of their own (`leadscore relay`), until SIGTERM/SIGINT:
+    """The outbox tasks in a process of their own (`leadscore relay`), until SIGTERM/SIGINT:
     on a small machine a worker with `LEADSCORE_WORKER_RELAY=0` keeps its GIL for batches."""
     import signal
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    tasks = start_outbox_tasks(engine, stop)
     if engine.settings.metrics_port:
-        prometheus_client.start_http_server(engine.settings.metrics_port, addr="127.0.0.1")
-    threads = start_outbox_threads(engine, stop)
+        serve_metrics(engine.settings.metrics_port, lambda: health(tasks, {"role": "relay"}))
     stop.wait()
-    for thread in threads:
-        thread.join(10)
+    for task in tasks:
+        task.join(10)

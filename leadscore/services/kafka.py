@@ -13,7 +13,7 @@ from pathlib import Path
 from leadscore.services import process
 from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
-from leadscore.services.topics import ensure_topics, round_trip
+from leadscore.services.topics import ensure_engine_topics, round_trip
 from leadscore.settings import Settings
 
 # Pinned to the 3.x line on purpose: Kafka 4.0 removed the old protocol versions
@@ -148,7 +148,7 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
         )
     names = [settings.topic_lead_events, settings.topic_score_events, settings.topic_dlq]
     with progress.step(f"topics {', '.join(names)} ({settings.topic_partitions} partitions)"):
-        ensure_topics(settings.kafka_bootstrap, names, settings.topic_partitions)
+        ensure_engine_topics(settings)
 
 
 def stop(settings: Settings) -> bool:

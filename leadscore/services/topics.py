@@ -8,9 +8,18 @@ from collections.abc import Mapping
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ClusterMetadata,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from leadscore.services.model import ServiceError
+from leadscore.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -20,18 +29,44 @@ HEALTH_TOPIC = "leadscore.healthcheck"
 _QUIET = {"log_level": 2}
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The engine's topics and the settings each must have (``retention.ms``: README,
+    "Dead letters"): lead-events as LEADSCORE_LEAD_EVENTS_RETENTION_MS says, dead
+    letters as LEADSCORE_DLQ_RETENTION_MS (-1: never expire)."""
+    return {
+        settings.topic_lead_events: {"retention.ms": str(settings.lead_events_retention_ms)},
+        settings.topic_score_events: {},
+        settings.topic_dlq: {"retention.ms": str(settings.dlq_retention_ms)},
+    }
+
+
+def ensure_engine_topics(settings: Settings, *, timeout: float = 60.0) -> None:
+    """Create lead-events, score-events and the DLQ, and hold them to ``topic_configs``."""
+    configs = topic_configs(settings)
+    ensure_topics(
+        settings.kafka_bootstrap,
+        list(configs),
+        settings.topic_partitions,
+        configs=configs,
+        timeout=timeout,
+    )
+
+
 def ensure_topics(
     bootstrap: str,
     names: list[str],
     partitions: int,
     *,
     config: Mapping[str, str] | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     timeout: float = 60.0,
 ) -> None:
     """Create the missing topics and wait until every partition of each has a leader.
 
-    Existing topics are left as they are, even with another partition count: adding
-    partitions would move keys to other partitions and break per-lead ordering.
+    ``config`` applies to every topic created, ``configs`` to the one it names; an
+    existing topic named in ``configs`` gets those entries set (others left alone).
+    Existing topics keep their partition count, even another one: adding partitions
+    would move keys to other partitions and break per-lead ordering.
     """
     admin = AdminClient({"bootstrap.servers": bootstrap, **_QUIET})
     deadline = time.monotonic() + timeout
@@ -47,13 +82,19 @@ def ensure_topics(
             )
     if missing:
         # -1 lets the broker apply default.replication.factor, so this also suits a real cluster.
-        new = [NewTopic(n, partitions, -1, config=dict(config or {})) for n in missing]
+        new = [
+            NewTopic(n, partitions, -1, config={**(config or {}), **(configs or {}).get(n, {})})
+            for n in missing
+        ]
         for name, future in admin.create_topics(new, request_timeout=15.0).items():
             try:
                 future.result()
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ServiceError(f"could not create topic {name}: {exc}") from exc
+    present = {n: dict(c) for n, c in (configs or {}).items() if n in existing and c}
+    if present:
+        _set_configs(admin, present)
     while True:
         pending = _without_leaders(_metadata(admin, deadline), names)
         if not pending:
@@ -61,6 +102,36 @@ def ensure_topics(
         if time.monotonic() >= deadline:
             raise ServiceError(f"topics without partition leaders after {timeout:.0f}s: {pending}")
         time.sleep(0.1)
+
+
+def _set_configs(admin: AdminClient, configs: Mapping[str, Mapping[str, str]]) -> None:
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in entries.items()
+            ],
+        )
+        for name, entries in configs.items()
+    ]
+    for resource, future in admin.incremental_alter_configs(resources).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise ServiceError(f"could not configure topic {resource.name}: {exc}") from exc
+
+
+def topic_config(bootstrap: str, name: str) -> dict[str, str]:
+    """A topic's effective configuration, as the broker reports it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **_QUIET})
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    try:
+        entries = admin.describe_configs([resource])[resource].result(timeout=15)
+    except KafkaException as exc:
+        raise ServiceError(f"could not describe topic {name}: {exc}") from exc
+    return {k: str(e.value) for k, e in entries.items()}
 
 
 def _metadata(admin: AdminClient, deadline: float) -> ClusterMetadata:

@@ -28,6 +28,7 @@ from streams.dlq import (
     SOURCE_PARTITION,
     SOURCE_TOPIC,
     DeadLetterSink,
+    PayloadStore,
     RawMessage,
     StoredLetter,
     normalize_headers,
@@ -147,7 +148,11 @@ def test_bad_messages_go_to_the_dlq_with_their_bytes_and_come_back_by_replay(
 
     before = {o: metric(o) for o in ("received", "applied", "duplicate", "dead_lettered")}
     source = Source(settings)
-    sink = DeadLetterSink(kafka_producer(settings.kafka_bootstrap), settings.topic_dlq)
+    sink = DeadLetterSink(
+        kafka_producer(settings.kafka_bootstrap),
+        settings.topic_dlq,
+        payloads=PayloadStore(settings.pg_dsn),
+    )
     try:
         batch = source.take(len(messages) + len(bad))
         stats = run_batch(engine.processor, sink, batch)
@@ -271,7 +276,11 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_stored(
     settings: Settings,
 ) -> None:
     engine = bootstrap(settings, scorer=PoisonScorer())
-    sink = DeadLetterSink(kafka_producer(settings.kafka_bootstrap), settings.topic_dlq)
+    sink = DeadLetterSink(
+        kafka_producer(settings.kafka_bootstrap),
+        settings.topic_dlq,
+        payloads=PayloadStore(settings.pg_dsn),
+    )
     try:
         enc = AvroTopic(engine.catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
         events = [created(lead="ok"), created(lead="p")]
