@@ -4,6 +4,10 @@ An API key is ``lsk_`` followed by 43 URL-safe characters (32 random bytes). Onl
 its SHA-256 is stored: the key has 256 bits of entropy, so a fast unsalted hash is
 the standard choice (GitHub, Stripe) and lets a request find its key by an indexed
 equality lookup. The prefix makes leaked keys easy to recognise in logs and scanners.
+
+A key may expire (``expires_at``); ``last_used_at`` is when an API last verified it
+(to within its key cache's TTL). Creating and revoking a key write an audit log line
+naming the key id, never the key.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+import structlog
 
 from domain.events import ORG_ID_PATTERN
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "lsk_"
 _KEY_BYTES = 32
@@ -50,6 +57,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS api_keys_org_idx ON api_keys (org_id);
+-- Migration (keys created before expiry existed never expire).
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at timestamptz;
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS last_used_at timestamptz;
 """
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -76,6 +86,23 @@ class ApiKeyInfo:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What an API needs to decide on a presented key."""
+
+    id: str
+    org_id: str
+    revoked: bool
+    expires_at: datetime | None
+    expired: bool
+
+    @property
+    def active(self) -> bool:
+        return not self.revoked and not self.expired
 
 
 async def ensure_schema(db: Executor) -> None:
@@ -146,53 +173,88 @@ def looks_like_key(key: str) -> bool:
     return bool(_KEY_RE.match(key))
 
 
-async def create_api_key(db: Executor, org_id: str, name: str | None = None) -> tuple[str, str]:
-    """A new key for ``org_id``: returns (key id, the key). The key itself is not stored."""
+def fingerprint(key: str) -> str:
+    """A short, non-reversible name for a presented key that matches no key id (logs)."""
+    return hash_key(key)[:6].hex()
+
+
+async def create_api_key(
+    db: Executor, org_id: str, name: str | None = None, *, expires_in: timedelta | None = None
+) -> tuple[str, str]:
+    """A new key for ``org_id``: returns (key id, the key). The key itself is not stored.
+    With ``expires_in``, the key stops working that long from now."""
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise TenancyError("a key's lifetime must be positive")
     key = generate_key()
     # The id names the key in listings and revocation without revealing it.
     key_id = "key_" + secrets.token_hex(8)
     try:
-        await db.execute(
-            "INSERT INTO api_keys (id, org_id, key_hash, name) VALUES ($1, $2, $3, $4)",
+        expires_at = await db.fetchval(
+            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at) "
+            "VALUES ($1, $2, $3, $4, now() + $5::interval) RETURNING expires_at",
             key_id,
             org_id,
             hash_key(key),
             name,
+            expires_in,
         )
     except asyncpg.ForeignKeyViolationError as exc:
         raise TenancyError(
             f"no organization {org_id!r}; create it with `leadscore orgs create`"
         ) from exc
+    log.info(
+        "audit: api key created",
+        audit=True,
+        key_id=key_id,
+        org_id=org_id,
+        expires_at=expires_at.isoformat() if expires_at else None,
+    )
     return key_id, key
 
 
 async def list_api_keys(db: Executor, org_id: str | None = None) -> list[ApiKeyInfo]:
     rows = await db.fetch(
-        "SELECT id, org_id, name, created_at, revoked_at FROM api_keys "
-        "WHERE $1::text IS NULL OR org_id = $1 ORDER BY created_at, id",
+        "SELECT id, org_id, name, created_at, revoked_at, expires_at, last_used_at "
+        "FROM api_keys WHERE $1::text IS NULL OR org_id = $1 ORDER BY created_at, id",
         org_id,
     )
-    return [
-        ApiKeyInfo(r["id"], r["org_id"], r["name"], r["created_at"], r["revoked_at"]) for r in rows
-    ]
+    return [ApiKeyInfo(**dict(r)) for r in rows]
 
 
 async def revoke_api_key(db: Executor, key_id: str) -> bool:
     """Revoke a key by id; False when there is no such active key."""
-    status = await db.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+    org = await db.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
+        "RETURNING org_id",
+        key_id,
     )
-    return status.endswith(" 1")
+    if org is None:
+        return False
+    log.info("audit: api key revoked", audit=True, key_id=key_id, org_id=org)
+    return True
+
+
+async def lookup_key(db: Executor, key: str) -> KeyRecord | None:
+    """The stored key ``key`` hashes to, active or not; None when there is none."""
+    if not looks_like_key(key):
+        return None
+    row = await db.fetchrow(
+        "SELECT id, org_id, revoked_at IS NOT NULL AS revoked, expires_at, "
+        "coalesce(expires_at <= now(), false) AS expired FROM api_keys WHERE key_hash = $1",
+        hash_key(key),
+    )
+    return None if row is None else KeyRecord(**dict(row))
+
+
+async def touch_key(db: Executor, key_id: str) -> None:
+    """Record that ``key_id`` was just used (called once per key-cache fill, not per request)."""
+    await db.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", key_id)
 
 
 async def org_for_key(db: Executor, key: str) -> str | None:
-    """The org of an active key, or None for an unknown, revoked or malformed key."""
-    if not looks_like_key(key):
-        return None
-    value = await db.fetchval(
-        "SELECT org_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash_key(key)
-    )
-    return str(value) if value is not None else None
+    """The org of an active key, or None for an unknown, revoked, expired or malformed key."""
+    record = await lookup_key(db, key)
+    return record.org_id if record is not None and record.active else None
 
 
 def _org(row: asyncpg.Record) -> Organization:

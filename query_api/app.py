@@ -21,6 +21,7 @@ from query_api import (
 from query_api.auth import BearerAuth
 from query_api.errors import exception_handlers
 from query_api.hotpath import HotReads
+from query_api.limits import BodyLimit, IpRateLimit
 from query_api.metrics import PrometheusMiddleware
 
 
@@ -45,10 +46,20 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
             *routes_webhooks.routes,
             *routes_system.routes(),
         ],
-        # Outermost first: metrics see every answer, 401s included.
+        # Outermost first: metrics see every answer, 401s, 413s and 429s included; a
+        # client's IP spends a token before anything costs work.
         middleware=[
             Middleware(PrometheusMiddleware),
-            Middleware(BearerAuth, cache_ttl=key_cache_ttl),
+            Middleware(IpRateLimit, rate=settings.api_ip_rate, burst=settings.api_ip_burst),
+            Middleware(BodyLimit, max_bytes=settings.api_max_body_bytes),
+            Middleware(
+                BearerAuth,
+                cache_ttl=key_cache_ttl,
+                negative_ttl=settings.api_negative_cache_ttl_s,
+                key_rate=settings.api_key_rate,
+                key_burst=settings.api_key_burst,
+                metrics_token=settings.api_metrics_token,
+            ),
             Middleware(
                 HotReads, lead_route=routes_leads.LEAD, leaderboard_route=routes_leads.LEADERBOARD
             ),

@@ -2,12 +2,20 @@
 
 Authentication is a middleware rather than a per-route call so a new route cannot
 forget it; routes read the org with ``org_of(request)`` and filter every read by it.
+
+A verified key is cached (by hash) for ``cache_ttl`` seconds, or until it expires if
+sooner; an unknown, revoked or expired key is cached as refused for ``negative_ttl``, so
+repeating a made-up key costs no PostgreSQL query. Each key has its own token bucket
+(query_api/limits.py); a refused key writes an audit log line with its key id (or, for
+an unknown key, a short fingerprint of its hash), never the key.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,17 +24,31 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leadscore import tenancy
 from query_api.errors import UNAVAILABLE, error_response, unauthorized
+from query_api.limits import TokenBuckets, too_many
 
 if TYPE_CHECKING:
     from query_api.resources import Resources
 
 log = structlog.get_logger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
+METRICS_PATH = "/metrics"
+PUBLIC_PATHS = frozenset(
+    {"/health", "/health/live", "/health/ready", METRICS_PATH, "/openapi.json"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the cache remembers of a key: its org and id, or why it was refused."""
+
+    org_id: str | None
+    key_id: str | None
+    reason: str | None  # None: accepted
 
 
 class KeyCache:
-    """Recently verified keys (by hash) -> org, so a hot client costs no database round trip.
+    """Recently looked-up keys (by hash) -> verdict, so a hot client, or a client
+    repeating a bad key, costs no database round trip.
 
     Bounded, and entries expire: a revoked key stops working within ``ttl`` seconds.
     """
@@ -34,20 +56,20 @@ class KeyCache:
     def __init__(self, ttl: float, max_size: int = 10_000) -> None:
         self.ttl = ttl
         self.max_size = max_size
-        self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Verdict, float]] = OrderedDict()
 
-    def get(self, digest: bytes) -> str | None:
+    def get(self, digest: bytes) -> Verdict | None:
         hit = self._entries.get(digest)
         if hit is None:
             return None
-        org, expires = hit
+        verdict, expires = hit
         if expires < time.monotonic():
             del self._entries[digest]
             return None
-        return org
+        return verdict
 
-    def put(self, digest: bytes, org: str) -> None:
-        self._entries[digest] = (org, time.monotonic() + self.ttl)
+    def put(self, digest: bytes, verdict: Verdict, ttl: float | None = None) -> None:
+        self._entries[digest] = (verdict, time.monotonic() + (self.ttl if ttl is None else ttl))
         self._entries.move_to_end(digest)
         while len(self._entries) > self.max_size:
             self._entries.popitem(last=False)
@@ -64,12 +86,31 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class BearerAuth:
-    def __init__(self, app: ASGIApp, cache_ttl: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        cache_ttl: float = 30.0,
+        *,
+        negative_ttl: float = 30.0,
+        key_rate: float = 0.0,
+        key_burst: int = 1,
+        metrics_token: str = "",
+    ) -> None:
         self.app = app
         self.cache = KeyCache(cache_ttl)
+        self.refused = KeyCache(negative_ttl)
+        self.buckets = TokenBuckets(key_rate, key_burst)
+        self.metrics_token = metrics_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in PUBLIC_PATHS:
+            if path == METRICS_PATH and self.metrics_token and not self._metrics_allowed(scope):
+                await unauthorized("/metrics requires its token")(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
@@ -80,11 +121,11 @@ class BearerAuth:
             await unauthorized("invalid API key")(scope, receive, send)
             return
         digest = tenancy.hash_key(token)
-        org = self.cache.get(digest)
-        if org is None:
+        verdict = self.cache.get(digest) or self.refused.get(digest)
+        if verdict is None:
             resources: Resources = scope["app"].state.resources
             try:
-                org = await tenancy.org_for_key(resources.pool, token)
+                verdict = await self._verify(resources, token, digest)
             except UNAVAILABLE as exc:
                 log.warning("key lookup failed", error=repr(exc))
                 response = error_response(
@@ -92,12 +133,52 @@ class BearerAuth:
                 )
                 await response(scope, receive, send)
                 return
-            if org is None:
-                await unauthorized("invalid API key")(scope, receive, send)
-                return
-            self.cache.put(digest, org)
-        scope.setdefault("state", {})["org_id"] = org
+        if verdict.reason is not None or verdict.org_id is None:
+            log.info(
+                "audit: api key refused",
+                audit=True,
+                key_id=verdict.key_id,
+                key_fingerprint=None if verdict.key_id else tenancy.fingerprint(token),
+                reason=verdict.reason,
+                path=path,
+            )
+            await unauthorized("invalid API key")(scope, receive, send)
+            return
+        wait = self.buckets.take(verdict.key_id or verdict.org_id)
+        if wait > 0:
+            exc = too_many(wait, "API key")
+            await error_response(429, exc.message, headers=exc.headers)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["org_id"] = verdict.org_id
         await self.app(scope, receive, send)
+
+    async def _verify(self, resources: Resources, token: str, digest: bytes) -> Verdict:
+        record = await tenancy.lookup_key(resources.pool, token)
+        if record is None:
+            verdict = Verdict(None, None, "unknown")
+        elif record.revoked:
+            verdict = Verdict(None, record.id, "revoked")
+        elif record.expired:
+            verdict = Verdict(None, record.id, "expired")
+        else:
+            verdict = Verdict(record.org_id, record.id, None)
+        if verdict.reason is not None:
+            self.refused.put(digest, verdict)
+            return verdict
+        ttl = self.cache.ttl
+        if record is not None and record.expires_at is not None:
+            ttl = min(ttl, max(0.0, record.expires_at.timestamp() - time.time()))
+        self.cache.put(digest, verdict, ttl)
+        try:
+            # Once per cache fill, so last_used_at is as fresh as the cache's TTL.
+            await tenancy.touch_key(resources.pool, verdict.key_id or "")
+        except Exception as exc:  # a read-only role or a blip: the request still goes on
+            log.debug("last_used_at not recorded", key_id=verdict.key_id, error=repr(exc))
+        return verdict
+
+    def _metrics_allowed(self, scope: Scope) -> bool:
+        token = bearer_token(scope) or ""
+        return hmac.compare_digest(token.encode(), self.metrics_token.encode())
 
 
 def org_of(request: Request) -> str:

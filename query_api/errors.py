@@ -42,7 +42,9 @@ _REASONS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "payload_too_large",
     422: "invalid_parameters",
+    429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
 }

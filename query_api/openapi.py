@@ -74,7 +74,9 @@ SCHEMAS: dict[str, Schema] = {
                     "not_found",
                     "method_not_allowed",
                     "conflict",
+                    "payload_too_large",
                     "invalid_parameters",
+                    "rate_limited",
                     "internal_error",
                     "unavailable",
                     "bad_request",
@@ -389,6 +391,7 @@ SCHEMAS: dict[str, Schema] = {
     "WebhookDeliveryPage": obj(
         {"items": {"type": "array", "items": ref("WebhookDelivery")}, "next_cursor": CURSOR_OUT}
     ),
+    "Live": obj({"status": {"type": "string", "enum": ["ok"]}}, "The process answers requests."),
 }
 
 
@@ -421,6 +424,21 @@ RESPONSES: dict[str, Schema] = {
         "A backing store is down; retry.",
         {"Retry-After": {"schema": STRING, "description": "Seconds to wait"}},
     ),
+    "TooManyRequests": _error(
+        "Over the rate limit of the client IP (every request) or of the API key "
+        "(authenticated requests): token buckets, `LEADSCORE_API_IP_RATE`/`_BURST` and "
+        "`LEADSCORE_API_KEY_RATE`/`_BURST`.",
+        {"Retry-After": {"schema": STRING, "description": "Seconds to wait"}},
+    ),
+    "PayloadTooLarge": _error(
+        "The request has a body over `LEADSCORE_API_MAX_BODY_BYTES` (no operation takes one)."
+    ),
+}
+
+# Any request may meet these, whatever its operation.
+LIMITS: dict[str, Schema] = {
+    "413": {"$ref": "#/components/responses/PayloadTooLarge"},
+    "429": {"$ref": "#/components/responses/TooManyRequests"},
 }
 
 
@@ -478,6 +496,7 @@ def _read(
         "401": {"$ref": "#/components/responses/Unauthorized"},
         "422": {"$ref": "#/components/responses/InvalidParameters"},
         "503": {"$ref": "#/components/responses/Unavailable"},
+        **LIMITS,
     }
     if not_found:
         responses["404"] = {"$ref": "#/components/responses/NotFound"}
@@ -500,7 +519,7 @@ def _public(summary: str, responses: dict[str, Schema], description: str) -> Sch
         "operationId": summary.lower().replace(" ", "_"),
         "description": description,
         "security": [],
-        "responses": responses,
+        "responses": dict(sorted({**responses, **LIMITS}.items())),
     }
 
 
@@ -712,7 +731,26 @@ PATHS: dict[str, Schema] = {
                 "200": _ok("Health", "Every dependency is up."),
                 "503": _ok("Health", "At least one dependency is down; see `checks`."),
             },
-            "Checks PostgreSQL, Redis and ClickHouse. No authentication.",
+            "The same as /health/ready, kept for existing probes. No authentication.",
+        )
+    },
+    "/health/ready": {
+        "get": _public(
+            "Readiness",
+            {
+                "200": _ok("Health", "Every dependency is up."),
+                "503": _ok("Health", "At least one dependency is down; see `checks`."),
+            },
+            "Readiness: checks PostgreSQL, Redis and ClickHouse; a 503 should take the "
+            "process out of the load balancer, not restart it. No authentication.",
+        )
+    },
+    "/health/live": {
+        "get": _public(
+            "Liveness",
+            {"200": _ok("Live", "The process answers.")},
+            "Liveness: checks no dependency, so an outage never gets the API restarted. "
+            "No authentication.",
         )
     },
     "/metrics": {
@@ -722,9 +760,11 @@ PATHS: dict[str, Schema] = {
                 "200": {
                     "description": "Prometheus text exposition format.",
                     "content": {"text/plain": {"schema": STRING}},
-                }
+                },
+                "401": {"$ref": "#/components/responses/Unauthorized"},
             },
-            "Prometheus metrics. No authentication.",
+            "Prometheus metrics. No API key; when `LEADSCORE_API_METRICS_TOKEN` is set, "
+            "`Authorization: Bearer <that token>` is required (else 401).",
         )
     },
     "/openapi.json": {

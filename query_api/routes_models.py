@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from leadscore.drift import NoReferenceError, drift_report, model_metadata
+from leadscore.model_registry import GLOBAL, scope_of
 from query_api.auth import org_of
 from query_api.errors import ApiError, NotFoundError
 from query_api.params import Params
@@ -20,17 +22,29 @@ DEFAULT_WINDOW_HOURS = 24
 MAX_WINDOW_HOURS = 24 * 30
 
 
+async def scope_in_registry(pool: asyncpg.Pool, version: str) -> str | None:
+    try:
+        scope = await pool.fetchval("SELECT scope FROM scoring_models WHERE version = $1", version)
+    except asyncpg.UndefinedTableError:  # no worker has made the registry yet
+        return None
+    return None if scope is None else str(scope)
+
+
 async def get_drift(request: Request) -> Response:
     p = Params(request)
     hours = p.integer("window_hours", DEFAULT_WINDOW_HOURS, 1, MAX_WINDOW_HOURS)
     p.check()
     res = resources(request)
+    org = org_of(request)
     version = str(request.path_params["version"])
     meta = await asyncio.to_thread(model_metadata, Path(res.settings.model_dir), version)
-    if meta is None:
+    # Another org's model answers exactly like a missing one (as /models leaves it out):
+    # its scope in the registry, or, not registered yet, the org it was trained for.
+    scope = await scope_in_registry(res.pool, version)
+    if meta is None or (scope or scope_of(meta)) not in (GLOBAL, org):
         raise NotFoundError(f"no model {version!r}")
     try:
-        report = await drift_report(res.pool, meta, org_of(request), hours)
+        report = await drift_report(res.pool, meta, org, hours)
     except NoReferenceError as exc:
         raise ApiError(409, str(exc)) from None
     return JSON(report)

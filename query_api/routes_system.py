@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from leadscore.model_registry import GLOBAL
+from leadscore.model_registry import GLOBAL, scope_of
 from leadscore.modelstore import list_models
 from query_api import metrics
 from query_api.auth import org_of
@@ -43,7 +43,14 @@ async def _check(probe: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     }
 
 
+async def live(request: Request) -> Response:
+    """Liveness: the process answers. No dependency is checked, so an outage of
+    PostgreSQL never gets the API restarted (readiness takes it out of rotation)."""
+    return JSON({"status": "ok"})
+
+
 async def health(request: Request) -> Response:
+    """Readiness (also at /health): every dependency answers."""
     res = resources(request)
     pg, rd, ch = await asyncio.gather(
         _check(lambda: res.pool.fetchval("SELECT 1")),
@@ -96,9 +103,13 @@ async def models(request: Request) -> Response:
     except asyncpg.UndefinedTableError:  # no worker has made the registry yet
         rows = []
     registry = {r["version"]: dict(r) for r in rows}
+
     # Global models and the caller's own; another org's models are not the caller's to see.
-    visible = (None, GLOBAL, org)
-    metas = [m for m in metas if registry.get(str(m["version"]), {}).get("scope") in visible]
+    # A model no worker has registered yet counts as the org it was trained for.
+    def scope(meta: dict[str, Any]) -> str:
+        return str(registry.get(str(meta["version"]), {}).get("scope") or scope_of(meta))
+
+    metas = [m for m in metas if scope(m) in (GLOBAL, org)]
     actives = {r["scope"]: r["version"] for r in rows if r["status"] == "active"}
     newest = str(metas[-1]["version"]) if metas else None
     active = actives.get(org) or actives.get(GLOBAL) or res.settings.model_version or newest
@@ -119,6 +130,8 @@ def openapi_route(server_url: str | None) -> Route:
 def routes(server_url: str | None = None) -> list[Route]:
     return [
         Route("/health", health, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", health, methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         openapi_route(server_url),

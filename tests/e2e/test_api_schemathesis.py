@@ -6,6 +6,7 @@ key, against a server seeded like tests/integration/test_api.py.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,7 +36,10 @@ checks.positive_data_acceptance.expected-statuses = [
 
 @pytest.fixture(scope="module")
 def live(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with live_api(services, tmp_path_factory.mktemp("api-schemathesis")) as running:
+    # These tests send hundreds of requests a second from one key and IP: the limits'
+    # own tests (tests/integration/test_api_limits.py) run an API with low ones.
+    unlimited = dataclasses.replace(services, api_key_rate=0, api_ip_rate=0)
+    with live_api(unlimited, tmp_path_factory.mktemp("api-schemathesis")) as running:
         yield running
 
 
