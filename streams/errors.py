@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import psycopg
 import psycopg.errors
+from eventsourcing.persistence import PersistenceError
 
 from leadscore.eventstore import DATABASE_UNAVAILABLE
+from leadscore.model_registry import RegistryError as ModelRegistryError
 from leadscore.modelstore import ModelNotFoundError
 from streams.codec import ValidationError
 from streams.wire import RegistryUnavailableError, SerializationError
@@ -67,8 +69,8 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (*DATABASE_UNAVAILABLE, ConnectionError, TimeoutError)):
         return True  # RegistryUnavailableError is a ConnectionError
-    if isinstance(exc, ModelNotFoundError):
-        return True
+    if isinstance(exc, (ModelNotFoundError, ModelRegistryError)):
+        return True  # no files for the promoted model, or no active model at all
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
         return state.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
@@ -81,18 +83,30 @@ def transient(exc: BaseException) -> TransientError:
     """``exc`` as the TransientError subclass that names what is away (its cause kept)."""
     if isinstance(exc, TransientError):
         return exc
-    kind: type[TransientError]
-    if isinstance(exc, ModelNotFoundError):
-        kind = ModelUnavailableError
-    elif isinstance(exc, RegistryUnavailableError):
-        kind = RegistryDownError
-    elif isinstance(exc, (psycopg.Error, *DATABASE_UNAVAILABLE)):
-        kind = DatabaseUnavailableError
-    else:
-        kind = TransientError
+    kind: type[TransientError] = TransientError
+    for link in _chain(exc):
+        if isinstance(link, (ModelNotFoundError, ModelRegistryError)):
+            kind = ModelUnavailableError
+        elif isinstance(link, RegistryUnavailableError):
+            kind = RegistryDownError
+        elif isinstance(link, (psycopg.Error, PersistenceError, *DATABASE_UNAVAILABLE)):
+            kind = DatabaseUnavailableError
+        else:
+            continue
+        break
     err = kind(f"{type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first."""
+    links: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in links:
+        links.append(link)
+        link = link.__cause__
+    return links
 
 
 def classify(exc: BaseException) -> str:
