@@ -72,9 +72,15 @@ def orgs_list() -> None:
 def apikeys_create(
     org: Annotated[str, typer.Option(help="Org id the key reads as")],
     name: Annotated[str | None, typer.Option(help="What the key is for")] = None,
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="The key stops working this many days from now")
+    ] = None,
 ) -> None:
     """Create an API key. The key is printed once, alone on the last line; only its hash is kept."""
-    key_id, key = _run(lambda c: tenancy.create_api_key(c, org, name))
+    from datetime import timedelta
+
+    lifetime = None if expires_in_days is None else timedelta(days=expires_in_days)
+    key_id, key = _run(lambda c: tenancy.create_api_key(c, org, name, expires_in=lifetime))
     console.print(f"API key {key_id} for {org}; store it now, it is not shown again:")
     # Plain print: rich could wrap or style it, and scripts read the last line.
     print(key, flush=True)
@@ -86,7 +92,7 @@ def apikeys_list(
 ) -> None:
     """List API keys (ids, never the keys)."""
     keys = _run(lambda c: tenancy.list_api_keys(c, org))
-    table = Table("id", "org", "name", "created", "revoked")
+    table = Table("id", "org", "name", "created", "revoked", "expires", "last used")
     for k in keys:
         table.add_row(
             k.id,
@@ -94,6 +100,8 @@ def apikeys_list(
             k.name or "",
             f"{k.created_at:%Y-%m-%d %H:%M}",
             f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+            f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
         )
     console.print(table)
 

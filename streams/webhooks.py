@@ -576,7 +576,7 @@ def start_dispatcher_thread(
         try:
             box = SecretBox.from_settings(settings)
         except SecretKeyError as exc:
-            log.error("webhook dispatcher not started", error=str(exc))
+            log.warning("webhook dispatcher not started", error=str(exc))
             return
         while not stop.is_set():
             try:

@@ -153,3 +153,50 @@ def test_cli_creates_orgs_and_prints_the_key_alone_on_the_last_line(settings: Se
 
     orphan = cli(settings, "apikeys", "create", "--org", "ghost")
     assert orphan.returncode == 1 and "no organization" in orphan.stdout
+
+    short = cli(settings, "apikeys", "create", "--org", "acme", "--expires-in-days", "30")
+    assert short.returncode == 0, short.stdout + short.stderr
+    listed = cli(settings, "apikeys", "list", "--org", "acme")
+    assert "expires" in listed.stdout and "last used" in listed.stdout
+
+
+def test_api_keys_from_before_expiry_are_migrated_and_keep_working(settings: Settings) -> None:
+    """An api_keys table as the previous release made it gains expires_at and
+    last_used_at; its keys never expire; an expired key belongs to no org."""
+    from datetime import timedelta
+
+    async def go() -> None:
+        c = await asyncpg.connect(settings.pg_dsn)
+        try:
+            await c.execute(
+                "CREATE TABLE organizations (id text PRIMARY KEY, name text NOT NULL, "
+                "industry text, plan_type text NOT NULL DEFAULT 'standard', settings jsonb "
+                "NOT NULL DEFAULT '{}'::jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
+                "updated_at timestamptz NOT NULL DEFAULT now());"
+                "CREATE TABLE api_keys (id text PRIMARY KEY, org_id text NOT NULL REFERENCES "
+                "organizations (id), key_hash bytea NOT NULL UNIQUE, name text, created_at "
+                "timestamptz NOT NULL DEFAULT now(), revoked_at timestamptz);"
+                "INSERT INTO organizations (id, name) VALUES ('old', 'Old');"
+            )
+            old_key = tenancy.generate_key()
+            await c.execute(
+                "INSERT INTO api_keys (id, org_id, key_hash) VALUES ('key_old', 'old', $1)",
+                tenancy.hash_key(old_key),
+            )
+            await tenancy.ensure_schema(c)
+            assert await tenancy.org_for_key(c, old_key) == "old"
+            (info,) = await tenancy.list_api_keys(c, "old")
+            assert info.expires_at is None and info.last_used_at is None
+            key_id, key = await tenancy.create_api_key(c, "old", expires_in=timedelta(hours=1))
+            assert await tenancy.org_for_key(c, key) == "old"
+            await c.execute(
+                "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
+                key_id,
+            )
+            assert await tenancy.org_for_key(c, key) is None
+            record = await tenancy.lookup_key(c, key)
+            assert record is not None and record.expired and not record.active
+        finally:
+            await c.close()
+
+    asyncio.run(go())

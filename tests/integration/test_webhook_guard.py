@@ -189,7 +189,7 @@ def test_the_production_default_refuses_inward_urls_from_the_command(
     assert out.exit_code == 1 and "LEADSCORE_WEBHOOK_SECRET_KEY" in out.output
 
 
-def fernet_key() -> str:  # noqa: N802 (reads as what it returns)
+def fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
