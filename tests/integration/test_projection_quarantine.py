@@ -19,7 +19,7 @@ from leadscore.bootstrap import bootstrap
 from leadscore.cli_projections import retry_quarantined
 from leadscore.settings import Settings
 from projections import quarantine
-from projections.base import ProjectionRunner
+from projections.base import ProjectionRunner, SinkUnavailableError
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogReader
 from projections.postgres import PostgresProjection
@@ -193,3 +193,91 @@ def test_a_backfill_spanning_2000_to_now_is_one_clickhouse_insert(
     assert n == months - 1
     assert left == []
     assert partitions <= now.year - 2000 + 1
+
+
+def test_a_store_refusing_every_entry_is_retried_not_quarantined(settings: Settings) -> None:
+    """Every entry refused (a constraint on the position row, a read-only database): the
+    store is at fault; nothing is quarantined, the position stays, and once the store is
+    fixed the same batch goes in."""
+    s = dataclasses.replace(settings, require_registered_org=False)
+    store_unvalidated(s, [created(f"lead-{i}", ORG, T0) for i in range(3)])
+    dbname = s.pg_dsn.rsplit("/", 1)[-1]
+
+    async def run() -> None:
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=4)
+        try:
+            p = PostgresProjection(pool)
+            await p.setup()
+            runner = ProjectionRunner(pool, [p])
+            # A data-class error on every write: each entry fails alone too.
+            await pool.execute(
+                "ALTER TABLE tracking ADD CONSTRAINT refuse_all "
+                "CHECK (name <> 'projection:postgres' OR position < 0) NOT VALID"
+            )
+            with pytest.raises(SinkUnavailableError):
+                await runner.catch_up(p)
+            assert await p.position() == 0
+            assert await quarantine.entries(pool) == []
+            await pool.execute("ALTER TABLE tracking DROP CONSTRAINT refuse_all")
+        finally:
+            await pool.close()
+
+        # A read-only database (SQLSTATE 25006) is not about the entries either.
+        admin = await asyncpg.connect(s.pg_dsn)
+        await admin.execute(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on')
+        await admin.close()
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=4)
+        try:
+            p = PostgresProjection(pool)
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                await ProjectionRunner(pool, [p]).catch_up(p)
+            assert await quarantine.entries(pool) == []
+            writable = await asyncpg.connect(
+                s.pg_dsn, server_settings={"default_transaction_read_only": "off"}
+            )
+            await writable.execute(
+                f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = off'
+            )
+            await writable.close()
+        finally:
+            await pool.close()
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=4)
+        try:
+            p = PostgresProjection(pool)
+            runner = ProjectionRunner(pool, [p])
+            await runner.catch_up(p)
+            assert await p.position() == await LogReader(pool).head()
+            assert await pool.fetchval("SELECT count(*) FROM leads") == 3
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_quarantine_list_shows_the_entries_set_aside(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from leadscore import cli_projections
+    from leadscore.settings import get_settings, settings_env
+
+    s = dataclasses.replace(settings, require_registered_org=False)
+    store_unvalidated(s, [created("nul-title", ORG, T0, title="CEO\x00")])
+    asyncio.run(project_all(s, tmp_path / "chdb"))
+    for key, value in settings_env(s).items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli_projections, "console", Console(width=250))
+    try:
+        out = CliRunner().invoke(
+            cli_projections.app, ["quarantine", "list"], catch_exceptions=False
+        )
+        assert out.exit_code == 0
+        assert "postgres" in out.output and "LeadCreated" in out.output and "0x00" in out.output
+        retry = CliRunner().invoke(cli_projections.app, ["quarantine", "retry", "postgres"])
+        assert retry.exit_code == 1
+        assert "released 0, still quarantined 1" in retry.output
+    finally:
+        get_settings.cache_clear()
