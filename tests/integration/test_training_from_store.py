@@ -2,8 +2,9 @@
 
 The engine stores a generated history (real processor, real PostgreSQL); the rows built
 from the store must equal the rows built from the lead-events themselves, lead by lead,
-so training from the store inherits the label policy's guarantees (no leakage: features
-from the state before the outcome, tests/unit/test_training.py).
+so training from the store inherits the label policy's guarantees (prediction points
+chosen without the outcome, features from events up to the point only:
+tests/unit/test_training.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from domain.features import features
 from leadscore.eventstore import open_store
 from leadscore.history import lead_events
 from leadscore.settings import Settings
-from leadscore.training import NotEnoughOutcomesError, snapshots, train_from_store
+from leadscore.training import NotEnoughOutcomesError, train_from_store
+from leadscore.training_rows import training_rows
 from leadscore.workload import generate
 from tests.factories import FixedScorer
 from tests.support.pipeline import store_history
@@ -26,7 +29,8 @@ pytestmark = pytest.mark.integration
 
 def rows_by_lead(events):  # type: ignore[no-untyped-def]
     return {
-        (s.org_id, s.lead_id): (s.label, s.kind, s.as_of, tuple(s.row)) for s in snapshots(events)
+        (r.org_id, r.lead_id, r.point): (r.label, r.outcome, tuple(r.values[0]))
+        for r in training_rows(events, [features])
     }
 
 
