@@ -178,6 +178,7 @@ def main() -> None:
     s = dataclasses.replace(
         base, pg_dsn=dsn, redis_prefix=f"leadscore-bench-{tag}",
         clickhouse_dsn=f"chdb://{base.run_path}/bench-chdb-{tag}",
+        api_key_rate=0, api_ip_rate=0,  # one key and IP at full speed: measure, not limit
     )  # fmt: skip
     env = {
         **os.environ,

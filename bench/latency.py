@@ -360,7 +360,10 @@ def measure(
         base.kafka_bootstrap, [ours_in, peer_in, peer_out], base.topic_partitions
     )
     s = dataclasses.replace(
-        stack.engine_settings(stack.isolated(base, "lat", ours_in)), api_port=stack.free_port()
+        stack.engine_settings(stack.isolated(base, "lat", ours_in)),
+        api_port=stack.free_port(),
+        api_key_rate=0,  # the API's rate limits are not what this measures
+        api_ip_rate=0,
     )
     stack.register_orgs(s, orgs)
     keys = _api_keys(s, orgs)
