@@ -45,6 +45,14 @@ class TaskState:
     last_error: str = ""  # the exception's class: messages may carry data
     last_error_at: float | None = None
     started_at: float | None = None
+    failing: int = 0  # failures in a row (a run of ``healthy_after`` s starts them again)
+
+    def ok(self, settle: float) -> bool:
+        """Running, and not merely between two quick failures: after a failure, a task
+        counts as up once its new run lasted ``settle`` seconds."""
+        if not self.alive or self.started_at is None:
+            return False
+        return self.failing == 0 or time.monotonic() - self.started_at >= settle
 
 
 class Supervisor:
@@ -95,6 +103,7 @@ class Supervisor:
                 self._set_alive(False, None)
             if time.monotonic() - started >= self.healthy_after:
                 delay = self.base
+                self.state.failing = 1
             if self.stop.wait(delay):
                 break
             delay = min(self.cap, delay * 2)
@@ -108,6 +117,7 @@ class Supervisor:
         ALIVE.labels(self.name).set(1 if alive else 0)
 
     def _failed(self, what: str) -> None:
+        self.state.failing += 1
         self.state.last_error = what
         self.state.last_error_at = time.time()
 
@@ -117,14 +127,23 @@ def supervise(name: str, work: Work, stop: threading.Event, **backoff: float) ->
     return Supervisor(name, work, stop, **backoff).start()
 
 
-def health(tasks: Iterable[Supervisor], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+SETTLE_SECONDS = 5.0
+
+
+def health(
+    tasks: Iterable[Supervisor],
+    extra: dict[str, Any] | None = None,
+    *,
+    settle: float = SETTLE_SECONDS,
+) -> dict[str, Any]:
     """Liveness and readiness of a process and its supervised tasks.
 
-    ``live`` is true while the process answers; ``ready`` while every task runs.
+    ``live`` is true while the process answers; ``ready`` while every task is up (running,
+    and for ``settle`` seconds since its last restart if it failed before).
     """
     report = {
         t.name: {
-            "alive": t.state.alive,
+            "alive": t.state.ok(settle),
             "restarts": t.state.restarts,
             "last_error": t.state.last_error or None,
         }
