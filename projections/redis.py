@@ -11,12 +11,17 @@ from collections.abc import Sequence
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseError
 
 from projections import changes
 from projections.log import LogEntry
 
 PREFIX = "leadscore"
+# Redis error prefixes that say the server cannot write now, whatever is written.
+_SERVER_STATES = (
+    "OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF", "TRYAGAIN",
+    "CLUSTERDOWN", "NOSCRIPT",
+)  # fmt: skip
 RECENT_LIMIT = 100
 
 # KEYS[1]: the change-notice channel. ARGV: position_key, recent_limit, prefix, then per
@@ -79,8 +84,13 @@ class RedisProjection:
         return int(value or 0)
 
     def is_data_error(self, exc: BaseException) -> bool:
-        # The script refused an argument, or the client could not encode one.
-        return isinstance(exc, DataError | ResponseError | TypeError | ValueError | KeyError)
+        # The script refused an argument, or the client could not encode one; not a
+        # server that cannot write now (out of memory, a read-only replica, loading, ...).
+        if isinstance(exc, ReadOnlyError | NoScriptError):
+            return False
+        if isinstance(exc, ResponseError):
+            return not str(exc).upper().startswith(_SERVER_STATES)
+        return isinstance(exc, DataError | TypeError | ValueError | KeyError)
 
     async def advance(self, position: int) -> None:
         await self._script(
