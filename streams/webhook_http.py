@@ -153,9 +153,11 @@ def post(
     timeout_s: float,
     policy: UrlPolicy,
     resolver: Resolve = resolve,
+    tls: ssl.SSLContext | None = None,
 ) -> Attempt:
     """One POST to ``url`` within ``timeout_s`` in all. Any 2xx delivers; a redirect is
-    an answer we do not follow (a signed POST is not re-sent elsewhere)."""
+    an answer we do not follow (a signed POST is not re-sent elsewhere). ``tls``: the
+    system's trust store and hostname checking unless given (tests bring their own CA)."""
     deadline = time.monotonic() + timeout_s
     try:
         target = check_url(url, policy, resolver)
@@ -176,7 +178,7 @@ def post(
     try:
         sock = socket.create_connection((target.address, target.port), timeout=remaining())
         if target.scheme == "https":
-            context = ssl.create_default_context()
+            context = tls or ssl.create_default_context()
             sock.settimeout(remaining())
             sock = context.wrap_socket(sock, server_hostname=target.host)
         head = [

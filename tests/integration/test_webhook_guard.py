@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -338,3 +340,84 @@ def test_secrets_are_encrypted_at_rest_and_old_rows_are_migrated(
     (path, headers, raw) = sink.got[-1]
     assert path == "/old"
     standardwebhooks.Webhook(plain).verify(raw, headers)  # the receiver's secret still works
+
+
+def _tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A CA and a certificate for hooks.example.test: (server context, client context)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(name("hooks.example.test"))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())
+    return server, client
+
+
+def test_https_connects_to_the_pinned_address_and_verifies_the_name(
+    sink: Sink, tmp_path: Path
+) -> None:
+    server_tls, client_tls = _tls_pair(tmp_path)
+    port = free_port()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            sink.got.append((self.path, dict(self.headers.items()), b""))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    loopback = {"resolver": lambda host, p: ["127.0.0.1"], "tls": client_tls}
+    try:
+        # The certificate is checked against the URL's name, though the connection goes
+        # to the address that name was resolved and checked to.
+        ok = post(f"https://hooks.example.test:{port}/tls", b"{}", {}, 5.0, DEV, **loopback)
+        assert ok.error is None and ok.status == 204
+        assert sink.got[-1][0] == "/tls"
+        assert sink.got[-1][1]["Host"] == f"hooks.example.test:{port}"
+        # Another name on the same address: the certificate does not match it.
+        wrong = post(f"https://other.example.test:{port}/tls", b"{}", {}, 5.0, DEV, **loopback)
+        assert wrong.error == "delivery failed (TLS error)"
+    finally:
+        server.shutdown()
+        server.server_close()
