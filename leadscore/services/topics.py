@@ -94,7 +94,7 @@ def ensure_topics(
                     raise ServiceError(f"could not create topic {name}: {exc}") from exc
     present = {n: dict(c) for n, c in (configs or {}).items() if n in existing and c}
     if present:
-        _set_configs(admin, present)
+        _set_configs(admin, present, deadline)
     while True:
         pending = _without_leaders(_metadata(admin, deadline), names)
         if not pending:
@@ -104,7 +104,10 @@ def ensure_topics(
         time.sleep(0.1)
 
 
-def _set_configs(admin: AdminClient, configs: Mapping[str, Mapping[str, str]]) -> None:
+def _set_configs(
+    admin: AdminClient, configs: Mapping[str, Mapping[str, str]], deadline: float
+) -> None:
+    """Set the entries on existing topics; return once the broker reports them."""
     resources = [
         ConfigResource(
             ResourceType.TOPIC,
@@ -121,11 +124,24 @@ def _set_configs(admin: AdminClient, configs: Mapping[str, Mapping[str, str]]) -
             future.result()
         except KafkaException as exc:
             raise ServiceError(f"could not configure topic {resource.name}: {exc}") from exc
+    for name, entries in configs.items():
+        while _described(admin, name, entries) != dict(entries):
+            if time.monotonic() >= deadline:
+                raise ServiceError(f"topic {name} does not report {dict(entries)} yet")
+            time.sleep(0.1)
+
+
+def _described(admin: AdminClient, name: str, entries: Mapping[str, str]) -> dict[str, str]:
+    found = _describe(admin, name)
+    return {k: found.get(k, "") for k in entries}
 
 
 def topic_config(bootstrap: str, name: str) -> dict[str, str]:
     """A topic's effective configuration, as the broker reports it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, **_QUIET})
+    return _describe(AdminClient({"bootstrap.servers": bootstrap, **_QUIET}), name)
+
+
+def _describe(admin: AdminClient, name: str) -> dict[str, str]:
     resource = ConfigResource(ResourceType.TOPIC, name)
     try:
         entries = admin.describe_configs([resource])[resource].result(timeout=15)
