@@ -264,6 +264,11 @@ def train(
     except (NotEnoughOutcomesError, LeakageError, ParityError, ValueError, FileExistsError) as exc:
         console.print(f"[red]not trained:[/red] {exc}")
         raise typer.Exit(1) from None
+    if from_store:
+        # Registered and shared at once: workers on other machines can load it.
+        from leadscore.model_registry import ModelRegistry
+
+        ModelRegistry(s.pg_dsn, Path(s.model_dir)).sync(preferred=s.model_version or None)
     if json_out:
         console.print_json(data=_as_dict(meta))
         return

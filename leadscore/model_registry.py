@@ -31,6 +31,7 @@ from domain.processing import BatchOutcome, ShadowScore
 from domain.rules import ScoringRules
 from domain.scoring import Scorer, check_model
 from leadscore.eventstore import ddl_lock
+from leadscore.model_artifacts import ArtifactStore
 from leadscore.modelstore import list_models, load_scorer
 
 log = structlog.get_logger(__name__)
@@ -104,14 +105,18 @@ class ModelRegistry:
         self.model_dir = Path(model_dir)
         with ddl_lock(dsn), psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(DDL)
+        # Each version's files, shared: a worker on any machine loads what is promoted.
+        self.artifacts = ArtifactStore(dsn, self.model_dir)
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         return psycopg.connect(self.dsn, row_factory=dict_row)
 
     def sync(self, preferred: str | None = None) -> list[str]:
-        """Register the models on disk that the table lacks; make sure a global model is
-        active (``preferred``, else the newest global one). Returns the new versions."""
+        """Register the models on disk that the table lacks, and share their files
+        (leadscore/model_artifacts.py); make sure a global model is active
+        (``preferred``, else the newest global one). Returns the new versions."""
         metas = list_models(self.model_dir)
+        self.artifacts.publish([str(m["version"]) for m in metas])
         with self._connect() as conn:
             conn.execute("LOCK TABLE scoring_models IN SHARE ROW EXCLUSIVE MODE")
             known = {r["version"] for r in conn.execute("SELECT version FROM scoring_models")}
@@ -308,6 +313,7 @@ class ModelRouter:
     def _load(self, version: str) -> Scorer:
         scorer = self._loaded.get(version)
         if scorer is None:
+            self.registry.artifacts.ensure_local(version)  # fetched if this machine lacks it
             scorer = self.loader(self.registry.model_dir, version)
             check_model(scorer)
             self._loaded[version] = scorer
