@@ -4,6 +4,8 @@ It follows the event store's notification log from a position kept in PostgreSQL
 The position advances only after Kafka acknowledged every message before it, so a
 crash republishes (same event_id) rather than loses; nothing unstored is sent.
 One relay publishes at a time: a PostgreSQL advisory lock elects it among workers.
+Workers and `leadscore relay` run it under a supervisor (streams/worker.py, relay_work):
+an error it does not handle itself closes it and starts a new one after a backoff.
 """
 
 from __future__ import annotations
@@ -218,17 +220,3 @@ class ScoreEventRelay:
                 continue
             if sent < self.batch_size:
                 stop.wait(idle_wait)
-
-
-def start_relay_thread(relay: ScoreEventRelay, stop: threading.Event) -> threading.Thread:
-    def target() -> None:
-        try:
-            relay.run(stop)
-        except Exception:
-            log.exception("score-event relay stopped")
-        finally:
-            relay.close()
-
-    thread = threading.Thread(target=target, name="score-event-relay", daemon=True)
-    thread.start()
-    return thread
