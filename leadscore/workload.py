@@ -23,507 +23,48 @@ from itertools import accumulate
 import numpy as np
 
 from domain.events import ActivityKind, EventType, LeadEvent
-from domain.firmographics import COUNTRIES, INDUSTRIES, SOURCES
+from domain.firmographics import COUNTRIES, INDUSTRIES
+from leadscore.workload_vocabulary import (
+    BASE_MIX,
+    C_LEVEL,
+    COMPANY_A,
+    COMPANY_B,
+    COMPANY_SUFFIX,
+    CONVERT_REASONS,
+    COUNTRY_WEIGHTS,
+    DEPT_WEIGHTS,
+    DISQUALIFY_REASONS,
+    FIRST_NAMES,
+    FREE_MAIL,
+    FUNCTIONS,
+    INDIVIDUAL,
+    INDUSTRY_SYNONYMS,
+    JUNIOR,
+    KINDS,
+    LAST_NAMES,
+    LEVEL_EFFECT,
+    LEVEL_TEMPLATES,
+    LEVEL_WEIGHTS,
+    ODD_TITLES,
+    PROPERTIES,
+    SIZE_BANDS,
+    SOURCE_EFFECT,
+    SOURCE_WEIGHTS,
+    STUDENT,
+    STUDENT_BY_DEPT,
+    TLDS,
+)
 
 # A fixed default start (a Monday) keeps runs reproducible; pass ``start`` for "now".
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 DAY_MS = 86_400_000
+# The hidden propensity's log-odds: _BASE + _SPREAD * fit + noise(_NOISE). Tuned so a
+# small LightGBM reaches a holdout AUC of ~0.85: learnable, not trivially perfect.
+_BASE, _SPREAD, _NOISE = -3.4, 1.6, 0.7
 
 # ---------------------------------------------------------------------------
 # Vocabularies: what people actually type into forms.
 # ---------------------------------------------------------------------------
-
-FIRST_NAMES = (
-    "James",
-    "Mary",
-    "Robert",
-    "Patricia",
-    "John",
-    "Jennifer",
-    "Michael",
-    "Linda",
-    "David",
-    "Elizabeth",
-    "William",
-    "Barbara",
-    "Richard",
-    "Susan",
-    "Joseph",
-    "Jessica",
-    "Thomas",
-    "Sarah",
-    "Chris",
-    "Karen",
-    "Daniel",
-    "Nancy",
-    "Matthew",
-    "Lisa",
-    "Anthony",
-    "Emily",
-    "Mark",
-    "Ashley",
-    "Priya",
-    "Rahul",
-    "Wei",
-    "Mei",
-    "Hiroshi",
-    "Yuki",
-    "Lukas",
-    "Anna",
-    "Jonas",
-    "Lea",
-    "Pierre",
-    "Camille",
-    "Sven",
-    "Ingrid",
-    "Carlos",
-    "Sofia",
-    "Mateus",
-    "Ana",
-    "Olga",
-    "Dmitri",
-    "Fatima",
-    "Omar",
-    "Aisha",
-    "Kwame",
-    "Liam",
-    "Noah",
-    "Emma",
-    "Olivia",
-    "Sanjay",
-    "Deepa",
-    "Tom",
-    "Kate",
-)
-LAST_NAMES = (
-    "Smith",
-    "Johnson",
-    "Williams",
-    "Brown",
-    "Jones",
-    "Garcia",
-    "Miller",
-    "Davis",
-    "Rodriguez",
-    "Martinez",
-    "Hernandez",
-    "Lopez",
-    "Wilson",
-    "Anderson",
-    "Taylor",
-    "Thomas",
-    "Moore",
-    "Jackson",
-    "Martin",
-    "Lee",
-    "Thompson",
-    "White",
-    "Harris",
-    "Clark",
-    "Lewis",
-    "Walker",
-    "Young",
-    "Allen",
-    "King",
-    "Wright",
-    "Patel",
-    "Sharma",
-    "Singh",
-    "Chen",
-    "Wang",
-    "Li",
-    "Tanaka",
-    "Suzuki",
-    "Sato",
-    "Mueller",
-    "Schmidt",
-    "Schneider",
-    "Fischer",
-    "Dubois",
-    "Laurent",
-    "Bernard",
-    "van Dijk",
-    "de Vries",
-    "Jansen",
-    "Silva",
-    "Santos",
-    "Oliveira",
-    "Ivanov",
-    "Petrov",
-    "Kowalski",
-    "Nowak",
-    "O'Brien",
-    "Murphy",
-    "Nguyen",
-    "Kim",
-)
-_COMPANY_A = (
-    "Blue",
-    "North",
-    "Bright",
-    "Iron",
-    "Silver",
-    "Red",
-    "Green",
-    "Quantum",
-    "Apex",
-    "Nova",
-    "Summit",
-    "Cedar",
-    "Harbor",
-    "Granite",
-    "Vertex",
-    "Atlas",
-    "Polar",
-    "Crimson",
-    "Swift",
-    "Clear",
-    "Open",
-    "Deep",
-    "Solid",
-    "True",
-    "Rapid",
-    "Lumen",
-    "Orbit",
-    "Pioneer",
-)
-_COMPANY_B = (
-    "Wave",
-    "Peak",
-    "Stone",
-    "Bridge",
-    "Field",
-    "Path",
-    "Forge",
-    "Works",
-    "Labs",
-    "Logic",
-    "Point",
-    "Line",
-    "Scale",
-    "Cloud",
-    "Data",
-    "Systems",
-    "Dynamics",
-    "Sphere",
-    "Mark",
-    "Gate",
-    "Flow",
-    "Stack",
-    "Grid",
-    "Signal",
-)
-_COMPANY_SUFFIX = (
-    "",
-    "",
-    "",
-    " Inc.",
-    " LLC",
-    " Ltd",
-    " GmbH",
-    " Group",
-    " Technologies",
-    " Solutions",
-    " Analytics",
-    " Health",
-    " Partners",
-    " & Co",
-    " AG",
-    " S.A.",
-    " Holdings",
-)
-_TLDS = (".com", ".com", ".com", ".io", ".co", ".de", ".net", ".ai")
-FREE_MAIL = (
-    "gmail.com",
-    "gmail.com",
-    "yahoo.com",
-    "hotmail.com",
-    "outlook.com",
-    "icloud.com",
-    "gmx.de",
-    "web.de",
-    "protonmail.com",
-)
-
-# Industries as companies describe themselves: mostly the vocabulary's words in some
-# casing, sometimes a synonym the vocabulary does not know (it maps to "other").
-_INDUSTRY_SYNONYMS = {
-    "software": ("SaaS", "Computer Software"),
-    "fintech": ("Financial Services",),
-    "healthcare": ("Hospital & Health Care",),
-    "retail": ("E-commerce",),
-}
-
-_COUNTRY_WEIGHTS = {
-    "US": 34,
-    "GB": 10,
-    "DE": 9,
-    "FR": 6,
-    "NL": 4,
-    "CA": 6,
-    "AU": 4,
-    "IN": 8,
-    "BR": 5,
-    "JP": 3,
-    "ES": 4,
-    "SE": 2,
-    "MX": 2,
-    "SG": 2,
-    "PL": 1,  # the last ones map to "other"
-}
-_SOURCE_WEIGHTS = {
-    "organic": 22,
-    "paid_search": 18,
-    "paid_social": 12,
-    "referral": 7,
-    "event": 7,
-    "outbound": 12,
-    "partner": 5,
-    "content": 10,
-    "webinar": 6,
-    "other": 1,
-}
-# Effect of the acquisition channel on propensity (log-odds): warm channels convert.
-_SOURCE_EFFECT = {
-    "organic": 0.2,
-    "paid_search": 0.0,
-    "paid_social": -0.4,
-    "referral": 0.7,
-    "event": 0.4,
-    "outbound": -0.3,
-    "partner": 0.5,
-    "content": 0.0,
-    "webinar": 0.3,
-    "other": 0.0,
-}
-
-# The channels are the domain's vocabulary: a source it does not know would score as "other".
-if set(_SOURCE_WEIGHTS) != set(SOURCES) or set(_SOURCE_EFFECT) != set(SOURCES):
-    raise ImportError("workload sources out of step with domain.firmographics.SOURCES")
-
-# Departments use domain.firmographics.DEPARTMENTS codes: 0 other .. 8 executive.
-_DEPT_WEIGHTS = (10, 22, 10, 20, 14, 7, 8, 4, 5)
-# Seniority levels 0 (student/intern) .. 6 (C-level/founder), as domain.firmographics ranks.
-_LEVEL_WEIGHTS = (6, 15, 30, 22, 13, 8, 6)
-_LEVEL_EFFECT = (-1.8, -0.6, 0.0, 0.3, 0.7, 0.8, 0.6)
-
-_FUNCTIONS: dict[int, tuple[str, ...]] = {
-    0: ("Product", "Customer Success", "Strategy", "Legal", "Projects"),
-    1: ("Engineering", "Software Engineering", "Platform Engineering", "R&D", "DevOps"),
-    2: ("IT", "IT Operations", "Infrastructure", "Information Security", "Systems"),
-    3: ("Marketing", "Growth", "Demand Gen", "Brand", "Product Marketing", "Content"),
-    4: ("Sales", "Business Development", "Revenue", "Enterprise Sales", "Sales Operations"),
-    5: ("Finance", "Procurement", "Accounting", "FP&A"),
-    6: ("Operations", "Supply Chain", "Logistics", "Business Operations"),
-    7: ("HR", "People", "Talent Acquisition", "People Operations"),
-    8: ("Strategy",),
-}
-_C_LEVEL: dict[int, tuple[str, ...]] = {
-    0: ("Chief Product Officer", "CPO", "Chief Strategy Officer"),
-    1: ("CTO", "CTO & Co-Founder", "Chief Technology Officer", "Co-founder, CTO"),
-    2: ("CIO", "CISO", "Chief Information Officer"),
-    3: ("CMO", "Chief Marketing Officer"),
-    4: ("CRO", "Chief Revenue Officer"),
-    5: ("CFO", "Chief Financial Officer"),
-    6: ("COO", "Chief Operating Officer"),
-    7: ("Chief People Officer", "CHRO"),
-    8: (
-        "CEO",
-        "Founder",
-        "Co-Founder & CEO",
-        "Owner",
-        "President",
-        "Founder/CEO",
-        "Managing Director",
-        "CEO and Founder",
-    ),
-}
-_LEVEL_TEMPLATES: dict[int, tuple[str, ...]] = {
-    5: (
-        "VP {f}",
-        "VP of {f}",
-        "Vice President, {f}",
-        "Vice President of {f}",
-        "SVP {f}",
-        "EVP, {f}",
-        "VP, {f}",
-    ),
-    4: (
-        "Director of {f}",
-        "{f} Director",
-        "Head of {f}",
-        "Sr. Director, {f}",
-        "Director, {f}",
-        "Global Head of {f}",
-    ),
-    3: ("{f} Manager", "Manager, {f}", "Senior {f} Manager", "{f} Team Lead", "{f} Lead"),
-}
-_INDIVIDUAL: dict[int, tuple[str, ...]] = {
-    0: (
-        "Product Manager",
-        "Consultant",
-        "Project Manager",
-        "Product Owner",
-        "Analyst",
-        "Customer Success Manager",
-    ),
-    1: (
-        "Software Engineer",
-        "Sr. Software Engineer",
-        "Senior Backend Engineer",
-        "Solutions Architect",
-        "Data Engineer",
-        "Staff Engineer",
-        "Full Stack Developer",
-    ),
-    2: ("Network Engineer", "Security Analyst", "IT Specialist", "Systems Administrator"),
-    3: (
-        "Marketing Specialist",
-        "Growth Marketer",
-        "SEO Specialist",
-        "Marketing Analyst",
-        "Content Strategist",
-    ),
-    4: ("Account Executive", "Sr. Account Executive", "Sales Engineer", "Sales Consultant"),
-    5: ("Financial Analyst", "Senior Accountant", "Procurement Specialist"),
-    6: ("Operations Analyst", "Logistics Specialist", "Supply Chain Analyst"),
-    7: ("HR Specialist", "Recruiter", "Talent Partner"),
-    8: ("Chief of Staff", "Senior Consultant"),
-}
-_JUNIOR: dict[int, tuple[str, ...]] = {
-    0: ("Associate", "Junior Analyst", "Office Coordinator"),
-    1: ("Junior Developer", "Jr. Software Engineer", "Associate Engineer"),
-    2: ("IT Support Associate", "Help Desk Representative"),
-    3: ("Marketing Coordinator", "Marketing Associate", "Social Media Coordinator"),
-    4: ("Sales Representative", "SDR", "BDR", "Inside Sales Rep"),
-    5: ("Jr. Accountant", "Associate, Finance", "Finance Coordinator"),
-    6: ("Operations Coordinator", "Logistics Coordinator"),
-    7: ("HR Coordinator", "Recruiting Coordinator"),
-    8: ("Executive Assistant", "Associate"),
-}
-_STUDENT = (
-    "student",
-    "Student",
-    "MBA Student",
-    "PhD student",
-    "Intern",
-    "Trainee",
-    "Executive Assistant to the CEO",
-)
-_STUDENT_BY_DEPT: dict[int, tuple[str, ...]] = {
-    1: ("Software Engineering Intern",),
-    3: ("Marketing Intern",),
-    4: ("Sales Trainee",),
-    5: ("Finance Intern",),
-    7: ("HR Intern",),
-}
-_ODD_TITLES = ("n/a", "-", "Other", "Freelancer", "Self-employed", "Member of Technical Staff")
-
-_PAGES = (
-    "/",
-    "/product",
-    "/product/integrations",
-    "/customers",
-    "/blog/lead-scoring-101",
-    "/blog/intent-data",
-    "/docs/getting-started",
-    "/security",
-    "/about",
-    "/careers",
-    "/case-studies/acme",
-    "/features/analytics",
-)
-_CAMPAIGNS = (
-    "welcome-series-1",
-    "welcome-series-2",
-    "nurture-q1-3",
-    "product-update-jan",
-    "webinar-invite",
-    "newsletter-weekly",
-    "abm-enterprise-2",
-    "reactivation-1",
-)
-_FORMS = ("contact-us", "newsletter", "trial-signup", "event-registration", "gated-content")
-_WEBINARS = ("scoring-masterclass", "revops-roundtable", "product-tour-live", "customer-panel-q1")
-_ASSETS = (
-    "whitepaper-intent-signals",
-    "ebook-b2b-funnel",
-    "report-state-of-revops",
-    "checklist-lead-routing",
-    "case-study-fintech",
-    "roi-calculator",
-)
-_UTM = ("google", "linkedin", "newsletter", "partner-portal", "g2", "twitter")
-
-_CONVERT_REASONS = ("opportunity_created", "sql_accepted", "closed_won", "trial_started")
-_DISQUALIFY_REASONS = (
-    "no_budget",
-    "not_a_fit",
-    "chose_competitor",
-    "unresponsive",
-    "student_or_job_seeker",
-    "bad_contact_info",
-    "duplicate",
-    "too_small",
-)
-
-_KINDS = (
-    ActivityKind.PAGE_VIEW,
-    ActivityKind.EMAIL_OPEN,
-    ActivityKind.EMAIL_CLICK,
-    ActivityKind.FORM_SUBMIT,
-    ActivityKind.DEMO_REQUEST,
-    ActivityKind.PRICING_PAGE,
-    ActivityKind.WEBINAR,
-    ActivityKind.CONTENT_DOWNLOAD,
-    ActivityKind.OTHER,
-)
-# Base mix of activity kinds; intent kinds (demo, pricing) are set per lead from its
-# propensity. "other" is what trackers send that fits no kind (chats, booth scans).
-_BASE_MIX = (0.40, 0.26, 0.09, 0.05, 0.0, 0.0, 0.04, 0.07, 0.01)
-# The hidden propensity's log-odds: _BASE + _SPREAD * fit + noise(_NOISE). Tuned so a
-# small LightGBM reaches a holdout AUC of ~0.85: learnable, not trivially perfect.
-_BASE, _SPREAD, _NOISE = -3.4, 1.6, 0.7
-_SIZE_BANDS = ((1.0, 2.0), (1.7, 2.7), (2.3, 3.5), (3.0, 4.7))  # log10(employees)
-
-
-def _property_templates() -> dict[ActivityKind, tuple[dict[str, str], ...]]:
-    """Every property dict an activity can carry, built once; events copy one."""
-    page = [{"url": p} for p in _PAGES] + [
-        {"url": p, "utm_source": u} for p in _PAGES[:4] for u in _UTM
-    ]
-    return {
-        ActivityKind.PAGE_VIEW: tuple(page),
-        ActivityKind.EMAIL_OPEN: tuple({"campaign": c} for c in _CAMPAIGNS),
-        ActivityKind.EMAIL_CLICK: tuple(
-            {"campaign": c, "url": p} for c in _CAMPAIGNS for p in _PAGES[:6]
-        ),
-        ActivityKind.FORM_SUBMIT: tuple({"form": f, "url": f"/forms/{f}"} for f in _FORMS),
-        ActivityKind.DEMO_REQUEST: (
-            {"form": "demo-request", "url": "/demo"},
-            {"form": "demo-request", "url": "/pricing", "plan": "enterprise"},
-            {"form": "contact-sales", "url": "/contact-sales"},
-        ),
-        ActivityKind.PRICING_PAGE: (
-            {"url": "/pricing"},
-            {"url": "/pricing/enterprise"},
-            {"url": "/pricing#compare"},
-            {"url": "/pricing", "utm_source": "google"},
-        ),
-        ActivityKind.WEBINAR: tuple(
-            {"webinar": w, "attended": a} for w in _WEBINARS for a in ("true", "false")
-        ),
-        ActivityKind.CONTENT_DOWNLOAD: tuple({"asset": a} for a in _ASSETS),
-        ActivityKind.OTHER: (
-            {"type": "chat_started", "url": "/pricing"},
-            {"type": "chat_started", "url": "/"},
-            {"type": "booth_scan", "event": "saastr-2026"},
-            {"type": "meeting_booked"},
-        ),
-    }
-
-
-_PROPERTIES = _property_templates()
 
 
 def org_ids(orgs: int) -> list[str]:
@@ -540,20 +81,20 @@ class _Company:
 def _companies(r: random.Random, n: int) -> list[_Company]:
     out = []
     for _ in range(n):
-        name = r.choice(_COMPANY_A) + r.choice(_COMPANY_B)
+        name = r.choice(COMPANY_A) + r.choice(COMPANY_B)
         if r.random() < 0.3:
-            name = f"{r.choice(_COMPANY_A)} {r.choice(_COMPANY_B)}"
-        full = name + r.choice(_COMPANY_SUFFIX)
+            name = f"{r.choice(COMPANY_A)} {r.choice(COMPANY_B)}"
+        full = name + r.choice(COMPANY_SUFFIX)
         slug = "".join(ch for ch in name.lower() if ch.isalnum())
-        out.append(_Company(full, slug + r.choice(_TLDS)))
+        out.append(_Company(full, slug + r.choice(TLDS)))
     return out
 
 
 def _industry_label(r: random.Random, code: int) -> str:
     word = INDUSTRIES[code]
     x = r.random()
-    if x < 0.08 and word in _INDUSTRY_SYNONYMS:
-        return r.choice(_INDUSTRY_SYNONYMS[word])
+    if x < 0.08 and word in INDUSTRY_SYNONYMS:
+        return r.choice(INDUSTRY_SYNONYMS[word])
     if x < 0.55:
         return word.capitalize()
     return word
@@ -561,15 +102,15 @@ def _industry_label(r: random.Random, code: int) -> str:
 
 def _title(r: random.Random, level: int, dept: int) -> str:
     if level == 6:
-        title = r.choice(_C_LEVEL[dept])
-    elif level in _LEVEL_TEMPLATES:
-        title = r.choice(_LEVEL_TEMPLATES[level]).format(f=r.choice(_FUNCTIONS[dept]))
+        title = r.choice(C_LEVEL[dept])
+    elif level in LEVEL_TEMPLATES:
+        title = r.choice(LEVEL_TEMPLATES[level]).format(f=r.choice(FUNCTIONS[dept]))
     elif level == 2:
-        title = r.choice(_INDIVIDUAL[dept])
+        title = r.choice(INDIVIDUAL[dept])
     elif level == 1:
-        title = r.choice(_JUNIOR[dept]) if r.random() < 0.92 else r.choice(_ODD_TITLES)
+        title = r.choice(JUNIOR[dept]) if r.random() < 0.92 else r.choice(ODD_TITLES)
     else:
-        title = r.choice(_STUDENT_BY_DEPT.get(dept, _STUDENT) + _STUDENT)
+        title = r.choice(STUDENT_BY_DEPT.get(dept, STUDENT) + STUDENT)
     x = r.random()
     if x < 0.04:
         return title.lower()
@@ -660,7 +201,7 @@ def generate(
         icp_industry[o, g.choice(np.arange(1, n_ind), size=g.integers(2, 4), replace=False)] = True
         icp_country[o, g.choice(np.arange(1, n_cty), size=g.integers(2, 5), replace=False)] = True
         icp_dept[o, g.choice(np.arange(1, 8), size=g.integers(1, 3), replace=False)] = True
-        band[o] = _SIZE_BANDS[g.integers(len(_SIZE_BANDS))]
+        band[o] = SIZE_BANDS[g.integers(len(SIZE_BANDS))]
     # Orgs differ in size: a few big tenants, a long tail.
     org_w = 1.0 / np.arange(1, orgs + 1) ** 0.7
     g.shuffle(org_w)
@@ -671,8 +212,8 @@ def generate(
     comp_industry = g.integers(1, n_ind, size=n_comp)
     comp_employees = np.maximum(1, np.round(g.lognormal(math.log(150), 1.7, size=n_comp)))
     comp_employees = np.minimum(comp_employees, 400_000).astype(np.int64)
-    cty_names = list(_COUNTRY_WEIGHTS)
-    cty_p = np.array(list(_COUNTRY_WEIGHTS.values()), dtype=float)
+    cty_names = list(COUNTRY_WEIGHTS)
+    cty_p = np.array(list(COUNTRY_WEIGHTS.values()), dtype=float)
     comp_country = g.choice(len(cty_names), size=n_comp, p=cty_p / cty_p.sum())
     cty_code = np.array([COUNTRIES.index(c) if c in COUNTRIES else 0 for c in cty_names])
 
@@ -686,12 +227,12 @@ def generate(
         rows = np.flatnonzero(aim & (lead_org == o))
         if len(pool) and len(rows):
             company[rows] = pool[g.integers(0, len(pool), size=len(rows))]
-    dept = g.choice(9, size=n, p=np.array(_DEPT_WEIGHTS) / sum(_DEPT_WEIGHTS))
-    level = g.choice(7, size=n, p=np.array(_LEVEL_WEIGHTS) / sum(_LEVEL_WEIGHTS))
+    dept = g.choice(9, size=n, p=np.array(DEPT_WEIGHTS) / sum(DEPT_WEIGHTS))
+    level = g.choice(7, size=n, p=np.array(LEVEL_WEIGHTS) / sum(LEVEL_WEIGHTS))
     level[dept == 8] = np.where(g.random(int((dept == 8).sum())) < 0.8, 6, 0)
     free_mail = g.random(n) < np.where(level == 0, 0.6, 0.14)
-    src_names = list(_SOURCE_WEIGHTS)
-    src_p = np.array(list(_SOURCE_WEIGHTS.values()), dtype=float)
+    src_names = list(SOURCE_WEIGHTS)
+    src_p = np.array(list(SOURCE_WEIGHTS.values()), dtype=float)
     source = g.choice(len(src_names), size=n, p=src_p / src_p.sum())
     industry = comp_industry[company]
     employees = comp_employees[company]
@@ -705,9 +246,9 @@ def generate(
         + 0.9 * in_band
         + 0.5 * icp_country[lead_org, country]
         + 0.7 * icp_dept[lead_org, dept]
-        + np.array(_LEVEL_EFFECT)[level]
+        + np.array(LEVEL_EFFECT)[level]
         - 0.9 * free_mail
-        + np.array([_SOURCE_EFFECT[s] for s in src_names])[source]
+        + np.array([SOURCE_EFFECT[s] for s in src_names])[source]
     )
     # What no event reveals (budget, timing, luck) keeps the outcome uncertain.
     logit = _BASE + _SPREAD * fit + g.normal(0.0, _NOISE, size=n)
@@ -992,15 +533,15 @@ def _schedule(
     n = n_act[i]
     out: list[tuple[int, object, object]] = []
     if n:
-        mix = list(_BASE_MIX)
+        mix = list(BASE_MIX)
         mix[4], mix[5] = demo_share[i], pricing_share[i]
-        kinds = r.choices(_KINDS, cum_weights=list(accumulate(mix)), k=n)
+        kinds = r.choices(KINDS, cum_weights=list(accumulate(mix)), k=n)
         if outcome_kind[i] == 1 and r.random() < 0.35:
             # A conversion is often preceded by a demo or pricing visit shortly before.
             kinds[-1] = ActivityKind.DEMO_REQUEST if r.random() < 0.6 else ActivityKind.PRICING_PAGE
         times = _session_times(r, c0, h, n)
         act = EventType.ACTIVITY_RECORDED
-        props = _PROPERTIES
+        props = PROPERTIES
         rand = r.random
         # Kinds are placed in time order so the forced intent really comes last.
         out = [
@@ -1020,9 +561,9 @@ def _schedule(
     if outcome_kind[i]:
         t = c0 + max(delay[i], out[-1][0] - c0 if out else 1)
         if outcome_kind[i] == 1:
-            out.append((t, EventType.LEAD_CONVERTED, r.choice(_CONVERT_REASONS)))
+            out.append((t, EventType.LEAD_CONVERTED, r.choice(CONVERT_REASONS)))
         else:
-            out.append((t, EventType.LEAD_DISQUALIFIED, r.choice(_DISQUALIFY_REASONS)))
+            out.append((t, EventType.LEAD_DISQUALIFIED, r.choice(DISQUALIFY_REASONS)))
     return out
 
 
