@@ -414,7 +414,10 @@ RESPONSES: dict[str, Schema] = {
     "DeliveryNotFound": _error(
         "No such webhook delivery in the key's organization (also another org's)."
     ),
-    "ModelNotFound": _error("No model of this version in the model directory."),
+    "ModelNotFound": _error(
+        "No model of this version in the model directory, or another org's model (which "
+        "answers exactly like a missing one)."
+    ),
     "NoReference": _error(
         "The model has no training reference to compare with (trained before drift "
         "monitoring); add one with leadscore.training.add_reference_from_provenance."
@@ -697,7 +700,8 @@ PATHS: dict[str, Schema] = {
             "List models",
             "Models",
             tag="models",
-            description="Versions in the model directory with their metadata.json metrics.",
+            description="The global versions in the model directory and the key's org's "
+            "own, with their metadata.json metrics; never another org's.",
         )
     },
     "/models/{version}/drift": {"get": _drift()},

@@ -40,8 +40,10 @@ async def get_drift(request: Request) -> Response:
     meta = await asyncio.to_thread(model_metadata, Path(res.settings.model_dir), version)
     # Another org's model answers exactly like a missing one (as /models leaves it out):
     # its scope in the registry, or, not registered yet, the org it was trained for.
-    scope = await scope_in_registry(res.pool, version)
-    if meta is None or (scope or scope_of(meta)) not in (GLOBAL, org):
+    if meta is None:
+        raise NotFoundError(f"no model {version!r}")
+    scope = await scope_in_registry(res.pool, version) or scope_of(meta)
+    if scope not in (GLOBAL, org):
         raise NotFoundError(f"no model {version!r}")
     try:
         report = await drift_report(res.pool, meta, org, hours)
