@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,6 +42,11 @@ _EXTRA_DENIED = tuple(
         "2001::/32",  # Teredo
     )
 )
+
+
+# Name lookups for deliveries run here, so a resolver that hangs holds one of these,
+# not a delivery slot past its deadline.
+_resolvers = ThreadPoolExecutor(4, thread_name_prefix="webhook-dns")
 
 
 class UrlRefusedError(ValueError):
@@ -119,6 +125,8 @@ def check_url(url: str, policy: UrlPolicy, resolver: Resolve = resolve) -> Targe
     scheme, host, port, path = parse_url(url, policy)
     try:
         addresses = resolver(host, port)
+    except TimeoutError:
+        raise  # the caller's deadline, not an answer about the name
     except (OSError, UnicodeError) as exc:
         raise UrlRefusedError("the webhook's host name does not resolve") from exc
     if not addresses:
@@ -159,10 +167,6 @@ def post(
     an answer we do not follow (a signed POST is not re-sent elsewhere). ``tls``: the
     system's trust store and hostname checking unless given (tests bring their own CA)."""
     deadline = time.monotonic() + timeout_s
-    try:
-        target = check_url(url, policy, resolver)
-    except UrlRefusedError as exc:
-        return _failed("address not allowed", f"{url}: {exc}")
     for name, value in headers.items():
         if any(c in name + value for c in "\r\n\0"):
             return _failed("bad request", f"header {name!r} holds a line break")
@@ -172,6 +176,18 @@ def post(
         if left <= 0:
             raise _DeadlineError("total deadline passed")
         return left
+
+    def resolve_in_time(host: str, port: int) -> list[str]:
+        # The system resolver has no deadline of its own, and the tenant runs the DNS
+        # server: wait for it only as long as the delivery's deadline allows.
+        return _resolvers.submit(resolver, host, port).result(timeout=remaining())
+
+    try:
+        target = check_url(url, policy, resolve_in_time)
+    except UrlRefusedError as exc:
+        return _failed("address not allowed", f"{url}: {exc}")
+    except TimeoutError as exc:
+        return _failed("timeout", f"{url}: resolving: {exc or 'timed out'}")
 
     where = f"{target.address}:{target.port}"
     sock: socket.socket | None = None

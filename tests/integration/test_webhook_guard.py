@@ -287,6 +287,20 @@ def test_one_slow_org_never_stops_another_orgs_deliveries(
         standardwebhooks.Webhook(fast_secret).verify(raw, headers)
 
 
+def test_a_name_that_resolves_slowly_is_cut_off_by_the_same_deadline(sink: Sink) -> None:
+    # The tenant runs the DNS server of its webhook's name: a lookup that hangs must not
+    # hold a delivery past its deadline.
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(3)
+        return ["127.0.0.1"]
+
+    start = time.monotonic()
+    got = post(f"http://slow.example.test:{sink.port}/", b"{}", {}, 1.0, DEV, resolver=slow)
+    assert got.error == "delivery failed (timeout)"
+    assert time.monotonic() - start < 1.5
+    assert not sink.got
+
+
 def test_last_error_never_names_an_inner_address_and_the_log_does(settings: Settings) -> None:
     register(settings, "org-1")
     closed = free_port()  # nothing listens here: connection refused
