@@ -53,6 +53,18 @@ class TrackedProjection:
         if entries:
             self.applied = max(self.applied, entries[-1].position)
 
+    async def advance(self, position: int) -> None:
+        await self.inner.advance(position)
+        self.applied = max(self.applied, position)
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        await self.inner.reapply(entries)
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        # Without it the runner took every error for the store's fault and retried the
+        # same batch forever: the ClickHouse projection the API runs could not quarantine.
+        return self.inner.is_data_error(exc)
+
     async def reset(self) -> None:
         await self.inner.reset()
         self.applied = 0
