@@ -22,6 +22,7 @@ import psycopg.errors
 from eventsourcing.persistence import PersistenceError
 
 from leadscore.eventstore import DATABASE_UNAVAILABLE
+from leadscore.model_artifacts import ArtifactError
 from leadscore.model_registry import RegistryError as ModelRegistryError
 from leadscore.modelstore import ModelNotFoundError
 from streams.codec import ValidationError
@@ -57,6 +58,13 @@ class MassFailureError(TransientError):
 # 08xxx connection exceptions, 40001/40P01 serialization failure/deadlock.
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P", "40001", "40P01", "25006", "55P03")
 
+# A model this worker cannot score with: not on disk nor in the shared store, a stored
+# copy that fails its digest, no active model.
+MODEL_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ModelNotFoundError,
+    ArtifactError,
+    ModelRegistryError,
+)
 # Library exceptions that are bad-event errors as they are.
 BAD_EVENT: tuple[type[BaseException], ...] = (BadEventError, ValidationError, SerializationError)
 
@@ -69,7 +77,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (*DATABASE_UNAVAILABLE, ConnectionError, TimeoutError)):
         return True  # RegistryUnavailableError is a ConnectionError
-    if isinstance(exc, (ModelNotFoundError, ModelRegistryError)):
+    if isinstance(exc, MODEL_UNAVAILABLE):
         return True  # no files for the promoted model, or no active model at all
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
@@ -85,7 +93,7 @@ def transient(exc: BaseException) -> TransientError:
         return exc
     kind: type[TransientError] = TransientError
     for link in _chain(exc):
-        if isinstance(link, (ModelNotFoundError, ModelRegistryError)):
+        if isinstance(link, MODEL_UNAVAILABLE):
             kind = ModelUnavailableError
         elif isinstance(link, RegistryUnavailableError):
             kind = RegistryDownError

@@ -142,17 +142,17 @@ def decode_message(
 ) -> LeadEvent | DeadLetter:
     """Decode and validate one message: a LeadEvent, or a dead letter saying why.
 
-    Only a TransientError escapes (the caller retries the batch: the registry or the
-    orgs' database is away); anything else a message provokes is that message's fault and
-    makes it a dead letter.
+    Only the registry's or the orgs' database's errors escape (the caller retries the
+    batch; ``process`` raises them as TransientError); anything else a message provokes
+    is that message's fault and makes it a dead letter.
     """
     try:
         event = record_to_event(catalog.decode(message.value), now=now)
         if orgs is not None and not orgs.known(event.org_id):
             raise UnknownOrgError(f"org {event.org_id!r} is not registered")
         return event
-    except (*TRANSIENT_ERRORS, psycopg.Error) as exc:
-        raise transient(exc) from exc  # the registry or the orgs' database, not the message
+    except (*TRANSIENT_ERRORS, psycopg.Error):
+        raise  # the registry or the orgs' database, not the message
     except UnknownSchemaError as exc:
         return DeadLetter(message, Reason.UNKNOWN_SCHEMA, str(exc), type(exc).__name__)
     except SerializationError as exc:
@@ -163,7 +163,7 @@ def decode_message(
         return DeadLetter(message, Reason.INVALID, str(exc), type(exc).__name__)
     except Exception as exc:  # a decoder or mapping bug provoked by this message
         if is_transient(exc):
-            raise transient(exc) from exc
+            raise
         return DeadLetter(message, Reason.INVALID, f"{exc}", type(exc).__name__)
 
 
@@ -201,7 +201,12 @@ class BatchProcessor:
         """
         started = time.perf_counter()
         stats = BatchStats(received=len(values))
-        pairs = self._decode([as_message(v) for v in values], stats)
+        try:
+            pairs = self._decode([as_message(v) for v in values], stats)
+        except Exception as exc:
+            if is_transient(exc):
+                raise transient(exc) from exc  # the registry or the orgs' database
+            raise
         events = [ev for _msg, ev in pairs]
         try:
             self._apply(events, stats)
