@@ -48,15 +48,7 @@ from streams import metrics
 from streams.relay import Tracking, score_records
 from streams.webhook_http import Attempt, UrlPolicy, UrlRefusedError, check_url
 from streams.webhook_http import post as guarded_post
-from streams.webhook_secrets import (
-    ID_HEADER,
-    SECRET_PREFIX,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    SecretBox,
-    SecretKeyError,
-    new_secret,
-)
+from streams.webhook_secrets import SecretBox, SecretKeyError, new_secret
 from streams.webhook_secrets import headers as signed_headers
 
 log = structlog.get_logger(__name__)
@@ -64,7 +56,6 @@ log = structlog.get_logger(__name__)
 TRACKING_NAME = "webhooks"
 STATUSES = ("pending", "delivered", "dead")
 ERROR_LENGTH = 500  # last_error is for people; a receiver's whole error page is not
-__all__ = ["ID_HEADER", "SECRET_PREFIX", "SIGNATURE_HEADER", "TIMESTAMP_HEADER"]
 
 SCHEMA_DDL = """
 CREATE TABLE IF NOT EXISTS webhooks (

@@ -29,7 +29,7 @@ from leadscore.eventstore import SCORED_TOPIC, open_store
 from leadscore.settings import Settings
 from streams import webhooks
 from streams.relay import score_records
-from streams.webhook_secrets import SecretBox
+from streams.webhook_secrets import SECRET_PREFIX, SecretBox
 from streams.webhooks import DispatchConfig, WebhookDispatcher
 from tests.factories import FixedScorer, activity, created
 from tests.support.api import request, start_api, stop_api, wait_ready
@@ -44,6 +44,7 @@ def settings(settings: Settings) -> Settings:
     """The dev allowances: these receivers listen on 127.0.0.1 over plain http
     (tests/integration/test_webhook_guard.py proves the production default refuses)."""
     return dataclasses.replace(settings, webhooks_allow_http=True, webhooks_allow_private=True)
+
 
 FAILS_FIRST = 2  # the flaky receiver fails each event's first 2 requests
 MAX_ATTEMPTS = 3
@@ -359,7 +360,7 @@ def test_the_commands_add_list_show_deliveries_and_retry(
 
     added = run("add", "--org", "org-3", "--url", receiver.url("/ok"), "--events",
                 "lead.qualified")  # fmt: skip
-    assert added.strip().splitlines()[-1].startswith(webhooks.SECRET_PREFIX)
+    assert added.strip().splitlines()[-1].startswith(SECRET_PREFIX)
     assert "org-3" in run("list", "--org", "org-3")
     assert "/flaky" not in run("list", "--org", "org-3")
     dead = run("deliveries", "--status", "dead")
