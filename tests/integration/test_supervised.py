@@ -198,3 +198,42 @@ def test_health_reports_each_task_and_a_failing_one_makes_it_not_ready() -> None
         server.shutdown()
         for task in tasks:
             task.join(5)
+
+
+def test_of_two_workers_only_the_elected_one_runs_decay_ticks(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from streams.decay import DecayTimer, run_decay
+
+    engine = bootstrap(settings, scorer=FixedScorer())
+    ticks: list[str] = []
+    stops = {"a": threading.Event(), "b": threading.Event()}
+
+    def loop(name: str) -> threading.Thread:
+        timer = DecayTimer(engine.processor, settings.pg_dsn, after=timedelta(0), batch=10)
+        lock = GroupLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
+
+        def run(tick: Callable[[], int]) -> int:
+            ticks.append(name)
+            return tick()
+
+        thread = threading.Thread(
+            target=run_decay, args=(timer, lock, 0.1, run, stops[name]), daemon=True
+        )
+        thread.start()
+        return thread
+
+    try:
+        a = loop("a")
+        wait_for(lambda: len(ticks) >= 5, 10, "decay ticks")
+        b = loop("b")
+        time.sleep(1.0)
+        assert set(ticks) == {"a"}, "two workers of one group both ran the decay timer"
+        stops["a"].set()  # worker a stops: its session and its lock go
+        a.join(5)
+        wait_for(lambda: "b" in ticks, 10, "worker b to take the decay timer over")
+    finally:
+        for stop in stops.values():
+            stop.set()
+        b.join(5)
+        engine.close()
