@@ -18,6 +18,7 @@ from rich.table import Table
 
 from leadscore.settings import get_settings
 from streams import webhooks
+from streams.webhook_http import UrlRefusedError, check_url
 from streams.webhook_secrets import SecretBox, SecretKeyError
 
 T = TypeVar("T")
@@ -78,6 +79,11 @@ def add(
     box = _box(required=True)
     assert box is not None
     policy = webhooks.policy_from_settings(settings)
+    try:  # refused before anything touches the database (add_webhook checks it again)
+        check_url(url, policy)
+    except UrlRefusedError as exc:
+        console.print(f"[red]error:[/red] {exc}: {url[:200]!r}")
+        raise typer.Exit(1) from exc
 
     try:
         types = webhooks.parse_event_types(events)

@@ -183,6 +183,7 @@ def test_the_production_default_refuses_inward_urls_from_the_command(
         out = cli.invoke(cli_webhooks.app, ["add", "--org", "org-1", "--url", url])
         assert out.exit_code == 1, (url, out.output)
         assert "public addresses" in out.output or "https" in out.output, out.output
+    webhooks.ensure_schema(settings.pg_dsn)  # refused before the command touched it
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
         assert webhooks.list_webhooks(conn, include_removed=True) == []
     # Without a key, production refuses to store a secret at all.
