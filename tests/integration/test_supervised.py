@@ -196,6 +196,7 @@ def test_health_reports_each_task_and_a_failing_one_makes_it_not_ready() -> None
     finally:
         stop.set()
         server.shutdown()
+        server.server_close()
         for task in tasks:
             task.join(5)
 
