@@ -63,9 +63,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
     producer = kafka_producer(s.kafka_bootstrap, **{"message.max.bytes": BROKER_LIMIT})
     # Same key: the same partition, the good event right after the huge one.
     producer.produce(s.topic_lead_events, key=b"same", value=huge, headers=[("trace", b"t1")])
-    producer.produce(
-        s.topic_lead_events, key=b"same", value=encoder.encode(event_to_record(good))
-    )
+    producer.produce(s.topic_lead_events, key=b"same", value=encoder.encode(event_to_record(good)))
     assert producer.flush(30) == 0
 
     log = tmp_path / "worker.log"
@@ -141,9 +139,7 @@ def committed(s: Settings) -> int:
 def read_letters_partition(s: Settings, consumer: Consumer) -> int:
     """The lead-events partition that holds three messages (two sent, one replayed)."""
     for p in range(s.topic_partitions):
-        _lo, hi = consumer.get_watermark_offsets(
-            TopicPartition(s.topic_lead_events, p), timeout=10
-        )
+        _lo, hi = consumer.get_watermark_offsets(TopicPartition(s.topic_lead_events, p), timeout=10)
         if hi == 3:
             return p
     raise AssertionError("no partition holds the two messages and the replay")

@@ -96,9 +96,7 @@ def test_the_relay_restarts_after_its_table_is_dropped_and_catches_up(
         every = stored_score_ids(settings)
         assert len(every) == 10
         # Restarted from position 0 (its table is new): at least once, nothing lost.
-        wait_for(
-            lambda: published_score_ids(settings, 15) >= every, 30, "the relay to catch up"
-        )
+        wait_for(lambda: published_score_ids(settings, 15) >= every, 30, "the relay to catch up")
         wait_for(lambda: alive("relay") == 1.0, 10, "the relay gauge")
     finally:
         stop.set()
