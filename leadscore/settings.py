@@ -17,32 +17,36 @@ def _default_run_dir() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka brokers, host:port[,host:port]
+    # PostgreSQL: the event store, the read model, the registries
     pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # the hot read model
     redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
-    schema_registry_url: str = "http://127.0.0.1:8081"
+    schema_registry_url: str = "http://127.0.0.1:8081"  # Confluent Schema Registry API
+    # ClickHouse analytics: chdb://<dir> embedded, or http(s)://host:8123/<database>
     clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
+    # Local services' data and logs (`leadscore services`), and the demo's files
     run_dir: str = field(default_factory=_default_run_dir)
 
-    topic_lead_events: str = "lead-events"
-    topic_score_events: str = "score-events"
-    topic_dlq: str = "lead-events.dlq"
+    topic_lead_events: str = "lead-events"  # in: upstream lead-events (Avro)
+    topic_score_events: str = "score-events"  # out: score changes (Avro)
+    topic_dlq: str = "lead-events.dlq"  # dead letters, each with its reason
     # Retention of the topics the engine creates (README, "Dead letters"): lead-events
     # keep the broker's usual week; dead letters never expire (-1) until replayed or fixed.
     lead_events_retention_ms: int = 604_800_000
-    dlq_retention_ms: int = -1
+    dlq_retention_ms: int = -1  # dead letters: -1 = never expire
     # A dead letter larger than this goes to the DLQ by reference, its bytes in PostgreSQL
     # (dead_letter_payloads); below the producer's message.max.bytes (1,000,000).
     dlq_max_inline_bytes: int = 900_000
     # The largest message the broker takes (its message.max.bytes): replays of letters
     # kept by reference are produced with it.
     kafka_max_message_bytes: int = 1_048_588
-    topic_partitions: int = 6
-    consumer_group: str = "leadscore-worker"
+    topic_partitions: int = 6  # partitions of the topics the engine creates
+    consumer_group: str = "leadscore-worker"  # the workers' Kafka consumer group
     # A lead-event for an org not in `organizations` is dead-lettered (`leadscore orgs create`).
     require_registered_org: bool = True
 
+    # Model versions' folders; a cache of the shared model_artifacts table
     model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
     # Seeds the model registry when it has no active global model (empty: the newest);
     # after that, `leadscore models promote` decides.
@@ -56,12 +60,13 @@ class Settings:
     # Larger batches amortise each batch's fixed costs (a transaction, a model call); 3,000
     # applied 7-10% more events/s than 1,000 on 2 cores (README, Benchmarks).
     batch_size: int = 3000
-    batch_timeout_ms: int = 50
+    batch_timeout_ms: int = 50  # a batch waits at most this long to fill
+    # Leads a worker keeps in memory; its memory is bounded by this
     aggregate_cache_size: int = 100_000
     # A snapshot of a lead every this many of its stored events; a lead missing from the
     # cache is rebuilt from its latest one (leadscore/eventstore.py). 0: none taken.
     snapshot_interval: int = 100
-    publish_interval_ms: int = 20
+    publish_interval_ms: int = 20  # how often the relay looks for new scores to publish
     # Which projections a worker runs: "auto" = postgres and redis, plus clickhouse
     # when it is a server (embedded chdb belongs to the API process).
     worker_projections: str = "auto"
@@ -75,13 +80,13 @@ class Settings:
     # first, so a trickle of lead-events is fetched a few at a time, not one per fetch
     # (README, Benchmarks: the worker's CPU per lead-event at 500/s).
     consumer_fetch_min_bytes: int = 65_536
-    consumer_fetch_max_wait_ms: int = 20
+    consumer_fetch_max_wait_ms: int = 20  # ... or this long
 
     # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
     # score is older than `after` as of now; 0 turns it off.
     decay_interval_s: int = 300
-    decay_after_s: int = 3600
-    decay_batch: int = 1000
+    decay_after_s: int = 3600  # a score older than this is rescored as of now
+    decay_batch: int = 1000  # leads rescored per tick
 
     metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
 
@@ -89,11 +94,11 @@ class Settings:
     # `base` up to `cap` (with jitter) and is dead after `max_attempts`; each POST may
     # take `timeout`; up to `concurrency` POSTs at once, `batch` due deliveries per round.
     webhook_max_attempts: int = 8
-    webhook_backoff_base_ms: int = 1000
-    webhook_backoff_cap_ms: int = 3_600_000
-    webhook_timeout_ms: int = 5000
-    webhook_batch: int = 100
-    webhook_concurrency: int = 8
+    webhook_backoff_base_ms: int = 1000  # first retry after about this long
+    webhook_backoff_cap_ms: int = 3_600_000  # retries never further apart than this
+    webhook_timeout_ms: int = 5000  # total deadline of one delivery
+    webhook_batch: int = 100  # due deliveries taken per round
+    webhook_concurrency: int = 8  # POSTs in flight at once
     # No org holds more than this many of those POSTs at once, so one slow receiver
     # cannot take every delivery thread (README, "Webhooks that cannot be aimed inward").
     webhook_org_concurrency: int = 2
@@ -101,33 +106,33 @@ class Settings:
     # link-local, CGNAT, multicast or reserved address. Dev and tests (receivers on
     # 127.0.0.1) turn these on.
     webhooks_allow_http: bool = False
-    webhooks_allow_private: bool = False
+    webhooks_allow_private: bool = False  # dev only: allow URLs resolving to private addresses
     # Fernet key(s), comma-separated, newest first, that encrypt webhook secrets at rest
     # (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`).
     # Empty: a fixed dev key, only when one of the two allowances above is on.
     webhook_secret_key: str = ""
 
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_host: str = "127.0.0.1"  # where `leadscore api` listens
+    api_port: int = 8000  # ... and on which port
     # Hot reads (a lead, a leaderboard) kept in the API process, evicted by the
     # projections' change notices; 0 turns the cache off. The TTL is a safety net.
     api_cache_size: int = 200_000
-    api_cache_ttl_s: int = 60
+    api_cache_ttl_s: int = 60  # a cached read expires after this long at most
     # Token buckets in the API process (one process serves the API: query_api/server.py):
     # each key may make `rate` requests a second with bursts of `burst`, and each client
     # IP (every request, authenticated or not) likewise; past them, 429 with Retry-After.
     # 0 turns a limit off.
     api_key_rate: float = 50.0
-    api_key_burst: int = 100
-    api_ip_rate: float = 100.0
-    api_ip_burst: int = 200
+    api_key_burst: int = 100  # burst of requests per API key
+    api_ip_rate: float = 100.0  # requests per second per client IP
+    api_ip_burst: int = 200  # burst of requests per client IP
     api_max_body_bytes: int = 65_536  # a larger request body answers 413
     # An unknown or revoked key is remembered this long, so repeating it costs no query.
     api_negative_cache_ttl_s: float = 30.0
     # Non-empty: GET /metrics requires `Authorization: Bearer <this>`.
     api_metrics_token: str = ""
     log_format: str = "console"  # "json" in production
-    log_level: str = "info"
+    log_level: str = "info"  # debug, info, warning or error
 
     @property
     def run_path(self) -> Path:
