@@ -28,12 +28,12 @@ def _registry() -> Any:
 
 
 def _change(action: str, version: str) -> None:
-    from leadscore.model_registry import RegistryError
+    from leadscore.model_registry import ModelRegistryError
 
     registry = _registry()
     try:
         scope = getattr(registry, action)(version)
-    except RegistryError as exc:
+    except ModelRegistryError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(f"{version} ({scope}): {registry_status(registry, version)}")

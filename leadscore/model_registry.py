@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS scoring_rules (
 """
 
 
-class RegistryError(ValueError):
+class ModelRegistryError(ValueError):
     """A registry change that cannot be made, with the reason."""
 
 
@@ -142,7 +142,7 @@ class ModelRegistry:
                 candidates = [str(m["version"]) for m in metas if scope_of(m) == GLOBAL]
                 choice = preferred or (candidates[-1] if candidates else None)
                 if choice is None:
-                    raise RegistryError(
+                    raise ModelRegistryError(
                         f"no global model in {self.model_dir}; train one with `leadscore train`"
                     )
                 self._set(conn, choice, "active")
@@ -195,12 +195,12 @@ class ModelRegistry:
         ).fetchone()
         if row is None:
             known = [r["version"] for r in conn.execute("SELECT version FROM scoring_models")]
-            raise RegistryError(f"no model {version!r} in the registry (known: {known})")
+            raise ModelRegistryError(f"no model {version!r} in the registry (known: {known})")
         scope, before = row["scope"], row["status"]
         if before == status:
             return scope
         if before == "active":
-            raise RegistryError(
+            raise ModelRegistryError(
                 f"{version} is the active {scope} model; promote another version first"
             )
         if status in ("active", "shadow"):
@@ -297,7 +297,7 @@ class ModelRouter:
             return
         assignments = self.registry.assignments()
         if GLOBAL not in assignments or assignments[GLOBAL].active is None:
-            raise RegistryError("no active global model; run `leadscore models promote`")
+            raise ModelRegistryError("no active global model; run `leadscore models promote`")
         active = {s: self._load(a.active) for s, a in assignments.items() if a.active}
         shadow = {s: self._load(a.shadow) for s, a in assignments.items() if a.shadow}
         before = {s: m.version for s, m in self._active.items()}

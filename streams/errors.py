@@ -23,7 +23,7 @@ from eventsourcing.persistence import PersistenceError
 
 from leadscore.eventstore import DATABASE_UNAVAILABLE
 from leadscore.model_artifacts import ArtifactError
-from leadscore.model_registry import RegistryError as ModelRegistryError
+from leadscore.model_registry import ModelRegistryError
 from leadscore.modelstore import ModelNotFoundError
 from streams.codec import ValidationError
 from streams.wire import RegistryUnavailableError, SerializationError

@@ -13,7 +13,7 @@ import pytest
 from domain.events import ActivityKind, EventType, LeadEvent
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.eventstore import SCORED_TOPIC
-from leadscore.model_registry import ModelRegistry, RegistryError, shadow_report
+from leadscore.model_registry import ModelRegistry, ModelRegistryError, shadow_report
 from leadscore.settings import Settings
 from tests.factories import T0, activity, created, next_id
 from tests.support.models import copy_model
@@ -70,9 +70,9 @@ def test_the_registry_registers_the_disk_and_moves_versions_between_statuses(
     registry.promote("v2")  # the shadow becomes active, v1 steps back
     assert statuses(registry)["v1"] == ("global", "registered")
     assert statuses(registry)["v2"] == ("global", "active")
-    with pytest.raises(RegistryError, match="promote another version first"):
+    with pytest.raises(ModelRegistryError, match="promote another version first"):
         registry.retire("v2")
-    with pytest.raises(RegistryError, match="no model 'v9'"):
+    with pytest.raises(ModelRegistryError, match="no model 'v9'"):
         registry.promote("v9")
     registry.retire("v1")
     assert statuses(registry)["v1"] == ("global", "retired")
