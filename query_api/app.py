@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from leadscore.settings import Settings
 from query_api import (
@@ -25,6 +26,18 @@ from query_api.limits import BodyLimit, IpRateLimit
 from query_api.metrics import PrometheusMiddleware
 
 
+def routes(server_url: str | None = None) -> list[BaseRoute]:
+    """Every route the API serves (``create_app`` serves these; the OpenAPI document
+    describes them)."""
+    return [
+        *routes_leads.routes,
+        *routes_analytics.routes,
+        *routes_models.routes,
+        *routes_webhooks.routes,
+        *routes_system.routes(server_url),
+    ]
+
+
 def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -39,13 +52,7 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
             yield
 
     app = Starlette(
-        routes=[
-            *routes_leads.routes,
-            *routes_analytics.routes,
-            *routes_models.routes,
-            *routes_webhooks.routes,
-            *routes_system.routes(),
-        ],
+        routes=routes(),
         # Outermost first: metrics see every answer, 401s, 413s and 429s included; a
         # client's IP spends a token before anything costs work.
         middleware=[

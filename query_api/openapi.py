@@ -1,31 +1,30 @@
-"""The OpenAPI 3.1 document, written by hand next to the handlers it describes.
+"""The OpenAPI 3.1 document, generated from the routes the app serves.
 
-Hand-written because the useful parts (response schemas, error bodies, bounds) do not
-live in docstrings; tests/e2e/test_api_schemathesis.py holds the server to it. Objects
+``ApiSchema`` (a Starlette ``BaseSchemaGenerator``) walks the app's routes. Each route's
+query parameters come from its own declaration (``@query`` in query_api/params.py, the
+one the handler parses with), so they cannot drift; the path parameters, summaries,
+response schemas and error bodies are written here by hand, keyed by path and method,
+because they do not live in the handlers. ``coverage_gaps`` lists every route, method
+and parameter the document misses (tests/unit/test_openapi_coverage.py fails on any);
+tests/e2e/test_api_schemathesis.py holds the answers to the response schemas. Objects
 the API builds itself are closed (``additionalProperties: false``) so any drift between
 a handler and this document fails that test.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from domain.transitions import TYPED_EVENTS
-from query_api.routes_analytics import DEFAULT_BAND, DEFAULT_BUCKET
-from query_api.routes_leads import (
-    DEFAULT_LEADERBOARD,
-    DEFAULT_PAGE,
-    GRADES,
-    MAX_LEADERBOARD,
-    MAX_PAGE,
-    MAX_SOURCE_LENGTH,
-)
-from query_api.routes_models import DEFAULT_WINDOW_HOURS, MAX_WINDOW_HOURS
-from query_api.routes_webhooks import DEFAULT_PAGE as DEFAULT_DELIVERIES
-from query_api.routes_webhooks import MAX_PAGE as MAX_DELIVERIES
-from query_api.routes_webhooks import STATUSES as DELIVERY_STATUSES
+from starlette.routing import BaseRoute, Route
+from starlette.schemas import BaseSchemaGenerator
 
-Schema = dict[str, Any]
+from domain.transitions import TYPED_EVENTS
+from query_api.params import Schema, declared
+from query_api.routes_leads import GRADES
+from query_api.routes_models import MAX_WINDOW_HOURS
+from query_api.routes_webhooks import STATUSES as DELIVERY_STATUSES
 
 
 def ref(name: str) -> Schema:
@@ -445,29 +444,6 @@ LIMITS: dict[str, Schema] = {
 }
 
 
-def _query(name: str, schema: Schema, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
-def _limit(default: int, maximum: int) -> Schema:
-    return _query(
-        "limit",
-        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
-        "Items per page.",
-    )
-
-
-CURSOR_IN = _query(
-    "cursor",
-    {"type": "string", "maxLength": 512, "pattern": "^[A-Za-z0-9_-]*$"},
-    "Opaque `next_cursor` of the previous page; absent or empty for the first page.",
-)
 LEAD_ID = {
     "name": "id",
     "in": "path",
@@ -487,13 +463,16 @@ def _ok(schema_name: str, description: str) -> Schema:
 def _read(
     summary: str,
     schema_name: str,
-    parameters: list[Schema] | None = None,
+    path_parameters: list[Schema] | None = None,
     *,
     tag: str,
     not_found: bool = False,
     description: str | None = None,
 ) -> Schema:
-    """An authenticated read: 200, 401, 422 and 503 always, 404 where a lead is named."""
+    """An authenticated read: 200, 401, 422 and 503 always, 404 where a lead is named.
+
+    Its query parameters are added from the route's declaration (``ApiSchema``).
+    """
     responses: dict[str, Schema] = {
         "200": _ok(schema_name, summary),
         "401": {"$ref": "#/components/responses/Unauthorized"},
@@ -507,7 +486,7 @@ def _read(
         "summary": summary,
         "tags": [tag],
         "operationId": summary.lower().replace(" ", "_").replace("'", ""),
-        "parameters": parameters or [],
+        "parameters": path_parameters or [],
         "responses": dict(sorted(responses.items())),
     }
     if description:
@@ -538,16 +517,6 @@ def _drift() -> Schema:
                 "schema": {"type": "string", "minLength": 1},
                 "description": "A model version, e.g. v1.",
             },
-            _query(
-                "window_hours",
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_WINDOW_HOURS,
-                    "default": DEFAULT_WINDOW_HOURS,
-                },
-                "Hours of recent scoring to compare with training.",
-            ),
         ],
         tag="models",
         description="What the workers scored for the key's organization under this model in "
@@ -590,26 +559,13 @@ def _delivery() -> Schema:
     return op
 
 
-PATHS: dict[str, Schema] = {
+# What the handlers cannot say, per path and method: summaries, path parameters,
+# responses. Query parameters are the routes' own (``ApiSchema`` adds them).
+OPERATIONS: dict[str, Schema] = {
     "/leads": {
         "get": _read(
             "List leads",
             "LeadPage",
-            [
-                _query(
-                    "min_score",
-                    {"type": "number", "minimum": 0, "maximum": 100},
-                    "Only leads scoring at least this.",
-                ),
-                _query("grade", GRADE, "Only leads of this grade."),
-                _query(
-                    "source",
-                    {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE_LENGTH},
-                    "Only leads from this source.",
-                ),
-                CURSOR_IN,
-                _limit(DEFAULT_PAGE, MAX_PAGE),
-            ],
             tag="leads",
             description="Scored leads of the key's organization, by current score descending "
             "then lead id (keyset pagination). Source: PostgreSQL.",
@@ -630,7 +586,7 @@ PATHS: dict[str, Schema] = {
         "get": _read(
             "Get a lead's score history",
             "ScoreHistoryPage",
-            [LEAD_ID, CURSOR_IN, _limit(DEFAULT_PAGE, MAX_PAGE)],
+            [LEAD_ID],
             tag="leads",
             not_found=True,
             description="Every score change of the lead, newest first (keyset pagination "
@@ -641,7 +597,6 @@ PATHS: dict[str, Schema] = {
         "get": _read(
             "Get the leaderboard",
             "Leaderboard",
-            [_limit(DEFAULT_LEADERBOARD, MAX_LEADERBOARD)],
             tag="leads",
             description="The organization's top leads by current score. Source: Redis.",
         )
@@ -650,13 +605,6 @@ PATHS: dict[str, Schema] = {
         "get": _read(
             "Get the score distribution",
             "ScoreDistribution",
-            [
-                _query(
-                    "bucket",
-                    {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULT_BUCKET},
-                    "Bucket width in points.",
-                ),
-            ],
             tag="analytics",
             description="Source: ClickHouse.",
         )
@@ -676,13 +624,6 @@ PATHS: dict[str, Schema] = {
         "get": _read(
             "Get conversion by score band",
             "ConversionByScoreBand",
-            [
-                _query(
-                    "band",
-                    {"type": "integer", "minimum": 1, "maximum": 100, "default": DEFAULT_BAND},
-                    "Band width in points.",
-                ),
-            ],
             tag="analytics",
             description="Source: ClickHouse.",
         )
@@ -709,19 +650,6 @@ PATHS: dict[str, Schema] = {
         "get": _read(
             "List webhook deliveries",
             "WebhookDeliveryPage",
-            [
-                _query(
-                    "status",
-                    {"type": "string", "enum": list(DELIVERY_STATUSES)},
-                    "Only deliveries in this state (dead: the dead letters).",
-                ),
-                _query(
-                    "cursor",
-                    {"type": "string", "maxLength": 18, "pattern": "^[0-9]*$"},
-                    "`next_cursor` of the previous page; absent or empty for the first page.",
-                ),
-                _limit(DEFAULT_DELIVERIES, MAX_DELIVERIES),
-            ],
             tag="webhooks",
             description="The organization's webhook deliveries, newest first, with their "
             "status. Source: PostgreSQL `webhook_deliveries`.",
@@ -786,7 +714,73 @@ PATHS: dict[str, Schema] = {
 }
 
 
-def document(server_url: str | None = None) -> Schema:
+class ApiSchema(BaseSchemaGenerator):
+    """The document of the routes it is given: each operation's hand-written part and the
+    query parameters its endpoint declared. A route with no hand-written operation is
+    left out (``coverage_gaps`` reports it)."""
+
+    def __init__(self, server_url: str | None = None) -> None:
+        self.server_url = server_url
+
+    def get_schema(self, routes: list[BaseRoute]) -> Schema:
+        paths: dict[str, Schema] = {}
+        for endpoint in self.get_endpoints(routes):
+            op = OPERATIONS.get(endpoint.path, {}).get(endpoint.http_method)
+            if op is None:
+                continue
+            op = dict(op)
+            queries = [param.openapi() for param in declared(endpoint.func)]
+            if queries or "parameters" in op:
+                op["parameters"] = [*op.get("parameters", []), *queries]
+            paths.setdefault(endpoint.path, {})[endpoint.http_method] = op
+        return _envelope(paths, self.server_url)
+
+
+def document(routes: Sequence[BaseRoute], server_url: str | None = None) -> Schema:
+    """The OpenAPI document of these routes (an app's ``app.routes``)."""
+    return ApiSchema(server_url).get_schema(list(routes))
+
+
+_CONVERTER = re.compile(r":\w+}")
+
+
+def coverage_gaps(routes: Sequence[BaseRoute], doc: Schema) -> list[str]:
+    """Every route, method, path parameter and declared query parameter of ``routes`` that
+    ``doc`` does not document, and every documented operation no route serves."""
+    gaps: list[str] = []
+    served: set[tuple[str, str]] = set()
+    for route in routes:
+        if not isinstance(route, Route):
+            gaps.append(f"{route!r}: not a Route, so its operations cannot be listed")
+            continue
+        path = _CONVERTER.sub("}", route.path)  # /items/{id:int} is /items/{id}
+        item = doc.get("paths", {}).get(path)
+        if item is None:
+            gaps.append(f"{path}: route not in the document")
+            continue
+        # Starlette answers HEAD for every GET route by itself; OpenAPI leaves it implied.
+        methods = {m.lower() for m in route.methods or ()} - {"head"}
+        for method in sorted(methods):
+            served.add((path, method))
+            op = item.get(method)
+            if op is None:
+                gaps.append(f"{method.upper()} {path}: method not in the document")
+                continue
+            documented = {(p.get("in"), p.get("name")) for p in op.get("parameters", [])}
+            for name in route.param_convertors:
+                if ("path", name) not in documented:
+                    gaps.append(f"{method.upper()} {path}: path parameter {name!r} missing")
+            for param in declared(route.endpoint):
+                if ("query", param.name) not in documented:
+                    gaps.append(f"{method.upper()} {path}: query parameter {param.name!r} missing")
+    for path, item in doc.get("paths", {}).items():
+        for method in item:
+            if (path, method) not in served:
+                gaps.append(f"{method.upper()} {path}: documented but no route serves it")
+    return gaps
+
+
+def _envelope(paths: dict[str, Schema], server_url: str | None) -> Schema:
     doc: Schema = {
         "openapi": "3.1.0",
         "info": {
@@ -795,7 +789,7 @@ def document(server_url: str | None = None) -> Schema:
             "description": "Read-only API over the lead-scoring read models. Every read is "
             "scoped to the organization of the bearer API key (`leadscore apikeys create`).",
         },
-        "paths": PATHS,
+        "paths": paths,
         "components": {
             "schemas": SCHEMAS,
             "responses": RESPONSES,

@@ -1,24 +1,36 @@
-"""Strict query-parameter parsing: every problem is collected and answered as one 422.
+"""Query parameters, declared once: the route parses them, the OpenAPI document lists them.
 
-Python's int()/float() accept things no API should ("1_000", " 5 ", "nan", Arabic-Indic
-digits), so values are matched against plain ASCII patterns first.
+A route declares its parameters with ``@query(...)`` (one ``Param`` each: name, type,
+default, bounds, description). The wrapper parses them before the handler runs, and the
+handler reads each value by its declaration (``q[LIMIT]``): a declaration the route did
+not make raises, so the route can only read what it declared. query_api/openapi.py
+reads the same declarations from the routes to write the document's parameters.
+
+Parsing is strict and every problem is collected and answered as one 422. Python's
+int()/float() accept things no API should ("1_000", " 5 ", "nan", Arabic-Indic digits),
+so values are matched against plain ASCII patterns first.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Callable, Collection
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
+from starlette.responses import Response
 
 from query_api.cursor import CursorError
 from query_api.errors import InvalidParametersError
 
 T = TypeVar("T")
+Schema = dict[str, Any]
 
 _INT = re.compile(r"^[+-]?[0-9]{1,18}$")
 _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$")
@@ -31,7 +43,6 @@ class Params:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.path = request.path_params
         self.errors: list[dict[str, Any]] = []
 
     @cached_property
@@ -41,17 +52,6 @@ class Params:
 
     def _fail(self, name: str, location: str, message: str) -> None:
         self.errors.append({"parameter": name, "in": location, "message": message})
-
-    def lead_id(self, name: str = "id") -> str | None:
-        """The path's lead id, or None when no lead can have it (blank, too long, NUL).
-
-        Such ids answer 404 like any other unknown lead rather than 422: the id is a
-        name to look up, and the ingest side guarantees no stored lead has one.
-        """
-        value = str(self.path.get(name, ""))
-        if not value.strip() or len(value) > MAX_ID_LENGTH or "\x00" in value:
-            return None
-        return value
 
     def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
         raw = self.query.get(name)
@@ -108,3 +108,157 @@ class Params:
     def check(self) -> None:
         if self.errors:
             raise InvalidParametersError(self.errors)
+
+
+def lead_id(request: Request, name: str = "id") -> str | None:
+    """The path's lead id, or None when no lead can have it (blank, too long, NUL).
+
+    Such ids answer 404 like any other unknown lead rather than 422: the id is a name to
+    look up, and the ingest side guarantees no stored lead has one.
+    """
+    value = str(request.path_params.get(name, ""))
+    if not value.strip() or len(value) > MAX_ID_LENGTH or "\x00" in value:
+        return None
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Param(ABC, Generic[T]):
+    """One optional query parameter: how the route parses it and how the document shows it.
+
+    Compared by identity: a route reads a value by the very declaration it made.
+    """
+
+    name: str
+    description: str
+
+    @abstractmethod
+    def read(self, p: Params) -> T: ...
+
+    @abstractmethod
+    def schema(self) -> Schema: ...
+
+    def openapi(self) -> Schema:
+        return {
+            "name": self.name,
+            "in": "query",
+            "required": False,
+            "schema": self.schema(),
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Integer(Param[int]):
+    default: int
+    minimum: int
+    maximum: int
+
+    def read(self, p: Params) -> int:
+        return p.integer(self.name, self.default, self.minimum, self.maximum)
+
+    def schema(self) -> Schema:
+        return {
+            "type": "integer",
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "default": self.default,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Number(Param[float | None]):
+    minimum: float
+    maximum: float
+
+    def read(self, p: Params) -> float | None:
+        return p.number(self.name, self.minimum, self.maximum)
+
+    def schema(self) -> Schema:
+        return {"type": "number", "minimum": self.minimum, "maximum": self.maximum}
+
+
+@dataclass(frozen=True, eq=False)
+class Choice(Param[str | None]):
+    choices: tuple[str, ...]  # in the document's order
+
+    def read(self, p: Params) -> str | None:
+        return p.choice(self.name, self.choices)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "enum": list(self.choices)}
+
+
+@dataclass(frozen=True, eq=False)
+class Text(Param[str | None]):
+    max_length: int
+
+    def read(self, p: Params) -> str | None:
+        return p.text(self.name, self.max_length)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "minLength": 1, "maxLength": self.max_length}
+
+
+@dataclass(frozen=True, eq=False)
+class Cursor(Param[T | None]):
+    """An opaque page cursor; ``decode`` raises CursorError on a malformed one."""
+
+    decode: Callable[[str], T]
+    max_length: int
+    pattern: str = field(default="^[A-Za-z0-9_-]*$")
+
+    def read(self, p: Params) -> T | None:
+        return p.cursor(self.name, self.decode)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "maxLength": self.max_length, "pattern": self.pattern}
+
+
+class Query:
+    """The parsed values of one request, read by declaration: ``q[LIMIT]``."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[Param[Any], Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, param: Param[T]) -> T:
+        try:
+            value: T = self._values[param]
+        except KeyError:
+            raise LookupError(
+                f"query parameter {param.name!r} is not declared by this route"
+            ) from None
+        return value
+
+
+Handler = Callable[[Request, Query], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+_DECLARED = "query_params"
+
+
+def query(*params: Param[Any]) -> Callable[[Handler], Endpoint]:
+    """Declares a route's query parameters; the handler gets them parsed and checked."""
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a query parameter is declared twice: {names}")
+
+    def wrap(handler: Handler) -> Endpoint:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            p = Params(request)
+            values = {param: param.read(p) for param in params}
+            p.check()
+            return await handler(request, Query(values))
+
+        setattr(endpoint, _DECLARED, params)
+        return endpoint
+
+    return wrap
+
+
+def declared(endpoint: Callable[..., Any]) -> tuple[Param[Any], ...]:
+    """The query parameters an endpoint declared with ``@query``; none without it."""
+    params: tuple[Param[Any], ...] = getattr(endpoint, _DECLARED, ())
+    return params

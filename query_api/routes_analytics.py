@@ -7,18 +7,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from query_api.auth import org_of
-from query_api.params import Params
+from query_api.params import Integer, Query, query
 from query_api.responses import JSON
 from query_api.routes_leads import resources
 
 DEFAULT_BUCKET = 10
 DEFAULT_BAND = 20
+BUCKET = Integer("bucket", "Bucket width in points.", DEFAULT_BUCKET, 1, 100)
+BAND = Integer("band", "Band width in points.", DEFAULT_BAND, 1, 100)
 
 
-async def score_distribution(request: Request) -> Response:
-    p = Params(request)
-    bucket = p.integer("bucket", DEFAULT_BUCKET, 1, 100)
-    p.check()
+@query(BUCKET)
+async def score_distribution(request: Request, q: Query) -> Response:
+    bucket = q[BUCKET]
     org = org_of(request)
     return JSON(
         await resources(request).analytics(
@@ -27,13 +28,15 @@ async def score_distribution(request: Request) -> Response:
     )
 
 
-async def funnel(request: Request) -> Response:
+@query()
+async def funnel(request: Request, q: Query) -> Response:
     org = org_of(request)
     steps = await resources(request).analytics(("funnel", org), lambda a: a.funnel(org))
     return JSON({"org_id": org, "items": steps})
 
 
-async def conversion_by_source(request: Request) -> Response:
+@query()
+async def conversion_by_source(request: Request, q: Query) -> Response:
     org = org_of(request)
     rows = await resources(request).analytics(
         ("by_source", org), lambda a: a.conversion_by_source(org)
@@ -41,10 +44,9 @@ async def conversion_by_source(request: Request) -> Response:
     return JSON({"org_id": org, "items": rows})
 
 
-async def conversion_by_score_band(request: Request) -> Response:
-    p = Params(request)
-    band = p.integer("band", DEFAULT_BAND, 1, 100)
-    p.check()
+@query(BAND)
+async def conversion_by_score_band(request: Request, q: Query) -> Response:
+    band = q[BAND]
     org = org_of(request)
     rows = await resources(request).analytics(
         ("by_band", org, band), lambda a: a.conversion_by_score_band(org, band)
@@ -52,7 +54,8 @@ async def conversion_by_score_band(request: Request) -> Response:
     return JSON({"org_id": org, "band": band, "items": rows})
 
 
-async def model_comparison(request: Request) -> Response:
+@query()
+async def model_comparison(request: Request, q: Query) -> Response:
     org = org_of(request)
     rows = await resources(request).analytics(("models", org), lambda a: a.model_comparison(org))
     return JSON({"org_id": org, "items": rows})

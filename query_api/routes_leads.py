@@ -9,7 +9,7 @@ from starlette.routing import Route
 from query_api import cursor, reads
 from query_api.auth import org_of
 from query_api.errors import NotFoundError
-from query_api.params import Params
+from query_api.params import Choice, Cursor, Integer, Number, Query, Text, lead_id, query
 from query_api.resources import Resources
 from query_api.responses import JSON, Encoded, dumps
 
@@ -20,77 +20,79 @@ MAX_LEADERBOARD = 1000
 DEFAULT_LEADERBOARD = 10
 MAX_SOURCE_LENGTH = 128
 
+CURSOR_DESCRIPTION = (
+    "Opaque `next_cursor` of the previous page; absent or empty for the first page."
+)
+PAGE = Integer("limit", "Items per page.", DEFAULT_PAGE, 1, MAX_PAGE)
+BOARD_SIZE = Integer("limit", "Items per page.", DEFAULT_LEADERBOARD, 1, MAX_LEADERBOARD)
+HISTORY_CURSOR = Cursor(
+    "cursor", CURSOR_DESCRIPTION, lambda c: cursor.decode_position("history", c), 512
+)
+LEADS_CURSOR = Cursor("cursor", CURSOR_DESCRIPTION, cursor.decode_score_key, 512)
+MIN_SCORE = Number("min_score", "Only leads scoring at least this.", 0, 100)
+GRADE = Choice("grade", "Only leads of this grade.", tuple(sorted(GRADES)))
+SOURCE = Text("source", "Only leads from this source.", MAX_SOURCE_LENGTH)
+
 
 def resources(request: Request) -> Resources:
     res: Resources = request.app.state.resources
     return res
 
 
-async def get_lead(request: Request) -> Response:
+@query()
+async def get_lead(request: Request, q: Query) -> Response:
     # Cache hits never get here (query_api/hotpath.py); this computes and fills.
-    p = Params(request)
-    lead_id = p.lead_id()
-    p.check()
-    if lead_id is None:
+    lead = lead_id(request)
+    if lead is None:
         raise NotFoundError("lead not found")
     res, org = resources(request), org_of(request)
     ticket = res.hot.epoch
-    found = await reads.lead(res.pool, res.redis, res.keys, org, lead_id)
+    found = await reads.lead(res.pool, res.redis, res.keys, org, lead)
     if found is None:
         # Another org's lead answers exactly like a missing one.
         raise NotFoundError("lead not found")
     body = dumps(found)
-    res.hot.put_lead(org, lead_id, body, ticket)
+    res.hot.put_lead(org, lead, body, ticket)
     return Encoded(body)
 
 
-async def get_lead_scores(request: Request) -> Response:
-    p = Params(request)
-    lead_id = p.lead_id()
-    before = p.cursor("cursor", lambda c: cursor.decode_position("history", c))
-    limit = p.integer("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    p.check()
+@query(HISTORY_CURSOR, PAGE)
+async def get_lead_scores(request: Request, q: Query) -> Response:
+    lead = lead_id(request)
     page = None
-    if lead_id is not None:
+    if lead is not None:
         page = await reads.score_history(
-            resources(request).pool, org_of(request), lead_id, before, limit
+            resources(request).pool, org_of(request), lead, q[HISTORY_CURSOR], q[PAGE]
         )
     if page is None:
         raise NotFoundError("lead not found")
     return JSON(page)
 
 
-async def list_leads(request: Request) -> Response:
-    p = Params(request)
-    min_score = p.number("min_score", 0, 100)
-    grade = p.choice("grade", GRADES)
-    source = p.text("source", MAX_SOURCE_LENGTH)
-    after = p.cursor("cursor", cursor.decode_score_key)
-    limit = p.integer("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    p.check()
+@query(MIN_SCORE, GRADE, SOURCE, LEADS_CURSOR, PAGE)
+async def list_leads(request: Request, q: Query) -> Response:
+    source = q[SOURCE]
     if source is not None and "\x00" in source:
         # PostgreSQL text cannot hold NUL, so no lead has this source.
         return JSON({"items": [], "next_cursor": None})
     page = await reads.leads(
         resources(request).pool,
         org_of(request),
-        min_score=min_score,
-        grade=grade,
+        min_score=q[MIN_SCORE],
+        grade=q[GRADE],
         source=source,
-        after=after,
-        limit=limit,
+        after=q[LEADS_CURSOR],
+        limit=q[PAGE],
     )
     return JSON(page)
 
 
-async def leaderboard(request: Request) -> Response:
+@query(BOARD_SIZE)
+async def leaderboard(request: Request, q: Query) -> Response:
     # Cache hits never get here (query_api/hotpath.py); this computes and fills.
-    p = Params(request)
-    limit = p.integer("limit", DEFAULT_LEADERBOARD, 1, MAX_LEADERBOARD)
-    p.check()
     res, org = resources(request), org_of(request)
     ticket = res.hot.epoch
-    body = dumps(await res.leaderboard.top(org, limit))
+    body = dumps(await res.leaderboard.top(org, q[BOARD_SIZE]))
     # Keyed by the raw query string: the same bytes parse to the same (valid) parameters.
     res.hot.put_board(org, request.scope["query_string"], body, ticket)
     return Encoded(body)

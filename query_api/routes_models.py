@@ -14,12 +14,19 @@ from leadscore.drift import NoReferenceError, drift_report, model_metadata
 from leadscore.model_registry import GLOBAL, scope_of
 from query_api.auth import org_of
 from query_api.errors import ApiError, NotFoundError
-from query_api.params import Params
+from query_api.params import Integer, Query, query
 from query_api.responses import JSON
 from query_api.routes_leads import resources
 
 DEFAULT_WINDOW_HOURS = 24
 MAX_WINDOW_HOURS = 24 * 30
+WINDOW_HOURS = Integer(
+    "window_hours",
+    "Hours of recent scoring to compare with training.",
+    DEFAULT_WINDOW_HOURS,
+    1,
+    MAX_WINDOW_HOURS,
+)
 
 
 async def scope_in_registry(pool: asyncpg.Pool, version: str) -> str | None:
@@ -30,10 +37,9 @@ async def scope_in_registry(pool: asyncpg.Pool, version: str) -> str | None:
     return None if scope is None else str(scope)
 
 
-async def get_drift(request: Request) -> Response:
-    p = Params(request)
-    hours = p.integer("window_hours", DEFAULT_WINDOW_HOURS, 1, MAX_WINDOW_HOURS)
-    p.check()
+@query(WINDOW_HOURS)
+async def get_drift(request: Request, q: Query) -> Response:
+    hours = q[WINDOW_HOURS]
     res = resources(request)
     org = org_of(request)
     version = str(request.path_params["version"])

@@ -119,10 +119,14 @@ async def models(request: Request) -> Response:
 
 
 def openapi_route(server_url: str | None) -> Route:
-    body = dumps(document(server_url))  # rendered once: the document never changes at run time
+    rendered: list[bytes] = []
 
     async def openapi(request: Request) -> Response:
-        return Response(body, media_type="application/json")
+        # The document of the routes this app serves, rendered on the first request: the
+        # routes never change at run time.
+        if not rendered:
+            rendered.append(dumps(document(request.app.routes, server_url)))
+        return Response(rendered[0], media_type="application/json")
 
     return Route("/openapi.json", openapi, methods=["GET"])
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from query_api.auth import org_of
 from query_api.cursor import CursorError
 from query_api.errors import NotFoundError
-from query_api.params import Params
+from query_api.params import Choice, Cursor, Integer, Query, query
 from query_api.responses import JSON
 from query_api.routes_leads import resources
 
@@ -37,19 +37,27 @@ def _delivery_id(raw: str) -> int:
     return int(raw)
 
 
-async def list_deliveries(request: Request) -> Response:
-    p = Params(request)
-    status = p.choice("status", STATUSES)
-    before = p.cursor("cursor", _delivery_id)
-    limit = p.integer("limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    p.check()
+STATUS = Choice("status", "Only deliveries in this state (dead: the dead letters).", STATUSES)
+BEFORE = Cursor(
+    "cursor",
+    "`next_cursor` of the previous page; absent or empty for the first page.",
+    _delivery_id,
+    18,
+    "^[0-9]*$",
+)
+PAGE = Integer("limit", "Items per page.", DEFAULT_PAGE, 1, MAX_PAGE)
+
+
+@query(STATUS, BEFORE, PAGE)
+async def list_deliveries(request: Request, q: Query) -> Response:
+    limit = q[PAGE]
     try:
         rows = await resources(request).pool.fetch(
             _SELECT + "WHERE d.org_id = $1 AND ($2::text IS NULL OR d.status = $2) "
             "AND ($3::bigint IS NULL OR d.id < $3) ORDER BY d.id DESC LIMIT $4",
             org_of(request),
-            status,
-            before,
+            q[STATUS],
+            q[BEFORE],
             limit + 1,
         )
     except asyncpg.UndefinedTableError:
@@ -59,7 +67,8 @@ async def list_deliveries(request: Request) -> Response:
     return JSON({"items": items, "next_cursor": str(items[-1]["id"]) if more else None})
 
 
-async def get_delivery(request: Request) -> Response:
+@query()
+async def get_delivery(request: Request, q: Query) -> Response:
     raw = str(request.path_params.get("id", ""))
     # An id no delivery can have is simply not found, as for leads.
     row = None
