@@ -131,6 +131,13 @@ class Settings:
     api_negative_cache_ttl_s: float = 30.0
     # Non-empty: GET /metrics requires `Authorization: Bearer <this>`.
     api_metrics_token: str = ""
+    # Seconds between the worker's consumer-lag readings (high watermark minus committed
+    # offset, per assigned partition: leadscore_consumer_lag_messages); 0 = not measured.
+    consumer_lag_interval_s: int = 10
+    # Traces (README "Traces"): none (off, the default), otlp (OTLP/HTTP) or console.
+    otel_exporter: str = "none"
+    otel_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the OTLP/HTTP traces URL
+    otel_service_name: str = "leadscore"  # service.name of this process's spans
     log_format: str = "console"  # "json" in production
     log_level: str = "info"  # debug, info, warning or error
 

@@ -56,6 +56,17 @@ BATCH_SECONDS = Histogram(
     "Time to decode, apply, score and store one batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+SCORE_LATENCY = Histogram(
+    "leadscore_score_latency_seconds",
+    "From a lead-event's Kafka timestamp (when it was produced) to its score stored",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+CONSUMER_LAG = Gauge(
+    "leadscore_consumer_lag_messages",
+    "Lead-events in a partition this worker is assigned that its group has not committed: "
+    "the partition's high watermark minus the committed offset (streams/worker.py)",
+    ["topic", "partition"],
+)
 BATCH_SIZE = Histogram(
     "leadscore_batch_events",
     "Lead-events per batch",

@@ -15,6 +15,8 @@ from uuid import UUID
 
 import psycopg
 import structlog
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from domain.events import LeadEvent
 from domain.lead import Lead
@@ -33,6 +35,7 @@ from streams import metrics
 from streams.codec import ValidationError, record_to_event
 from streams.dlq import DeadLetter, RawMessage, Reason
 from streams.errors import MassFailureError, TransientError, is_transient, transient
+from streams.tracing import TraceContexts, TracedModels, Tracing, extract, traceparent_of
 from streams.wire import SerializationError, UnknownSchemaError
 
 log = structlog.get_logger(__name__)
@@ -179,6 +182,8 @@ class BatchProcessor:
         orgs: OrgRegistry | None = None,
         rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
         sinks: Sequence[Callable[[BatchOutcome, datetime], None]] = (),
+        tracing: Tracing | None = None,
+        contexts: TraceContexts | None = None,
     ) -> None:
         # One model for all, or the registry's model per org (leadscore/model_registry.py).
         self.models: Models = scorer if isinstance(scorer, Models) else OneModel(scorer)
@@ -191,6 +196,10 @@ class BatchProcessor:
         # After a batch is stored: shadow scores, drift counts. Best effort, off the record.
         self.sinks = list(sinks)
         self.totals = BatchStats()
+        # Off unless the worker turns it on (streams/tracing.py); ``contexts`` keeps each
+        # lead-event's trace context for the relay, in another process.
+        self.tracing = tracing or Tracing(None)
+        self.contexts = contexts
 
     def process(self, values: Sequence[RawMessage | bytes | None]) -> BatchStats:
         """Apply a batch; every message ends applied, duplicate or in ``dead_letters``.
@@ -201,24 +210,60 @@ class BatchProcessor:
         """
         started = time.perf_counter()
         stats = BatchStats(received=len(values))
-        try:
-            pairs = self._decode([as_message(v) for v in values], stats)
-        except Exception as exc:
-            if is_transient(exc):
-                raise transient(exc) from exc  # the registry or the orgs' database
-            raise
-        events = [ev for _msg, ev in pairs]
-        try:
-            self._apply(events, stats)
-        except Exception as exc:
-            if is_transient(exc):
-                raise transient(exc) from exc  # not the events': retry the whole batch
-            log.exception("batch failed, isolating the failing events", events=len(events))
-            self._isolate(pairs, stats)
+        with self.tracing.span("leadscore.batch", attributes={"events": len(values)}) as batch:
+            try:
+                with self.tracing.span("decode"):
+                    pairs = self._decode([as_message(v) for v in values], stats)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise transient(exc) from exc  # the registry or the orgs' database
+                raise
+            spans = self._event_spans(pairs, batch) if batch is not None else []
+            events = [ev for _msg, ev in pairs]
+            try:
+                self._apply(events, stats)
+            except Exception as exc:
+                if is_transient(exc):
+                    _end(spans, exc)
+                    raise transient(exc) from exc  # not the events': retry the whole batch
+                log.exception("batch failed, isolating the failing events", events=len(events))
+                self._isolate(pairs, stats)
+            _end(spans, None)
         self._count(stats)
+        _observe_latency(pairs)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.observe(len(values))
         return stats
+
+    def _event_spans(
+        self, pairs: Sequence[tuple[RawMessage, LeadEvent]], batch: Span
+    ) -> list[Span]:
+        """A span per lead-event in its own trace (its ``traceparent`` or a new root),
+        linked to the batch's; their contexts kept for the relay before anything is stored."""
+        link = [Link(batch.get_span_context())]
+        spans: list[Span] = []
+        contexts: dict[str, str] = {}
+        for message, ev in pairs:
+            span = self.tracing.start_span(
+                "leadscore.lead_event",
+                context=extract(message.headers) or Context(),
+                kind=SpanKind.CONSUMER,
+                links=link,
+                attributes={
+                    "leadscore.event_id": ev.event_id,
+                    "leadscore.event_type": str(ev.event_type),
+                    "messaging.kafka.partition": message.partition or 0,
+                    "messaging.kafka.offset": message.offset or 0,
+                },
+            )
+            spans.append(span)
+            contexts[ev.event_id] = traceparent_of(span)
+        if self.contexts is not None:
+            try:
+                self.contexts.put(contexts)
+            except psycopg.Error as exc:  # a lost trace is no reason to hold the batch
+                log.warning("trace contexts not kept", error=type(exc).__name__)
+        return spans
 
     def _isolate(self, pairs: Sequence[tuple[RawMessage, LeadEvent]], stats: BatchStats) -> None:
         """Apply one event at a time; those that fail alone are dead letters, unless the
@@ -276,16 +321,17 @@ class BatchProcessor:
         """Apply, score and store in one transaction."""
         self.models.refresh()
         scored_at = self.now()
+        models = TracedModels(self.models, self.tracing) if self.tracing.enabled else self.models
         outcome = self._transaction(
             lead_ids(events),
             lambda leads: apply_batch(
                 events,
                 leads,
-                self.models,
+                models,
                 self.clock,
                 scored_at,
                 self.rules_for,
-                self.models.shadow,
+                models.shadow,
                 # ids older than what a lead remembers: one query for the whole batch
                 stored=self.store.stored_event_ids(undecided(events, leads)),
             ),
@@ -324,10 +370,13 @@ class BatchProcessor:
         """Load the leads, let ``work`` change them, save what it touched in one
         transaction; a version conflict (another writer of a lead) reloads and retries."""
         for attempt in range(MAX_CONFLICT_RETRIES):
-            leads = self.store.load(ids)
+            with self.tracing.span("load", attributes={"leads": len(ids)}):
+                leads = self.store.load(ids)
             try:
-                outcome = work(leads)
-                self.store.save_leads(list(outcome.touched.values()))
+                with self.tracing.span("apply"):
+                    outcome = work(leads)
+                with self.tracing.span("store", attributes={"leads": len(outcome.touched)}):
+                    self.store.save_leads(list(outcome.touched.values()))
             except ConcurrentWriteError:
                 log.info("concurrent write, reloading leads", attempt=attempt, leads=len(ids))
                 continue
@@ -340,6 +389,8 @@ class BatchProcessor:
         raise ConcurrentWriteError(f"gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
 
     def close(self) -> None:
+        if self.contexts is not None:
+            self.contexts.close()
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -361,3 +412,18 @@ class BatchProcessor:
         for letter in stats.dead_letters:
             metrics.DEAD_LETTERS.labels(str(letter.reason)).inc()
         metrics.SCORES_RECORDED.inc(stats.scored)
+
+
+def _end(spans: Sequence[Span], error: BaseException | None) -> None:
+    for span in spans:
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+def _observe_latency(pairs: Sequence[tuple[RawMessage, LeadEvent]]) -> None:
+    """From each lead-event's Kafka timestamp (produced or appended) to its batch stored."""
+    now_ms = time.time() * 1000
+    for message, _ev in pairs:
+        if message.timestamp_ms:
+            metrics.SCORE_LATENCY.observe(max(0.0, (now_ms - message.timestamp_ms) / 1000))

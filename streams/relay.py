@@ -10,6 +10,7 @@ an error it does not handle itself closes it and starts a new one after a backof
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,8 @@ from uuid import UUID
 import psycopg
 import structlog
 from confluent_kafka import KafkaException, Producer
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
 from domain.lead import score_event_id
 from domain.transitions import SCORE_UPDATED, transitions, typed_event_id
@@ -28,11 +31,15 @@ from leadscore.eventstore import (
     ddl_lock,
 )
 from streams import metrics
+from streams.tracing import TRACEPARENT, TraceContexts, Tracing, context_of, traceparent_of
 from streams.wire import AvroTopic
 
 log = structlog.get_logger(__name__)
 
 _LOCK_KEY = "leadscore.relay.score-events"
+
+
+_NO_SPAN = contextlib.nullcontext(None)
 
 
 class PublishError(RuntimeError):
@@ -151,10 +158,20 @@ class ScoreEventRelay:
         self.encoder = encoder
         self.batch_size = batch_size
         self.position = tracking.get()
+        self.tracing = Tracing(None)
+        self.contexts: TraceContexts | None = None
+
+    def use_tracing(self, tracing: Tracing, dsn: str) -> None:
+        """Continue each score's trace from its lead-event (streams/tracing.py)."""
+        self.tracing = tracing
+        if tracing.enabled:
+            self.contexts = TraceContexts(dsn)
 
     def close(self) -> None:
         self.producer.flush(10)
         self.tracking.close()
+        if self.contexts is not None:
+            self.contexts.close()
 
     def __enter__(self) -> ScoreEventRelay:
         return self
@@ -175,16 +192,29 @@ class ScoreEventRelay:
                 errors.append(str(err))
 
         sent = 0
-        for note in notes:
-            event = self.store.to_event(note)
-            for record in score_records(event, note.id):
-                self.producer.produce(
-                    self.topic,
-                    key=event.lead_id.encode(),
-                    value=self.encoder.encode(record),
-                    on_delivery=on_delivery,
+        events = [(note, self.store.to_event(note)) for note in notes]
+        parents = self._trace_parents([event for _note, event in events])
+        for note, event in events:
+            with (
+                self.tracing.span(
+                    "publish",
+                    context=context_of(parents.get(event.caused_by_event_id)) or Context(),
+                    kind=SpanKind.PRODUCER,
+                    attributes={"messaging.destination.name": self.topic},
                 )
-                sent += 1
+                if self.tracing.enabled
+                else _NO_SPAN as span
+            ):
+                headers = [(TRACEPARENT, traceparent_of(span).encode())] if span else None
+                for record in score_records(event, note.id):
+                    self.producer.produce(
+                        self.topic,
+                        key=event.lead_id.encode(),
+                        value=self.encoder.encode(record),
+                        headers=headers,
+                        on_delivery=on_delivery,
+                    )
+                    sent += 1
             self.producer.poll(0)
         remaining = self.producer.flush(30)
         if errors or remaining:
@@ -193,6 +223,15 @@ class ScoreEventRelay:
         self.tracking.set(self.position)
         metrics.SCORE_EVENTS_PUBLISHED.inc(sent)
         return len(notes)
+
+    def _trace_parents(self, events: list[Any]) -> dict[str, str]:
+        if self.contexts is None:
+            return {}
+        try:
+            return self.contexts.get(e.caused_by_event_id for e in events)
+        except psycopg.Error as exc:  # published untraced rather than not published
+            log.warning("trace contexts not read", error=type(exc).__name__)
+            return {}
 
     def run(self, stop: threading.Event, idle_wait: float = 0.02) -> None:
         """Publish until ``stop`` is set: get elected, then follow the log."""

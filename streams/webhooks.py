@@ -37,6 +37,8 @@ from typing import Any
 import orjson
 import psycopg
 import structlog
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -46,6 +48,7 @@ from leadscore.settings import Settings
 from leadscore.tenancy import SCHEMA_DDL as TENANCY_DDL
 from streams import metrics
 from streams.relay import Tracking, score_records
+from streams.tracing import TRACEPARENT, TraceContexts, Tracing, context_of, traceparent_of
 from streams.webhook_http import Attempt, UrlPolicy, UrlRefusedError, check_url
 from streams.webhook_http import post as guarded_post
 from streams.webhook_secrets import SecretBox, SecretKeyError, new_secret
@@ -336,11 +339,21 @@ class WebhookDispatcher:
         self.in_flight = 0
         self.org_in_flight: Counter[str] = Counter()
         self.done: queue.SimpleQueue[tuple[dict[str, Any], Future[Attempt]]] = queue.SimpleQueue()
+        self.tracing = Tracing(None)
+        self.contexts: TraceContexts | None = None
+
+    def use_tracing(self, tracing: Tracing, dsn: str) -> None:
+        """POSTs carry the ``traceparent`` of their score's lead-event (streams/tracing.py)."""
+        self.tracing = tracing
+        if tracing.enabled:
+            self.contexts = TraceContexts(dsn)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)  # each POST ends by its deadline
         self.record_finished()
         self.tracking.close()
+        if self.contexts is not None:
+            self.contexts.close()
 
     def __enter__(self) -> WebhookDispatcher:
         return self
@@ -468,8 +481,29 @@ class WebhookDispatcher:
             "X-Leadscore-Event-Type": row["event_type"],
             **signed_headers(secret, row["event_id"], body),
         }
-        with metrics.WEBHOOK_REQUEST_SECONDS.time():
-            return self.post(row["url"], body, headers, self.config.timeout_s)
+        if self.contexts is None:
+            with metrics.WEBHOOK_REQUEST_SECONDS.time():
+                return self.post(row["url"], body, headers, self.config.timeout_s)
+        with self.tracing.span(
+            "webhook.post",
+            context=context_of(self._trace_parent(row["payload"])) or Context(),
+            kind=SpanKind.CLIENT,
+            attributes={"leadscore.event_type": row["event_type"]},
+        ) as span:
+            assert span is not None
+            headers[TRACEPARENT] = traceparent_of(span)
+            with metrics.WEBHOOK_REQUEST_SECONDS.time():
+                return self.post(row["url"], body, headers, self.config.timeout_s)
+
+    def _trace_parent(self, payload: dict[str, Any]) -> str | None:
+        cause = payload.get("caused_by_event_id")
+        if self.contexts is None or not cause:
+            return None
+        try:
+            return self.contexts.get([cause]).get(str(cause))
+        except psycopg.Error as exc:  # delivered untraced rather than not delivered
+            log.warning("trace context not read", error=type(exc).__name__)
+            return None
 
     def _record(self, row: dict[str, Any], attempt: Attempt) -> None:
         c = self.config

@@ -41,6 +41,7 @@ from streams.errors import classify
 from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer
 from streams.supervise import Supervisor, health, serve_metrics, supervise
+from streams.tracing import TraceContexts, Tracing
 from streams.webhook_secrets import SecretBox, SecretKeyError
 from streams.webhooks import DispatchConfig, WebhookDispatcher
 
@@ -116,6 +117,12 @@ def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> fa
         max_inline_bytes=s.dlq_max_inline_bytes,
     )
 
+    if s.consumer_lag_interval_s > 0:
+
+        @app.timer(interval=float(s.consumer_lag_interval_s), name="consumer-lag")
+        async def consumer_lag() -> None:
+            await update_consumer_lag(app.consumer)
+
     @app.agent(lead_events, name="score-leads")
     async def score_leads(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -144,6 +151,26 @@ def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> fa
             )
 
     return app
+
+
+async def update_consumer_lag(consumer: Any) -> None:
+    """``leadscore_consumer_lag_messages`` for the partitions this worker is assigned
+    now: the broker's high watermark minus the group's committed offset (the earliest
+    offset where nothing is committed yet). Partitions moved away drop their series."""
+    assigned = sorted(consumer.assignment())
+    if not assigned:
+        metrics.CONSUMER_LAG.clear()
+        return
+    highwaters = await consumer.highwaters(*assigned)
+    committed = {tp: consumer._committed_offset.get(tp) for tp in assigned}
+    missing = [tp for tp, offset in committed.items() if offset is None]
+    if missing:
+        committed.update(await consumer.earliest_offsets(*missing))
+    metrics.CONSUMER_LAG.clear()
+    for tp in assigned:
+        high, done = highwaters.get(tp), committed.get(tp)
+        if high is not None and done is not None:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
 
 SHUTDOWN_GRACE_SECONDS = 30.0
@@ -240,14 +267,23 @@ async def _dead_letter_until_delivered(
             return
 
 
+def use_tracing(engine: Engine, tracing: Tracing) -> None:
+    """Turn traces on for this engine's batches (streams/tracing.py)."""
+    engine.processor.tracing = tracing
+    if tracing.enabled and engine.processor.contexts is None:
+        engine.processor.contexts = TraceContexts(engine.settings.pg_dsn)
+
+
 def run_worker(engine: Engine) -> None:
     s = engine.settings
+    tracing = Tracing.from_settings(s)
+    use_tracing(engine, tracing)
     executor = event_store_executor()
     app = create_app(engine, executor)
     # Beside the batches: the outbox relay and webhooks (unless `leadscore relay` runs
     # them in a process of their own), the projections this worker runs, the decay timer.
     stop = threading.Event()
-    tasks = start_outbox_tasks(engine, stop) if s.worker_relay else []
+    tasks = start_outbox_tasks(engine, stop, tracing) if s.worker_relay else []
     names = worker_projection_names(s)
     if names:
         tasks.append(supervise("projections", projections_work(s, names), stop))
@@ -263,6 +299,7 @@ def run_worker(engine: Engine) -> None:
         stop.set()
         for task in tasks:
             task.join(10)
+        tracing.shutdown()  # the last spans exported
 
 
 def projections_work(settings: Settings, names: list[str]) -> Callable[[threading.Event], None]:
@@ -303,17 +340,21 @@ def decay_work(engine: Engine, executor: ThreadPoolExecutor) -> Callable[[thread
     return work
 
 
-def relay_work(engine: Engine) -> Callable[[threading.Event], None]:
+def relay_work(engine: Engine, tracing: Tracing | None = None) -> Callable[[threading.Event], None]:
     """The score-event relay, made anew on each (re)start."""
 
     def work(stop: threading.Event) -> None:
         with engine.relay() as relay:
+            if tracing is not None:
+                relay.use_tracing(tracing, engine.settings.pg_dsn)
             relay.run(stop)
 
     return work
 
 
-def dispatcher_work(engine: Engine, box: SecretBox) -> Callable[[threading.Event], None]:
+def dispatcher_work(
+    engine: Engine, box: SecretBox, tracing: Tracing | None = None
+) -> Callable[[threading.Event], None]:
     """The webhook dispatcher, made anew on each (re)start."""
 
     def work(stop: threading.Event) -> None:
@@ -325,22 +366,26 @@ def dispatcher_work(engine: Engine, box: SecretBox) -> Callable[[threading.Event
         except DATABASE_UNAVAILABLE as exc:  # a worker may start before PostgreSQL
             log.warning("webhook dispatcher waiting for PostgreSQL", error=str(exc))
             raise
+        if tracing is not None:
+            dispatcher.use_tracing(tracing, s.pg_dsn)
         with dispatcher:
             dispatcher.run(stop)
 
     return work
 
 
-def start_outbox_tasks(engine: Engine, stop: threading.Event) -> list[Supervisor]:
+def start_outbox_tasks(
+    engine: Engine, stop: threading.Event, tracing: Tracing | None = None
+) -> list[Supervisor]:
     """What follows the event store's log to the outside: score-events and webhooks
     (these only with a key for their secrets: streams/webhook_secrets.py)."""
-    tasks = [supervise("relay", relay_work(engine), stop)]
+    tasks = [supervise("relay", relay_work(engine, tracing), stop)]
     try:
         box = SecretBox.from_settings(engine.settings)
     except SecretKeyError as exc:
         log.error("webhook dispatcher not started", error=str(exc))
         return tasks
-    tasks.append(supervise("webhooks", dispatcher_work(engine, box), stop))
+    tasks.append(supervise("webhooks", dispatcher_work(engine, box, tracing), stop))
     return tasks
 
 
@@ -352,9 +397,11 @@ def run_relay(engine: Engine) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    tasks = start_outbox_tasks(engine, stop)
+    tracing = Tracing.from_settings(engine.settings)
+    tasks = start_outbox_tasks(engine, stop, tracing)
     if engine.settings.metrics_port:
         serve_metrics(engine.settings.metrics_port, lambda: health(tasks, {"role": "relay"}))
     stop.wait()
     for task in tasks:
         task.join(10)
+    tracing.shutdown()
