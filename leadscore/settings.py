@@ -136,7 +136,9 @@ class Settings:
     consumer_lag_interval_s: int = 10
     # Traces (README "Traces"): none (off, the default), otlp (OTLP/HTTP) or console.
     otel_exporter: str = "none"
-    otel_endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the OTLP/HTTP traces URL
+    # The OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; empty: the SDK's
+    # own (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else http://localhost:4318/v1/traces).
+    otel_endpoint: str = ""
     otel_service_name: str = "leadscore"  # service.name of this process's spans
     log_format: str = "console"  # "json" in production
     log_level: str = "info"  # debug, info, warning or error

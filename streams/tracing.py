@@ -90,7 +90,7 @@ class Tracing:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint))
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otel_endpoint or None))
             )
         return cls(provider)
 

@@ -19,7 +19,13 @@ from prometheus_client import REGISTRY
 from .tools import OBSERVABILITY_DIR, promtool
 
 # The modules that define the engine's metrics (grep Counter(/Gauge(/Histogram().
-METRIC_MODULES = ("streams.metrics", "query_api.metrics", "query_api.hotcache", "leadscore.drift")
+METRIC_MODULES = (
+    "streams.metrics",
+    "query_api.metrics",
+    "query_api.hotcache",
+    "leadscore.drift",
+    "projections.quarantine",
+)
 # Prometheus's own series for every scrape target.
 PROMETHEUS_SERIES = frozenset({"up"})
 SUFFIXES = {
@@ -104,6 +110,9 @@ def test_exported_series_are_the_engines() -> None:
         "leadscore_batch_seconds_bucket",
         "leadscore_api_request_seconds_bucket",
         "leadscore_api_requests_total",
+        "leadscore_consumer_lag_messages",
+        "leadscore_projection_lag_positions",
+        "leadscore_score_latency_seconds_bucket",
     ):
         assert name in series
 
