@@ -151,9 +151,7 @@ def test_a_lead_events_trace_reaches_its_score_event(engine: Engine, settings: S
     assert carried[untraced.event_id].split("-")[1] == f"{root.context.trace_id:032x}"
 
 
-def test_tracing_off_records_nothing_and_adds_no_header(
-    engine: Engine, settings: Settings
-) -> None:
+def test_tracing_off_records_nothing_and_adds_no_header(engine: Engine, settings: Settings) -> None:
     produce(settings, engine, [created(lead="plain")], [[(TRACEPARENT, INCOMING.encode())]])
     messages = consume(settings, settings.topic_lead_events, 1, "worker")
     assert not engine.processor.tracing.enabled
