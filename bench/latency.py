@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ CPU_GROUPS = (
 # -- the generator process ------------------------------------------------------------
 
 
-def generator(bootstrap: str, topic: str, rate: float, infile: str, outfile: str) -> None:
+def generator(kafka: Mapping[str, str], topic: str, rate: float, infile: str, outfile: str) -> None:
     """Send the (key, value, event id) in ``infile`` at ``rate``; write (id, sent at) out."""
     from confluent_kafka import Producer
 
@@ -85,7 +86,7 @@ def generator(bootstrap: str, topic: str, rate: float, infile: str, outfile: str
         messages: list[tuple[bytes, bytes, str]] = pickle.load(f)
     producer = Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
@@ -131,13 +132,15 @@ def generator(bootstrap: str, topic: str, rate: float, infile: str, outfile: str
 # -- the receiver process -------------------------------------------------------------
 
 
-def receiver(bootstrap: str, topic: str, partitions: int, outfile: str, ready: str) -> None:
+def receiver(
+    kafka: Mapping[str, str], topic: str, partitions: int, outfile: str, ready: str
+) -> None:
     """Note when each message arrives from now on; on SIGTERM write (id, received at)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "group.id": f"bench-latency-{secrets.token_hex(4)}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
@@ -194,7 +197,7 @@ def api_watcher(
     host = urlsplit(url)
     consumer = Consumer(
         {
-            "bootstrap.servers": s.kafka_bootstrap,
+            **s.kafka,
             "group.id": f"bench-latency-api-{secrets.token_hex(4)}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
@@ -356,9 +359,7 @@ def measure(
         f"bench-lat-peer-in-{tag}",
         f"bench-lat-peer-out-{tag}",
     )
-    services.ensure_topics(
-        base.kafka_bootstrap, [ours_in, peer_in, peer_out], base.topic_partitions
-    )
+    services.ensure_topics(base.kafka, [ours_in, peer_in, peer_out], base.topic_partitions)
     s = dataclasses.replace(
         stack.engine_settings(stack.isolated(base, "lat", ours_in)),
         api_port=stack.free_port(),
@@ -406,7 +407,7 @@ def measure(
         for p in (recv_ours, recv_peer, watcher, peer):
             named[p.pid] = "bench: receivers, API watcher, peer"
         positions = stack.LogPositions(s.pg_dsn)
-        marks = stack.Watermarks(base.kafka_bootstrap, peer_out, base.topic_partitions)
+        marks = stack.Watermarks(base.kafka, peer_out, base.topic_partitions)
         sent = {"ours": 0, "peer": 0}
 
         def drained(who: str) -> bool:
@@ -449,7 +450,7 @@ def measure(
         for p in reversed(procs):
             stack.stop_process(p)
         stack.cleanup(base, s)
-        stack.delete_topics(base.kafka_bootstrap, [ours_in, peer_in, peer_out])
+        stack.delete_topics(base.kafka, [ours_in, peer_in, peer_out])
 
     body = report(base, segments, ours_file, peer_file, api_file, runs, rates, seconds)
     for f in tmp.iterdir():
@@ -603,13 +604,13 @@ if __name__ == "__main__":
     if kind == "gen":
         s = Settings.from_env()
         topic, rate, infile, outfile = args
-        generator(s.kafka_bootstrap, topic, float(rate), infile, outfile)
+        generator(s.kafka, topic, float(rate), infile, outfile)
     elif kind == "api":
         url, keys_file, sample, outfile, ready = args
         api_watcher(Settings.from_env(), url, keys_file, int(sample), outfile, ready)
     elif kind == "recv":
         s = Settings.from_env()
         topic, partitions, outfile, ready = args
-        receiver(s.kafka_bootstrap, topic, int(partitions), outfile, ready)
+        receiver(s.kafka, topic, int(partitions), outfile, ready)
     else:
         main()

@@ -69,7 +69,7 @@ def prepare(base: Settings, ordered: list[LeadEvent]) -> Workload:
     """``ordered`` produced ahead to a topic of its own."""
     created = [e for e in ordered if e.event_type == EventType.LEAD_CREATED]
     topic = f"lead-events-bench-mem-{secrets.token_hex(3)}"
-    services.ensure_topics(base.kafka_bootstrap, [topic], base.topic_partitions)
+    services.ensure_topics(base.kafka, [topic], base.topic_partitions)
     messages = stack.encoded(base, ordered)
     with progress_bar() as progress:
         task = progress.add_task(f"producing {len(messages):,} events", total=len(messages))
@@ -169,7 +169,7 @@ def main() -> None:
         try:
             run = run_ours(dataclasses.replace(base, aggregate_cache_size=cache), wl, workers=1)
         finally:
-            stack.delete_topics(base.kafka_bootstrap, [wl.topic])
+            stack.delete_topics(base.kafka, [wl.topic])
         lines.append(
             f"| {wl.leads:,} | {cache:,} | {wl.events:,} | "
             + " | ".join(rss_cells(run, wl, GROWTH if more else 0))

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from faust.sensors import Sensor
@@ -40,7 +41,7 @@ def _faust_app(s: Settings, group: str, **settings: Any) -> Any:
     """A Faust app on raw bytes, configured as the worker's (streams/worker.py)."""
     from streams.worker import faust_app
 
-    return faust_app(group, s.kafka_bootstrap, s.run_path / "faust", **settings)
+    return faust_app(group, s.kafka, s.run_path / "faust", **settings)
 
 
 def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> None:
@@ -142,14 +143,14 @@ def run_raw(s: Settings, src: str, sink: str, group: str) -> None:
 
     consumer = Consumer(
         {
-            "bootstrap.servers": s.kafka_bootstrap,
+            **s.kafka,
             "group.id": group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
             "fetch.wait.max.ms": stack.FETCH_WAIT_MS,
         }
     )
-    producer = kafka_producer(s.kafka_bootstrap)
+    producer = kafka_producer(s.kafka)
     consumer.subscribe([src])
     stopping = False
 
@@ -186,6 +187,15 @@ def _kafka_tool(s: Settings, cls: str, args: list[str], timeout: float) -> str:
     return out.stdout
 
 
+def _client_config_file(s: Settings) -> Path:
+    """The engine's Kafka credentials as a Java client's properties file (run dir: 0700)."""
+    path = s.run_path / "bench-kafka-client.properties"
+    props = kafka_service.java_client_properties(s)
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    path.chmod(0o600)
+    return path
+
+
 def producer_perf(s: Settings, topic: str, records: int, record_size: int) -> float:
     """records/s of kafka-producer-perf-test (acks=all, lz4, like the engine's producers)."""
     out = _kafka_tool(
@@ -201,7 +211,7 @@ def producer_perf(s: Settings, topic: str, records: int, record_size: int) -> fl
             "--throughput",
             "-1",
             "--producer-props",
-            f"bootstrap.servers={s.kafka_bootstrap}",
+            *(f"{k}={v}" for k, v in kafka_service.java_client_properties(s).items()),
             "acks=all",
             "compression.type=lz4",
             "linger.ms=5",
@@ -221,7 +231,7 @@ def consumer_perf(s: Settings, topic: str, messages: int) -> float:
         s,
         "org.apache.kafka.tools.ConsumerPerformance",
         ["--topic", topic, "--messages", str(messages), "--bootstrap-server", s.kafka_bootstrap,
-         "--timeout", "60000"],
+         "--consumer.config", str(_client_config_file(s)), "--timeout", "60000"],
         timeout=600,
     )  # fmt: skip
     header, row = None, None

@@ -85,7 +85,7 @@ class Workload:
 def prepare(base: Settings, events: int, leads: int, orgs: int, seed: int = 7) -> Workload:
     """Generate, encode and produce the workload to a topic of its own."""
     topic = f"lead-events-bench-{secrets.token_hex(3)}"
-    services.ensure_topics(base.kafka_bootstrap, [topic], base.topic_partitions)
+    services.ensure_topics(base.kafka, [topic], base.topic_partitions)
     with progress_bar() as progress:
         task = progress.add_task("generating the workload", total=events)
         workload = []
@@ -181,7 +181,7 @@ def run_ours(
                     spy = profiling.record(worker.pid, profile_to)  # after start-up
                 time.sleep(POLL)
         scored = positions.scores()
-        on_topic = stack.topic_count(s.kafka_bootstrap, s.topic_score_events, s.topic_partitions)
+        on_topic = stack.topic_count(s.kafka, s.topic_score_events, s.topic_partitions)
         if m["dead_lettered"]:
             log.warning("dead letters in a benchmark run", count=m["dead_lettered"])
         _rss, hwm = stack.rss_kib(worker.pid)
@@ -213,7 +213,7 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
     """events/s of peer ``kind`` ("faust" or "raw") forwarding the workload to a sink topic."""
     tag = secrets.token_hex(3)
     sink, group = f"bench-{kind}-sink-{tag}", f"bench-{kind}-{tag}"
-    services.ensure_topics(base.kafka_bootstrap, [sink], base.topic_partitions)
+    services.ensure_topics(base.kafka, [sink], base.topic_partitions)
     # The Faust agent runs in as many processes as our workers (one group), the raw loop in one.
     procs = [
         stack.start_process(
@@ -223,7 +223,7 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
         )
         for i in range(WORKERS if kind == "faust" else 1)
     ]
-    marks = stack.Watermarks(base.kafka_bootstrap, sink, base.topic_partitions)
+    marks = stack.Watermarks(base.kafka, sink, base.topic_partitions)
     timeline = stack.Timeline()
     deadline = time.monotonic() + timeout_for(wl.events)
     try:
@@ -244,12 +244,12 @@ def run_peer(base: Settings, wl: Workload, kind: str) -> float:
                     timeline.ended = now
                     break
                 time.sleep(POLL / 2)
-        span = stack.produce_span(base.kafka_bootstrap, sink, base.topic_partitions)
+        span = stack.produce_span(base.kafka, sink, base.topic_partitions)
     finally:
         marks.close()
         for proc in procs:
             stack.stop_process(proc)
-        stack.delete_topics(base.kafka_bootstrap, [sink])
+        stack.delete_topics(base.kafka, [sink])
     # From the first to the last message the peer wrote (their timestamps): exact even
     # when the peer forwards everything between two polls of the watermarks.
     return (wl.events - 1) / span if span > 0 else timeline.rate(wl.events)
@@ -281,11 +281,11 @@ def perf_tools(base: Settings, wl: Workload) -> tuple[float, float]:
     from bench.peers import consumer_perf, producer_perf
 
     scratch = f"bench-perf-{secrets.token_hex(3)}"
-    services.ensure_topics(base.kafka_bootstrap, [scratch], base.topic_partitions)
+    services.ensure_topics(base.kafka, [scratch], base.topic_partitions)
     try:
         produced = producer_perf(base, scratch, wl.events, round(wl.mean_bytes))
     finally:
-        stack.delete_topics(base.kafka_bootstrap, [scratch])
+        stack.delete_topics(base.kafka, [scratch])
     return produced, consumer_perf(base, wl.topic, wl.events)
 
 
@@ -507,7 +507,7 @@ def bench(
     try:
         results = measure(base, wl, runs, profile=profile, perf=perf)
     finally:
-        stack.delete_topics(base.kafka_bootstrap, [wl.topic])
+        stack.delete_topics(base.kafka, [wl.topic])
     return report(wl, results, runs)
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,9 +79,7 @@ def isolated(base: Settings, kind: str, lead_events_topic: str) -> Settings:
         clickhouse_dsn=f"chdb://{base.run_path}/bench-chdb-{tag}",
         metrics_port=free_port(),
     )
-    services.ensure_topics(
-        s.kafka_bootstrap, [s.topic_score_events, s.topic_dlq], s.topic_partitions
-    )
+    services.ensure_topics(s.kafka, [s.topic_score_events, s.topic_dlq], s.topic_partitions)
     return s
 
 
@@ -93,13 +91,17 @@ def cleanup(base: Settings, s: Settings) -> None:
     """Drop what ``isolated`` made (never the shared lead-events topic)."""
     with contextlib.suppress(Exception):
         services.drop_database(base, dbname_of(s))
-    delete_topics(s.kafka_bootstrap, [s.topic_score_events, s.topic_dlq])
+    delete_topics(s.kafka, [s.topic_score_events, s.topic_dlq])
     forget_redis_keys(s)
     shutil.rmtree(s.clickhouse_dsn.removeprefix("chdb://"), ignore_errors=True)
 
 
-def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete_topics(kafka: Mapping[str, str], topics: Sequence[str]) -> None:
+    admin = AdminClient(
+        {
+            **kafka,
+        }
+    )
     for future in admin.delete_topics(list(topics), operation_timeout=30).values():
         with contextlib.suppress(Exception):
             future.result()
@@ -147,7 +149,7 @@ def produce_ahead(
     """Send ``messages`` (key, value) to ``topic`` as fast as the producer goes; all acked."""
     from streams.relay import kafka_producer
 
-    producer = kafka_producer(s.kafka_bootstrap, **{"linger.ms": 20, "batch.size": 1_000_000})
+    producer = kafka_producer(s.kafka, **{"linger.ms": 20, "batch.size": 1_000_000})
     errors: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:
@@ -194,9 +196,9 @@ _NO_LEADER_YET = (
 )
 
 
-def topic_count(bootstrap: str, topic: str, partitions: int) -> int:
+def topic_count(kafka: Mapping[str, str], topic: str, partitions: int) -> int:
     """Messages in ``topic`` (sum of high watermarks; the topics here start at offset 0)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+    c = Consumer({**kafka, "group.id": "bench-watermarks"})
     try:
         return sum(high_watermark(c, topic, p) for p in range(partitions))
     finally:
@@ -206,9 +208,9 @@ def topic_count(bootstrap: str, topic: str, partitions: int) -> int:
 class Watermarks:
     """A reusable reader of one topic's message count."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, kafka: Mapping[str, str], topic: str, partitions: int) -> None:
         self.topic, self.partitions = topic, partitions
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+        self.consumer = Consumer({**kafka, "group.id": "bench-watermarks"})
 
     def count(self) -> int:
         return sum(high_watermark(self.consumer, self.topic, p) for p in range(self.partitions))
@@ -217,13 +219,11 @@ class Watermarks:
         self.consumer.close()
 
 
-def produce_span(bootstrap: str, topic: str, partitions: int) -> float:
+def produce_span(kafka: Mapping[str, str], topic: str, partitions: int) -> float:
     """Seconds between the first and the last message written to ``topic`` (their
     CreateTime, set by the producer that wrote them): a forwarder's own span, exact to the
     millisecond however short the run."""
-    c = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench-span", "enable.auto.commit": False}
-    )
+    c = Consumer({**kafka, "group.id": "bench-span", "enable.auto.commit": False})
     first, last = float("inf"), 0.0
     try:
         for p in range(partitions):

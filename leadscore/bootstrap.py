@@ -31,7 +31,7 @@ class Engine:
         return ScoreEventRelay(
             self.store,
             Tracking(s.pg_dsn, s.topic_score_events),
-            kafka_producer(s.kafka_bootstrap),
+            kafka_producer(s.kafka),
             s.topic_score_events,
             AvroTopic(self.catalog, s.topic_score_events, SCORE_EVENT_SCHEMA),
         )

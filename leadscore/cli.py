@@ -126,7 +126,7 @@ def produce(
     with _progress() as progress:
         task = progress.add_task("producing", total=events)
         report = produce_events(
-            kafka_producer(s.kafka_bootstrap),
+            kafka_producer(s.kafka),
             s.topic_lead_events,
             encoder,
             stream,

@@ -68,6 +68,68 @@ def orgs_list() -> None:
     console.print(table)
 
 
+def _access(action: Callable[[], T]) -> T:
+    from leadscore.kafka_access import AccessError
+
+    try:
+        return action()
+    except AccessError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@orgs_app.command("grant-producer")
+def orgs_grant_producer(
+    principal: Annotated[str, typer.Argument(help="Kafka principal (SCRAM user) of the producer")],
+    org: Annotated[str, typer.Option(help="Org id whose lead-events it may produce")],
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the principal's password from stdin (else generated)")
+    ] = False,
+) -> None:
+    """Let a tenant's producer write lead-events of one org, to <lead-events>.org.<org>.
+
+    The SCRAM user is made if missing (a generated password is printed once, alone on the
+    last line); the broker's ACL lets it write that topic only. The gate in each worker
+    forwards the org's lead-events and dead-letters others (org_not_allowed)."""
+    from leadscore import kafka_access
+
+    s = get_settings()
+    if org not in {o.id for o in _run(tenancy.list_orgs)}:
+        console.print(f"[red]error:[/red] org {org!r} is not registered (leadscore orgs create)")
+        raise typer.Exit(1)
+    password = typer.get_text_stream("stdin").readline().strip() if password_stdin else None
+    generated = _access(lambda: kafka_access.grant_producer(s, principal, org, password=password))
+    topic = kafka_access.org_topic(s.topic_lead_events, org)
+    console.print(f"User:{principal} may produce lead-events of {org} to {topic}")
+    if generated is not None:
+        console.print("password (shown once):")
+        print(generated)
+
+
+@orgs_app.command("revoke-producer")
+def orgs_revoke_producer(
+    principal: Annotated[str, typer.Argument(help="Kafka principal of the producer")],
+    org: Annotated[str, typer.Option(help="Org id")],
+) -> None:
+    """Take back a producer's right to write an org's topic (its user stays)."""
+    from leadscore import kafka_access
+
+    removed = _access(lambda: kafka_access.revoke_producer(get_settings(), principal, org))
+    console.print(f"removed {removed} ACL(s) of User:{principal} on {org}'s topic")
+
+
+@orgs_app.command("producers")
+def orgs_producers() -> None:
+    """The producers allowed to write each org's topic, as the broker's ACLs say."""
+    from leadscore import kafka_access
+
+    grants = _access(lambda: kafka_access.producer_grants(get_settings()))
+    table = Table("org", "principal", "topic")
+    for g in grants:
+        table.add_row(g.org_id, f"User:{g.principal}", g.topic)
+    console.print(table)
+
+
 @apikeys_app.command("create")
 def apikeys_create(
     org: Annotated[str, typer.Option(help="Org id the key reads as")],

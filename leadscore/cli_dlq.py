@@ -42,7 +42,7 @@ console = Console() if sys.stdout.isatty() else Console(width=160)
 
 def _letters(s: Settings) -> list[StoredLetter]:
     try:
-        return read_letters(s.kafka_bootstrap, s.topic_dlq)
+        return read_letters(s.kafka, s.topic_dlq)
     except DeadLetterError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -188,7 +188,7 @@ def replay_letters(
         n = replay(
             chosen,
             # A letter kept by reference is as large as the broker allowed the original.
-            kafka_producer(s.kafka_bootstrap, **{"message.max.bytes": s.kafka_max_message_bytes}),
+            kafka_producer(s.kafka, **{"message.max.bytes": s.kafka_max_message_bytes}),
             s.topic_lead_events,
             log,
             now=datetime.now(UTC),

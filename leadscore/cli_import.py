@@ -66,7 +66,7 @@ def import_export(
                 export,
                 spec,
                 org,
-                kafka_producer(s.kafka_bootstrap),
+                kafka_producer(s.kafka),
                 s.topic_lead_events,
                 encoder,
                 on_row=lambda n: progress.update(task, completed=n),

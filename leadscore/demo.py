@@ -67,7 +67,11 @@ def stop_worker(
 
 def wait_for_group(settings: Settings, proc: subprocess.Popen[bytes], timeout: float) -> None:
     """Return once the worker's consumer group is stable with partitions assigned."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **settings.kafka,
+        }
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -94,7 +98,7 @@ class ScoreEventTail:
         self.catalog = catalog
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **settings.kafka,
                 "group.id": f"leadscore-demo-{secrets.token_hex(4)}",
                 "enable.auto.commit": False,
             }
@@ -170,7 +174,7 @@ def run_demo(
         def send() -> None:
             nonlocal report
             report = produce_events(
-                kafka_producer(s.kafka_bootstrap),
+                kafka_producer(s.kafka),
                 s.topic_lead_events,
                 encoder,
                 iter(workload),

@@ -18,6 +18,18 @@ def _default_run_dir() -> str:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka brokers, host:port[,host:port]
+    # How every Kafka client of the engine (workers, relay, tools; Faust too) authenticates
+    # (README, "Kafka as a tenant boundary"): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    # The local broker (`leadscore services up`) speaks SASL_PLAINTEXT with SCRAM.
+    kafka_security_protocol: str = "SASL_PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-256"  # SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN
+    kafka_sasl_username: str = "leadscore"  # the engine's principal (User:<this>)
+    kafka_sasl_password: str = "leadscore-dev"  # dev default; set it anywhere else
+    # TLS (SSL, SASL_SSL): a PEM CA bundle to trust (empty: the system's), and for mutual
+    # TLS the client's certificate and key.
+    kafka_ssl_ca_location: str = ""
+    kafka_ssl_certificate_location: str = ""  # client certificate (PEM), mutual TLS only
+    kafka_ssl_key_location: str = ""  # client private key (PEM), mutual TLS only
     # PostgreSQL: the event store, the read model, the registries
     pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
     redis_url: str = "redis://127.0.0.1:6379/0"  # the hot read model
@@ -73,6 +85,9 @@ class Settings:
     # The score-event relay and webhook dispatcher run in each worker (elected: one
     # publishes); 0 leaves them to `leadscore relay`, a process of their own.
     worker_relay: bool = True
+    # The ingress gate (streams/gate.py) in each worker: tenants' per-org topics
+    # (`leadscore orgs grant-producer`) forwarded to lead-events when the org matches.
+    worker_gate: bool = True
     # Hand each fetched message to the stream without Faust's four tasks per message when
     # nothing can block it (streams/consumer.py); false: Faust's own consumer loop.
     consumer_direct_delivery: bool = True
@@ -146,6 +161,27 @@ class Settings:
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
+
+    @property
+    def kafka(self) -> dict[str, str]:
+        """The connection part of a confluent-kafka (librdkafka) client's config: brokers
+        and security. Every producer, consumer and admin client starts from it."""
+        conf = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.upper().startswith("SASL"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password
+        for key, value in (
+            ("ssl.ca.location", self.kafka_ssl_ca_location),
+            ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+            ("ssl.key.location", self.kafka_ssl_key_location),
+        ):
+            if value:
+                conf[key] = value
+        return conf
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -73,6 +73,8 @@ class Reason(StrEnum):
     UNKNOWN_SCHEMA = "unknown_schema"  # names a schema id nobody registered
     INVALID = "invalid"  # decoded, but fails validation
     UNKNOWN_ORG = "unknown_org"  # valid, for an org that is not registered
+    # on a tenant's per-org topic (streams/gate.py), a lead-event of another org
+    ORG_NOT_ALLOWED = "org_not_allowed"
     FAILED = "failed"  # applying it raised (a poison event)
 
 
@@ -426,11 +428,13 @@ def parse_ref(text: str) -> tuple[int, int]:
         raise ValueError(f"not a DLQ offset: {text!r} (OFFSET or PARTITION:OFFSET)") from None
 
 
-def read_letters(bootstrap: str, topic: str, *, timeout: float = 15.0) -> list[StoredLetter]:
+def read_letters(
+    kafka: Mapping[str, str], topic: str, *, timeout: float = 15.0
+) -> list[StoredLetter]:
     """Every letter on the DLQ topic, up to the high watermarks seen at the start."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "group.id": f"{topic}.reader",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -39,6 +39,14 @@ for _outcome in ("received", "applied", "duplicate", "dead_lettered"):
     EVENTS.labels(_outcome)
 for _reason in Reason:
     DEAD_LETTERS.labels(str(_reason))
+GATE_MESSAGES = Counter(
+    "leadscore_gate_messages_total",
+    "Messages on tenants' per-org topics (streams/gate.py): forwarded to lead-events, "
+    "or the reason they were dead-lettered",
+    ["outcome"],
+)
+for _outcome in ("forwarded", *(str(r) for r in Reason)):
+    GATE_MESSAGES.labels(_outcome)
 SCORES_RECORDED = Counter("leadscore_scores_recorded_total", "LeadScored events stored")
 SCORE_EVENTS_PUBLISHED = Counter(
     "leadscore_score_events_published_total", "Score-events delivered to Kafka by the relay"

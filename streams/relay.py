@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -127,9 +128,9 @@ class Tracking:
         self.conn.close()
 
 
-def kafka_producer(bootstrap: str, **overrides: Any) -> Producer:
+def kafka_producer(kafka: Mapping[str, str], **overrides: Any) -> Producer:
     config = {
-        "bootstrap.servers": bootstrap,
+        **kafka,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, NoReturn
 import faust
 import structlog
 from faust.types import Message
+from faust.types.auth import CredentialsT
 
 from leadscore.bootstrap import Engine
 from leadscore.eventstore import DATABASE_UNAVAILABLE
@@ -38,6 +40,7 @@ from streams.dlq import (
     normalize_headers,
 )
 from streams.errors import classify
+from streams.gate import Gate
 from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer
 from streams.supervise import Supervisor, health, serve_metrics, supervise
@@ -65,12 +68,15 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     return worker
 
 
-def faust_app(group: str, bootstrap: str, datadir: str | Path, **settings: Any) -> faust.App:
+def faust_app(
+    group: str, kafka: Mapping[str, str], datadir: str | Path, **settings: Any
+) -> faust.App:
     """A Faust app on raw bytes as the worker runs one (the benchmarks' Faust peers and the
     consumer tests' probe too): no web server, no topic declaration, memory store."""
     return faust.App(
         group,
-        broker=f"kafka://{bootstrap}",
+        broker=[f"kafka://{b.strip()}" for b in kafka["bootstrap.servers"].split(",")],
+        broker_credentials=faust_credentials(kafka),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -83,13 +89,38 @@ def faust_app(group: str, bootstrap: str, datadir: str | Path, **settings: Any) 
     )
 
 
+def faust_credentials(kafka: Mapping[str, str]) -> CredentialsT | None:
+    """The librdkafka security settings of ``kafka`` (Settings.kafka) as Faust's, so the
+    Faust consumer authenticates as every other client of the engine does."""
+    protocol = kafka.get("security.protocol", "PLAINTEXT").upper()
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ValueError(f"unknown Kafka security protocol {protocol!r}")
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=kafka.get("ssl.ca.location") or None)
+        if kafka.get("ssl.certificate.location"):
+            context.load_cert_chain(
+                kafka["ssl.certificate.location"], kafka.get("ssl.key.location") or None
+            )
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka["sasl.username"],
+            password=kafka["sasl.password"],
+            mechanism=kafka.get("sasl.mechanism", "PLAIN"),
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> faust.App:
     """The worker's Faust app; ``executor`` is its one event-store thread (made here if
     not given; run_worker shares it with the decay timer)."""
     s = engine.settings
     app = faust_app(
         s.consumer_group,
-        s.kafka_bootstrap,
+        s.kafka,
         s.run_path / "faust",
         broker_max_poll_records=s.batch_size,
         stream_buffer_maxsize=4 * s.batch_size,
@@ -111,7 +142,7 @@ def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> fa
     if executor is None:
         executor = event_store_executor()
     dead_letters = DeadLetterSink(
-        kafka_producer(s.kafka_bootstrap),
+        kafka_producer(s.kafka),
         s.topic_dlq,
         payloads=PayloadStore(s.pg_dsn),
         max_inline_bytes=s.dlq_max_inline_bytes,
@@ -289,6 +320,8 @@ def run_worker(engine: Engine) -> None:
         tasks.append(supervise("projections", projections_work(s, names), stop))
     if s.decay_interval_s > 0:
         tasks.append(supervise("decay", decay_work(engine, executor), stop))
+    if s.worker_gate:
+        tasks.append(supervise("gate", gate_work(engine), stop))
     if s.metrics_port:
         serve_metrics(s.metrics_port, lambda: health(tasks, {"role": "worker"}))
     worker = faust_worker(app, s.log_level)
@@ -370,6 +403,31 @@ def dispatcher_work(
             dispatcher.use_tracing(tracing, s.pg_dsn)
         with dispatcher:
             dispatcher.run(stop)
+
+    return work
+
+
+def gate_work(engine: Engine) -> Callable[[threading.Event], None]:
+    """The ingress gate (streams/gate.py): tenants' per-org topics into lead-events; every
+    worker runs one, in a consumer group of their own that splits the partitions."""
+
+    def work(stop: threading.Event) -> None:
+        s = engine.settings
+        producer = kafka_producer(s.kafka)
+        gate = Gate(
+            s.kafka,
+            lead_events_topic=s.topic_lead_events,
+            group=f"{s.consumer_group}-gate",
+            catalog=engine.catalog,
+            producer=producer,
+            dead_letters=DeadLetterSink(
+                producer,
+                s.topic_dlq,
+                payloads=PayloadStore(s.pg_dsn),
+                max_inline_bytes=s.dlq_max_inline_bytes,
+            ),
+        )
+        gate.run(stop)
 
     return work
 

@@ -62,9 +62,7 @@ def settings(services: Settings) -> Iterator[Settings]:
         require_registered_org=False,
         clickhouse_dsn=f"chdb://{services.run_path}/test-chdb-{tag}",
     )
-    stack.ensure_topics(
-        s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], 3
-    )
+    stack.ensure_topics(s.kafka, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], 3)
     yield s
     stack.drop_database(services, dbname)
     _forget_redis_keys(s)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import signal
 import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import structlog
 
 from leadscore.services import process
 from leadscore.services.model import ServiceError, ServiceStatus
@@ -21,6 +24,8 @@ from leadscore.settings import Settings
 # see aio-libs/aiokafka#1085. Move to 4.x only once aiokafka supports it.
 KAFKA_VERSION = "3.9.1"
 NAME = "kafka"
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+log = structlog.get_logger(__name__)
 _FETCH_TIMEOUT = 900.0
 _READY_TIMEOUT = 120.0
 _STOP_TIMEOUT = 60.0
@@ -107,9 +112,23 @@ def start(settings: Settings, progress: Progress) -> int:
         with progress.step(f"fetching Kafka {KAFKA_VERSION} jars from Maven Central"):
             _fetch_libs(paths)
     _write_config(settings, paths)
-    if not (paths.data / "meta.properties").exists():
+    wanted = _credential_mark(settings)
+    formatted = (paths.data / "meta.properties").exists()
+    if formatted and _read_mark(paths) != wanted:
+        # The SCRAM credential is written into the metadata log when storage is
+        # formatted; a dev broker formatted before it (or with another password) starts
+        # over: its topics are scratch data, the event store is in PostgreSQL.
+        log.warning(
+            "Kafka storage has other credentials; formatting it again", data=str(paths.data)
+        )
+        shutil.rmtree(paths.data)
+        paths.data.mkdir(parents=True)
+        formatted = False
+    if not formatted:
         with progress.step("formatting Kafka storage (KRaft)"):
-            _format(paths)
+            _format(paths, _scram_args(settings))
+        _mark_path(paths).write_text(wanted)
+        _mark_path(paths).chmod(0o600)
     with progress.step("launching Kafka"):
         return process.spawn_detached(
             [
@@ -136,7 +155,7 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
         if not process.port_open(host, port):
             return False
         try:
-            round_trip(settings.kafka_bootstrap, timeout=10.0)
+            round_trip(settings.kafka, timeout=10.0)
         except ServiceError:
             return False
         return True
@@ -215,7 +234,38 @@ def _cluster_id(paths: Layout) -> str:
     return cluster_id
 
 
-def _format(paths: Layout) -> None:
+def _scram_args(settings: Settings) -> list[str]:
+    """StorageTool's --add-scram for the engine's principal, one per SCRAM mechanism."""
+    if _listener(settings) == "PLAINTEXT":
+        return []
+    args = []
+    for mech in SCRAM_MECHANISMS:
+        user = settings.kafka_sasl_username.replace('"', "")
+        password = settings.kafka_sasl_password.replace('"', '\\"')
+        args += ["--add-scram", f'{mech}=[name="{user}",password="{password}"]']
+    return args
+
+
+def _credential_mark(settings: Settings) -> str:
+    """What the storage was formatted with, without the password itself."""
+    if _listener(settings) == "PLAINTEXT":
+        return "plaintext\n"
+    digest = hashlib.sha256(settings.kafka_sasl_password.encode()).hexdigest()
+    return f"scram {settings.kafka_sasl_username} {digest}\n"
+
+
+def _mark_path(paths: Layout) -> Path:
+    return paths.root / "credentials.mark"
+
+
+def _read_mark(paths: Layout) -> str:
+    try:
+        return _mark_path(paths).read_text()
+    except OSError:
+        return ""
+
+
+def _format(paths: Layout, scram: list[str]) -> None:
     process.run_checked(
         [
             _java(),
@@ -225,6 +275,7 @@ def _format(paths: Layout) -> None:
             "-t", _cluster_id(paths),
             "-c", paths.server_properties,
             "--ignore-formatted",
+            *scram,
         ],
         what="kafka StorageTool format",
         cwd=paths.root,
@@ -232,19 +283,91 @@ def _format(paths: Layout) -> None:
     )  # fmt: skip
 
 
+def _listener(settings: Settings) -> str:
+    """The client listener's protocol: the engine's own setting, which the local broker
+    speaks (TLS is for a managed Kafka: README, "Kafka as a tenant boundary")."""
+    protocol = settings.kafka_security_protocol.upper()
+    if protocol not in ("PLAINTEXT", "SASL_PLAINTEXT"):
+        raise ServiceError(
+            f"the local Kafka speaks PLAINTEXT or SASL_PLAINTEXT, not {protocol}; "
+            "set LEADSCORE_KAFKA_SECURITY_PROTOCOL, or point LEADSCORE_KAFKA_BOOTSTRAP at "
+            "a broker that speaks it"
+        )
+    if protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism not in SCRAM_MECHANISMS:
+        raise ServiceError(
+            f"the local Kafka authenticates with {' or '.join(SCRAM_MECHANISMS)}, "
+            f"not {settings.kafka_sasl_mechanism}"
+        )
+    return protocol
+
+
+def _security(settings: Settings, listener: str) -> dict[str, str]:
+    """SASL/SCRAM on the client listener and ACLs (StandardAuthorizer): the engine's
+    principal is the super user; every other principal may do only what an ACL grants
+    (`leadscore orgs grant-producer`)."""
+    if listener == "PLAINTEXT":
+        return {}
+    name = listener.lower()
+    jaas = scram_jaas(settings.kafka_sasl_username, settings.kafka_sasl_password)
+    return {
+        "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+        "sasl.mechanism.inter.broker.protocol": settings.kafka_sasl_mechanism,
+        **{
+            f"listener.name.{name}.{mech.lower()}.sasl.jaas.config": jaas
+            for mech in SCRAM_MECHANISMS
+        },
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # ANONYMOUS: the broker's own requests to its controller, on the CONTROLLER
+        # listener (PLAINTEXT: KRaft controllers cannot take SCRAM), bound to loopback.
+        "super.users": f"User:{settings.kafka_sasl_username};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
+def scram_jaas(username: str, password: str) -> str:
+    """A Java client's (or the broker's) sasl.jaas.config for SCRAM."""
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f"username={quoted(username)} password={quoted(password)};"
+    )
+
+
+def java_client_properties(settings: Settings) -> dict[str, str]:
+    """Settings.kafka for Kafka's Java clients (its perf tools in the benchmarks)."""
+    props = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.upper().startswith("SASL"):
+        props["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        props["sasl.jaas.config"] = scram_jaas(
+            settings.kafka_sasl_username, settings.kafka_sasl_password
+        )
+    if settings.kafka_ssl_ca_location:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = settings.kafka_ssl_ca_location
+    return props
+
+
 def _write_config(settings: Settings, paths: Layout) -> None:
-    # Rewritten on every start so a changed port or run dir takes effect.
+    # Rewritten on every start so a changed port, run dir or password takes effect.
     host, port, controller = _ports(settings)
+    listener = _listener(settings)
     server = {
         "process.roles": "broker,controller",
         "node.id": "1",
         # A static quorum of one voter: the simplest KRaft setup that formats without --standalone.
         "controller.quorum.voters": f"1@{host}:{controller}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller}",
+        "advertised.listeners": f"{listener}://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": listener,
+        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        **_security(settings, listener),
         "log.dirs": str(paths.data),
         # One node: every replication factor and ISR must be 1 or internal topics never appear.
         "default.replication.factor": "1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,9 +25,26 @@ from leadscore.settings import Settings
 log = structlog.get_logger(__name__)
 
 HEALTH_TOPIC = "leadscore.healthcheck"
+# Tenants' producers write to <lead-events>.org.<org> (streams/gate.py, leadscore/kafka_access.py).
+ORG_TOPIC_INFIX = ".org."
 # Quiet librdkafka: while a broker boots its connection errors are expected and would
 # otherwise be printed on stderr; failures still surface as exceptions and timeouts here.
 _QUIET = {"log_level": 2}
+
+
+def org_topic(lead_events_topic: str, org_id: str) -> str:
+    """The topic the producers of ``org_id`` write to."""
+    return f"{lead_events_topic}{ORG_TOPIC_INFIX}{org_id}"
+
+
+def org_of_topic(lead_events_topic: str, topic: str) -> str | None:
+    prefix = lead_events_topic + ORG_TOPIC_INFIX
+    return topic[len(prefix) :] if topic.startswith(prefix) and len(topic) > len(prefix) else None
+
+
+def org_topic_pattern(lead_events_topic: str) -> str:
+    """librdkafka's regex subscription (a leading ``^``) for every org topic."""
+    return "^" + re.escape(lead_events_topic + ORG_TOPIC_INFIX).replace("\\-", "-") + ".+"
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -44,7 +62,7 @@ def ensure_engine_topics(settings: Settings, *, timeout: float = 60.0) -> None:
     """Create lead-events, score-events and the DLQ, and hold them to ``topic_configs``."""
     configs = topic_configs(settings)
     ensure_topics(
-        settings.kafka_bootstrap,
+        settings.kafka,
         list(configs),
         settings.topic_partitions,
         configs=configs,
@@ -53,7 +71,7 @@ def ensure_engine_topics(settings: Settings, *, timeout: float = 60.0) -> None:
 
 
 def ensure_topics(
-    bootstrap: str,
+    kafka: Mapping[str, str],
     names: list[str],
     partitions: int,
     *,
@@ -68,7 +86,7 @@ def ensure_topics(
     Existing topics keep their partition count, even another one: adding partitions
     would move keys to other partitions and break per-lead ordering.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, **_QUIET})
+    admin = AdminClient({**kafka, **_QUIET})
     deadline = time.monotonic() + timeout
     existing = _metadata(admin, deadline).topics
     missing = [name for name in names if name not in existing]
@@ -136,9 +154,9 @@ def _described(admin: AdminClient, name: str, entries: Mapping[str, str]) -> dic
     return {k: found.get(k, "") for k in entries}
 
 
-def topic_config(bootstrap: str, name: str) -> dict[str, str]:
+def topic_config(kafka: Mapping[str, str], name: str) -> dict[str, str]:
     """A topic's effective configuration, as the broker reports it."""
-    return _describe(AdminClient({"bootstrap.servers": bootstrap, **_QUIET}), name)
+    return _describe(AdminClient({**kafka, **_QUIET}), name)
 
 
 def _describe(admin: AdminClient, name: str) -> dict[str, str]:
@@ -173,24 +191,28 @@ def _without_leaders(metadata: ClusterMetadata, names: list[str]) -> list[str]:
     return pending
 
 
-def round_trip(bootstrap: str, topic: str = HEALTH_TOPIC, timeout: float = 30.0) -> float:
+def round_trip(kafka: Mapping[str, str], topic: str = HEALTH_TOPIC, timeout: float = 30.0) -> float:
     """Produce one record and read it back; return the seconds it took."""
     started = time.monotonic()
-    ensure_topics(bootstrap, [topic], 1, config={"retention.ms": "3600000"}, timeout=timeout)
+    ensure_topics(kafka, [topic], 1, config={"retention.ms": "3600000"}, timeout=timeout)
     token = uuid.uuid4().hex.encode()
     delivered: list[tuple[KafkaError | None, Message]] = []
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", **_QUIET})
+    producer = Producer({**kafka, "acks": "all", **_QUIET})
     producer.produce(
         topic, value=token, partition=0, on_delivery=lambda err, msg: delivered.append((err, msg))
     )
     if producer.flush(timeout) or not delivered:
-        raise ServiceError(f"Kafka at {bootstrap}: produce to {topic} not acknowledged")
+        raise ServiceError(
+            f"Kafka at {kafka['bootstrap.servers']}: produce to {topic} not acknowledged"
+        )
     err, msg = delivered[0]
     if err is not None:
-        raise ServiceError(f"Kafka at {bootstrap}: produce to {topic} failed: {err}")
+        raise ServiceError(
+            f"Kafka at {kafka['bootstrap.servers']}: produce to {topic} failed: {err}"
+        )
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka,
             "group.id": "leadscore-healthcheck",
             "enable.auto.commit": False,
             **_QUIET,
@@ -205,9 +227,13 @@ def round_trip(bootstrap: str, topic: str = HEALTH_TOPIC, timeout: float = 30.0)
             if record is None:
                 continue
             if record.error() is not None:
-                raise ServiceError(f"Kafka at {bootstrap}: consume failed: {record.error()}")
+                raise ServiceError(
+                    f"Kafka at {kafka['bootstrap.servers']}: consume failed: {record.error()}"
+                )
             if record.value() == token:
                 return time.monotonic() - started
     finally:
         consumer.close()
-    raise ServiceError(f"Kafka at {bootstrap}: produced record not read back in {timeout:.0f}s")
+    raise ServiceError(
+        f"Kafka at {kafka['bootstrap.servers']}: produced record not read back in {timeout:.0f}s"
+    )

@@ -91,7 +91,7 @@ def suite(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         metrics_port=free_port(),
     )
     stack.ensure_topics(
-        s.kafka_bootstrap, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], PARTITIONS
+        s.kafka, [s.topic_lead_events, s.topic_score_events, s.topic_dlq], PARTITIONS
     )
     asyncio.run(
         tenancy.with_connection(s.pg_dsn, lambda c: tenancy.ensure_orgs(c, [ORG, OTHER_ORG]))
@@ -139,9 +139,7 @@ def produce(s: Settings, values: list[bytes | None], partition: int, *, limit: i
         errors.append(err.name() if err is not None else "")
 
     # No compression: the broker's limit then applies to the bytes the case built.
-    producer = kafka_producer(
-        s.kafka_bootstrap, **{"message.max.bytes": limit, "compression.type": "none"}
-    )
+    producer = kafka_producer(s.kafka, **{"message.max.bytes": limit, "compression.type": "none"})
     for i, value in enumerate(values):
         producer.produce(
             s.topic_lead_events, key=f"k{i}".encode(), value=value, partition=partition,
@@ -280,7 +278,7 @@ def test_no_read_model_set_anything_aside_and_clickhouse_holds_every_good_event(
     # Validation matches every sink: nothing it accepted was refused by a read model.
     assert asyncio.run(quarantined()) == []
     # Every dead letter is on the DLQ with the reason the case expects.
-    letters = Counter(x.reason for x in read_letters(s.kafka_bootstrap, s.topic_dlq))
+    letters = Counter(x.reason for x in read_letters(s.kafka, s.topic_dlq))
     assert letters == suite.dead_letters
 
     # The worker holds the chDB directory: stop it, then read what it projected.

@@ -60,7 +60,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
     )
     huge = huge_created(encoder, 1_000_273)
     good = created(lead="after-huge")
-    producer = kafka_producer(s.kafka_bootstrap, **{"message.max.bytes": BROKER_LIMIT})
+    producer = kafka_producer(s.kafka, **{"message.max.bytes": BROKER_LIMIT})
     # Same key: the same partition, the good event right after the huge one.
     producer.produce(s.topic_lead_events, key=b"same", value=huge, headers=[("trace", b"t1")])
     producer.produce(s.topic_lead_events, key=b"same", value=encoder.encode(event_to_record(good)))
@@ -82,7 +82,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
         store.close()
         wait_until(lambda: committed(s) == 2, 60, "both messages to be committed")
         assert metric(s.metrics_port, "leadscore_dead_letters_published_total") == 1
-        (letter,) = read_letters(s.kafka_bootstrap, s.topic_dlq)
+        (letter,) = read_letters(s.kafka, s.topic_dlq)
         digest = hashlib.sha256(huge).hexdigest()
         assert letter.reason == "invalid"
         assert letter.value is None
@@ -112,9 +112,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
     finally:
         get_settings.cache_clear()
     # The replay put the original bytes back on lead-events, after the two first messages.
-    consumer = Consumer(
-        {"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.consumer_group}-check"}
-    )
+    consumer = Consumer({**s.kafka, "group.id": f"{s.consumer_group}-check"})
     try:
         part = read_letters_partition(s, consumer)
         consumer.assign([TopicPartition(s.topic_lead_events, part, 2)])
@@ -130,7 +128,11 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
 
 def committed(s: Settings) -> int:
     """The consumer group's committed offsets on lead-events, summed over partitions."""
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **s.kafka,
+        }
+    )
     req = ConsumerGroupTopicPartitions(s.consumer_group)
     found = admin.list_consumer_group_offsets([req])[s.consumer_group].result()
     return sum(max(tp.offset, 0) for tp in found.topic_partitions)

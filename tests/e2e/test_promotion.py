@@ -54,7 +54,7 @@ def test_a_promotion_under_load_switches_versions_once_and_loses_nothing(
         sent: list[int] = []
 
         def load() -> None:
-            producer = kafka_producer(s.kafka_bootstrap)
+            producer = kafka_producer(s.kafka)
             for i in range(0, len(workload), 100):
                 report = produce_events(
                     producer, s.topic_lead_events, encoder, workload[i : i + 100]

@@ -35,9 +35,7 @@ def test_a_relay_process_publishes_what_a_relayless_worker_stores(
     encoder = AvroTopic(
         SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
     )
-    report = produce_events(
-        kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
-    )
+    report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload)
     worker = start(s, tmp_path / "worker.log")
     relay = None

@@ -39,7 +39,11 @@ pytestmark = pytest.mark.e2e
 
 
 def reset_offsets(settings: Settings) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **settings.kafka,
+        }
+    )
     parts = [
         TopicPartition(settings.topic_lead_events, p, 0) for p in range(settings.topic_partitions)
     ]
@@ -56,9 +60,7 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     encoder = AvroTopic(
         SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
     )
-    report = produce_events(
-        kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
-    )
+    report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload) and report.failed == 0
     bad = produce_bad_messages(s, encoder)
     total = len(workload) + len(bad)
@@ -81,7 +83,7 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
 
         # The bad messages are in the DLQ byte for byte, and every message is accounted for.
         assert_counted(s.metrics_port, total, dead_lettered=len(bad))
-        letters = read_letters(s.kafka_bootstrap, s.topic_dlq)
+        letters = read_letters(s.kafka, s.topic_dlq)
         assert sorted((x.key, x.value) for x in letters) == sorted(bad)
         assert {x.reason for x in letters} == {"undecodable", "unknown_schema", "invalid"}
         assert all(x.header("dlq.source_topic") == s.topic_lead_events for x in letters)
@@ -158,7 +160,7 @@ def produce_bad_messages(s: Settings, encoder: AvroTopic) -> list[tuple[bytes, b
         (b"bad-schema", b"\x00\x7f\xff\xff\xf0" + valid[5:]),
         (b"bad-future", encoder.encode(event_to_record(future))),
     ]
-    producer = kafka_producer(s.kafka_bootstrap)
+    producer = kafka_producer(s.kafka)
     for key, value in bad:
         producer.produce(s.topic_lead_events, key=key, value=value)
     assert producer.flush(30) == 0

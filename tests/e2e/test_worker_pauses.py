@@ -30,7 +30,11 @@ pytestmark = pytest.mark.e2e
 
 
 def committed(s: Settings) -> int:
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **s.kafka,
+        }
+    )
     req = ConsumerGroupTopicPartitions(s.consumer_group)
     found = admin.list_consumer_group_offsets([req])[s.consumer_group].result()
     return sum(max(tp.offset, 0) for tp in found.topic_partitions)
@@ -73,7 +77,7 @@ def test_a_read_only_database_pauses_the_worker_without_dead_letters(
     encoder = AvroTopic(
         SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
     )
-    producer = kafka_producer(s.kafka_bootstrap)
+    producer = kafka_producer(s.kafka)
 
     def send(tag: str, n: int) -> list[tuple[object, str]]:
         events = [created(lead=f"{tag}-{i}") for i in range(n)]
@@ -118,7 +122,7 @@ def test_a_read_only_database_pauses_the_worker_without_dead_letters(
             read_only(s, False)
         wait_until(lambda: stored(s, second), 90, "the paused events")
         wait_until(lambda: committed(s) == 30, 60, "every offset")
-        assert read_letters(s.kafka_bootstrap, s.topic_dlq) == []
+        assert read_letters(s.kafka, s.topic_dlq) == []
         wait_until(lambda: health(s.metrics_port)["ready"], 60, "every task to be up again")
     finally:
         stop_worker(worker)

@@ -47,9 +47,7 @@ def produce(s: Settings) -> list[Any]:
     encoder = AvroTopic(
         SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
     )
-    report = produce_events(
-        kafka_producer(s.kafka_bootstrap), s.topic_lead_events, encoder, workload
-    )
+    report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload) and report.failed == 0
     return workload
 

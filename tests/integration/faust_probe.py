@@ -1,10 +1,11 @@
 """A Faust agent on streams.consumer's transport that records what it is given.
 
 Run by tests/integration/test_consumer.py as ``python -m tests.integration.faust_probe
-BOOTSTRAP TOPIC GROUP OUT_DIR``. The agent's first batch sleeps, so the stream's small
-buffer fills and later deliveries take the guarded path. Every event is appended to
-OUT_DIR/seen.jsonl as partition, offset and value; OUT_DIR/deliveries.json holds the
-consumer's counts of direct and guarded deliveries, rewritten after every batch.
+TOPIC GROUP OUT_DIR``, the broker and its credentials in the LEADSCORE_* environment.
+The agent's first batch sleeps, so the stream's small buffer fills and later deliveries
+take the guarded path. Every event is appended to OUT_DIR/seen.jsonl as partition,
+offset and value; OUT_DIR/deliveries.json holds the consumer's counts of direct and
+guarded deliveries, rewritten after every batch.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from pathlib import Path
 
 import faust
 
+from leadscore.settings import Settings
 from streams.consumer import use_direct_delivery
 from streams.worker import faust_app, faust_worker
 
 BUFFER = 40  # the stream's buffer: small, so a sleeping agent fills it
 
 
-def main(bootstrap: str, topic_name: str, group: str, out_dir: str) -> None:
+def main(topic_name: str, group: str, out_dir: str) -> None:
     out = Path(out_dir)
     app = faust_app(
         group,
-        bootstrap,
+        Settings.from_env().kafka,
         out / "faust",
         broker_max_poll_records=100,
         stream_buffer_maxsize=BUFFER,
@@ -55,4 +57,4 @@ def main(bootstrap: str, topic_name: str, group: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:4])

@@ -25,7 +25,7 @@ def test_faust_take_peer_times_a_workload_its_first_batch_holds(
     try:
         rate, cpu_us = pipeline.run_faust_take(services, wl, direct=direct)
     finally:
-        stack.delete_topics(services.kafka_bootstrap, [wl.topic])
+        stack.delete_topics(services.kafka, [wl.topic])
     assert rate > 0 and math.isfinite(rate), rate
     assert cpu_us >= 0 and math.isfinite(cpu_us), cpu_us
 

@@ -57,7 +57,7 @@ def test_profiled_run_samples_the_event_store_thread(services: Settings, tmp_pat
     try:
         run = pipeline.run_ours(small_batches, wl, workers=1, profile_to=tmp_path / "spy.txt")
     finally:
-        stack.delete_topics(services.kafka_bootstrap, [wl.topic])
+        stack.delete_topics(services.kafka, [wl.topic])
     p = profiling.parse(run.profile)
     assert p.samples > 0, run.profile
     assert sum(p.critical.values()) > 0, dict(p.threads)  # the event-store thread was seen

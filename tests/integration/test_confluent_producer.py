@@ -44,7 +44,7 @@ def produce(settings: Settings, schema_file: str, records: list[dict[str, Any]])
     with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
         serialize = AvroSerializer(registry, (SCHEMAS / schema_file).read_text())
         key = StringSerializer("utf_8")
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+        producer = Producer({**settings.kafka, "acks": "all"})
         topic = settings.topic_lead_events
         for record in records:
             producer.produce(
@@ -58,7 +58,7 @@ def produce(settings: Settings, schema_file: str, records: list[dict[str, Any]])
 def consume(settings: Settings, expected: int, timeout: float = 30) -> list[bytes]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka,
             "group.id": settings.consumer_group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -167,7 +167,7 @@ def test_v3_attributes_reach_the_lead_from_confluent_and_our_own_producer(
         )
     ]
     encoder = lead_event_encoder(engine.catalog, settings.topic_lead_events)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    producer = Producer({**settings.kafka, "acks": "all"})
     report = produce_events(producer, settings.topic_lead_events, encoder, ours)
     assert (report.sent, report.failed) == (1, 0)
     with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:

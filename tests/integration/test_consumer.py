@@ -16,7 +16,7 @@ import faust
 from confluent_kafka import Producer
 from faust.transport.consumer import Consumer as FaustConsumer
 
-from leadscore.settings import Settings
+from leadscore.settings import Settings, settings_env
 from streams.consumer import Consumer, ConsumerThread, Transport, use_direct_delivery
 from streams.worker import faust_app
 
@@ -44,19 +44,26 @@ def test_a_slow_agent_gets_every_message_once_in_order_by_both_paths(
     settings: Settings, tmp_path: Path
 ) -> None:
     n = 600
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer(
+        {
+            **settings.kafka,
+        }
+    )
     for i in range(n):
         producer.produce(settings.topic_lead_events, key=f"k{i % 17}", value=str(i))
     assert producer.flush(30) == 0
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
     with (tmp_path / "probe.log").open("wb") as log:
         probe = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "tests.integration.faust_probe",
-                settings.kafka_bootstrap,
                 settings.topic_lead_events,
                 settings.consumer_group,
                 str(tmp_path),
@@ -95,7 +102,7 @@ async def test_the_kafka_consumer_fetches_with_the_transports_settings(
 ) -> None:
     """Faust passes aiokafka no fetch_min_bytes; ours does, to the fetcher of a consumer
     started on the test broker."""
-    app = faust_app("probe-fetch", services.kafka_bootstrap, tmp_path)
+    app = faust_app("probe-fetch", services.kafka, tmp_path)
     use_direct_delivery(app, fetch_min_bytes=4096, fetch_max_wait_ms=7)
     thread = app.consumer._thread
     assert isinstance(thread, ConsumerThread)
@@ -107,7 +114,7 @@ async def test_the_kafka_consumer_fetches_with_the_transports_settings(
     finally:
         await kafka.stop()
         thread.thread_loop.close()
-    default = faust_app("probe-fetch-default", services.kafka_bootstrap, tmp_path)
+    default = faust_app("probe-fetch-default", services.kafka, tmp_path)
     use_direct_delivery(default)
     assert (default.transport.fetch_min_bytes, default.transport.fetch_max_wait_ms) == (1, 1500)
     default.consumer._thread.thread_loop.close()

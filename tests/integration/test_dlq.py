@@ -69,7 +69,7 @@ class Source:
     def __init__(self, settings: Settings) -> None:
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **settings.kafka,
                 "group.id": f"{settings.consumer_group}-dlq-test",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
@@ -103,7 +103,7 @@ class Source:
 
 
 def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = kafka_producer(settings.kafka_bootstrap)
+    producer = kafka_producer(settings.kafka)
     for key, value in messages:
         producer.produce(
             settings.topic_lead_events,
@@ -149,7 +149,7 @@ def test_bad_messages_go_to_the_dlq_with_their_bytes_and_come_back_by_replay(
     before = {o: metric(o) for o in ("received", "applied", "duplicate", "dead_lettered")}
     source = Source(settings)
     sink = DeadLetterSink(
-        kafka_producer(settings.kafka_bootstrap),
+        kafka_producer(settings.kafka),
         settings.topic_dlq,
         payloads=PayloadStore(settings.pg_dsn),
     )
@@ -167,7 +167,7 @@ def test_bad_messages_go_to_the_dlq_with_their_bytes_and_come_back_by_replay(
         assert delta["dead_lettered"] == 5
 
         # The DLQ holds the original key, value and headers, and says why and whence.
-        letters = read_letters(settings.kafka_bootstrap, settings.topic_dlq)
+        letters = read_letters(settings.kafka, settings.topic_dlq)
         by_key = {x.key: x for x in letters}
         assert set(by_key) == set(bad)
         origin = {m.key: m for m in batch}
@@ -224,7 +224,7 @@ def test_bad_messages_go_to_the_dlq_with_their_bytes_and_come_back_by_replay(
         assert replay_all.exit_code == 0 and "replayed 4" in replay_all.output
         stats = run_batch(engine.processor, sink, source.take(4))
         assert stats.dead_lettered == 4
-        after = read_letters(settings.kafka_bootstrap, settings.topic_dlq)
+        after = read_letters(settings.kafka, settings.topic_dlq)
         assert len(after) == 9
         for x in after[5:]:
             first = by_key[x.key]
@@ -277,7 +277,7 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_stored(
 ) -> None:
     engine = bootstrap(settings, scorer=PoisonScorer())
     sink = DeadLetterSink(
-        kafka_producer(settings.kafka_bootstrap),
+        kafka_producer(settings.kafka),
         settings.topic_dlq,
         payloads=PayloadStore(settings.pg_dsn),
     )
@@ -293,7 +293,7 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_stored(
         assert (stats.received, stats.applied, stats.failed, stats.dead_lettered) == (7, 6, 1, 1)
         (letter,) = stats.dead_letters
         assert letter.message is batch[-1] and letter.error_class == "RuntimeError"
-        (stored,) = read_letters(settings.kafka_bootstrap, settings.topic_dlq)
+        (stored,) = read_letters(settings.kafka, settings.topic_dlq)
         assert (stored.reason, stored.value, stored.header(SOURCE_OFFSET)) == (
             "failed",
             batch[-1].value,

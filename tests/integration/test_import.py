@@ -54,7 +54,7 @@ def _leadscore(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
 def _consume(settings: Settings, expected: int, timeout: float = 60) -> list[bytes]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka,
             "group.id": settings.consumer_group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

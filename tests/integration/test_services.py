@@ -40,7 +40,11 @@ def stack() -> Settings:
 def topic(stack: Settings) -> Iterator[str]:
     name = f"test-services-{uuid.uuid4().hex[:12]}"
     yield name
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **stack.kafka,
+        }
+    )
     for future in admin.delete_topics([name], operation_timeout=10).values():
         future.result()
 
@@ -82,7 +86,13 @@ def test_status_command_prints_a_table(stack: Settings) -> None:
 
 def test_engine_topics_exist(stack: Settings) -> None:
     topics = (
-        AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics
+        AdminClient(
+            {
+                **stack.kafka,
+            }
+        )
+        .list_topics(timeout=10)
+        .topics
     )
     for name in (stack.topic_lead_events, stack.topic_score_events, stack.topic_dlq):
         assert name in topics
@@ -90,25 +100,29 @@ def test_engine_topics_exist(stack: Settings) -> None:
 
 
 def test_ensure_topics_creates_partitions_and_is_idempotent(stack: Settings, topic: str) -> None:
-    services.ensure_topics(stack.kafka_bootstrap, [topic], 3)
-    services.ensure_topics(stack.kafka_bootstrap, [topic], 3)
-    metadata = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10)
+    services.ensure_topics(stack.kafka, [topic], 3)
+    services.ensure_topics(stack.kafka, [topic], 3)
+    metadata = AdminClient(
+        {
+            **stack.kafka,
+        }
+    ).list_topics(timeout=10)
     partitions = metadata.topics[topic].partitions
     assert sorted(partitions) == [0, 1, 2]
     assert all(p.leader >= 0 for p in partitions.values())
 
 
 def test_produce_consume_round_trip(stack: Settings, topic: str) -> None:
-    services.ensure_topics(stack.kafka_bootstrap, [topic], 2)
+    services.ensure_topics(stack.kafka, [topic], 2)
     sent = {f"lead-{i}".encode(): f"event-{i}".encode() for i in range(20)}
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    producer = Producer({**stack.kafka, "acks": "all"})
     for key, value in sent.items():
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
 
     consumer = Consumer(
         {
-            "bootstrap.servers": stack.kafka_bootstrap,
+            **stack.kafka,
             "group.id": f"{topic}-group",
             "auto.offset.reset": "earliest",
         }
@@ -126,7 +140,7 @@ def test_produce_consume_round_trip(stack: Settings, topic: str) -> None:
     finally:
         consumer.close()
     assert received == sent
-    assert services.round_trip(stack.kafka_bootstrap) < 30
+    assert services.round_trip(stack.kafka) < 30
 
 
 def test_ensure_database_gives_an_isolated_usable_database(stack: Settings) -> None:

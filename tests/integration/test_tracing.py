@@ -41,7 +41,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 def produce(settings: Settings, engine: Engine, events: list, headers: list) -> None:  # type: ignore[type-arg]
     enc = AvroTopic(engine.catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
-    producer = kafka_producer(settings.kafka_bootstrap)
+    producer = kafka_producer(settings.kafka)
     for ev, head in zip(events, headers, strict=True):
         producer.produce(
             settings.topic_lead_events,
@@ -56,7 +56,7 @@ def consume(settings: Settings, topic: str, expected: int, group: str) -> list[R
     """Messages as the worker sees them: value, key, headers, partition, offset."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka,
             "group.id": f"{settings.consumer_group}-{group}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

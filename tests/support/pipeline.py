@@ -44,7 +44,7 @@ def consume_all(
 ) -> list[tuple[bytes, bytes]]:
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka,
             "group.id": f"{settings.consumer_group}-reader",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

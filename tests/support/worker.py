@@ -52,12 +52,16 @@ def wait_for_events(port: int, outcome: str, count: int, timeout: float, what: s
 
 
 def committed_all(settings: Settings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(
+        {
+            **settings.kafka,
+        }
+    )
     req = ConsumerGroupTopicPartitions(settings.consumer_group)
     committed = admin.list_consumer_group_offsets([req])[settings.consumer_group].result()
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "watermarks"})
+    c = Consumer({**settings.kafka, "group.id": "watermarks"})
     try:
         for tp in committed.topic_partitions:
             _lo, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=5)
