@@ -175,6 +175,13 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
                 _provision(_admin_dsn(settings), t)
             except psycopg.Error as exc:
                 raise ServiceError(f"could not create {t.user}@{t.dbname}: {exc}") from exc
+        api = target(settings.api_dsn)
+        if api.user != t.user and (api.host, api.port) == (t.host, t.port):
+            with progress.step(f"query API role {api.user}"):
+                try:
+                    _provision_login(_admin_dsn(settings), api)
+                except psycopg.Error as exc:
+                    raise ServiceError(f"could not create role {api.user}: {exc}") from exc
     with progress.step(f"PostgreSQL SELECT 1 as {t.user}@{t.dbname}"):
         try:
             with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:
@@ -278,6 +285,20 @@ def _provision(admin_dsn: str, t: Target) -> None:
             is None
         ):
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+
+
+def _provision_login(admin_dsn: str, t: Target) -> None:
+    """A role that may log in with its password and nothing more (the query API's): what
+    it may read and write, the tables' owner grants (query_api/db_role.py)."""
+    role = sql.Identifier(t.user)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [t.user]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                role, sql.Literal(t.password)
+            )
+        )
 
 
 def _service_user() -> str | None:

@@ -11,8 +11,8 @@ from types import ModuleType
 from rich.console import Console
 
 from leadscore.services import kafka, postgres, redis, registry
-from leadscore.services.private import ensure_run_dir, private_umask
 from leadscore.services.model import STOPPED, ServiceError, ServiceStatus
+from leadscore.services.private import ensure_run_dir, private_umask
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
