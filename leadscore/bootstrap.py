@@ -8,7 +8,7 @@ from pathlib import Path
 from domain.scoring import Models, Scorer
 from leadscore.eventstore import LeadStore, open_store
 from leadscore.rulebook import RuleBook
-from leadscore.settings import Settings
+from leadscore.settings import Settings, check_secrets
 from streams.processor import BatchProcessor, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, SCORE_EVENT_SCHEMA, AvroTopic, SchemaCatalog
@@ -43,6 +43,7 @@ class Engine:
 
 def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     """The engine. Models come from the registry, unless a ``scorer`` (tests) is given."""
+    check_secrets(settings)  # outside dev, no secret may be empty or at its dev default
     store = open_store(
         settings.pg_dsn,
         cache_size=settings.aggregate_cache_size,

@@ -32,7 +32,7 @@ from leadscore.cli_webhooks import app as webhooks_app
 from leadscore.logs import configure_logging
 from leadscore.registry.cli import registry
 from leadscore.services.cli import app as services_app
-from leadscore.settings import get_settings
+from leadscore.settings import InsecureSettingsError, check_secrets, get_settings
 
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
@@ -52,6 +52,11 @@ console = Console() if sys.stdout.isatty() else Console(width=120)
 def _setup() -> None:
     s = get_settings()
     configure_logging(s.log_format, s.log_level)
+    try:
+        check_secrets(s)  # every command: outside dev, no secret at its dev default
+    except InsecureSettingsError as exc:
+        Console(stderr=True).print(f"[red bold]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 @app.command()

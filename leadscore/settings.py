@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 PREFIX = "LEADSCORE_"
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,8 +18,20 @@ def _default_run_dir() -> str:
     return str(ROOT / ".run")
 
 
+DEV, PRODUCTION = "dev", "production"
+ENVIRONMENTS = (DEV, PRODUCTION)
+# The query API's role when LEADSCORE_API_PG_DSN is empty (dev; `leadscore services up`
+# creates it): pg_dsn's server and database, this role, this password.
+DEV_API_ROLE = "leadscore_api"
+DEV_API_PASSWORD = "leadscore_api"
+
+
 @dataclass(frozen=True)
 class Settings:
+    # dev or production. In production the engine refuses to start while a secret
+    # setting (SECRETS, at the end of this file) is empty or at its dev default
+    # (README, "Security defaults").
+    environment: str = DEV
     kafka_bootstrap: str = "127.0.0.1:9092"  # Kafka brokers, host:port[,host:port]
     # How every Kafka client of the engine (workers, relay, tools; Faust too) authenticates
     # (README, "Kafka as a tenant boundary"): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
@@ -30,8 +45,12 @@ class Settings:
     kafka_ssl_ca_location: str = ""
     kafka_ssl_certificate_location: str = ""  # client certificate (PEM), mutual TLS only
     kafka_ssl_key_location: str = ""  # client private key (PEM), mutual TLS only
-    # PostgreSQL: the event store, the read model, the registries
+    # PostgreSQL: the event store, the read model, the registries (the tables' owner)
     pg_dsn: str = "postgresql://leadscore:leadscore@127.0.0.1:5432/leadscore"
+    # The query API's own role: it reads the tables and writes only what the API must
+    # (query_api/db_role.py grants exactly that). Empty: pg_dsn's server and database
+    # as role leadscore_api, password leadscore_api (dev; `services up` makes the role).
+    api_pg_dsn: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"  # the hot read model
     redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
     schema_registry_url: str = "http://127.0.0.1:8081"  # Confluent Schema Registry API
@@ -163,6 +182,13 @@ class Settings:
         return Path(self.run_dir)
 
     @property
+    def api_dsn(self) -> str:
+        """The query API's DSN: ``api_pg_dsn``, or the dev role on pg_dsn's database."""
+        if self.api_pg_dsn:
+            return self.api_pg_dsn
+        return dsn_with_role(self.pg_dsn, DEV_API_ROLE, DEV_API_PASSWORD)
+
+    @property
     def kafka(self) -> dict[str, str]:
         """The connection part of a confluent-kafka (librdkafka) client's config: brokers
         and security. Every producer, consumer and admin client starts from it."""
@@ -193,6 +219,90 @@ class Settings:
                 continue
             values[f.name] = _parse(raw, f.type)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def dsn_with_role(dsn: str, user: str, password: str) -> str:
+    """The same server and database as another role (a URL stays a URL: asyncpg needs one)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(dsn)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}{port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    # key=value form: libpq takes the last value of a repeated keyword.
+    return f"{dsn} user='{_conninfo_quote(user)}' password='{_conninfo_quote(password)}'"
+
+
+def _conninfo_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def dsn_password(dsn: str) -> str:
+    """The password a DSN carries ('' if none); URL or key=value form."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return unquote(urlsplit(dsn).password or "")
+    found = ""
+    for m in re.finditer(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn):
+        value = m.group(1)
+        found = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith("'") else value
+    return found
+
+
+class InsecureSettingsError(ValueError):
+    """Outside dev, a secret setting is empty or at its dev default."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A setting that holds a secret, and how to read the secret out of the settings."""
+
+    setting: str
+    value: Callable[[Settings], str]
+    # Whether the secret is used at all with these settings (e.g. SASL is on).
+    applies: Callable[[Settings], bool] = lambda _s: True
+
+
+# Every secret the engine holds. Outside dev, each that applies must be set, and not to
+# its dev default: add a secret setting here when you add one.
+SECRETS: list[Secret] = [
+    Secret("pg_dsn", lambda s: dsn_password(s.pg_dsn)),
+    Secret("api_pg_dsn", lambda s: dsn_password(s.api_dsn)),
+    Secret("webhook_secret_key", lambda s: s.webhook_secret_key),
+    Secret(
+        "kafka_sasl_password",
+        lambda s: s.kafka_sasl_password,
+        lambda s: s.kafka_security_protocol.upper().startswith("SASL"),
+    ),
+]
+
+
+def insecure_secrets(settings: Settings) -> list[str]:
+    """The secret settings that are empty or keep their dev default (any environment)."""
+    dev = Settings()
+    return [
+        secret.setting
+        for secret in SECRETS
+        if secret.applies(settings) and secret.value(settings) in ("", secret.value(dev))
+    ]
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse to run outside dev with a dev-default or empty secret; name each one."""
+    if settings.environment not in ENVIRONMENTS:
+        raise InsecureSettingsError(
+            f"{PREFIX}ENVIRONMENT is {settings.environment!r}; expected one of {ENVIRONMENTS}"
+        )
+    if settings.environment == DEV:
+        return
+    bad = insecure_secrets(settings)
+    if bad:
+        names = ", ".join(PREFIX + name.upper() for name in bad)
+        raise InsecureSettingsError(
+            f"{PREFIX}ENVIRONMENT={settings.environment} refuses secrets that are empty or "
+            f"at their dev default; set {names} from the environment"
+        )
 
 
 def _parse(raw: str, type_: object) -> object:

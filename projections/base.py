@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS projection_status (
 """
 
 
+async def ensure_status_table(pool: asyncpg.Pool) -> None:
+    # Only when missing: even CREATE ... IF NOT EXISTS needs CREATE on the schema, which
+    # the query API's role (it runs the ClickHouse projection) does not have.
+    if await pool.fetchval("SELECT to_regclass('projection_status') IS NULL"):
+        await pool.execute(STATUS_DDL)
+
+
 class ProjectionBusyError(RuntimeError):
     """Another process holds the projection (it is running there)."""
 
@@ -254,7 +261,7 @@ class ProjectionRunner:
         # For `leadscore projections status`; the projection's own store holds
         # the authoritative position.
         if not self._status_ready:
-            await self.pool.execute(STATUS_DDL)
+            await ensure_status_table(self.pool)
             self._status_ready = True
         await self.pool.execute(
             "INSERT INTO projection_status (name, position, updated_at) VALUES ($1, $2, now()) "

@@ -91,7 +91,10 @@ def describe(exc: BaseException) -> str:
 
 
 async def ensure_schema(pool: asyncpg.Pool) -> None:
-    await pool.execute(DDL)
+    # Only when missing: even CREATE ... IF NOT EXISTS needs CREATE on the schema, which
+    # the query API's role (it runs the ClickHouse projection) does not have.
+    if await pool.fetchval("SELECT to_regclass('projection_quarantine') IS NULL"):
+        await pool.execute(DDL)
 
 
 async def add(pool: asyncpg.Pool, projection: str, entry: LogEntry, exc: BaseException) -> None:

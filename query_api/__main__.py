@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from leadscore.logs import configure_logging
-from leadscore.settings import get_settings
+from leadscore.settings import InsecureSettingsError, check_secrets, get_settings
 from query_api.server import serve
 
 if __name__ == "__main__":
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
+    try:
+        check_secrets(settings)
+    except InsecureSettingsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     serve(settings)

@@ -17,12 +17,11 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from leadscore import tenancy
 from leadscore.settings import Settings
 from projections.analytics import Analytics
 from projections.clickhouse import ClickHouseProjection
-from projections.postgres import PostgresProjection
 from projections.runner import embedded_clickhouse
+from query_api import db_role
 from query_api.clickhouse import AnalyticsCache, ClickHouse
 from query_api.hotcache import ReadCache, following
 from query_api.projection_task import ProjectionTask, start_projection
@@ -61,14 +60,13 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
     async with contextlib.AsyncExitStack() as stack:
         # The projection holds one connection for its election lock; the rest serve requests.
         # A query that takes longer than this is answered 503, never left hanging.
+        # The tables' owner makes what the API needs and grants the API's role; requests
+        # are then served as that role, which cannot change what it only reads.
+        await db_role.prepare(settings)
         pool = await asyncpg.create_pool(
-            settings.pg_dsn, min_size=2, max_size=12, command_timeout=QUERY_TIMEOUT
+            settings.api_dsn, min_size=2, max_size=12, command_timeout=QUERY_TIMEOUT
         )
         stack.push_async_callback(pool.close)
-        await tenancy.ensure_schema(pool)
-        # An API started before any worker answers "no leads" instead of failing:
-        # create the PostgreSQL read model's (empty) tables if no projection has yet.
-        await PostgresProjection(pool).setup()
         client = aioredis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2
         )
@@ -94,7 +92,7 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
         hot = await stack.enter_async_context(
             following(
                 ReadCache(settings.api_cache_size, float(settings.api_cache_ttl_s)),
-                settings.pg_dsn,
+                settings.api_dsn,
                 settings.redis_url,
                 settings.redis_prefix,
             )

@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from leadscore.services import process
 from leadscore.services.model import ServiceError, ServiceStatus
+from leadscore.services.private import SYSTEM_UMASK
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
@@ -136,9 +137,8 @@ def start(settings: Settings, progress: Progress) -> int:
                 [
                     bindir / "initdb", "-D", paths.data, "-U", SUPERUSER,
                     "--encoding=UTF8", "--locale=C.UTF-8",
-                    # Local dev stack: the unix socket lives in our run dir and trusts its
-                    # users; TCP on loopback still checks the role's password.
-                    "--auth-local=trust", "--auth-host=scram-sha-256",
+                    # Never trust: _write_auth replaces these lines before the first start.
+                    "--auth-local=peer", "--auth-host=scram-sha-256",
                 ],
                 what="initdb",
                 cwd=paths.home,
@@ -146,6 +146,7 @@ def start(settings: Settings, progress: Progress) -> int:
                 timeout=120.0,
             )  # fmt: skip
     _write_config(settings, paths, user)
+    _write_auth(paths, user)
     with progress.step("launching PostgreSQL"):
         return process.spawn_detached(
             [bindir / "postgres", "-D", paths.data],
@@ -165,11 +166,22 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
             process.wait_ready(
                 "PostgreSQL", lambda: _ping(_admin_dsn(settings)), _READY_TIMEOUT, pid, [paths.log]
             )
+        if _write_auth(paths, _service_user()):
+            # A cluster an older version initialised (socket: trust), running since.
+            with progress.step("PostgreSQL socket auth: peer for postgres, else scram"):
+                _reload(_admin_dsn(settings))
         with progress.step(f"role {t.user} and database {t.dbname}"):
             try:
                 _provision(_admin_dsn(settings), t)
             except psycopg.Error as exc:
                 raise ServiceError(f"could not create {t.user}@{t.dbname}: {exc}") from exc
+        api = target(settings.api_dsn)
+        if api.user != t.user and (api.host, api.port) == (t.host, t.port):
+            with progress.step(f"query API role {api.user}"):
+                try:
+                    _provision_login(_admin_dsn(settings), api)
+                except psycopg.Error as exc:
+                    raise ServiceError(f"could not create role {api.user}: {exc}") from exc
     with progress.step(f"PostgreSQL SELECT 1 as {t.user}@{t.dbname}"):
         try:
             with psycopg.connect(settings.pg_dsn, connect_timeout=10) as conn:
@@ -252,6 +264,11 @@ def _ping(dsn: str) -> bool:
     return True
 
 
+def _reload(admin_dsn: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+
+
 def _provision(admin_dsn: str, t: Target) -> None:
     role, db = sql.Identifier(t.user), sql.Identifier(t.dbname)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -268,6 +285,20 @@ def _provision(admin_dsn: str, t: Target) -> None:
             is None
         ):
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+
+
+def _provision_login(admin_dsn: str, t: Target) -> None:
+    """A role that may log in with its password and nothing more (the query API's): what
+    it may read and write, the tables' owner grants (query_api/db_role.py)."""
+    role = sql.Identifier(t.user)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [t.user]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} LOGIN NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                role, sql.Literal(t.password)
+            )
+        )
 
 
 def _service_user() -> str | None:
@@ -323,12 +354,15 @@ def _bindir(progress: Progress) -> Path:
             "PostgreSQL server binaries not found; install PostgreSQL (initdb, postgres)"
         )
     with progress.step("apt-get install postgresql"):
-        process.run_checked(["apt-get", "update"], what="apt-get update", timeout=600.0)
+        process.run_checked(
+            ["apt-get", "update"], what="apt-get update", timeout=600.0, umask=SYSTEM_UMASK
+        )
         process.run_checked(
             ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
             what="apt-get install postgresql",
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             timeout=900.0,
+            umask=SYSTEM_UMASK,
         )
     found = _find_bindir()
     if found is None:
@@ -395,3 +429,41 @@ def _write_config(settings: Settings, paths: Layout, user: str | None) -> None:
     text = main.read_text()
     if "include_if_exists = 'leadscore.conf'" not in text:
         main.write_text(text + "\ninclude_if_exists = 'leadscore.conf'\n")
+
+
+# Client authentication, rewritten on every start (and by `up` for a running server of
+# ours): no connection is trusted. On the socket, only the OS user running the stack
+# may be the superuser, by peer authentication (the bootstrap's admin connection, with no
+# password to keep anywhere); every other role, there and on TCP, gives its password.
+IDENT_MAP = "leadscore"
+_HBA = f"""\
+# Written by `leadscore services up` (leadscore/services/postgres.py); edits are replaced.
+# TYPE  DATABASE  USER        ADDRESS        METHOD
+local   all       {SUPERUSER:<11} {"":<14} peer map={IDENT_MAP}
+local   all       all                        scram-sha-256
+host    all       all         127.0.0.1/32   scram-sha-256
+host    all       all         ::1/128        scram-sha-256
+"""
+
+
+def _write_auth(paths: Layout, user: str | None) -> bool:
+    """Write pg_hba.conf and pg_ident.conf; True if either changed (a running server must
+    reload them)."""
+    # The OS users who may connect as the superuser on the socket: whoever runs the
+    # stack (root, or the user who owns the run dir), and the server's own user.
+    os_users = sorted({pwd.getpwuid(os.geteuid()).pw_name, user or SUPERUSER})
+    ident = "".join(f"{IDENT_MAP}  {name}  {SUPERUSER}\n" for name in os_users)
+    changed = False
+    for path, text in ((paths.data / "pg_hba.conf", _HBA), (paths.data / "pg_ident.conf", ident)):
+        try:
+            if path.read_text() == text:
+                continue
+        except FileNotFoundError:
+            pass
+        path.write_text(text)
+        path.chmod(0o600)
+        if user is not None:
+            account = pwd.getpwnam(user)
+            os.chown(path, account.pw_uid, account.pw_gid)
+        changed = True
+    return changed

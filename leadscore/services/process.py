@@ -20,6 +20,7 @@ from leadscore.services.model import (
     ServiceError,
     ServiceStatus,
 )
+from leadscore.services.private import PRIVATE_UMASK
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC)\b|^Caused by:|Exception: ")
@@ -30,13 +31,15 @@ _ERROR_LINE = re.compile(r"\b(ERROR|FATAL|PANIC)\b|^Caused by:|Exception: ")
 # the same, but a non-interactive shell starts background jobs with SIGINT ignored, which
 # PostgreSQL and the JVM honour. The intermediate runs as us and drops to `user` only for the
 # service: the Python running it may live where that user cannot read (e.g. under /root).
+# Every service runs under umask 077: what it writes in the run dir is its user's alone.
 _LAUNCHER = """
 import subprocess, sys
-user = sys.argv[2] or None
+user = sys.argv[3] or None
 with open(sys.argv[1], "ab") as log:
     child = subprocess.Popen(
-        sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        sys.argv[4:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, user=user, group=user, extra_groups=[] if user else None,
+        umask=int(sys.argv[2], 8),
     )
 print(child.pid)
 """
@@ -108,7 +111,11 @@ def spawn_detached(
     user: str | None = None,
 ) -> int:
     """Start `cmd` in its own session, output appended to `log`; record and return its pid."""
-    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(log), user or "", *map(str, cmd)]
+    argv = [
+        *(sys.executable, "-I", "-S", "-c", _LAUNCHER),
+        *(str(log), f"{PRIVATE_UMASK:o}", user or ""),
+        *map(str, cmd),
+    ]
     out = subprocess.run(
         argv,
         cwd=cwd,
@@ -168,8 +175,12 @@ def run_checked(
     env: Mapping[str, str] | None = None,
     user: str | None = None,
     timeout: float | None = None,
+    umask: int = PRIVATE_UMASK,
 ) -> str:
-    """Run a setup command to completion; raise ServiceError with its output tail on failure."""
+    """Run a setup command to completion; raise ServiceError with its output tail on failure.
+
+    It runs under umask 077 (its files are private) unless told otherwise: a package
+    install passes ``private.SYSTEM_UMASK``."""
     try:
         out = subprocess.run(
             [str(c) for c in cmd],
@@ -178,6 +189,7 @@ def run_checked(
             user=user,
             group=user,
             extra_groups=[] if user else None,
+            umask=umask,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -15,6 +15,7 @@ import redis as redis_client
 
 from leadscore.services import process
 from leadscore.services.model import ServiceError, ServiceStatus
+from leadscore.services.private import SYSTEM_UMASK
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
@@ -125,13 +126,18 @@ def _binary(progress: Progress) -> str:
         with progress.step("apt-get install redis-server"):
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             process.run_checked(
-                ["apt-get", "update"], what="apt-get update", env=env, timeout=600.0
+                ["apt-get", "update"],
+                what="apt-get update",
+                env=env,
+                timeout=600.0,
+                umask=SYSTEM_UMASK,
             )
             process.run_checked(
                 ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"],
                 what="apt-get install redis-server",
                 env=env,
                 timeout=900.0,
+                umask=SYSTEM_UMASK,
             )
     else:
         _pip_install(progress)
@@ -164,6 +170,7 @@ def _pip_install(progress: Progress) -> None:
                     [sys.executable, "-m", "pip", "install", "-q", package],
                     what=f"pip install {package}",
                     timeout=600.0,
+                    umask=SYSTEM_UMASK,
                 )
         except ServiceError as exc:
             errors.append(str(exc))

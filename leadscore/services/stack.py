@@ -12,6 +12,7 @@ from rich.console import Console
 
 from leadscore.services import kafka, postgres, redis, registry
 from leadscore.services.model import STOPPED, ServiceError, ServiceStatus
+from leadscore.services.private import ensure_run_dir, private_umask
 from leadscore.services.progress import Progress
 from leadscore.settings import Settings
 
@@ -38,8 +39,10 @@ def _selected(only: Iterable[str] | None) -> list[str]:
 @contextmanager
 def _locked(settings: Settings) -> Iterator[None]:
     # Parallel test sessions may all call up(); one at a time, the rest then find it running.
-    settings.run_path.mkdir(parents=True, exist_ok=True)
-    with (settings.run_path / "services.lock").open("w") as lock:
+    # What up and down write in the run dir, and the services they start, make private
+    # files (leadscore/services/private.py).
+    ensure_run_dir(settings.run_path)
+    with private_umask(), (settings.run_path / "services.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

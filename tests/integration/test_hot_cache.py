@@ -152,15 +152,19 @@ def test_losing_the_postgres_listener_flushes_the_cache(api: Api) -> None:
                 ORG_A,
                 lead,
             )
-            # ... then its listening connection drops.
-            rows = await conn.fetch(
+        finally:
+            await conn.close()
+        # ... then its listening connection drops: the API's role may end its own sessions.
+        api_conn = await asyncpg.connect(api.settings.api_dsn)
+        try:
+            rows = await api_conn.fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND application_name = $1",
                 hotcache.APPLICATION_NAME,
             )
             return len(rows)
         finally:
-            await conn.close()
+            await api_conn.close()
 
     try:
         assert api.get(f"/leads/{lead}").body["title"] == title

@@ -1,0 +1,93 @@
+"""The query API's PostgreSQL role: it reads the tables, and writes only what it must.
+
+The API serves requests through its own role (``LEADSCORE_API_PG_DSN``; in dev the
+``leadscore_api`` role `leadscore services up` makes), so a bug or an injected query in
+the API cannot change the event store or a read model. Before the API opens its pool,
+``prepare`` runs once as the tables' owner (``LEADSCORE_PG_DSN``, the engine's role): it
+creates the tables the API needs, each through its owner module, and grants the API's
+role exactly this:
+
+- SELECT on every table of the schema, now and as the owner creates more (default
+  privileges: the event store, webhooks and the model registry appear when a worker
+  first needs them);
+- the writes in ``WRITES`` below, and nothing else.
+
+The role itself is the cluster's business (a DBA's, or `services up` in dev): making
+roles takes a privilege the engine's role does not have.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+
+from leadscore import tenancy
+from leadscore.services.postgres import target
+from leadscore.settings import Settings
+from projections import quarantine
+from projections.base import ensure_status_table
+from projections.postgres import PostgresProjection
+
+log = structlog.get_logger(__name__)
+
+# Every write the API makes: (table, privileges, why). Each table keeps its one owner
+# (the module named) for DDL; the API only writes these rows.
+WRITES: tuple[tuple[str, str, str], ...] = (
+    # leadscore/tenancy.py; query_api/auth.py
+    ("api_keys", "UPDATE (last_used_at)", "a key's last use, once per key-cache fill"),
+    # projections/base.py; the ClickHouse projection the API runs with embedded chDB
+    ("projection_status", "INSERT, UPDATE", "that projection's position, for `status`"),
+    # projections/quarantine.py; the same projection
+    ("projection_quarantine", "INSERT, UPDATE, DELETE", "entries that projection set aside"),
+)
+_LOCK = "leadscore.api.grants"  # API processes starting together must not GRANT at once
+
+
+class ApiRoleError(RuntimeError):
+    """The API's database role is missing or cannot be prepared."""
+
+
+def role_of(dsn: str) -> str:
+    return target(dsn).user
+
+
+async def prepare(settings: Settings) -> None:
+    """As the tables' owner: make the tables the API reads and writes, then grant its role."""
+    owner, role = role_of(settings.pg_dsn), role_of(settings.api_dsn)
+    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=1)
+    try:
+        await tenancy.ensure_schema(pool)
+        # An API started before any worker answers "no leads" instead of failing.
+        await PostgresProjection(pool).setup()
+        await ensure_status_table(pool)
+        await quarantine.ensure_schema(pool)
+        if role == owner:
+            log.warning("the query API uses the tables' owner role", role=role)
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                raise ApiRoleError(
+                    f"PostgreSQL role {role!r} (LEADSCORE_API_PG_DSN) does not exist: create "
+                    f"it (CREATE ROLE {role} LOGIN PASSWORD '...'), or run "
+                    "`leadscore services up` in dev"
+                )
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK)
+            await grant(conn, role)
+    finally:
+        await pool.close()
+
+
+async def grant(conn: asyncpg.Connection, role: str) -> None:
+    r = _ident(role)
+    db = _ident(await conn.fetchval("SELECT current_database()"))
+    await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {r}")
+    await conn.execute(f"GRANT USAGE ON SCHEMA public TO {r}")
+    await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r}")
+    # Tables this owner creates later (a worker's first webhook, the event store).
+    await conn.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r}")
+    for table, privileges, _why in WRITES:
+        await conn.execute(f"GRANT {privileges} ON {_ident(table)} TO {r}")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
