@@ -49,7 +49,7 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         cache_size=settings.aggregate_cache_size,
         snapshot_interval=settings.snapshot_interval,
     )
-    catalog = SchemaCatalog(settings.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(settings)
     # Register the schemas we speak so their ids exist before any producer needs them.
     AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None

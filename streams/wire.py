@@ -16,11 +16,14 @@ import re
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
+
+if TYPE_CHECKING:
+    from leadscore.settings import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
@@ -45,6 +48,19 @@ class UnknownSchemaError(SerializationError):
 
 class RegistryUnavailableError(ConnectionError):
     """The schema registry did not answer: not the message's fault, so no SerializationError."""
+
+
+class RegistryAuthError(RegistryUnavailableError):
+    """The registry refused our credentials (401/403): a configuration fault, not the message's."""
+
+
+def _registry_fault(url: str, exc: SchemaRegistryError) -> RegistryUnavailableError:
+    if exc.http_status_code in (401, 403):
+        return RegistryAuthError(
+            f"schema registry {url} refused our credentials ({exc.http_status_code}): "
+            "check LEADSCORE_SCHEMA_REGISTRY_USER and LEADSCORE_SCHEMA_REGISTRY_PASSWORD"
+        )
+    return RegistryUnavailableError(f"schema registry {url}: {exc}")
 
 
 def canonical(schema: Any) -> str:
@@ -104,8 +120,15 @@ class SchemaCatalog:
     forever: decoding costs a registry round trip only the first time an id is seen.
     """
 
-    def __init__(self, registry_url: str, reader_schemas: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        registry_url: str,
+        reader_schemas: dict[str, str] | None = None,
+        *,
+        user_info: str = "",
+    ) -> None:
         self.url = registry_url
+        self._user_info = user_info  # "user:password" for the registry's basic auth
         readers = newest_local_schemas() if reader_schemas is None else reader_schemas
         self._readers = {name: fastavro.parse_schema(json.loads(t)) for name, t in readers.items()}
         # Every version in schemas/avro: the codec maps each one's records itself
@@ -118,10 +141,18 @@ class SchemaCatalog:
         self._decoders: dict[int, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SchemaCatalog:
+        """The catalog on the configured registry, with its credentials."""
+        return cls(settings.schema_registry_url, user_info=settings.schema_registry_user_info)
+
     def _client(self) -> SchemaRegistryClient:
         # One per call, closed after it: the registry is asked rarely (registrations, and
         # ids seen for the first time), and no idle connection outlives the catalog.
-        return SchemaRegistryClient({"url": self.url})
+        conf = {"url": self.url}
+        if self._user_info:
+            conf["basic.auth.user.info"] = self._user_info
+        return SchemaRegistryClient(conf)
 
     def register(self, subject: str, schema_text: str) -> int:
         """Register under ``subject``; the same schema again returns the same id."""
@@ -129,8 +160,8 @@ class SchemaCatalog:
             with self._client() as client:
                 schema_id = int(client.register_schema(subject, Schema(schema_text, "AVRO")))
         except SchemaRegistryError as exc:
-            if exc.http_status_code >= 500:
-                raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+            if exc.http_status_code >= 500 or exc.http_status_code in (401, 403):
+                raise _registry_fault(self.url, exc) from exc
             raise SerializationError(f"registry refused the schema for {subject}: {exc}") from exc
         except Exception as exc:  # the HTTP client's connection errors
             raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
@@ -144,7 +175,7 @@ class SchemaCatalog:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise UnknownSchemaError(f"unknown schema id {schema_id}") from exc
-            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+            raise _registry_fault(self.url, exc) from exc
         except Exception as exc:
             raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
         if schema.schema_type not in (None, "AVRO"):

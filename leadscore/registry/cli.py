@@ -18,10 +18,18 @@ def address(settings: Settings) -> tuple[str, int]:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from leadscore.logs import configure_logging
     from leadscore.registry.app import create_app
 
+    configure_logging(settings.log_format, settings.log_level)
     host, port = address(settings)
-    uvicorn.run(create_app(settings.pg_dsn), host=host, port=port, log_level="warning")
+    app = create_app(
+        settings.pg_dsn,
+        settings.schema_registry_user,
+        settings.schema_registry_password,
+        auth_reads=settings.schema_registry_auth_reads,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def registry() -> None:

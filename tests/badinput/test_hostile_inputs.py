@@ -96,7 +96,7 @@ def suite(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     asyncio.run(
         tenancy.with_connection(s.pg_dsn, lambda c: tenancy.ensure_orgs(c, [ORG, OTHER_ORG]))
     )
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     kit = Kit(catalog, AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA_NEWEST),
               datetime.now(UTC))  # fmt: skip
     log = tmp_path_factory.mktemp("badinput") / "worker.log"
