@@ -11,7 +11,14 @@ from leadscore.rulebook import RuleBook
 from leadscore.settings import Settings, check_secrets
 from streams.processor import BatchProcessor, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
-from streams.wire import LEAD_EVENT_SCHEMA, SCORE_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+from streams.wire import (
+    LEAD_EVENT_RECORD,
+    LEAD_EVENT_SCHEMA,
+    SCORE_EVENT_SCHEMA,
+    AvroTopic,
+    SchemaCatalog,
+    SubjectBoundDecoder,
+)
 
 
 @dataclass
@@ -51,7 +58,9 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     )
     catalog = SchemaCatalog.from_settings(settings)
     # Register the schemas we speak so their ids exist before any producer needs them.
-    AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
+    lead_events = AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
+    # Lead-events decode only with ids registered under their topic's subject as a LeadEvent.
+    decoder = SubjectBoundDecoder(catalog, lead_events.subject, LEAD_EVENT_RECORD)
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
     rules = RuleBook.load(Path(settings.scoring_config_dir))
     models: Scorer | Models
@@ -64,7 +73,7 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         sinks = [ShadowLog(settings.pg_dsn), DriftRecorder(settings.pg_dsn, settings.model_dir)]
     else:
         models, sinks = scorer, []
-    processor = BatchProcessor(store, catalog, models, orgs=orgs, rules_for=rules, sinks=sinks)
+    processor = BatchProcessor(store, decoder, models, orgs=orgs, rules_for=rules, sinks=sinks)
     return Engine(settings, store, catalog, processor)
 
 
