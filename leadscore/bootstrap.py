@@ -8,8 +8,9 @@ from pathlib import Path
 from domain.scoring import Models, Scorer
 from leadscore.eventstore import LeadStore, open_store
 from leadscore.rulebook import RuleBook
+from leadscore.services.topics import org_topic
 from leadscore.settings import Settings, check_secrets
-from streams.processor import BatchProcessor, OrgRegistry
+from streams.processor import BatchProcessor, Decoder, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
 from streams.wire import (
     LEAD_EVENT_RECORD,
@@ -27,6 +28,11 @@ class Engine:
     store: LeadStore
     catalog: SchemaCatalog
     processor: BatchProcessor
+
+    @property
+    def decoder(self) -> Decoder:
+        """What lead-events decode with (ids bound to their subjects), as the processor does."""
+        return self.processor.catalog
 
     @property
     def scorer(self) -> Scorer:
@@ -59,8 +65,14 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
     catalog = SchemaCatalog.from_settings(settings)
     # Register the schemas we speak so their ids exist before any producer needs them.
     lead_events = AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
-    # Lead-events decode only with ids registered under their topic's subject as a LeadEvent.
-    decoder = SubjectBoundDecoder(catalog, lead_events.subject, LEAD_EVENT_RECORD)
+    # Lead-events decode only with ids registered as a LeadEvent under their topic's
+    # subject, or under a tenant's per-org topic's (the serializer's default subject there).
+    decoder = SubjectBoundDecoder(
+        catalog,
+        lead_events.subject,
+        LEAD_EVENT_RECORD,
+        ingress_prefix=org_topic(settings.topic_lead_events, ""),
+    )
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
     rules = RuleBook.load(Path(settings.scoring_config_dir))
     models: Scorer | Models

@@ -249,7 +249,8 @@ class SchemaCatalog:
 
 
 class SubjectBoundDecoder:
-    """Decodes only messages whose schema id is registered under ``subject`` as ``record``.
+    """Decodes only messages whose schema id is registered under ``subject`` (or a subject
+    ``<ingress_prefix><anything>-value``: tenants' per-org topics) as ``record``.
 
     Any producer with registry credentials can register a schema under any subject; a
     message written with one registered only for another topic (``billing-events-value``)
@@ -268,12 +269,14 @@ class SubjectBoundDecoder:
         subject: str,
         record: str,
         *,
+        ingress_prefix: str = "",
         refusal_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = catalog
         self.subject = subject
         self.record = record
+        self.ingress_prefix = ingress_prefix
         self.refusal_ttl_s = refusal_ttl_s
         self._clock = clock
         self._accepted: set[int] = set()
@@ -307,10 +310,16 @@ class SubjectBoundDecoder:
             self._refused[schema_id] = (self._clock() + self.refusal_ttl_s, error)
         raise type(error)(str(error))
 
+    def _ours(self, subject: str) -> bool:
+        if subject == self.subject:
+            return True
+        prefix = self.ingress_prefix
+        return bool(prefix) and subject.startswith(prefix) and subject.endswith("-value")
+
     def _refusal(self, schema_id: int) -> str | None:
         """Why ``schema_id`` is not ours, or None (registry faults propagate)."""
         subjects = self.catalog.subjects_of(schema_id)
-        if self.subject not in subjects:
+        if not any(self._ours(s) for s in subjects):
             where = ", ".join(sorted(subjects)[:3]) if subjects else "no live subject"
             return f"schema id {schema_id} is registered under {where}, not {self.subject}"
         name = _fullname(self.catalog.parsed(schema_id))

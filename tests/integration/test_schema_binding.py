@@ -145,3 +145,23 @@ def test_a_registry_that_does_not_answer_is_not_a_refusal(settings: Settings) ->
     # Nothing remembered: the same id is asked about again when the registry answers.
     decoder.catalog = SchemaCatalog.from_settings(settings)
     assert decoder.decode(value)["lead_id"] == "lead-x"
+
+
+def test_ids_under_a_tenants_org_topic_subject_are_lead_events(
+    settings: Settings, engine: Engine
+) -> None:
+    # A tenant's producer writes <lead-events>.org.<org> with the serializer's default
+    # subject; the gate forwards its bytes to lead-events unchanged.
+    catalog, topic = engine.catalog, settings.topic_lead_events
+    tenant = catalog.register(f"{topic}.org.acme-value", lead_event_schema("tenant"))
+    near_misses = [
+        catalog.register(f"{topic}.org.acme-key", lead_event_schema("key")),
+        catalog.register(f"{topic}.orgs.acme-value", lead_event_schema("orgs")),
+        catalog.register(f"x{topic}.org.acme-value", lead_event_schema("x")),
+    ]
+    values = [encoded(catalog, tenant, "lead-tenant")] + [
+        encoded(catalog, schema_id, f"lead-miss-{i}") for i, schema_id in enumerate(near_misses)
+    ]
+    stats = engine.processor.process(values)
+    assert (stats.applied, stats.invalid) == (1, 3)
+    assert {x.error_class for x in stats.dead_letters} == {"ForeignSchemaError"}
