@@ -60,11 +60,11 @@ class Settings:
     redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
     schema_registry_url: str = "http://127.0.0.1:8081"  # Confluent Schema Registry API
     # HTTP basic auth for the registry: our registry refuses writes (POST, PUT, DELETE)
-    # without them, and every client the engine makes sends them (README, "Schema registry").
+    # without them, and every client the engine makes sends them (README, "Producing lead-events").
     schema_registry_user: str = "leadscore"
     schema_registry_password: str = DEV_SCHEMA_REGISTRY_PASSWORD  # dev default only
     # Our registry asks for the credentials on reads too (off: reads are open, as the
-    # schemas are the topics' public contract; README, "Schema registry").
+    # schemas are the topics' public contract; README, "Producing lead-events").
     schema_registry_auth_reads: bool = False
     # ClickHouse analytics: chdb://<dir> embedded, or http(s)://host:8123/<database>
     clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
