@@ -287,6 +287,7 @@ SECRETS: list[Secret] = [
     Secret("pg_dsn", lambda s: dsn_password(s.pg_dsn)),
     Secret("api_pg_dsn", lambda s: dsn_password(s.api_dsn)),
     Secret("webhook_secret_key", lambda s: s.webhook_secret_key),
+    Secret("schema_registry_password", lambda s: s.schema_registry_password),
     Secret(
         "kafka_sasl_password",
         lambda s: s.kafka_sasl_password,

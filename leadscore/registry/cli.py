@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from leadscore.settings import Settings, get_settings
+from leadscore.settings import Settings, check_secrets, get_settings
 
 
 def address(settings: Settings) -> tuple[str, int]:
@@ -22,6 +22,7 @@ def serve(settings: Settings) -> None:
     from leadscore.registry.app import create_app
 
     configure_logging(settings.log_format, settings.log_level)
+    check_secrets(settings)  # outside dev, no write password at its dev default
     host, port = address(settings)
     app = create_app(
         settings.pg_dsn,
