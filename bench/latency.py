@@ -193,7 +193,7 @@ def api_watcher(
     from streams.wire import SchemaCatalog
 
     keys: dict[str, str] = json.loads(Path(keys_file).read_text())
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     host = urlsplit(url)
     consumer = Consumer(
         {
@@ -466,7 +466,7 @@ def _receipts(path: Path, who: str, base: Settings) -> dict[str, float]:
     with path.open("rb") as f:
         got = pickle.load(f)
     first: dict[str, float] = {}
-    catalog = SchemaCatalog(base.schema_registry_url) if who == "ours" else None
+    catalog = SchemaCatalog.from_settings(base) if who == "ours" else None
     for at, value, headers in got:
         if catalog is not None:
             eid = catalog.decode(value)["caused_by_event_id"]

@@ -51,7 +51,7 @@ def run_faust(s: Settings, src: str, sink: str, group: str, partitions: int) -> 
     from streams.wire import SchemaCatalog
     from streams.worker import faust_worker
 
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     app = _faust_app(s, group)
     source = app.topic(src, key_type=bytes, value_type=bytes, partitions=partitions)
     target = app.topic(sink, key_type=bytes, value_type=bytes, partitions=partitions)

@@ -136,7 +136,7 @@ def register_orgs(s: Settings, orgs: Sequence[str]) -> None:
 
 
 def encoded(s: Settings, events: Sequence[LeadEvent]) -> list[tuple[bytes, bytes]]:
-    enc = AvroTopic(SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA)
+    enc = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     return [(e.lead_id.encode(), enc.encode(event_to_record(e))) for e in events]
 
 

@@ -8,10 +8,18 @@ from pathlib import Path
 from domain.scoring import Models, Scorer
 from leadscore.eventstore import LeadStore, open_store
 from leadscore.rulebook import RuleBook
+from leadscore.services.topics import org_topic
 from leadscore.settings import Settings, check_secrets
-from streams.processor import BatchProcessor, OrgRegistry
+from streams.processor import BatchProcessor, Decoder, OrgRegistry
 from streams.relay import ScoreEventRelay, Tracking, kafka_producer
-from streams.wire import LEAD_EVENT_SCHEMA, SCORE_EVENT_SCHEMA, AvroTopic, SchemaCatalog
+from streams.wire import (
+    LEAD_EVENT_RECORD,
+    LEAD_EVENT_SCHEMA,
+    SCORE_EVENT_SCHEMA,
+    AvroTopic,
+    SchemaCatalog,
+    SubjectBoundDecoder,
+)
 
 
 @dataclass
@@ -20,6 +28,11 @@ class Engine:
     store: LeadStore
     catalog: SchemaCatalog
     processor: BatchProcessor
+
+    @property
+    def decoder(self) -> Decoder:
+        """What lead-events decode with (ids bound to their subjects), as the processor does."""
+        return self.processor.catalog
 
     @property
     def scorer(self) -> Scorer:
@@ -49,9 +62,17 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         cache_size=settings.aggregate_cache_size,
         snapshot_interval=settings.snapshot_interval,
     )
-    catalog = SchemaCatalog(settings.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(settings)
     # Register the schemas we speak so their ids exist before any producer needs them.
-    AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
+    lead_events = AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)
+    # Lead-events decode only with ids registered as a LeadEvent under their topic's
+    # subject, or under a tenant's per-org topic's (the serializer's default subject there).
+    decoder = SubjectBoundDecoder(
+        catalog,
+        lead_events.subject,
+        LEAD_EVENT_RECORD,
+        ingress_prefix=org_topic(settings.topic_lead_events, ""),
+    )
     orgs = OrgRegistry(settings.pg_dsn) if settings.require_registered_org else None
     rules = RuleBook.load(Path(settings.scoring_config_dir))
     models: Scorer | Models
@@ -64,7 +85,7 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         sinks = [ShadowLog(settings.pg_dsn), DriftRecorder(settings.pg_dsn, settings.model_dir)]
     else:
         models, sinks = scorer, []
-    processor = BatchProcessor(store, catalog, models, orgs=orgs, rules_for=rules, sinks=sinks)
+    processor = BatchProcessor(store, decoder, models, orgs=orgs, rules_for=rules, sinks=sinks)
     return Engine(settings, store, catalog, processor)
 
 

@@ -127,7 +127,7 @@ def produce(
         )
         if n:
             console.print(f"registered {n} org(s) of the workload")
-    encoder = lead_event_encoder(SchemaCatalog(s.schema_registry_url), s.topic_lead_events)
+    encoder = lead_event_encoder(SchemaCatalog.from_settings(s), s.topic_lead_events)
     with _progress() as progress:
         task = progress.add_task("producing", total=events)
         report = produce_events(

@@ -134,7 +134,7 @@ def _decoded(s: Settings, letter: StoredLetter) -> str:
     from streams.wire import SchemaCatalog
 
     try:
-        record = SchemaCatalog(s.schema_registry_url).decode(letter.value)
+        record = SchemaCatalog.from_settings(s).decode(letter.value)
     except Exception as exc:  # whatever made it a dead letter may make it undecodable
         return f"not decodable: {type(exc).__name__}: {exc}"
     return orjson.dumps(record, default=str, option=orjson.OPT_INDENT_2).decode()

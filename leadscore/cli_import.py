@@ -52,7 +52,7 @@ def import_export(
                 f"dead-lettered; register it first: leadscore orgs create --id {org} --name ..."
             )
             raise typer.Exit(2)
-    encoder = lead_event_encoder(SchemaCatalog(s.schema_registry_url), s.topic_lead_events)
+    encoder = lead_event_encoder(SchemaCatalog.from_settings(s), s.topic_lead_events)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

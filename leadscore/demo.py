@@ -143,7 +143,7 @@ def run_demo(
 ) -> bool:
     s = settings
     ensure_engine_topics(s)
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     encoder = AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA)
     run = secrets.token_hex(3)
     workload = list(tagged(generate(orgs, leads, events, seed=int(run, 16)), run))

@@ -14,6 +14,11 @@ PREFIX = "LEADSCORE_"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The dev stack's schema-registry password: the one place it is spelled. Anything but a
+# laptop or a test must set LEADSCORE_SCHEMA_REGISTRY_PASSWORD instead.
+DEV_SCHEMA_REGISTRY_PASSWORD = "leadscore-dev"
+
+
 def _default_run_dir() -> str:
     return str(ROOT / ".run")
 
@@ -54,6 +59,13 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"  # the hot read model
     redis_prefix: str = "leadscore"  # every key of the Redis read model starts with it
     schema_registry_url: str = "http://127.0.0.1:8081"  # Confluent Schema Registry API
+    # HTTP basic auth for the registry: our registry refuses writes (POST, PUT, DELETE)
+    # without them, and every client the engine makes sends them (README, "Producing lead-events").
+    schema_registry_user: str = "leadscore"
+    schema_registry_password: str = DEV_SCHEMA_REGISTRY_PASSWORD  # dev default only
+    # Our registry asks for the credentials on reads too (off: reads are open, as the
+    # schemas are the topics' public contract; README, "Producing lead-events").
+    schema_registry_auth_reads: bool = False
     # ClickHouse analytics: chdb://<dir> embedded, or http(s)://host:8123/<database>
     clickhouse_dsn: str = field(default_factory=lambda: f"chdb://{_default_run_dir()}/chdb")
     # Local services' data and logs (`leadscore services`), and the demo's files
@@ -209,6 +221,11 @@ class Settings:
                 conf[key] = value
         return conf
 
+    @property
+    def schema_registry_user_info(self) -> str:
+        """``user:password``, as confluent-kafka's ``basic.auth.user.info`` takes them."""
+        return f"{self.schema_registry_user}:{self.schema_registry_password}"
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -270,6 +287,7 @@ SECRETS: list[Secret] = [
     Secret("pg_dsn", lambda s: dsn_password(s.pg_dsn)),
     Secret("api_pg_dsn", lambda s: dsn_password(s.api_dsn)),
     Secret("webhook_secret_key", lambda s: s.webhook_secret_key),
+    Secret("schema_registry_password", lambda s: s.schema_registry_password),
     Secret(
         "kafka_sasl_password",
         lambda s: s.kafka_sasl_password,

@@ -70,7 +70,8 @@ class Reason(StrEnum):
     """Why a message was refused: the ``reason`` label of the dead-letter counter."""
 
     UNDECODABLE = "undecodable"  # not Avro in the Confluent wire format
-    UNKNOWN_SCHEMA = "unknown_schema"  # names a schema id nobody registered
+    # names a schema id nobody registered, or one not under the topic's subject as its record
+    UNKNOWN_SCHEMA = "unknown_schema"
     INVALID = "invalid"  # decoded, but fails validation
     UNKNOWN_ORG = "unknown_org"  # valid, for an org that is not registered
     # on a tenant's per-org topic (streams/gate.py), a lead-event of another org

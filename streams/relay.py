@@ -47,6 +47,16 @@ class PublishError(RuntimeError):
     """Kafka did not acknowledge every score-event of a batch."""
 
 
+def score_event_key(org_id: str, lead_id: str) -> bytes:
+    """The Kafka key of a lead's score-events: ``org/lead``.
+
+    Org ids hold no ``/`` (domain.events.ORG_ID_PATTERN), so the first ``/`` splits it
+    even when the lead id has one, and a subscriber filters an org by the prefix ``org/``.
+    One key per lead keeps each lead's score-events in order on one partition.
+    """
+    return f"{org_id}/{lead_id}".encode()
+
+
 def score_records(event: Any, position: int) -> list[dict[str, Any]]:
     """The score-events of a stored LeadScored: lead.score.updated, then the typed
     events the same score is (lead.qualified, ...; domain/transitions.py)."""
@@ -210,7 +220,7 @@ class ScoreEventRelay:
                 for record in score_records(event, note.id):
                     self.producer.produce(
                         self.topic,
-                        key=event.lead_id.encode(),
+                        key=score_event_key(event.org_id, event.lead_id),
                         value=self.encoder.encode(record),
                         headers=headers,
                         on_delivery=on_delivery,

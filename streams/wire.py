@@ -15,12 +15,17 @@ import json
 import re
 import struct
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
+
+if TYPE_CHECKING:
+    from leadscore.settings import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
@@ -30,6 +35,8 @@ LEAD_EVENT_SCHEMA_V3 = SCHEMA_DIR / "lead_event.v3.avsc"
 # newest version, so every field reaches Kafka (tests/unit/test_schema_compat.py checks it).
 LEAD_EVENT_SCHEMA_NEWEST = LEAD_EVENT_SCHEMA_V3
 SCORE_EVENT_SCHEMA = SCHEMA_DIR / "score_event.v2.avsc"
+# The record every lead-event is: a schema id of another record is refused however alike.
+LEAD_EVENT_RECORD = "io.leadscore.events.LeadEvent"
 _HEADER = struct.Struct(">bI")
 MAGIC = 0
 _VERSIONED = re.compile(r"^(?P<name>.+)\.v(?P<version>\d+)\.avsc$")
@@ -43,8 +50,25 @@ class UnknownSchemaError(SerializationError):
     """The message names a schema id the registry does not know."""
 
 
+class ForeignSchemaError(UnknownSchemaError):
+    """The schema id is registered, but not under the topic's subject as its record."""
+
+
 class RegistryUnavailableError(ConnectionError):
     """The schema registry did not answer: not the message's fault, so no SerializationError."""
+
+
+class RegistryAuthError(RegistryUnavailableError):
+    """The registry refused our credentials (401/403): a configuration fault, not the message's."""
+
+
+def _registry_fault(url: str, exc: SchemaRegistryError) -> RegistryUnavailableError:
+    if exc.http_status_code in (401, 403):
+        return RegistryAuthError(
+            f"schema registry {url} refused our credentials ({exc.http_status_code}): "
+            "check LEADSCORE_SCHEMA_REGISTRY_USER and LEADSCORE_SCHEMA_REGISTRY_PASSWORD"
+        )
+    return RegistryUnavailableError(f"schema registry {url}: {exc}")
 
 
 def canonical(schema: Any) -> str:
@@ -104,8 +128,15 @@ class SchemaCatalog:
     forever: decoding costs a registry round trip only the first time an id is seen.
     """
 
-    def __init__(self, registry_url: str, reader_schemas: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        registry_url: str,
+        reader_schemas: dict[str, str] | None = None,
+        *,
+        user_info: str = "",
+    ) -> None:
         self.url = registry_url
+        self._user_info = user_info  # "user:password" for the registry's basic auth
         readers = newest_local_schemas() if reader_schemas is None else reader_schemas
         self._readers = {name: fastavro.parse_schema(json.loads(t)) for name, t in readers.items()}
         # Every version in schemas/avro: the codec maps each one's records itself
@@ -118,10 +149,18 @@ class SchemaCatalog:
         self._decoders: dict[int, tuple[Any, Any]] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SchemaCatalog:
+        """The catalog on the configured registry, with its credentials."""
+        return cls(settings.schema_registry_url, user_info=settings.schema_registry_user_info)
+
     def _client(self) -> SchemaRegistryClient:
         # One per call, closed after it: the registry is asked rarely (registrations, and
         # ids seen for the first time), and no idle connection outlives the catalog.
-        return SchemaRegistryClient({"url": self.url})
+        conf = {"url": self.url}
+        if self._user_info:
+            conf["basic.auth.user.info"] = self._user_info
+        return SchemaRegistryClient(conf)
 
     def register(self, subject: str, schema_text: str) -> int:
         """Register under ``subject``; the same schema again returns the same id."""
@@ -129,8 +168,8 @@ class SchemaCatalog:
             with self._client() as client:
                 schema_id = int(client.register_schema(subject, Schema(schema_text, "AVRO")))
         except SchemaRegistryError as exc:
-            if exc.http_status_code >= 500:
-                raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+            if exc.http_status_code >= 500 or exc.http_status_code in (401, 403):
+                raise _registry_fault(self.url, exc) from exc
             raise SerializationError(f"registry refused the schema for {subject}: {exc}") from exc
         except Exception as exc:  # the HTTP client's connection errors
             raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
@@ -144,12 +183,25 @@ class SchemaCatalog:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise UnknownSchemaError(f"unknown schema id {schema_id}") from exc
-            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+            raise _registry_fault(self.url, exc) from exc
         except Exception as exc:
             raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
         if schema.schema_type not in (None, "AVRO"):
             raise UnknownSchemaError(f"schema id {schema_id} is {schema.schema_type}, not Avro")
         return str(schema.schema_str)
+
+    def subjects_of(self, schema_id: int) -> set[str]:
+        """The subjects ``schema_id`` is registered under (deleted versions left out)."""
+        try:
+            with self._client() as client:
+                versions = client.get_schema_versions(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise UnknownSchemaError(f"unknown schema id {schema_id}") from exc
+            raise _registry_fault(self.url, exc) from exc
+        except Exception as exc:
+            raise RegistryUnavailableError(f"schema registry {self.url}: {exc}") from exc
+        return {str(v.subject) for v in versions}
 
     def parsed(self, schema_id: int) -> Any:
         """The writer schema of ``schema_id``, parsed."""
@@ -194,6 +246,86 @@ class SchemaCatalog:
         if not isinstance(record, dict):
             raise SerializationError("Avro body is not a record")
         return record
+
+
+class SubjectBoundDecoder:
+    """Decodes only messages whose schema id is registered under ``subject`` (or a subject
+    ``<ingress_prefix><anything>-value``: tenants' per-org topics) as ``record``.
+
+    Any producer with registry credentials can register a schema under any subject; a
+    message written with one registered only for another topic (``billing-events-value``)
+    or another record is not a lead-event, however alike its fields: UnknownSchemaError,
+    so a dead letter. Each id is asked about once: an accepted id is remembered for the
+    process's life (the hot path then costs a set lookup), a refused or unknown one for
+    ``refusal_ttl_s``, so a flood of them costs one registry call per id per interval and
+    an id registered under the subject later is accepted after that.
+    """
+
+    MAX_REFUSED = 10_000  # refused ids remembered at most (random ids must not grow memory)
+
+    def __init__(
+        self,
+        catalog: SchemaCatalog,
+        subject: str,
+        record: str,
+        *,
+        ingress_prefix: str = "",
+        refusal_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self.subject = subject
+        self.record = record
+        self.ingress_prefix = ingress_prefix
+        self.refusal_ttl_s = refusal_ttl_s
+        self._clock = clock
+        self._accepted: set[int] = set()
+        self._refused: dict[int, tuple[float, UnknownSchemaError]] = {}
+        self._lock = threading.Lock()
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        schema_id, _ = split_header(value)
+        if schema_id not in self._accepted:
+            self._admit(schema_id)
+        return self.catalog.decode(value)
+
+    def _admit(self, schema_id: int) -> None:
+        with self._lock:
+            refused = self._refused.get(schema_id)
+            if refused is not None and refused[0] > self._clock():
+                raise type(refused[1])(str(refused[1]))
+            error: UnknownSchemaError
+            try:
+                why = self._refusal(schema_id)
+            except UnknownSchemaError as exc:
+                error = exc
+            else:
+                if why is None:
+                    self._refused.pop(schema_id, None)
+                    self._accepted.add(schema_id)
+                    return
+                error = ForeignSchemaError(why)
+            if len(self._refused) >= self.MAX_REFUSED:
+                del self._refused[next(iter(self._refused))]
+            self._refused[schema_id] = (self._clock() + self.refusal_ttl_s, error)
+        raise type(error)(str(error))
+
+    def _ours(self, subject: str) -> bool:
+        if subject == self.subject:
+            return True
+        prefix = self.ingress_prefix
+        return bool(prefix) and subject.startswith(prefix) and subject.endswith("-value")
+
+    def _refusal(self, schema_id: int) -> str | None:
+        """Why ``schema_id`` is not ours, or None (registry faults propagate)."""
+        subjects = self.catalog.subjects_of(schema_id)
+        if not any(self._ours(s) for s in subjects):
+            where = ", ".join(sorted(subjects)[:3]) if subjects else "no live subject"
+            return f"schema id {schema_id} is registered under {where}, not {self.subject}"
+        name = _fullname(self.catalog.parsed(schema_id))
+        if name != self.record:
+            return f"schema id {schema_id} is the record {name}, not {self.record}"
+        return None
 
 
 class AvroTopic:

@@ -418,7 +418,7 @@ def gate_work(engine: Engine) -> Callable[[threading.Event], None]:
             s.kafka,
             lead_events_topic=s.topic_lead_events,
             group=f"{s.consumer_group}-gate",
-            catalog=engine.catalog,
+            catalog=engine.decoder,  # foreign schema ids never reach lead-events
             producer=producer,
             dead_letters=DeadLetterSink(
                 producer,

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from leadscore.registry.auth import BasicAuth
 from leadscore.registry.storage import RegistryError, Storage
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -206,7 +207,9 @@ async def _connect(dsn: str) -> asyncpg.Pool:
         return pool
 
 
-def create_app(pg_dsn: str) -> Starlette:
+def create_app(pg_dsn: str, user: str, password: str, *, auth_reads: bool = False) -> Starlette:
+    """The registry; writes need ``user``/``password`` (reads too with ``auth_reads``)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await _connect(pg_dsn)
@@ -218,4 +221,6 @@ def create_app(pg_dsn: str) -> Starlette:
         finally:
             await pool.close()
 
-    return Starlette(routes=_routes(), lifespan=lifespan)
+    app = Starlette(routes=_routes(), lifespan=lifespan)
+    app.add_middleware(BasicAuth, user=user, password=password, reads=auth_reads)
+    return app

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from leadscore.settings import Settings, get_settings
+from leadscore.settings import Settings, check_secrets, get_settings
 
 
 def address(settings: Settings) -> tuple[str, int]:
@@ -18,10 +18,19 @@ def address(settings: Settings) -> tuple[str, int]:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from leadscore.logs import configure_logging
     from leadscore.registry.app import create_app
 
+    configure_logging(settings.log_format, settings.log_level)
+    check_secrets(settings)  # outside dev, no write password at its dev default
     host, port = address(settings)
-    uvicorn.run(create_app(settings.pg_dsn), host=host, port=port, log_level="warning")
+    app = create_app(
+        settings.pg_dsn,
+        settings.schema_registry_user,
+        settings.schema_registry_password,
+        auth_reads=settings.schema_registry_auth_reads,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def registry() -> None:

@@ -7,6 +7,7 @@ answering on the URL (ours from another run, a Confluent or Apicurio server) is 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -71,16 +72,21 @@ def wait(settings: Settings, pid: int | None, progress: Progress) -> None:
     with progress.step(f"schema registry GET {settings.schema_registry_url}/subjects"):
         process.wait_ready(
             "schema registry",
-            lambda: ping(settings.schema_registry_url),
+            lambda: ping(settings.schema_registry_url, settings.schema_registry_user_info),
             _READY_TIMEOUT,
             pid,
             [layout(settings).log],
         )
 
 
-def ping(url: str) -> bool:
+def ping(url: str, user_info: str = "") -> bool:
+    """Whether a registry answers on ``url``; credentials sent in case reads need them."""
+    request = urllib.request.Request(url.rstrip("/") + "/subjects")
+    if user_info:
+        token = base64.b64encode(user_info.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/subjects", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return isinstance(json.loads(response.read()), list)
     except (OSError, urllib.error.URLError, ValueError):
         return False
@@ -94,6 +100,8 @@ def stop(settings: Settings) -> bool:
     schemas are in PostgreSQL). That is the registry a failed `up` stops.
     """
     pidfile = layout(settings).pidfile
-    if process.owned_pid(pidfile, _MARKER) is not None and not ping(settings.schema_registry_url):
+    if process.owned_pid(pidfile, _MARKER) is not None and not ping(
+        settings.schema_registry_url, settings.schema_registry_user_info
+    ):
         return process.stop_owned("schema registry", pidfile, _MARKER, signal.SIGKILL, 10.0)
     return process.stop_owned("schema registry", pidfile, _MARKER, signal.SIGTERM, _STOP_TIMEOUT)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
 from streams.codec import (
     EARLIEST,
     MAX_CLOCK_SKEW,
@@ -41,6 +43,7 @@ class Kit:
     encoder: AvroTopic  # lead-events-value, the newest lead_event schema
     now: datetime
     serial: int = 0
+    registry: dict[str, str] = field(default_factory=dict)  # SchemaRegistryClient config
 
     def next(self, what: str) -> str:
         self.serial += 1
@@ -75,11 +78,20 @@ class Kit:
         return self.encoder.encode(self.record(lead, **fields))
 
     def other_schema(
-        self, subject: str, changes: dict[str, Any], name: str | None = None
+        self,
+        subject: str,
+        changes: dict[str, Any],
+        name: str | None = None,
+        *,
+        compatibility: str | None = None,
     ) -> RegisteredSchema:
         """The newest lead_event schema, optionally renamed (``name``, in another
-        namespace) and with field types changed, registered under ``subject``: what a
-        careless or hostile producer could register."""
+        namespace) and with field types changed, registered under ``subject`` (after
+        setting its ``compatibility``): what a careless or hostile producer holding the
+        registry's credentials could register."""
+        if compatibility is not None:
+            with SchemaRegistryClient(self.registry) as client:
+                client.set_compatibility(subject, compatibility)
         schema = json.loads(LEAD_EVENT_SCHEMA_NEWEST.read_text())
         if name is not None:
             schema["name"], schema["namespace"] = name, "io.elsewhere"
@@ -164,6 +176,18 @@ def _other_name_long(k: Kit) -> list[bytes | None]:
 def _other_name_wrong_type(k: Kit) -> list[bytes | None]:
     topic = k.other_schema("thing2-value", {"title": ["null", "long"]}, name="Thing2")
     return [topic.encode(k.record(k.next("type"), title=42))]
+
+
+def _our_subject_long_size(k: Kit) -> list[bytes | None]:
+    # BACKWARD lets int widen to long, so the registry takes it under our own subject.
+    topic = k.other_schema(k.encoder.subject, {"company_size": ["null", "long"]})
+    return [topic.encode(k.record(k.next("long"), company_size=MAX_EMPLOYEES + 1))]
+
+
+def _our_subject_other_record(k: Kit) -> list[bytes | None]:
+    # Every field a valid LeadCreated's: only the record's name is not ours.
+    topic = k.other_schema(k.encoder.subject, {}, name="Thing3", compatibility="NONE")
+    return [topic.encode(k.record(k.next("record")))]
 
 
 def _replay(k: Kit) -> list[bytes | None]:
@@ -337,19 +361,32 @@ CASES: list[Case] = [
         "a LeadEvent schema registered under another subject",
         "unknown_schema",
         _other_subject,
-        pending="item 5: the engine does not yet bind schema ids to lead-events-value",
     ),
     Case(
         "other_record_name_int64_size",
-        "a record named Thing whose `company_size` is a long > int32",
-        "invalid",
+        "a record named Thing (under `thing-value`) whose `company_size` is a long > int32",
+        "unknown_schema",
         _other_name_long,
     ),
     Case(
         "other_record_name_wrong_type",
-        "a record named Thing2 whose `title` is a long",
-        "invalid",
+        "a record named Thing2 (under `thing2-value`) whose `title` is a long",
+        "unknown_schema",
         _other_name_wrong_type,
+    ),
+    # Before the next case: BACKWARD compares with the subject's latest, which is then Thing3.
+    Case(
+        "our_subject_int64_size",
+        "a LeadEvent whose `company_size` is a long > int32, registered under lead-events-value",
+        "undecodable",
+        _our_subject_long_size,
+    ),
+    Case(
+        "our_subject_other_record",
+        "a valid event written as a record named Thing3, registered under lead-events-value "
+        "(compatibility NONE)",
+        "unknown_schema",
+        _our_subject_other_record,
     ),
     Case("negative_company_size", "`company_size` -5", "invalid", _field("company_size", -5)),  # type: ignore[arg-type]
     Case(

@@ -51,6 +51,7 @@ from tests.badinput.cases import (
     Kit,
 )
 from tests.support.net import free_port
+from tests.support.registry import registry_conf
 from tests.support.worker import start
 
 pytestmark = pytest.mark.e2e
@@ -96,9 +97,9 @@ def suite(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     asyncio.run(
         tenancy.with_connection(s.pg_dsn, lambda c: tenancy.ensure_orgs(c, [ORG, OTHER_ORG]))
     )
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     kit = Kit(catalog, AvroTopic(catalog, s.topic_lead_events, LEAD_EVENT_SCHEMA_NEWEST),
-              datetime.now(UTC))  # fmt: skip
+              datetime.now(UTC), registry=registry_conf(s))  # fmt: skip
     log = tmp_path_factory.mktemp("badinput") / "worker.log"
     worker = start(s, log)
     try:

@@ -55,9 +55,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = dataclasses.replace(settings, metrics_port=free_port())
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     huge = huge_created(encoder, 1_000_273)
     good = created(lead="after-huge")
     producer = kafka_producer(s.kafka, **{"message.max.bytes": BROKER_LIMIT})

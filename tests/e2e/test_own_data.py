@@ -113,7 +113,7 @@ def test_from_lead_events_to_a_promoted_model_that_ranks_held_out_leads(
     )
     try:
         wait_for_group(s, worker, timeout=120)
-        encoder = lead_event_encoder(SchemaCatalog(s.schema_registry_url), s.topic_lead_events)
+        encoder = lead_event_encoder(SchemaCatalog.from_settings(s), s.topic_lead_events)
         report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, world.events)
         assert report.sent == len(world.events) and report.failed == 0
         deadline = time.monotonic() + 240

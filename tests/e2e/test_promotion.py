@@ -44,9 +44,7 @@ def test_a_promotion_under_load_switches_versions_once_and_loses_nothing(
         batch_size=200,
     )
     workload = list(generate(3, 300, 6_000, seed=5))
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     worker = start(s, tmp_path / "worker.log")
     try:
         wait_for_group(s, worker, timeout=120)

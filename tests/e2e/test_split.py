@@ -32,9 +32,7 @@ def test_a_relay_process_publishes_what_a_relayless_worker_stores(
         settings, metrics_port=free_port(), worker_relay=False, worker_projections=""
     )
     workload = list(generate(2, 100, 1_000, seed=4))
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload)
     worker = start(s, tmp_path / "worker.log")

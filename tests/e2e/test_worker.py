@@ -57,9 +57,7 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
     s = dataclasses.replace(settings, metrics_port=free_port())
     workload = list(generate(3, 200, 2_000, seed=11))
     leads = {(e.org_id, e.lead_id) for e in workload}
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload) and report.failed == 0
     bad = produce_bad_messages(s, encoder)
@@ -108,7 +106,7 @@ def test_worker_scores_every_lead_and_redelivery_changes_nothing(
             60,
             "the relay to publish every score",
         )
-        catalog = SchemaCatalog(s.schema_registry_url)
+        catalog = SchemaCatalog.from_settings(s)
         scored = [n for n in notes if n.topic.endswith("LeadScored")]
         messages = sum(len(score_records(store.to_event(n), n.id)) for n in scored)
         published = [catalog.decode(v) for _k, v in consume_all(s, expected=messages)]

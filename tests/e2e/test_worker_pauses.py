@@ -74,9 +74,7 @@ def test_a_read_only_database_pauses_the_worker_without_dead_letters(
     settings: Settings, tmp_path: Path
 ) -> None:
     s = dataclasses.replace(settings, metrics_port=free_port())
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     producer = kafka_producer(s.kafka)
 
     def send(tag: str, n: int) -> list[tuple[object, str]]:

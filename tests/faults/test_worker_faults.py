@@ -44,9 +44,7 @@ EVENTS, LEADS, ORGS = 20_000, 2_000, 4
 
 def produce(s: Settings) -> list[Any]:
     workload = list(generate(ORGS, LEADS, EVENTS, seed=31))
-    encoder = AvroTopic(
-        SchemaCatalog(s.schema_registry_url), s.topic_lead_events, LEAD_EVENT_SCHEMA
-    )
+    encoder = AvroTopic(SchemaCatalog.from_settings(s), s.topic_lead_events, LEAD_EVENT_SCHEMA)
     report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, workload)
     assert report.sent == len(workload) and report.failed == 0
     return workload
@@ -86,7 +84,7 @@ def check_invariants(s: Settings, workload: list[Any]) -> dict[str, int]:
         for n in notes
         if n.topic == SCORED_TOPIC
     }
-    catalog = SchemaCatalog(s.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(s)
     # Typed events (lead.qualified, ...) repeat a score under their own ids; count scores.
     records = [catalog.decode(v) for _k, v in consume_all(s, expected=messages)]
     published = [r["event_id"] for r in records if r["event_type"] == SCORE_UPDATED]

@@ -26,6 +26,7 @@ from domain.lead import lead_aggregate_id
 from leadscore.bootstrap import Engine, bootstrap
 from leadscore.settings import Settings
 from tests.factories import FixedScorer
+from tests.support.registry import registry_conf
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 def produce(settings: Settings, schema_file: str, records: list[dict[str, Any]]) -> None:
     """What an upstream team writes: Confluent's serializer, registry and producer."""
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+    with SchemaRegistryClient(registry_conf(settings)) as registry:
         serialize = AvroSerializer(registry, (SCHEMAS / schema_file).read_text())
         key = StringSerializer("utf_8")
         producer = Producer({**settings.kafka, "acks": "all"})
@@ -105,7 +106,7 @@ def test_confluent_avro_producers_of_v1_and_v2_feed_the_engine(
     produce(settings, "lead_event.v1.avsc", v1)
     produce(settings, "lead_event.v2.avsc", v2)
 
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+    with SchemaRegistryClient(registry_conf(settings)) as registry:
         assert registry.get_versions(f"{settings.topic_lead_events}-value") == [1, 2]
 
     values = consume(settings, expected=5)
@@ -128,7 +129,7 @@ def test_confluent_avro_producers_of_v1_and_v2_feed_the_engine(
 def test_the_registry_refuses_a_producer_with_a_breaking_schema(settings: Settings) -> None:
     schema = json.loads((SCHEMAS / "lead_event.v2.avsc").read_text())
     schema["fields"].append({"name": "budget", "type": "long"})  # required: breaks BACKWARD
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+    with SchemaRegistryClient(registry_conf(settings)) as registry:
         AvroSerializer(registry, (SCHEMAS / "lead_event.v1.avsc").read_text())(
             {**_base("lead-c", "LeadCreated", datetime.now(UTC))},
             SerializationContext(settings.topic_lead_events, MessageField.VALUE),
@@ -170,7 +171,7 @@ def test_v3_attributes_reach_the_lead_from_confluent_and_our_own_producer(
     producer = Producer({**settings.kafka, "acks": "all"})
     report = produce_events(producer, settings.topic_lead_events, encoder, ours)
     assert (report.sent, report.failed) == (1, 0)
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as registry:
+    with SchemaRegistryClient(registry_conf(settings)) as registry:
         latest = registry.get_latest_version(f"{settings.topic_lead_events}-value")
         assert json.loads(latest.schema.schema_str)["fields"][-1]["name"] == "attributes"
 

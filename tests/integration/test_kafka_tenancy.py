@@ -70,7 +70,7 @@ def _gate(engine: Engine) -> Gate:
         s.kafka,
         lead_events_topic=s.topic_lead_events,
         group=f"{s.consumer_group}-gate",
-        catalog=engine.catalog,
+        catalog=engine.decoder,
         producer=producer,
         dead_letters=DeadLetterSink(producer, s.topic_dlq, payloads=PayloadStore(s.pg_dsn)),
         metadata_refresh_ms=1000,

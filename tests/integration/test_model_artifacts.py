@@ -101,7 +101,7 @@ def test_a_worker_on_another_machine_scores_with_the_shared_model(
     try:
         wait_for_group(s, worker, timeout=120)
         events = custom_world(org_id=ORG, leads=20, seed=9).events
-        encoder = lead_event_encoder(SchemaCatalog(s.schema_registry_url), s.topic_lead_events)
+        encoder = lead_event_encoder(SchemaCatalog.from_settings(s), s.topic_lead_events)
         report = produce_events(kafka_producer(s.kafka), s.topic_lead_events, encoder, events)
         assert report.sent == len(events)
 

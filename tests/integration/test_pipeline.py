@@ -120,7 +120,10 @@ def test_relay_publishes_every_stored_score_once_with_stable_ids(
         assert r["new_score"] == ev.score and r["model_version"] == "test-1"
         assert set(r["components"]) == {"fit", "engagement"}
         assert r["grade"][0] in "ABC" and r["grade"][1] in "123"
-    assert all(k == r["lead_id"].encode() for (k, _v), r in zip(messages, records, strict=True))
+    # The key is org/lead: a subscriber filters an org by its key prefix.
+    assert all(
+        k == f"org-1/{r['lead_id']}".encode() for (k, _v), r in zip(messages, records, strict=True)
+    )
     rescored = [r for r in by_position.values() if r["previous_score"] is not None]
     assert len(rescored) == 10 and all(r["new_score"] > r["previous_score"] for r in rescored)
 
@@ -187,3 +190,26 @@ def test_qualification_and_grade_changes_are_their_own_score_events(
     }
     changed = {r["position"] for r in records if r["event_type"] == "lead.grade_changed"}
     assert changed == moved and moved
+
+
+def test_score_events_are_keyed_org_slash_lead_and_filter_by_prefix(
+    engine: Engine, settings: Settings
+) -> None:
+    # The same lead ids (one with a `/`) in two orgs: only the key's org part differs.
+    leads = ["same", "a/b"]
+    events = [created(lead=lead, org=org) for org in ("org-a", "org-b") for lead in leads]
+    assert engine.processor.process(encoded(engine, events)).applied == 4
+    with engine.relay() as relay:
+        assert relay.publish_once() == 4
+    messages = consume_all(settings, expected=4)
+    records = [(k, engine.catalog.decode(v)) for k, v in messages]
+    assert sorted(k for k, _r in records) == [
+        b"org-a/a/b", b"org-a/same", b"org-b/a/b", b"org-b/same"
+    ]  # fmt: skip
+    for key, r in records:
+        org, _, lead = key.decode().partition("/")  # the first `/` splits it
+        assert (org, lead) == (r["org_id"], r["lead_id"])
+    # A subscriber for org-a filters by prefix and sees only org-a's scores.
+    mine = [r for k, r in records if k.startswith(b"org-a/")]
+    assert sorted(r["lead_id"] for r in mine) == ["a/b", "same"]
+    assert {r["org_id"] for r in mine} == {"org-a"}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import secrets
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from streams.wire import (
     encode,
 )
 from tests.factories import activity, created
+from tests.support.registry import registry_conf, request
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +39,7 @@ def _breaking() -> str:
 
 @pytest.fixture
 def client(settings: Settings) -> Any:
-    with SchemaRegistryClient({"url": settings.schema_registry_url}) as c:
+    with SchemaRegistryClient(registry_conf(settings)) as c:
         yield c
 
 
@@ -50,24 +49,15 @@ def subject() -> str:
 
 
 def _request(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any, str]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        settings.schema_registry_url + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read()), resp.headers["Content-Type"]
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read()), exc.headers["Content-Type"]
+    status, answer, headers = request(settings, method, path, body)
+    return status, answer, headers["Content-Type"]
 
 
-def test_register_get_and_list_through_confluents_client(client: Any, subject: str) -> None:
+def test_register_get_and_list_through_confluents_client(
+    settings: Settings, client: Any, subject: str
+) -> None:
     first = client.register_schema(subject, Schema(V1, "AVRO"))
-    with SchemaRegistryClient({"url": client._rest_client.base_urls[0]}) as other:
+    with SchemaRegistryClient(registry_conf(settings)) as other:
         # Same schema again (a fresh client, no cache) gives the same id.
         assert other.register_schema(subject, Schema(V1, "AVRO")) == first
     assert json.loads(client.get_schema(first).schema_str) == json.loads(V1)
@@ -169,7 +159,7 @@ def test_raw_api_shapes(settings: Settings, subject: str) -> None:
 
 
 def test_catalog_decodes_v1_and_v2_messages_to_the_same_lead_event(settings: Settings) -> None:
-    catalog = SchemaCatalog(settings.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(settings)
     topic = f"catalog-{secrets.token_hex(4)}"
     v1 = AvroTopic(catalog, topic, LEAD_EVENT_SCHEMA)
     v2 = AvroTopic(catalog, topic, LEAD_EVENT_SCHEMA_V2)
@@ -179,7 +169,7 @@ def test_catalog_decodes_v1_and_v2_messages_to_the_same_lead_event(settings: Set
     # A fresh catalog knows no ids yet: it resolves both through the registry. Versions
     # in schemas/avro decode as written (no resolution, twice as fast) and the codec maps
     # each to the domain: v1's employees is v2's company_size.
-    reader = SchemaCatalog(settings.schema_registry_url)
+    reader = SchemaCatalog.from_settings(settings)
     from_v1, from_v2 = reader.decode(v1.encode(old)), reader.decode(v2.encode(new))
     assert from_v1["employees"] == from_v2["company_size"] == old["employees"]
     assert record_to_event(from_v1) == record_to_event(from_v2)
@@ -198,7 +188,7 @@ def test_catalog_decodes_v1_and_v2_messages_to_the_same_lead_event(settings: Set
 
 
 def test_catalog_errors(settings: Settings) -> None:
-    catalog = SchemaCatalog(settings.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(settings)
     topic = f"catalog-{secrets.token_hex(4)}"
     v1 = AvroTopic(catalog, topic, LEAD_EVENT_SCHEMA)
     record = event_to_record(created())

@@ -18,6 +18,7 @@ default ports, and `up` would reuse them.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -168,10 +169,15 @@ def _cmdline(pid: int | None) -> str:
 
 
 def _http_json(url: str, body: dict[str, str] | None = None) -> dict[str, object]:
+    # The checkout's registry has the default (dev) credentials; writes need them.
+    token = base64.b64encode(Settings().schema_registry_user_info.encode()).decode()
     request = urllib.request.Request(
         url,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        headers={
+            "Content-Type": "application/vnd.schemaregistry.v1+json",
+            "Authorization": f"Basic {token}",
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         result: dict[str, object] = json.loads(response.read())

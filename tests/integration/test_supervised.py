@@ -50,7 +50,7 @@ def alive(task: str) -> float | None:
 
 def messages(settings: Settings, tag: str, n: int) -> list[RawMessage]:
     enc = AvroTopic(
-        SchemaCatalog(settings.schema_registry_url), settings.topic_lead_events, LEAD_EVENT_SCHEMA
+        SchemaCatalog.from_settings(settings), settings.topic_lead_events, LEAD_EVENT_SCHEMA
     )
     return [
         RawMessage(enc.encode(event_to_record(created(lead=f"{tag}-{i}"))), offset=i)
@@ -72,7 +72,7 @@ def stored_score_ids(settings: Settings) -> set[str]:
 
 
 def published_score_ids(settings: Settings, expected: int) -> set[str]:
-    catalog = SchemaCatalog(settings.schema_registry_url)
+    catalog = SchemaCatalog.from_settings(settings)
     records = [catalog.decode(v) for _k, v in consume_all(settings, expected=expected)]
     return {r["event_id"] for r in records if r["event_type"] == SCORE_UPDATED}
 

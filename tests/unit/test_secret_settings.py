@@ -26,6 +26,7 @@ STRONG = {
     "api_pg_dsn": "postgresql://leadscore_api:s3cret-api@db.internal:5432/leadscore",
     "webhook_secret_key": "bm90LWEtZGV2LWtleS1ub3QtYS1kZXYta2V5LTAxMjM=",
     "kafka_sasl_password": "s3cret-kafka",
+    "schema_registry_password": "s3cret-registry",
 }
 
 
@@ -43,7 +44,13 @@ def test_production_refuses_the_dev_defaults_and_names_each() -> None:
     with pytest.raises(InsecureSettingsError) as caught:
         check_secrets(Settings(environment="production"))
     message = str(caught.value)
-    for name in ("PG_DSN", "API_PG_DSN", "WEBHOOK_SECRET_KEY", "KAFKA_SASL_PASSWORD"):
+    for name in (
+        "PG_DSN",
+        "API_PG_DSN",
+        "WEBHOOK_SECRET_KEY",
+        "KAFKA_SASL_PASSWORD",
+        "SCHEMA_REGISTRY_PASSWORD",
+    ):
         assert f"{PREFIX}{name}" in message, message
 
 
@@ -62,6 +69,8 @@ def test_production_starts_when_every_secret_is_set() -> None:
         ("webhook_secret_key", ""),
         ("kafka_sasl_password", "leadscore-dev"),
         ("kafka_sasl_password", ""),
+        ("schema_registry_password", "leadscore-dev"),
+        ("schema_registry_password", ""),
     ],
 )
 def test_production_refuses_one_weak_secret(setting: str, value: str) -> None:
