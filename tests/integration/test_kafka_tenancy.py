@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from domain.lead import lead_aggregate_id
 from leadscore import cli_api, kafka_access, tenancy
 from leadscore.bootstrap import Engine, bootstrap
-from leadscore.cli import app as cli
 from leadscore.services.topics import org_topic
 from leadscore.settings import Settings, get_settings, settings_env
 from streams.dlq import REASON, DeadLetterSink, PayloadStore, Reason, read_letters
@@ -186,17 +185,17 @@ def test_grant_producer_command(settings: Settings, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     monkeypatch.setattr(cli_api, "console", Console(width=250))
-    runner = CliRunner()
-    result = runner.invoke(cli, ["orgs", "grant-producer", f"crm-{tag}", "--org", org], env=env)
+    runner, orgs = CliRunner(), cli_api.orgs_app
+    result = runner.invoke(orgs, ["grant-producer", f"crm-{tag}", "--org", org], env=env)
     assert result.exit_code == 0, result.output
     password = result.output.strip().splitlines()[-1]
     assert len(password) >= 24
-    listed = runner.invoke(cli, ["orgs", "producers"], env=env, terminal_width=200)
+    listed = runner.invoke(orgs, ["producers"], env=env, terminal_width=200)
     assert f"User:crm-{tag}" in listed.output and org in listed.output
     # An org nobody registered: refused before anything is made in Kafka.
-    refused = runner.invoke(cli, ["orgs", "grant-producer", f"crm-{tag}", "--org", "nope"], env=env)
+    refused = runner.invoke(orgs, ["grant-producer", f"crm-{tag}", "--org", "nope"], env=env)
     assert refused.exit_code == 1 and "not registered" in refused.output
-    bad = runner.invoke(cli, ["orgs", "grant-producer", "a b", "--org", org], env=env)
+    bad = runner.invoke(orgs, ["grant-producer", "a b", "--org", org], env=env)
     assert bad.exit_code == 1 and "principal" in bad.output
     get_settings.cache_clear()
 
