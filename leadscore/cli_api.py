@@ -106,6 +106,33 @@ def orgs_grant_producer(
         print(generated)
 
 
+@orgs_app.command("grant-subscriber")
+def orgs_grant_subscriber(
+    principal: Annotated[str, typer.Argument(help="Kafka principal (SCRAM user) of the reader")],
+    org: Annotated[str, typer.Option(help="Org id whose score-events it may read")],
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the principal's password from stdin (else generated)")
+    ] = False,
+) -> None:
+    """Let a tenant's subscriber read one org's score-events, from <score-events>.org.<org>.
+
+    The relay copies the org's score-events there from then on (within 10 s); the ACLs
+    let the principal read that topic only, in consumer groups named <principal>*."""
+    from leadscore import kafka_access
+
+    s = get_settings()
+    if org not in {o.id for o in _run(tenancy.list_orgs)}:
+        console.print(f"[red]error:[/red] org {org!r} is not registered (leadscore orgs create)")
+        raise typer.Exit(1)
+    password = typer.get_text_stream("stdin").readline().strip() if password_stdin else None
+    generated = _access(lambda: kafka_access.grant_subscriber(s, principal, org, password=password))
+    topic = kafka_access.org_topic(s.topic_score_events, org)
+    console.print(f"User:{principal} may read score-events of {org} from {topic}")
+    if generated is not None:
+        console.print("password (shown once):")
+        print(generated)
+
+
 @orgs_app.command("revoke-producer")
 def orgs_revoke_producer(
     principal: Annotated[str, typer.Argument(help="Kafka principal of the producer")],

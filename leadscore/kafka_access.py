@@ -116,6 +116,40 @@ def grant_producer(
     return generated
 
 
+def grant_subscriber(
+    settings: Settings, principal: str, org_id: str, *, password: str | None = None
+) -> str | None:
+    """Let ``principal`` read the score-events of ``org_id`` and no other org's: the topic
+    ``<score-events>.org.<org>`` (the relay copies that org's score-events there once
+    it exists) with READ and DESCRIBE, and consumer groups whose names start with the
+    principal. Return the password when the user was made here with a generated one."""
+    if not ORG_ID_PATTERN.match(org_id):
+        raise AccessError(f"org id {org_id!r} is not valid")
+    generated = ensure_user(settings, principal, password)
+    topic = org_topic(settings.topic_score_events, org_id)
+    ensure_topics(settings.kafka, [topic], settings.topic_partitions)
+    bindings = [
+        _binding(principal, topic, AclOperation.READ),
+        _binding(principal, topic, AclOperation.DESCRIBE),
+        AclBinding(
+            ResourceType.GROUP,
+            principal,
+            ResourcePatternType.PREFIXED,
+            f"User:{principal}",
+            "*",
+            AclOperation.READ,
+            AclPermissionType.ALLOW,
+        ),
+    ]
+    admin = _admin(settings)
+    for future in admin.create_acls(bindings).values():
+        try:
+            future.result(timeout=_TIMEOUT)
+        except KafkaException as exc:
+            raise AccessError(f"could not grant {principal!r} on {topic}: {exc}") from exc
+    return generated
+
+
 def revoke_producer(settings: Settings, principal: str, org_id: str) -> int:
     """Remove ``principal``'s ACLs on the org's topic; return how many were removed."""
     topic = org_topic(settings.topic_lead_events, org_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -31,6 +32,7 @@ from leadscore.eventstore import (
     LeadStore,
     ddl_lock,
 )
+from leadscore.services.topics import org_of_topic, org_topic
 from streams import metrics
 from streams.tracing import TRACEPARENT, TraceContexts, Tracing, context_of, traceparent_of
 from streams.wire import AvroTopic
@@ -151,6 +153,33 @@ def kafka_producer(kafka: Mapping[str, str], **overrides: Any) -> Producer:
     return Producer(config)
 
 
+class OrgTopics:
+    """Which orgs have a score-events topic of their own (``<score-events>.org.<org>``,
+    made by `leadscore orgs grant-subscriber`), read from the broker's metadata at most
+    every ``refresh_s``."""
+
+    def __init__(self, producer: Producer, topic: str, refresh_s: float = 10.0) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.refresh_s = refresh_s
+        self._orgs: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+
+    def orgs(self) -> frozenset[str]:
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_s:
+            self._read_at = now
+            try:
+                names = self.producer.list_topics(timeout=5).topics
+            except KafkaException as exc:  # keep the last answer; the next batch asks again
+                log.warning("topic metadata unavailable", error=str(exc))
+                return self._orgs
+            self._orgs = frozenset(
+                org for name in names if (org := org_of_topic(self.topic, name)) is not None
+            )
+        return self._orgs
+
+
 class ScoreEventRelay:
     def __init__(
         self,
@@ -171,6 +200,7 @@ class ScoreEventRelay:
         self.position = tracking.get()
         self.tracing = Tracing(None)
         self.contexts: TraceContexts | None = None
+        self.org_topics = OrgTopics(producer, topic)
 
     def use_tracing(self, tracing: Tracing, dsn: str) -> None:
         """Continue each score's trace from its lead-event (streams/tracing.py)."""
@@ -203,6 +233,7 @@ class ScoreEventRelay:
                 errors.append(str(err))
 
         sent = 0
+        split = self.org_topics.orgs()
         events = [(note, self.store.to_event(note)) for note in notes]
         parents = self._trace_parents([event for _note, event in events])
         for note, event in events:
@@ -217,14 +248,16 @@ class ScoreEventRelay:
                 else _NO_SPAN as span
             ):
                 headers = [(TRACEPARENT, traceparent_of(span).encode())] if span else None
+                key = score_event_key(event.org_id, event.lead_id)
+                topics = [self.topic]
+                if event.org_id in split:  # and a copy on the org's own topic
+                    topics.append(org_topic(self.topic, event.org_id))
                 for record in score_records(event, note.id):
-                    self.producer.produce(
-                        self.topic,
-                        key=score_event_key(event.org_id, event.lead_id),
-                        value=self.encoder.encode(record),
-                        headers=headers,
-                        on_delivery=on_delivery,
-                    )
+                    value = self.encoder.encode(record)
+                    for topic in topics:
+                        self.producer.produce(
+                            topic, key=key, value=value, headers=headers, on_delivery=on_delivery
+                        )
                     sent += 1
             self.producer.poll(0)
         remaining = self.producer.flush(30)

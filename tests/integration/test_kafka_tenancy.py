@@ -209,3 +209,42 @@ def test_a_settings_typo_in_the_protocol_fails_clearly(settings: Settings) -> No
     assert "sasl.username" not in plain.kafka
     with pytest.raises(KafkaException):
         Consumer({**plain.kafka, "group.id": "x"}).list_topics(timeout=3)
+
+
+def test_a_subscriber_reads_its_orgs_score_events_only(settings: Settings, engine: Engine) -> None:
+    tag = secrets.token_hex(3)
+    acme, other = f"acme-{tag}", f"other-{tag}"
+    reader = f"dash-{tag}"
+    _register(settings, acme, other)
+    password = kafka_access.grant_subscriber(settings, reader, acme)
+    assert password
+    engine.processor.process(
+        encoded(engine, [created(lead="a1", org=acme), created(lead="o1", org=other)])
+    )
+    with engine.relay() as relay:
+        while relay.publish_once():
+            pass
+    mine = org_topic(settings.topic_score_events, acme)
+    as_reader = {**_as(settings, reader, password), "group.id": f"{reader}-1"}
+    consumer = Consumer({**as_reader, "auto.offset.reset": "earliest", "log_level": 0})
+    consumer.subscribe([mine])
+    got: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not got:
+        got += [m for m in consumer.consume(10, timeout=0.5) if not m.error()]
+    consumer.close()
+    assert got and {m.key() for m in got} == {f"{acme}/a1".encode()}
+    # Every org's score-events stay on the shared topic, which the reader may not read,
+    # nor another group's name.
+    for topic, group in ((settings.topic_score_events, f"{reader}-2"), (mine, "someone-else")):
+        c = Consumer({**as_reader, "group.id": group, "auto.offset.reset": "earliest"})
+        c.subscribe([topic])
+        errors = []
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not errors:
+            errors += [m.error() for m in c.consume(10, timeout=0.5) if m.error()]
+        c.close()
+        assert errors and errors[0].code() in (
+            KafkaError.TOPIC_AUTHORIZATION_FAILED,
+            KafkaError.GROUP_AUTHORIZATION_FAILED,
+        ), (topic, group, errors)
