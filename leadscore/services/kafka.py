@@ -14,6 +14,7 @@ from pathlib import Path
 import structlog
 
 from leadscore.services import process
+from leadscore.services.kafka_tls import TlsFiles, ensure_tls_files
 from leadscore.services.model import ServiceError, ServiceStatus
 from leadscore.services.progress import Progress
 from leadscore.services.topics import ensure_engine_topics, round_trip
@@ -301,21 +302,35 @@ def _listener(settings: Settings) -> str:
     return protocol
 
 
+def tls_port(settings: Settings) -> int:
+    """The local broker's SASL_SSL listener: two above the client port (the controller
+    takes the one between)."""
+    return _ports(settings)[1] + 2
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    """The local broker's CA (what a client trusts) and server keystore."""
+    return ensure_tls_files(layout(settings).root / "tls")
+
+
 def _security(settings: Settings, listener: str) -> dict[str, str]:
-    """SASL/SCRAM on the client listener and ACLs (StandardAuthorizer): the engine's
-    principal is the super user; every other principal may do only what an ACL grants
-    (`leadscore orgs grant-producer`)."""
+    """SASL/SCRAM on the client listener and on a SASL_SSL one beside it (tls_port), and
+    ACLs (StandardAuthorizer): the engine's principal is the super user; every other
+    principal may do only what an ACL grants (`leadscore orgs grant-producer`)."""
     if listener == "PLAINTEXT":
         return {}
-    name = listener.lower()
     jaas = scram_jaas(settings.kafka_sasl_username, settings.kafka_sasl_password)
+    tls = tls_files(settings)
     return {
         "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
         "sasl.mechanism.inter.broker.protocol": settings.kafka_sasl_mechanism,
         **{
-            f"listener.name.{name}.{mech.lower()}.sasl.jaas.config": jaas
+            f"listener.name.{name.lower()}.{mech.lower()}.sasl.jaas.config": jaas
             for mech in SCRAM_MECHANISMS
+            for name in (listener, "SASL_SSL")
         },
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(tls.server),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         # ANONYMOUS: the broker's own requests to its controller, on the CONTROLLER
         # listener (PLAINTEXT: KRaft controllers cannot take SCRAM), bound to loopback.
@@ -357,16 +372,21 @@ def _write_config(settings: Settings, paths: Layout) -> None:
     # Rewritten on every start so a changed port, run dir or password takes effect.
     host, port, controller = _ports(settings)
     listener = _listener(settings)
+    tls = [f"SASL_SSL://{host}:{port + 2}"] if listener != "PLAINTEXT" else []
     server = {
         "process.roles": "broker,controller",
         "node.id": "1",
         # A static quorum of one voter: the simplest KRaft setup that formats without --standalone.
         "controller.quorum.voters": f"1@{host}:{controller}",
-        "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{controller}",
-        "advertised.listeners": f"{listener}://{host}:{port}",
+        "listeners": ",".join(
+            [f"{listener}://{host}:{port}", f"CONTROLLER://{host}:{controller}", *tls]
+        ),
+        "advertised.listeners": ",".join([f"{listener}://{host}:{port}", *tls]),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": listener,
-        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
+        "listener.security.protocol.map": ",".join(
+            [f"CONTROLLER:PLAINTEXT,{listener}:{listener}", *(["SASL_SSL:SASL_SSL"] if tls else [])]
+        ),
         **_security(settings, listener),
         "log.dirs": str(paths.data),
         # One node: every replication factor and ISR must be 1 or internal topics never appear.

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,6 +24,7 @@ from typer.testing import CliRunner
 from domain.lead import lead_aggregate_id
 from leadscore import cli_api, kafka_access, tenancy
 from leadscore.bootstrap import Engine, bootstrap
+from leadscore.services import kafka as kafka_service
 from leadscore.services.topics import org_topic
 from leadscore.settings import Settings, get_settings, settings_env
 from streams.dlq import REASON, DeadLetterSink, PayloadStore, Reason, read_letters
@@ -248,3 +255,49 @@ def test_a_subscriber_reads_its_orgs_score_events_only(settings: Settings, engin
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
             KafkaError.GROUP_AUTHORIZATION_FAILED,
         ), (topic, group, errors)
+
+
+def test_the_engines_clients_speak_sasl_ssl(settings: Settings, tmp_path: Path) -> None:
+    """The local broker's TLS listener (kafka.tls_port, a CA of its own): the settings a
+    managed Kafka takes (SASL_SSL and a CA) carry confluent-kafka and Faust through it."""
+    tls = dataclasses.replace(
+        settings,
+        kafka_bootstrap=f"127.0.0.1:{kafka_service.tls_port(settings)}",
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_ca_location=str(kafka_service.tls_files(settings).ca),
+    )
+    assert _produce(tls.kafka, tls.topic_lead_events, [b"a", b"b", b"c"]) == [None] * 3
+    # Without the CA the broker's certificate is not trusted.
+    untrusting = {**tls.kafka, "ssl.ca.location": certifi_or_system()}
+    (err,) = _produce(untrusting, tls.topic_lead_events, [b"x"])
+    assert err is not None
+
+    env = {**os.environ, **settings_env(tls), "PYTHONPATH": str(Path(__file__).parents[2])}
+    log = (tmp_path / "probe.log").open("wb")
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.faust_probe", tls.topic_lead_events,
+         tls.consumer_group, str(tmp_path)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(seen) < 3 and time.monotonic() < deadline:
+            assert probe.poll() is None, (tmp_path / "probe.log").read_text()[-3000:]
+            time.sleep(0.5)
+            path = tmp_path / "seen.jsonl"
+            seen = (
+                [json.loads(x)["v"] for x in path.read_text().splitlines()] if path.exists() else []
+            )
+    finally:
+        os.killpg(probe.pid, signal.SIGTERM)
+        probe.wait(timeout=60)
+        log.close()
+    assert sorted(seen) == ["a", "b", "c"]
+
+
+def certifi_or_system() -> str:
+    """A CA bundle that does not hold the dev broker's CA: the system's."""
+    import ssl
+
+    return ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
