@@ -7,18 +7,22 @@ locals {
   # The settings every service reads, as plain environment variables. Their names are
   # leadscore/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
   leadscore_environment = {
-    LEADSCORE_KAFKA_BOOTSTRAP     = module.msk.bootstrap_brokers
-    LEADSCORE_SCHEMA_REGISTRY_URL = local.run_registry ? "http://registry.${var.internal_domain}:${var.registry_port}" : var.schema_registry_url
-    LEADSCORE_TOPIC_LEAD_EVENTS   = var.topic_lead_events
-    LEADSCORE_TOPIC_SCORE_EVENTS  = var.topic_score_events
-    LEADSCORE_TOPIC_DLQ           = var.topic_dlq
-    LEADSCORE_TOPIC_PARTITIONS    = tostring(var.topic_partitions)
-    LEADSCORE_CONSUMER_GROUP      = var.consumer_group
-    LEADSCORE_API_HOST            = "0.0.0.0" # the API task's bind address; only the API reads it
-    LEADSCORE_API_PORT            = tostring(var.api_port)
-    LEADSCORE_RUN_DIR             = "/var/run/leadscore"
-    LEADSCORE_LOG_FORMAT          = "json"
-    LEADSCORE_LOG_LEVEL           = var.log_level
+    LEADSCORE_KAFKA_BOOTSTRAP = module.msk.bootstrap_brokers
+    # MSK's SASL/SCRAM listener: TLS, SCRAM-SHA-512 only, Amazon's CA from the system's.
+    LEADSCORE_KAFKA_SECURITY_PROTOCOL = "SASL_SSL"
+    LEADSCORE_KAFKA_SASL_MECHANISM    = "SCRAM-SHA-512"
+    LEADSCORE_KAFKA_SASL_USERNAME     = module.msk.scram_username
+    LEADSCORE_SCHEMA_REGISTRY_URL     = local.run_registry ? "http://registry.${var.internal_domain}:${var.registry_port}" : var.schema_registry_url
+    LEADSCORE_TOPIC_LEAD_EVENTS       = var.topic_lead_events
+    LEADSCORE_TOPIC_SCORE_EVENTS      = var.topic_score_events
+    LEADSCORE_TOPIC_DLQ               = var.topic_dlq
+    LEADSCORE_TOPIC_PARTITIONS        = tostring(var.topic_partitions)
+    LEADSCORE_CONSUMER_GROUP          = var.consumer_group
+    LEADSCORE_API_HOST                = "0.0.0.0" # the API task's bind address; only the API reads it
+    LEADSCORE_API_PORT                = tostring(var.api_port)
+    LEADSCORE_RUN_DIR                 = "/var/run/leadscore"
+    LEADSCORE_LOG_FORMAT              = "json"
+    LEADSCORE_LOG_LEVEL               = var.log_level
   }
 
   # The settings that carry credentials: Secrets Manager ARNs, injected by ECS.
@@ -26,6 +30,8 @@ locals {
     LEADSCORE_PG_DSN         = module.postgres.dsn_secret_arn
     LEADSCORE_REDIS_URL      = module.redis.url_secret_arn
     LEADSCORE_CLICKHOUSE_DSN = aws_secretsmanager_secret.clickhouse_dsn.arn
+    # The password key of MSK's SCRAM secret (ECS reads one JSON key: ARN:key::).
+    LEADSCORE_KAFKA_SASL_PASSWORD = "${module.msk.scram_secret_arn}:password::"
   }
 }
 

@@ -66,6 +66,11 @@ override_resource {
 }
 
 override_resource {
+  target = module.msk.aws_secretsmanager_secret.scram
+  values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:AmazonMSK_leadscore_leadscore-dddddd" }
+}
+
+override_resource {
   target = aws_secretsmanager_secret.clickhouse_dsn
   values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_CLICKHOUSE_DSN-cccccc" }
 }
@@ -97,8 +102,25 @@ run "workers_get_brokers_and_secrets" {
       { name = "LEADSCORE_PG_DSN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_PG_DSN-aaaaaa" },
       { name = "LEADSCORE_REDIS_URL", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_REDIS_URL-bbbbbb" },
       { name = "LEADSCORE_CLICKHOUSE_DSN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_CLICKHOUSE_DSN-cccccc" },
+      { name = "LEADSCORE_KAFKA_SASL_PASSWORD", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:AmazonMSK_leadscore_leadscore-dddddd:password::" },
     ])
-    error_message = "the worker's task definition does not take the three secret ARNs from Secrets Manager"
+    error_message = "the worker's task definition does not take the four secrets from Secrets Manager"
+  }
+
+  assert {
+    condition = alltrue([
+      for svc, defs in module.services.task_definitions : alltrue([
+        contains(defs[0].environment, { name = "LEADSCORE_KAFKA_SECURITY_PROTOCOL", value = "SASL_SSL" }),
+        contains(defs[0].environment, { name = "LEADSCORE_KAFKA_SASL_MECHANISM", value = "SCRAM-SHA-512" }),
+        contains(defs[0].environment, { name = "LEADSCORE_KAFKA_SASL_USERNAME", value = "leadscore" }),
+      ])
+    ])
+    error_message = "a task does not authenticate to MSK as the SCRAM user over TLS"
+  }
+
+  assert {
+    condition     = contains(jsondecode(module.services.secrets_policy)["Statement"][0]["Resource"], "arn:aws:secretsmanager:us-east-1:123456789012:secret:AmazonMSK_leadscore_leadscore-dddddd")
+    error_message = "the execution role cannot read MSK's SCRAM secret"
   }
 
   assert {

@@ -91,6 +91,10 @@ resource "aws_msk_cluster" "this" {
   }
 }
 
+locals {
+  scram_username = "leadscore" # LEADSCORE_KAFKA_SASL_USERNAME
+}
+
 # MSK reads SCRAM users only from secrets named AmazonMSK_* under a customer-managed key.
 resource "aws_secretsmanager_secret" "scram" {
   #checkov:skip=CKV2_AWS_57:MSK SCRAM users have no rotation Lambda; rotate by bumping credentials_version
@@ -109,7 +113,7 @@ data "aws_secretsmanager_random_password" "scram" {
 resource "aws_secretsmanager_secret_version" "scram" {
   secret_id = aws_secretsmanager_secret.scram.id
   secret_string_wo = jsonencode({
-    username = "leadscore"
+    username = local.scram_username
     password = data.aws_secretsmanager_random_password.scram.random_password
   })
   secret_string_wo_version = var.credentials_version

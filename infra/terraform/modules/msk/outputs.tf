@@ -22,3 +22,8 @@ output "ingress" {
     k => { source = r.referenced_security_group_id, port = r.from_port, cidr = r.cidr_ipv4 }
   }
 }
+
+output "scram_username" {
+  description = "The SCRAM user of the leadscore services (LEADSCORE_KAFKA_SASL_USERNAME)"
+  value       = local.scram_username
+}

@@ -98,9 +98,12 @@ resource "aws_iam_role_policy" "secrets" {
     Version = "2012-10-17"
     Statement = [
       {
-        Effect   = "Allow"
-        Action   = ["secretsmanager:GetSecretValue"]
-        Resource = sort(values(var.secrets))
+        Effect = "Allow"
+        Action = ["secretsmanager:GetSecretValue"]
+        # A valueFrom may name one JSON key of a secret (ARN:key::); the policy the secret.
+        Resource = sort(distinct([
+          for v in values(var.secrets) : regex("^arn:[^:]+:secretsmanager:[^:]+:[^:]+:secret:[^:]+", v)
+        ]))
       },
       {
         Effect   = "Allow"

@@ -45,3 +45,8 @@ output "worker_scaling" {
     target = one(aws_appautoscaling_policy.worker_lag.target_tracking_scaling_policy_configuration).target_value
   }
 }
+
+output "secrets_policy" {
+  description = "The execution role's policy: the secrets it may read (checked by the wiring tests)"
+  value       = aws_iam_role_policy.secrets.policy
+}
