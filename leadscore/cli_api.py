@@ -78,6 +78,22 @@ def _access(action: Callable[[], T]) -> T:
         raise typer.Exit(1) from exc
 
 
+def _grant_command(
+    grant: Callable[..., str | None], principal: str, org: str, password_stdin: bool, done: str
+) -> None:
+    """A grant-* command: the org must be registered; a generated password is printed
+    once, alone on the last line."""
+    if org not in {o.id for o in _run(tenancy.list_orgs)}:
+        console.print(f"[red]error:[/red] org {org!r} is not registered (leadscore orgs create)")
+        raise typer.Exit(1)
+    password = typer.get_text_stream("stdin").readline().strip() if password_stdin else None
+    generated = _access(lambda: grant(get_settings(), principal, org, password=password))
+    console.print(done)
+    if generated is not None:
+        console.print("password (shown once):")
+        print(generated)
+
+
 @orgs_app.command("grant-producer")
 def orgs_grant_producer(
     principal: Annotated[str, typer.Argument(help="Kafka principal (SCRAM user) of the producer")],
@@ -93,17 +109,9 @@ def orgs_grant_producer(
     forwards the org's lead-events and dead-letters others (org_not_allowed)."""
     from leadscore import kafka_access
 
-    s = get_settings()
-    if org not in {o.id for o in _run(tenancy.list_orgs)}:
-        console.print(f"[red]error:[/red] org {org!r} is not registered (leadscore orgs create)")
-        raise typer.Exit(1)
-    password = typer.get_text_stream("stdin").readline().strip() if password_stdin else None
-    generated = _access(lambda: kafka_access.grant_producer(s, principal, org, password=password))
-    topic = kafka_access.org_topic(s.topic_lead_events, org)
-    console.print(f"User:{principal} may produce lead-events of {org} to {topic}")
-    if generated is not None:
-        console.print("password (shown once):")
-        print(generated)
+    topic = kafka_access.org_topic(get_settings().topic_lead_events, org)
+    done = f"User:{principal} may produce lead-events of {org} to {topic}"
+    _grant_command(kafka_access.grant_producer, principal, org, password_stdin, done)
 
 
 @orgs_app.command("grant-subscriber")
@@ -120,17 +128,9 @@ def orgs_grant_subscriber(
     let the principal read that topic only, in consumer groups named <principal>*."""
     from leadscore import kafka_access
 
-    s = get_settings()
-    if org not in {o.id for o in _run(tenancy.list_orgs)}:
-        console.print(f"[red]error:[/red] org {org!r} is not registered (leadscore orgs create)")
-        raise typer.Exit(1)
-    password = typer.get_text_stream("stdin").readline().strip() if password_stdin else None
-    generated = _access(lambda: kafka_access.grant_subscriber(s, principal, org, password=password))
-    topic = kafka_access.org_topic(s.topic_score_events, org)
-    console.print(f"User:{principal} may read score-events of {org} from {topic}")
-    if generated is not None:
-        console.print("password (shown once):")
-        print(generated)
+    topic = kafka_access.org_topic(get_settings().topic_score_events, org)
+    done = f"User:{principal} may read score-events of {org} from {topic}"
+    _grant_command(kafka_access.grant_subscriber, principal, org, password_stdin, done)
 
 
 @orgs_app.command("revoke-producer")

@@ -100,20 +100,9 @@ def grant_producer(
 ) -> str | None:
     """Let ``principal`` produce lead-events of ``org_id`` (see the module doc); return
     the password when the user was made here with a generated one."""
-    if not ORG_ID_PATTERN.match(org_id):
-        raise AccessError(f"org id {org_id!r} is not valid")
-    generated = ensure_user(settings, principal, password)
     topic = org_topic(settings.topic_lead_events, org_id)
     config = topic_configs(settings)[settings.topic_lead_events]
-    ensure_topics(settings.kafka, [topic], settings.topic_partitions, configs={topic: config})
-    bindings = [_binding(principal, topic, op) for op in _OPERATIONS]
-    admin = _admin(settings)  # held: a collected client cancels its futures
-    for future in admin.create_acls(bindings).values():
-        try:
-            future.result(timeout=_TIMEOUT)
-        except KafkaException as exc:
-            raise AccessError(f"could not grant {principal!r} on {topic}: {exc}") from exc
-    return generated
+    return _grant(settings, principal, org_id, topic, config, _OPERATIONS, password=password)
 
 
 def grant_subscriber(
@@ -123,25 +112,38 @@ def grant_subscriber(
     ``<score-events>.org.<org>`` (the relay copies that org's score-events there once
     it exists) with READ and DESCRIBE, and consumer groups whose names start with the
     principal. Return the password when the user was made here with a generated one."""
+    topic = org_topic(settings.topic_score_events, org_id)
+    groups = AclBinding(
+        ResourceType.GROUP,
+        principal,
+        ResourcePatternType.PREFIXED,
+        f"User:{principal}",
+        "*",
+        AclOperation.READ,
+        AclPermissionType.ALLOW,
+    )
+    operations = (AclOperation.READ, AclOperation.DESCRIBE)
+    return _grant(settings, principal, org_id, topic, {}, operations, [groups], password=password)
+
+
+def _grant(
+    settings: Settings,
+    principal: str,
+    org_id: str,
+    topic: str,
+    config: dict[str, str],
+    operations: tuple[AclOperation, ...],
+    extra: list[AclBinding] | None = None,
+    *,
+    password: str | None,
+) -> str | None:
+    """The user, the org's topic, and ACLs for ``operations`` on it (plus ``extra``)."""
     if not ORG_ID_PATTERN.match(org_id):
         raise AccessError(f"org id {org_id!r} is not valid")
     generated = ensure_user(settings, principal, password)
-    topic = org_topic(settings.topic_score_events, org_id)
-    ensure_topics(settings.kafka, [topic], settings.topic_partitions)
-    bindings = [
-        _binding(principal, topic, AclOperation.READ),
-        _binding(principal, topic, AclOperation.DESCRIBE),
-        AclBinding(
-            ResourceType.GROUP,
-            principal,
-            ResourcePatternType.PREFIXED,
-            f"User:{principal}",
-            "*",
-            AclOperation.READ,
-            AclPermissionType.ALLOW,
-        ),
-    ]
-    admin = _admin(settings)
+    ensure_topics(settings.kafka, [topic], settings.topic_partitions, configs={topic: config})
+    bindings = [_binding(principal, topic, op) for op in operations] + (extra or [])
+    admin = _admin(settings)  # held: a collected client cancels its futures
     for future in admin.create_acls(bindings).values():
         try:
             future.result(timeout=_TIMEOUT)
