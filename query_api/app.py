@@ -14,6 +14,7 @@ from leadscore.settings import Settings
 from query_api import (
     resources,
     routes_analytics,
+    routes_history,
     routes_leads,
     routes_models,
     routes_system,
@@ -31,6 +32,7 @@ def routes(server_url: str | None = None) -> list[BaseRoute]:
     describes them)."""
     return [
         *routes_leads.routes,
+        *routes_history.routes,
         *routes_analytics.routes,
         *routes_models.routes,
         *routes_webhooks.routes,
