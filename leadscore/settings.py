@@ -177,6 +177,10 @@ class Settings:
     api_negative_cache_ttl_s: float = 30.0
     # Non-empty: GET /metrics requires `Authorization: Bearer <this>`.
     api_metrics_token: str = ""
+    # Signs the console's session cookies (/console); every API process of a deployment
+    # must share it. Empty: a fixed dev secret in dev; outside dev the console is off.
+    console_secret: str = ""
+    console_session_hours: float = 8.0  # a console sign-in lasts this long
     # Seconds between the worker's consumer-lag readings (high watermark minus committed
     # offset, per assigned partition: leadscore_consumer_lag_messages); 0 = not measured.
     consumer_lag_interval_s: int = 10

@@ -60,6 +60,8 @@ CREATE INDEX IF NOT EXISTS api_keys_org_idx ON api_keys (org_id);
 -- Migration (keys created before expiry existed never expire).
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS last_used_at timestamptz;
+-- An admin key may also change its org's models from the console (promote).
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;
 """
 
 Executor = asyncpg.Connection | asyncpg.Pool
@@ -99,6 +101,7 @@ class KeyRecord:
     revoked: bool
     expires_at: datetime | None
     expired: bool
+    admin: bool = False
 
     @property
     def active(self) -> bool:
@@ -179,10 +182,16 @@ def fingerprint(key: str) -> str:
 
 
 async def create_api_key(
-    db: Executor, org_id: str, name: str | None = None, *, expires_in: timedelta | None = None
+    db: Executor,
+    org_id: str,
+    name: str | None = None,
+    *,
+    expires_in: timedelta | None = None,
+    admin: bool = False,
 ) -> tuple[str, str]:
     """A new key for ``org_id``: returns (key id, the key). The key itself is not stored.
-    With ``expires_in``, the key stops working that long from now."""
+    With ``expires_in``, the key stops working that long from now; ``admin`` keys may
+    also promote the org's own models from the console."""
     if expires_in is not None and expires_in <= timedelta(0):
         raise TenancyError("a key's lifetime must be positive")
     key = generate_key()
@@ -190,13 +199,14 @@ async def create_api_key(
     key_id = "key_" + secrets.token_hex(8)
     try:
         expires_at = await db.fetchval(
-            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at) "
-            "VALUES ($1, $2, $3, $4, now() + $5::interval) RETURNING expires_at",
+            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at, admin) "
+            "VALUES ($1, $2, $3, $4, now() + $5::interval, $6) RETURNING expires_at",
             key_id,
             org_id,
             hash_key(key),
             name,
             expires_in,
+            admin,
         )
     except asyncpg.ForeignKeyViolationError as exc:
         raise TenancyError(
@@ -207,6 +217,7 @@ async def create_api_key(
         audit=True,
         key_id=key_id,
         org_id=org_id,
+        admin=admin,
         expires_at=expires_at.isoformat() if expires_at else None,
     )
     return key_id, key
@@ -238,10 +249,17 @@ async def lookup_key(db: Executor, key: str) -> KeyRecord | None:
     """The stored key ``key`` hashes to, active or not; None when there is none."""
     if not looks_like_key(key):
         return None
+    return await lookup_key_hash(db, hash_key(key))
+
+
+async def lookup_key_hash(db: Executor, digest: bytes) -> KeyRecord | None:
+    """The stored key whose hash is ``digest`` (a console session holds the hash, never
+    the key), active or not; None when there is none."""
     row = await db.fetchrow(
         "SELECT id, org_id, revoked_at IS NOT NULL AS revoked, expires_at, "
-        "coalesce(expires_at <= now(), false) AS expired FROM api_keys WHERE key_hash = $1",
-        hash_key(key),
+        "coalesce(expires_at <= now(), false) AS expired, admin "
+        "FROM api_keys WHERE key_hash = $1",
+        digest,
     )
     return None if row is None else KeyRecord(**dict(row))
 

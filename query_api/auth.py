@@ -35,6 +35,8 @@ METRICS_PATH = "/metrics"
 PUBLIC_PATHS = frozenset(
     {"/health", "/health/live", "/health/ready", METRICS_PATH, "/openapi.json"}
 )
+# The console signs people in with a session cookie of its own (query_api/console/).
+CONSOLE_PREFIX = "/console"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,9 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
         if path in PUBLIC_PATHS:
             if path == METRICS_PATH and self.metrics_token and not self._metrics_allowed(scope):
                 await unauthorized("/metrics requires its token")(scope, receive, send)

@@ -19,6 +19,7 @@ from domain.lead import Lead
 from query_api.auth import org_of
 from query_api.errors import InvalidParametersError, NotFoundError
 from query_api.params import Instant, Query, lead_id, query
+from query_api.resources import Resources
 from query_api.responses import JSON
 from query_api.routes_leads import resources
 
@@ -27,13 +28,27 @@ FROM = Instant("from", "The earlier instant (RFC 3339, with offset).", required=
 TO = Instant("to", "The later instant (RFC 3339, with offset).", required=True)
 
 
-async def _events(request: Request) -> tuple[str, str, list[Any]]:
-    lead = lead_id(request)
-    org = org_of(request)
-    events = None if lead is None else await resources(request).store.events(org, lead)
-    if lead is None or events is None:
+async def lead_events(res: Resources, org: str, lead: str | None) -> list[Any]:
+    """The lead's stored events; NotFoundError for a missing (or another org's) lead."""
+    events = None if lead is None else await res.store.events(org, lead)
+    if events is None:
         # Another org's lead answers exactly like a missing one.
         raise NotFoundError("lead not found")
+    return events
+
+
+async def lead_as_of(res: Resources, org: str, lead: str, at: datetime) -> dict[str, Any]:
+    """The as-of answer (the console's time slider reads it too)."""
+    events = await lead_events(res, org, lead)
+    version = _version(events, at, AT.name)
+    state = await res.store.lead_at(org, lead, version)
+    return as_of(state, events, at, version)
+
+
+async def _events(request: Request) -> tuple[str, str, list[Any]]:
+    lead, org = lead_id(request), org_of(request)
+    events = await lead_events(resources(request), org, lead)
+    assert lead is not None
     return org, lead, events
 
 
@@ -89,12 +104,12 @@ def as_of(lead: Lead, events: list[Any], at: datetime, version: int) -> dict[str
 
 @query(AT)
 async def get_as_of(request: Request, q: Query) -> Response:
-    org, lead_name, events = await _events(request)
     at = q[AT]
     assert at is not None
-    version = _version(events, at, AT.name)
-    lead = await resources(request).store.lead_at(org, lead_name, version)
-    return JSON(as_of(lead, events, at, version))
+    lead = lead_id(request)
+    if lead is None:
+        raise NotFoundError("lead not found")
+    return JSON(await lead_as_of(resources(request), org_of(request), lead, at))
 
 
 @query()
