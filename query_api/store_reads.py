@@ -16,8 +16,8 @@ from uuid import UUID
 import psycopg.errors
 from eventsourcing.persistence import ProgrammingError
 
+from adapters.eventstore import LeadStore, postgres_env
 from domain.lead import Lead, lead_aggregate_id
-from leadscore.eventstore import LeadStore, postgres_env
 
 # The store's tables do not exist until a worker first runs: no lead has a past yet.
 _NO_STORE = (psycopg.errors.UndefinedTable, ProgrammingError)

@@ -24,12 +24,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from adapters import tenancy
+from adapters.drift import NoReferenceError, drift_report
+from adapters.model_registry import GLOBAL, ModelRegistry, ModelRegistryError, scope_of
+from adapters.modelstore import list_models
+from adapters.settings import DEV, Settings
 from domain import timeline
-from leadscore import tenancy
-from leadscore.drift import NoReferenceError, drift_report
-from leadscore.model_registry import GLOBAL, ModelRegistry, ModelRegistryError, scope_of
-from leadscore.modelstore import list_models
-from leadscore.settings import DEV, Settings
 from query_api.console import data
 from query_api.console.session import (
     COOKIE,

@@ -21,8 +21,8 @@ import pytest
 from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import expect
 
-from leadscore import tenancy
-from leadscore.settings import ROOT, Settings
+from adapters import tenancy
+from adapters.settings import ROOT, Settings
 from tests.support.api import ORG_A, ORG_B, Api, live_api, request
 from tests.support.browser import Browser, chromium, fresh
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from adapters.eventstore import open_store
+from adapters.settings import Settings
 from domain.lead import Lead
-from leadscore.eventstore import open_store
-from leadscore.settings import Settings
 from tests.support.api import ORG_A, ORG_B, SHARED, Api, live_api
 
 pytestmark = pytest.mark.integration
