@@ -231,10 +231,16 @@ def _serve(
     console.rule("[bold]the query API is running")
     console.print(f"API {base} (pid {api.pid}); key for {orgs[0]}, shown once:")
     console.print(key, soft_wrap=True)
+    console.print(
+        f"[bold]Console:[/bold] open {base}/console and sign in with that key "
+        "(leaderboard, each lead's score over time and why, funnel, models).",
+        soft_wrap=True,
+    )
     for path in (
         "/leaderboard?limit=5",
         f"/leads/{lead}",
         f"/leads/{lead}/scores?limit=3",
+        f"/leads/{lead}/timeline",
         "/leads?min_score=80&limit=5",
         "/analytics/funnel",
         "/analytics/score-distribution",

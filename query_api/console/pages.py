@@ -18,13 +18,14 @@ from urllib.parse import parse_qs, parse_qsl, urlencode
 
 import asyncpg
 import jinja2
+import psycopg
 import structlog
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from adapters import tenancy
+from adapters import tenancy, webhooks
 from adapters.drift import NoReferenceError, drift_report
 from adapters.model_registry import GLOBAL, ModelRegistry, ModelRegistryError, scope_of
 from adapters.modelstore import list_models
@@ -507,6 +508,36 @@ async def promote(request: Request) -> Response:
     return RedirectResponse(f"/console/models?promoted={version}", status_code=303)
 
 
+async def retry(request: Request) -> Response:
+    """A dead webhook delivery of the session's org back to pending."""
+    session = await session_of(request)
+    fields = await form(request)
+    if session is None:
+        return _forbidden(request, "sign in to the console first")
+    if not csrf_ok(session, fields.get("csrf")):
+        return _forbidden(request, "missing or wrong CSRF token")
+    res = res_of(request)
+    raw = str(request.path_params["id"])
+    delivery = int(raw) if raw.isdigit() and len(raw) < 18 else 0
+    owned = delivery and await res.pool.fetchval(
+        "SELECT 1 FROM webhook_deliveries WHERE id = $1 AND org_id = $2", delivery, session.org_id
+    )
+    if not owned:
+        raise ApiError(404, "no such delivery in your organization")
+
+    def change() -> None:
+        # The deliveries' one write path, as the tables' owner: the API's own role reads.
+        with psycopg.connect(res.settings.pg_dsn, autocommit=True) as conn:
+            webhooks.retry_delivery(conn, delivery)
+
+    try:
+        await asyncio.to_thread(change)
+    except webhooks.WebhookError as exc:
+        return JSON({"error": "conflict", "message": str(exc), "details": []}, status_code=409)
+    log.info("audit: webhook delivery retried", audit=True, key_id=session.key_id, id=delivery)
+    return RedirectResponse("/console/operations", status_code=303)
+
+
 @signed_in()
 async def operations(request: Request, q: Query, session: Session) -> Response:
     res, org = res_of(request), session.org_id
@@ -545,6 +576,7 @@ def _mount() -> Mount:
             Route("/models", models, methods=["GET"]),
             Route("/models/{version}/promote", promote, methods=["POST"]),
             Route("/operations", operations, methods=["GET"]),
+            Route("/webhooks/deliveries/{id}/retry", retry, methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ],
     )

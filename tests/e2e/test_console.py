@@ -11,17 +11,20 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import asyncpg
+import psycopg
 import pytest
 from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import expect
 
-from adapters import tenancy
+from adapters import tenancy, webhooks
 from adapters.settings import ROOT, Settings
 from tests.support.api import ORG_A, ORG_B, Api, live_api, request
 from tests.support.browser import Browser, chromium, fresh
@@ -73,6 +76,15 @@ def browser(chrome: PlaywrightBrowser) -> Iterator[Browser]:
     """A context of its own per test: no cookie carries over."""
     with fresh(chrome) as b:
         yield b
+
+
+@contextmanager
+def fresh_context(browser: Browser) -> Iterator[Browser]:
+    """Another user in the same browser: a context of its own."""
+    chrome = browser.context.browser
+    assert chrome is not None
+    with fresh(chrome) as other:
+        yield other
 
 
 def base(api: Api) -> str:
@@ -295,3 +307,56 @@ def test_the_console_needs_no_bearer_key_but_the_api_still_does(api: Api) -> Non
     assert reply.status == 200 and len(reply.raw) > 100_000
     page = request(api.port, "GET", "/console/sign-in")
     assert "http" not in page.raw.decode().split("<body>")[0].replace("http-equiv", "")
+
+
+def dead_delivery(settings: Settings, org: str) -> int:
+    """A webhook of ``org`` and one dead delivery to it (as the dispatcher leaves them)."""
+    webhooks.ensure_schema(settings.pg_dsn)
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        hook = conn.execute(
+            "INSERT INTO webhooks (org_id, url, secret, event_types) "
+            "VALUES (%s, 'https://example.invalid/hook', 'plain', %s) RETURNING id",
+            (org, ["score.updated"]),
+        ).fetchone()
+        assert hook is not None
+        row = conn.execute(
+            "INSERT INTO webhook_deliveries (webhook_id, org_id, event_id, event_type, payload, "
+            "status, attempts, last_status, last_error) "
+            "VALUES (%s, %s, %s, 'score.updated', '{}', 'dead', 8, 500, 'server error') "
+            "RETURNING id",
+            (hook[0], org, f"ev-{time.time_ns()}"),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def delivery_status(settings: Settings, delivery: int) -> str:
+    with psycopg.connect(settings.pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT status FROM webhook_deliveries WHERE id = %s", (delivery,)
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+
+def test_a_dead_webhook_delivery_is_retried_from_operations(browser: Browser, api: Api) -> None:
+    delivery = dead_delivery(api.settings, ORG_A)
+    # Org B cannot retry it, even with a valid session and token.
+    sign_in(browser, api, api.keys[ORG_B])
+    page = browser.page
+    page.goto(f"{base(api)}/console/operations")
+    csrf = page.locator("form.signout input[name=csrf]").get_attribute("value")
+    other = page.request.post(
+        f"{base(api)}/console/webhooks/deliveries/{delivery}/retry",
+        form={"csrf": csrf or ""},
+        max_redirects=0,
+    )
+    assert other.status == 404 and delivery_status(api.settings, delivery) == "dead"
+    assert page.get_by_role("button", name=f"Retry delivery {delivery}").count() == 0
+
+    with fresh_context(browser) as mine:
+        sign_in(mine, api, api.keys[ORG_A])
+        mine.page.goto(f"{base(api)}/console/operations")
+        mine.page.get_by_role("button", name=f"Retry delivery {delivery}").click()
+        mine.page.wait_for_url("**/console/operations")
+        assert delivery_status(api.settings, delivery) == "pending"
