@@ -9,7 +9,13 @@ Definitions (per lead, all within one org):
   first outcome*, the score sales saw when the lead was decided (its current score while
   it is open); leads with no such score are not counted;
 - funnel steps are nested: created → engaged (≥ 1 activity) → high score (scored ≥ 70 at
-  any time) → converted; each step counts leads that also passed the steps before it.
+  any time) → converted; each step counts leads that also passed the steps before it;
+- a date range (``Cohort``: ``since`` inclusive, ``until`` exclusive) selects leads by
+  their **creation time** (the ``LeadCreated`` event's time; a lead whose creation is not
+  in the facts, by its first event): the answers are those of that cohort, counting what
+  its leads did at any time. Not by the time of a score or an outcome: a lead created
+  before the range and converting inside it would then count as converted but not as
+  created, and the funnel's steps would no longer nest nor its rates mean anything.
 
 Rates are ``converted / leads`` (None when there are no leads). The org id is always a
 bound query parameter and every table read is filtered by it, so one tenant's query never
@@ -19,6 +25,8 @@ reads another's rows.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -36,7 +44,21 @@ SELECT lead_id,
 FROM lead_events
 WHERE org_id = {{org:String}}
 GROUP BY lead_id
+/*cohort*/
 """
+
+# The lead's creation time: its LeadCreated event's, else its first event's.
+_CREATED = "ifNull(minIfOrNull(occurred_at, kind = 'LeadCreated'), min(occurred_at))"
+# Replaces /*cohort*/ when a range is asked for: the leads created within it.
+_IN_RANGE = (
+    f"HAVING {_CREATED} >= {{since:DateTime64(3, 'UTC')}} "
+    f"AND {_CREATED} < {{until:DateTime64(3, 'UTC')}}"
+)
+# Replaces /*cohort_leads*/ in queries of score_history.
+_COHORT_LEADS = (
+    "AND lead_id IN (SELECT lead_id FROM lead_events WHERE org_id = {org:String} "
+    f"GROUP BY lead_id {_IN_RANGE})"
+)
 
 # Upper bound kept just below 100 so a perfect score lands in the last bucket.
 _BUCKET = "intDiv(toUInt32(floor(least({score}, 99.999))), {{width:UInt32}}) * {{width:UInt32}}"
@@ -48,7 +70,7 @@ FROM (
            argMax(score, position) AS latest_score,
            argMax(grade, position) AS latest_grade
     FROM score_history
-    WHERE org_id = {{org:String}}
+    WHERE org_id = {{org:String}} /*cohort_leads*/
     GROUP BY lead_id
 )
 GROUP BY lo, latest_grade
@@ -112,6 +134,28 @@ ORDER BY model_version
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Leads created at or after ``since`` and before ``until`` (both UTC-aware)."""
+
+    since: datetime
+    until: datetime
+
+    def __post_init__(self) -> None:
+        if self.since.tzinfo is None or self.until.tzinfo is None:
+            raise ValueError("a cohort's bounds need a time zone")
+        if self.since >= self.until:
+            raise ValueError("a cohort's start must be before its end")
+
+
+def _scoped(sql: str, cohort: Cohort | None, params: dict[str, Any]) -> str:
+    """The query for all the org's leads, or for the cohort (its bounds bound, not pasted)."""
+    if cohort is None:
+        return sql.replace("/*cohort*/", "").replace("/*cohort_leads*/", "")
+    params["since"], params["until"] = cohort.since, cohort.until
+    return sql.replace("/*cohort*/", _IN_RANGE).replace("/*cohort_leads*/", _COHORT_LEADS)
+
+
 def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -129,10 +173,12 @@ class Analytics:
         self.client = client
         self.high_score = high_score
 
-    async def score_distribution(self, org_id: str, bucket: int = 10) -> dict[str, Any]:
+    async def score_distribution(
+        self, org_id: str, bucket: int = 10, cohort: Cohort | None = None
+    ) -> dict[str, Any]:
         """Current scores of the org's leads in buckets of ``bucket`` points, and by grade."""
         lows = _bands(bucket)
-        rows = await self._rows(_DISTRIBUTION, org=org_id, width=bucket)
+        rows = await self._rows(_DISTRIBUTION, cohort, org=org_id, width=bucket)
         per_bucket = dict.fromkeys(lows, 0)
         per_grade: dict[str, int] = {}
         for lo, grade, n in rows:
@@ -148,18 +194,23 @@ class Analytics:
             "grades": [{"grade": g, "count": per_grade[g]} for g in sorted(per_grade)],
         }
 
-    async def conversion_by_source(self, org_id: str) -> list[dict[str, Any]]:
+    async def conversion_by_source(
+        self, org_id: str, cohort: Cohort | None = None
+    ) -> list[dict[str, Any]]:
         """Per lead source: leads, converted, conversion rate (most leads first)."""
-        rows = await self._rows(_BY_SOURCE, org=org_id)
+        rows = await self._rows(_BY_SOURCE, cohort, org=org_id)
         return [
             {"source": source, "leads": n, "converted": c, "rate": _rate(c, n)}
             for source, n, c in rows
         ]
 
-    async def conversion_by_score_band(self, org_id: str, band: int = 20) -> list[dict[str, Any]]:
+    async def conversion_by_score_band(
+        self, org_id: str, band: int = 20, cohort: Cohort | None = None
+    ) -> list[dict[str, Any]]:
         """Per band of the score before the outcome: leads, converted, rate (every band)."""
         lows = _bands(band)
-        found = {lo: (n, c) for lo, n, c in await self._rows(_BY_BAND, org=org_id, width=band)}
+        rows = await self._rows(_BY_BAND, cohort, org=org_id, width=band)
+        found = {lo: (n, c) for lo, n, c in rows}
         out = []
         for lo in lows:
             n, c = found.get(lo, (0, 0))
@@ -169,9 +220,9 @@ class Analytics:
             )  # fmt: skip
         return out
 
-    async def funnel(self, org_id: str) -> list[dict[str, Any]]:
+    async def funnel(self, org_id: str, cohort: Cohort | None = None) -> list[dict[str, Any]]:
         """Nested steps created → engaged → high score → converted, with step and overall rates."""
-        rows = await self._rows(_FUNNEL, org=org_id, high=self.high_score)
+        rows = await self._rows(_FUNNEL, cohort, org=org_id, high=self.high_score)
         counts = rows[0] if rows else (0, 0, 0, 0)
         steps = ("created", "engaged", "high_score", "converted")
         out = []
@@ -185,7 +236,7 @@ class Analytics:
 
     async def model_comparison(self, org_id: str) -> list[dict[str, Any]]:
         """Per model version: scores, leads scored, mean score, conversion of leads it put ≥ 70."""
-        rows = await self._rows(_MODELS, org=org_id, high=self.high_score)
+        rows = await self._rows(_MODELS, None, org=org_id, high=self.high_score)
         return [
             {"model_version": version, "scores": scores, "leads": leads,
              "mean_score": mean, "high_leads": high, "high_converted": won,
@@ -193,8 +244,10 @@ class Analytics:
             for version, scores, leads, mean, high, won in rows
         ]  # fmt: skip
 
-    async def _rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, cohort: Cohort | None, **params: Any) -> list[tuple[Any, ...]]:
+        text = _scoped(sql, cohort, params)
+
         def run() -> list[tuple[Any, ...]]:
-            return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
+            return [tuple(r) for r in self.client.query(text, parameters=params).result_rows]
 
         return await asyncio.to_thread(run)

@@ -19,7 +19,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +43,9 @@ _INSTANT = re.compile(
 )
 # An instant this far ahead of the server's clock is a client's clock, not the future.
 CLOCK_SKEW = timedelta(seconds=5)
+# What an HTML form's <input type="date"> and <input type="datetime-local"> send.
+_DAY = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_WALL_CLOCK = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}:[0-9]{2})(:[0-9]{2})?$")
 
 MAX_ID_LENGTH = 128  # the same bound the ingest side enforces on org and lead ids
 
@@ -104,7 +107,7 @@ class Params:
             return None
         return raw
 
-    def instant(self, name: str, required: bool) -> datetime | None:
+    def instant(self, name: str, required: bool, future: bool = False) -> datetime | None:
         raw = self.query.get(name)
         if raw is None:
             if required:
@@ -120,10 +123,46 @@ class Params:
         except (ValueError, OverflowError):
             self._fail(name, "query", "must be an RFC 3339 date-time with an offset")
             return None
+        if not future and value > datetime.now(UTC) + CLOCK_SKEW:
+            self._fail(name, "query", "must not be in the future")
+            return None
+        return value
+
+    def day(self, name: str) -> date | None:
+        raw = self.query.get(name)
+        if raw is None:
+            return None
+        m = _DAY.match(raw)
+        try:
+            if m is None:
+                raise ValueError(raw)
+            return date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            self._fail(name, "query", "must be a date, YYYY-MM-DD")
+            return None
+
+    def wall_clock(self, name: str) -> datetime | None:
+        raw = self.query.get(name)
+        if raw is None:
+            return None
+        m = _WALL_CLOCK.match(raw)
+        try:
+            if m is None:
+                raise ValueError(raw)
+            value = datetime.fromisoformat(f"{m[1]}T{m[2]}{m[3] or ''}+00:00")
+        except ValueError:
+            self._fail(name, "query", "must be a UTC date and time, YYYY-MM-DDTHH:MM")
+            return None
         if value > datetime.now(UTC) + CLOCK_SKEW:
             self._fail(name, "query", "must not be in the future")
             return None
         return value
+
+    def ordered(self, first: str, low: Any, second: str, high: Any) -> None:
+        """Two bounds of one range: the first must come before the second."""
+        if low is not None and high is not None and not low < high:
+            message = f"must be before {second}"
+            self._fail(first, "query", message)
 
     def cursor(self, name: str, decode: Callable[[str], T]) -> T | None:
         raw = self.query.get(name)
@@ -232,18 +271,43 @@ class Text(Param[str | None]):
 
 @dataclass(frozen=True, eq=False)
 class Instant(Param[datetime | None]):
-    """An RFC 3339 date-time, not in the future; ``required`` ones answer 422 when absent."""
+    """An RFC 3339 date-time, not in the future (unless ``future``); ``required`` ones
+    answer 422 when absent."""
 
     required: bool = False
+    future: bool = False
 
     def read(self, p: Params) -> datetime | None:
-        return p.instant(self.name, self.required)
+        return p.instant(self.name, self.required, self.future)
 
     def schema(self) -> Schema:
         return {"type": "string", "format": "date-time"}
 
     def openapi(self) -> Schema:
         return {**super().openapi(), "required": self.required}
+
+
+@dataclass(frozen=True, eq=False)
+class Day(Param[date | None]):
+    """A calendar date, YYYY-MM-DD (what an HTML date input sends)."""
+
+    def read(self, p: Params) -> date | None:
+        return p.day(self.name)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "format": "date"}
+
+
+@dataclass(frozen=True, eq=False)
+class WallClock(Param[datetime | None]):
+    """A UTC date and time without an offset, YYYY-MM-DDTHH:MM[:SS] (what an HTML
+    datetime-local input sends; the console labels it UTC), not in the future."""
+
+    def read(self, p: Params) -> datetime | None:
+        return p.wall_clock(self.name)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "pattern": _WALL_CLOCK.pattern}
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,17 +348,31 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 _DECLARED = "query_params"
 
 
-def query(*params: Param[Any]) -> Callable[[Handler], Endpoint]:
+@dataclass(frozen=True, eq=False)
+class Range:
+    """Two declared parameters bounding one range: ``low`` must come before ``high``
+    when both are given (else 422, naming ``low``)."""
+
+    low: Param[Any]
+    high: Param[Any]
+
+
+def query(*params: Param[Any], ranges: tuple[Range, ...] = ()) -> Callable[[Handler], Endpoint]:
     """Declares a route's query parameters; the handler gets them parsed and checked."""
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"a query parameter is declared twice: {names}")
+    for r in ranges:
+        if r.low not in params or r.high not in params:
+            raise ValueError(f"a range of undeclared parameters: {r}")
 
     def wrap(handler: Handler) -> Endpoint:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             p = Params(request)
             values = {param: param.read(p) for param in params}
+            for r in ranges:
+                p.ordered(r.low.name, values[r.low], r.high.name, values[r.high])
             p.check()
             return await handler(request, Query(values))
 

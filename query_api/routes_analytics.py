@@ -1,13 +1,20 @@
-"""Analytics from the ClickHouse read model (projections/analytics.py), per org."""
+"""Analytics from the ClickHouse read model (projections/analytics.py), per org.
+
+``from`` and ``until`` select the cohort of leads created in that range (see
+projections/analytics.py for why by creation time); both are optional.
+"""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from projections.analytics import Cohort
 from query_api.auth import org_of
-from query_api.params import Integer, Query, query
+from query_api.params import Instant, Integer, Query, Range, query
 from query_api.responses import JSON
 from query_api.routes_leads import resources
 
@@ -15,41 +22,57 @@ DEFAULT_BUCKET = 10
 DEFAULT_BAND = 20
 BUCKET = Integer("bucket", "Bucket width in points.", DEFAULT_BUCKET, 1, 100)
 BAND = Integer("band", "Band width in points.", DEFAULT_BAND, 1, 100)
+SINCE = Instant("from", "Only leads created at or after this instant (RFC 3339, with an offset).")
+UNTIL = Instant(
+    "until",
+    "Only leads created before this instant (RFC 3339, with an offset; may be ahead).",
+    future=True,
+)
+CREATED = Range(SINCE, UNTIL)
+# The open ends of a half-open range (ClickHouse's DateTime64 spans 1900 to 2299).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
-@query(BUCKET)
+def cohort(q: Query) -> Cohort | None:
+    """The range the request asked for, or None for every lead."""
+    since, until = q[SINCE], q[UNTIL]
+    if since is None and until is None:
+        return None
+    return Cohort(since or EARLIEST, until or LATEST)
+
+
+@query(BUCKET, SINCE, UNTIL, ranges=(CREATED,))
 async def score_distribution(request: Request, q: Query) -> Response:
-    bucket = q[BUCKET]
-    org = org_of(request)
+    bucket, org, c = q[BUCKET], org_of(request), cohort(q)
     return JSON(
         await resources(request).analytics(
-            ("distribution", org, bucket), lambda a: a.score_distribution(org, bucket)
+            ("distribution", org, bucket, c), lambda a: a.score_distribution(org, bucket, c)
         )
     )
 
 
-@query()
+@query(SINCE, UNTIL, ranges=(CREATED,))
 async def funnel(request: Request, q: Query) -> Response:
-    org = org_of(request)
-    steps = await resources(request).analytics(("funnel", org), lambda a: a.funnel(org))
+    org, c = org_of(request), cohort(q)
+    steps = await resources(request).analytics(("funnel", org, c), lambda a: a.funnel(org, c))
     return JSON({"org_id": org, "items": steps})
 
 
-@query()
+@query(SINCE, UNTIL, ranges=(CREATED,))
 async def conversion_by_source(request: Request, q: Query) -> Response:
-    org = org_of(request)
+    org, c = org_of(request), cohort(q)
     rows = await resources(request).analytics(
-        ("by_source", org), lambda a: a.conversion_by_source(org)
+        ("by_source", org, c), lambda a: a.conversion_by_source(org, c)
     )
     return JSON({"org_id": org, "items": rows})
 
 
-@query(BAND)
+@query(BAND, SINCE, UNTIL, ranges=(CREATED,))
 async def conversion_by_score_band(request: Request, q: Query) -> Response:
-    band = q[BAND]
-    org = org_of(request)
+    band, org, c = q[BAND], org_of(request), cohort(q)
     rows = await resources(request).analytics(
-        ("by_band", org, band), lambda a: a.conversion_by_score_band(org, band)
+        ("by_band", org, band, c), lambda a: a.conversion_by_score_band(org, band, c)
     )
     return JSON({"org_id": org, "band": band, "items": rows})
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from adapters.settings import Settings
 from devtools.workload import generate
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES
-from projections.analytics import Analytics
+from projections.analytics import Analytics, Cohort
 from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogEntry, LogReader
@@ -375,3 +375,45 @@ def test_a_second_process_on_the_same_chdb_directory_is_told_who_owns_it(tmp_pat
         assert "API process" in done.stdout and "ClickHouse server" in done.stdout
     finally:
         owner.close()
+
+
+async def test_a_creation_range_answers_for_the_leads_created_in_it(
+    pool: asyncpg.Pool, ch: Client
+) -> None:
+    """from/until select the cohort by creation time: each answer is the one computed
+    from the log for those leads alone, and two ranges that meet split every count."""
+    proj = ClickHouseProjection(ch)
+    await proj.setup()
+    entries = await read_log(pool)
+    await ProjectionRunner(pool, [proj], batch_size=500).catch_up(proj)
+    born: dict[tuple[str, str], datetime] = {}
+    for e in entries:
+        if e.kind == "LeadCreated":
+            born[(e.event.org_id, e.event.lead_id)] = e.event.created_at
+    a = Analytics(ch)
+    for org in ORGS:
+        times = sorted(t for (o, _lead), t in born.items() if o == org)
+        split = times[len(times) // 2]
+        halves = (Cohort(times[0], split), Cohort(split, times[-1] + timedelta(seconds=1)))
+        created = 0
+        for cohort in halves:
+            members = {
+                k for k, t in born.items() if k[0] == org and cohort.since <= t < cohort.until
+            }
+            assert members  # the split leaves leads on both sides
+            want = expected(
+                [e for e in entries if (e.event.org_id, e.event.lead_id) in members], org
+            )
+            got = {
+                "score_distribution": await a.score_distribution(org, cohort=cohort),
+                "conversion_by_source": await a.conversion_by_source(org, cohort),
+                "conversion_by_score_band": await a.conversion_by_score_band(org, cohort=cohort),
+                "funnel": await a.funnel(org, cohort),
+            }
+            assert got == {k: want[k] for k in got}
+            created += got["funnel"][0]["leads"]
+        assert created == (await a.funnel(org))[0]["leads"]
+        # A range before any lead was created holds none.
+        empty = Cohort(times[0] - timedelta(days=2), times[0] - timedelta(days=1))
+        assert [s["leads"] for s in await a.funnel(org, empty)] == [0, 0, 0, 0]
+        assert (await a.score_distribution(org, cohort=empty))["leads"] == 0
