@@ -14,6 +14,7 @@ from adapters.settings import Settings
 from query_api import (
     resources,
     routes_analytics,
+    routes_dead_letters,
     routes_history,
     routes_leads,
     routes_models,
@@ -35,6 +36,7 @@ def routes(server_url: str | None = None) -> list[BaseRoute]:
         *routes_leads.routes,
         *routes_history.routes,
         *routes_analytics.routes,
+        *routes_dead_letters.routes,
         *routes_models.routes,
         *routes_webhooks.routes,
         *routes_system.routes(server_url),

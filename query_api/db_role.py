@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from adapters import tenancy
+from adapters import dead_letter_log, tenancy
 from adapters.settings import Settings
 from projections import quarantine
 from projections.base import ensure_status_table
@@ -62,6 +62,7 @@ async def prepare(settings: Settings) -> None:
         await PostgresProjection(pool).setup()
         await ensure_status_table(pool)
         await quarantine.ensure_schema(pool)
+        await dead_letter_log.ensure_schema(pool)
         if role == owner:
             log.warning("the query API uses the tables' owner role", role=role)
             return

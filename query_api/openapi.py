@@ -66,6 +66,11 @@ CURSOR_OUT: Schema = nullable(
     {"type": "string", "description": "Pass as `cursor` for the next page; null on the last."}
 )
 
+COHORT_NOTE = (
+    "With `from` and/or `until` (RFC 3339), only the leads created in that half-open range "
+    "(the cohort), counting what they did at any time; `from` must be before `until`. "
+)
+
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
         {
@@ -205,6 +210,22 @@ SCHEMAS: dict[str, Schema] = {
         },
         "Nested steps: created, engaged (an activity), high score (>= 70 at any time), "
         "converted; each counts leads that passed the steps before it.",
+    ),
+    "DeadLetters": obj(
+        {
+            "org_id": STRING,
+            "from": TIMESTAMP,
+            "until": TIMESTAMP,
+            "bucket": {"type": "string", "enum": ["day", "hour"]},
+            "total": COUNT,
+            "reasons": {"type": "array", "items": obj({"reason": STRING, "count": COUNT})},
+            "items": {
+                "type": "array",
+                "items": obj({"at": TIMESTAMP, "reason": STRING, "count": COUNT}),
+            },
+        },
+        "The organization's dead letters in [from, until): per reason, and per reason and "
+        "bucket (only buckets with letters).",
     ),
     "ConversionBySource": obj(
         {
@@ -768,18 +789,25 @@ OPERATIONS: dict[str, Schema] = {
             "Get the score distribution",
             "ScoreDistribution",
             tag="analytics",
-            description="Source: ClickHouse.",
+            description=COHORT_NOTE + "Source: ClickHouse.",
         )
     },
     "/analytics/funnel": {
-        "get": _read("Get the funnel", "Funnel", tag="analytics", description="Source: ClickHouse.")
+        "get": _read(
+            "Get the funnel",
+            "Funnel",
+            tag="analytics",
+            description=COHORT_NOTE + "Source: ClickHouse.",
+        )
     },
     "/analytics/conversion-by-source": {
         "get": _read(
             "Get conversion by source",
             "ConversionBySource",
             tag="analytics",
-            description="Per lead source: leads, converted, rate. Source: ClickHouse.",
+            description="Per lead source: leads, converted, rate. "
+            + COHORT_NOTE
+            + "Source: ClickHouse.",
         )
     },
     "/analytics/conversion-by-score-band": {
@@ -787,7 +815,7 @@ OPERATIONS: dict[str, Schema] = {
             "Get conversion by score band",
             "ConversionByScoreBand",
             tag="analytics",
-            description="Source: ClickHouse.",
+            description=COHORT_NOTE + "Source: ClickHouse.",
         )
     },
     "/analytics/models": {
@@ -796,6 +824,16 @@ OPERATIONS: dict[str, Schema] = {
             "ModelComparison",
             tag="analytics",
             description="Source: ClickHouse.",
+        )
+    },
+    "/dead-letters": {
+        "get": _read(
+            "Count dead letters",
+            "DeadLetters",
+            tag="operations",
+            description="The organization's dead letters by reason over time, from the "
+            "dead-letter log the worker writes as it produces them (no payloads). Letters "
+            "whose organization could not be decoded are shown to no organization.",
         )
     },
     "/models": {

@@ -17,6 +17,13 @@ worker because its letter, with the dlq.* headers added, is too large.
 Replays are remembered in PostgreSQL (``dlq_replays``), one row per letter: replays can
 pick single letters, which a consumer-group offset (one position per partition) could
 not record without marking the letters before them as replayed too.
+
+Every letter is also logged, without its payload, in the dead-letter log
+(adapters/dead_letter_log.py: org, reason, time, source), in one statement per batch of
+letters just before they are produced, so the API and the console count dead letters
+by reason without reading Kafka. A letter's org is the one its record names (decoded,
+and a registered one when the worker checks orgs), or the tenant's whose per-org topic
+it came in on (streams/gate.py); else it has none and no org is shown it.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+
+from adapters.dead_letter_log import DeadLetterLog, Entry
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +140,12 @@ class DeadLetter:
     reason: Reason
     detail: str
     error_class: str
+    org_id: str | None = None  # whose letter it is, when known (see the module's doc)
+
+    def entry(self, now: datetime) -> Entry:
+        """The letter as the dead-letter log keeps it: no payload, no detail."""
+        topic, partition, offset = self.source()
+        return Entry(self.org_id, str(self.reason), self.error_class, now, topic, partition, offset)
 
     def carried_headers(self) -> list[tuple[str, bytes]]:
         """The original message's own headers (a replayed letter's dlq.* ones excluded)."""
@@ -268,8 +283,10 @@ class DeadLetterSink:
     """Produces dead letters and returns only once Kafka acknowledged every one.
 
     A letter over ``max_inline_bytes`` (or one the producer refuses as too large) is sent
-    by reference, its bytes kept in ``payloads`` first. Any failure (Kafka, PostgreSQL)
-    is a DeadLetterError: the caller retries the whole batch of letters.
+    by reference, its bytes kept in ``payloads`` first. Every letter is logged in
+    ``letters_log`` first (one statement for the batch; a retry logs nothing twice). Any
+    failure (Kafka, PostgreSQL) is a DeadLetterError: the caller retries the whole batch
+    of letters.
     """
 
     def __init__(
@@ -281,10 +298,12 @@ class DeadLetterSink:
         max_inline_bytes: int = MAX_INLINE_BYTES,
         now: Any = utc_now,
         timeout: float = 30.0,
+        letters_log: DeadLetterLog | None = None,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.payloads = payloads
+        self.letters_log = letters_log or DeadLetterLog(payloads.dsn)
         self.max_inline_bytes = max_inline_bytes
         self.now = now
         self.timeout = timeout
@@ -298,6 +317,7 @@ class DeadLetterSink:
 
         now = self.now()
         try:
+            self.letters_log.record([letter.entry(now) for letter in letters])
             for letter in letters:
                 if letter.size(now) > self.max_inline_bytes:
                     self._produce_by_reference(letter, now, on_delivery)
@@ -354,6 +374,7 @@ class DeadLetterSink:
 
     def close(self) -> None:
         self.producer.flush(10)
+        self.letters_log.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,7 +97,8 @@ class Gate:
             org = org_of_topic(self.topic, raw.topic)
             decoded = decode_message(raw, self.catalog, now=now)
             if isinstance(decoded, DeadLetter):
-                letters.append(decoded)
+                # The tenant whose topic it came in on sent it: its letter, in the log.
+                letters.append(replace(decoded, org_id=org))
             elif decoded.org_id != org:
                 letters.append(
                     DeadLetter(
@@ -104,6 +106,7 @@ class Gate:
                         Reason.ORG_NOT_ALLOWED,
                         f"a lead-event of org {decoded.org_id!r} on the topic of org {org!r}",
                         "OrgNotAllowed",
+                        org,
                     )
                 )
             else:

@@ -33,6 +33,7 @@ from domain.processing import (
 from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Models, OneModel, Scorer
 from streams import metrics
+from streams.codec import MAX_ID_LENGTH as MAX_ORG_ID
 from streams.codec import ValidationError, record_to_event
 from streams.dlq import DeadLetter, RawMessage, Reason
 from streams.errors import MassFailureError, TransientError, is_transient, transient
@@ -113,8 +114,10 @@ def decode_message(
     batch; ``process`` raises them as TransientError); anything else a message provokes
     is that message's fault and makes it a dead letter.
     """
+    record: Any = None
     try:
-        event = record_to_event(catalog.decode(message.value), now=now)
+        record = catalog.decode(message.value)
+        event = record_to_event(record, now=now)
         if orgs is not None and not orgs.known(event.org_id):
             raise UnknownOrgError(f"org {event.org_id!r} is not registered")
         return event
@@ -125,13 +128,25 @@ def decode_message(
     except SerializationError as exc:
         return DeadLetter(message, Reason.UNDECODABLE, str(exc), type(exc).__name__)
     except UnknownOrgError as exc:
+        # No org to show it to: the org it names is not registered.
         return DeadLetter(message, Reason.UNKNOWN_ORG, str(exc), type(exc).__name__)
     except ValidationError as exc:
-        return DeadLetter(message, Reason.INVALID, str(exc), type(exc).__name__)
+        org = claimed_org(record, orgs)
+        return DeadLetter(message, Reason.INVALID, str(exc), type(exc).__name__, org)
     except Exception as exc:  # a decoder or mapping bug provoked by this message
         if is_transient(exc):
             raise
-        return DeadLetter(message, Reason.INVALID, f"{exc}", type(exc).__name__)
+        org = claimed_org(record, orgs)
+        return DeadLetter(message, Reason.INVALID, f"{exc}", type(exc).__name__, org)
+
+
+def claimed_org(record: Any, orgs: KnownOrgs | None) -> str | None:
+    """The org a decoded record that failed validation names, if it is a registered one
+    (or any, when the worker does not check orgs): the dead-letter log's org."""
+    org = record.get("org_id") if isinstance(record, dict) else None
+    if not isinstance(org, str) or not 0 < len(org) <= MAX_ORG_ID:
+        return None
+    return org if orgs is None or orgs.known(org) else None
 
 
 class BatchProcessor:
@@ -249,7 +264,7 @@ class BatchProcessor:
         for message, ev, exc in failures:
             stats.failed += 1
             stats.dead_letters.append(
-                DeadLetter(message, Reason.FAILED, str(exc), type(exc).__name__)
+                DeadLetter(message, Reason.FAILED, str(exc), type(exc).__name__, ev.org_id)
             )
             log.error(
                 "lead-event failed",

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import psycopg
 import pytest
 from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
@@ -190,6 +191,24 @@ def test_bad_messages_go_to_the_dlq_with_their_bytes_and_come_back_by_replay(
             b"d": "unknown_org",
         }
         assert by_key[b"d"].header(ERROR_CLASS) == "UnknownOrgError"
+
+        # The dead-letter log has each letter's org when known, never its payload or detail.
+        with psycopg.connect(settings.pg_dsn) as conn:
+            logged = {
+                (r[0], r[1]): r[2:]
+                for r in conn.execute(
+                    "SELECT source_partition, source_offset, org_id, reason, error_class "
+                    "FROM dead_letter_log"
+                ).fetchall()
+            }
+        at = {k: (origin[k].partition, origin[k].offset) for k in bad}
+        assert {k: logged[at[k]][:2] for k in bad} == {
+            b"garbage": (None, "undecodable"),
+            b"empty": (None, "undecodable"),
+            b"unknown-schema": (None, "unknown_schema"),
+            b"c": ("org-1", "invalid"),  # registered: its letter
+            b"d": (None, "unknown_org"),  # no such org to show it to
+        }
 
         # The CLI lists and shows them.
         monkeypatch.setattr(cli_dlq, "get_settings", lambda: settings)
