@@ -139,6 +139,9 @@ def apply(rules: ScoringRules, lead: Lead, card: ScoreCard) -> RuleEffect:
     return RuleEffect(replace(card, total=round(total, 1)), parts, labels, reason)
 
 
+STAGES = ("lead", "mql", "sql", "disqualified")  # what stage_of can answer, bottom up
+
+
 def stage_of(rules: ScoringRules, effect: RuleEffect) -> str | None:
     """Where the final score places the lead: disqualified, sql, mql, lead (or None)."""
     if effect.disqualified is not None:

@@ -60,10 +60,13 @@ CREATE TABLE IF NOT EXISTS lead_scores (
     model_version text NOT NULL,
     updated_at timestamptz NOT NULL,
     position bigint NOT NULL,
-    factors jsonb NOT NULL DEFAULT '[]'
+    factors jsonb NOT NULL DEFAULT '[]',
+    stage text
 );
--- Read models made before scores carried their explanation.
+-- Read models made before scores carried their explanation, or their stage (a rebuild
+-- fills it: `leadscore projections rebuild postgres`).
 ALTER TABLE lead_scores ADD COLUMN IF NOT EXISTS factors jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE lead_scores ADD COLUMN IF NOT EXISTS stage text;
 CREATE INDEX IF NOT EXISTS lead_scores_org_total_idx
     ON lead_scores (org_id, total DESC, lead_id);
 CREATE TABLE IF NOT EXISTS score_history (
@@ -99,13 +102,13 @@ ON CONFLICT (aggregate_id) DO UPDATE SET
 """
 _UPSERT_SCORE = """
 INSERT INTO lead_scores (aggregate_id, org_id, lead_id, total, fit, engagement, grade,
-                         model_version, updated_at, position, factors)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+                         model_version, updated_at, position, factors, stage)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12)
 ON CONFLICT (aggregate_id) DO UPDATE SET
     total = EXCLUDED.total, fit = EXCLUDED.fit, engagement = EXCLUDED.engagement,
     grade = EXCLUDED.grade, model_version = EXCLUDED.model_version,
     updated_at = EXCLUDED.updated_at, position = EXCLUDED.position,
-    factors = EXCLUDED.factors
+    factors = EXCLUDED.factors, stage = EXCLUDED.stage
 WHERE lead_scores.position < EXCLUDED.position
 """
 _INSERT_HISTORY = """
@@ -265,7 +268,7 @@ def _score_row(e: LogEntry) -> tuple[Any, ...]:
     return (
         e.aggregate_id, ev.org_id, ev.lead_id, ev.score, ev.components["fit"],
         ev.components["engagement"], ev.grade, ev.model_version, ev.scored_at, e.position,
-        orjson.dumps(ev.factors).decode(),
+        orjson.dumps(ev.factors).decode(), getattr(ev, "stage", None),
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ PAGE_SIZE = 25
 class BoardFilters:
     grade: str | None = None
     status: str | None = None
+    stage: str | None = None
     min_score: float | None = None
     source: str | None = None
     active_days: int | None = None
@@ -42,6 +43,8 @@ async def board(pool: asyncpg.Pool, org: str, f: BoardFilters) -> dict[str, Any]
         where.append(f"s.grade = {arg(f.grade)}")
     if f.status:
         where.append(f"l.status = {arg(f.status)}")
+    if f.stage:
+        where.append(f"s.stage = {arg(f.stage)}")
     if f.min_score is not None:
         where.append(f"s.total >= {arg(f.min_score)}")
     if f.source:
@@ -57,7 +60,7 @@ async def board(pool: asyncpg.Pool, org: str, f: BoardFilters) -> dict[str, Any]
     offset = (f.page - 1) * PAGE_SIZE
     rows = await pool.fetch(
         "SELECT l.lead_id, l.first_name, l.last_name, l.email, l.company, l.source, l.status, "
-        "l.updated_at, s.total, s.grade, s.fit, s.engagement "
+        "l.updated_at, s.total, s.grade, s.stage, s.fit, s.engagement "
         "FROM lead_scores s JOIN leads l ON l.aggregate_id = s.aggregate_id "
         f"WHERE {' AND '.join(where)} ORDER BY s.total DESC, s.lead_id "
         f"LIMIT {arg(PAGE_SIZE + 1)} OFFSET {arg(offset)}",
@@ -65,6 +68,28 @@ async def board(pool: asyncpg.Pool, org: str, f: BoardFilters) -> dict[str, Any]
     )
     items = [dict(r) | {"rank": offset + i} for i, r in enumerate(rows[:PAGE_SIZE], start=1)]
     return {"items": items, "more": len(rows) > PAGE_SIZE, "page": f.page}
+
+
+# Each lead's last score stored by ``at`` (the API's GET /leaderboard?as_of, paged here).
+_BOARD_AS_OF = """
+SELECT c.lead_id, c.score, c.grade, c.at, l.first_name, l.last_name, l.email, l.company
+FROM (
+    SELECT DISTINCT ON (lead_id) aggregate_id, lead_id, score, grade, at FROM (
+        SELECT aggregate_id, lead_id, version, score, grade, at,
+               max(at) OVER (PARTITION BY aggregate_id ORDER BY version) AS reached
+        FROM score_history WHERE org_id = $1
+    ) h WHERE reached <= $2 ORDER BY lead_id, version DESC
+) c LEFT JOIN leads l ON l.aggregate_id = c.aggregate_id
+ORDER BY c.score DESC, c.lead_id LIMIT $3 OFFSET $4
+"""
+
+
+async def board_as_of(pool: asyncpg.Pool, org: str, at: Any, page: int) -> dict[str, Any]:
+    """One page of the org's ranking at ``at``, from the score history."""
+    offset = (page - 1) * PAGE_SIZE
+    rows = await pool.fetch(_BOARD_AS_OF, org, at, PAGE_SIZE + 1, offset)
+    items = [dict(r) | {"rank": offset + i} for i, r in enumerate(rows[:PAGE_SIZE], start=1)]
+    return {"items": items, "more": len(rows) > PAGE_SIZE, "page": page}
 
 
 async def sources(pool: asyncpg.Pool, org: str) -> list[str]:

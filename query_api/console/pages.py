@@ -11,7 +11,8 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
@@ -25,12 +26,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from adapters import tenancy, webhooks
+from adapters import dead_letter_log, tenancy, webhooks
 from adapters.drift import NoReferenceError, drift_report
 from adapters.model_registry import GLOBAL, ModelRegistry, ModelRegistryError, scope_of
 from adapters.modelstore import list_models
 from adapters.settings import DEV, Settings
 from domain import timeline
+from domain.rules import STAGES
+from projections.analytics import EARLIEST, LATEST, Cohort
 from query_api.console import data
 from query_api.console.session import (
     COOKIE,
@@ -40,8 +43,19 @@ from query_api.console.session import (
     cookie_header,
     csrf_ok,
 )
-from query_api.errors import ApiError
-from query_api.params import Choice, Instant, Integer, Number, Query, Text, lead_id, query
+from query_api.errors import ApiError, InvalidParametersError
+from query_api.params import (
+    Choice,
+    Day,
+    Instant,
+    Integer,
+    Number,
+    Query,
+    Text,
+    WallClock,
+    lead_id,
+    query,
+)
 from query_api.resources import Resources
 from query_api.responses import JSON
 from query_api.routes_history import lead_as_of, lead_events
@@ -55,7 +69,9 @@ KEY_CHECK_TTL = 30.0  # a revoked key's sessions end within this long
 DEV_SECRET = "leadscore-dev-console"
 
 GRADE = Choice("grade", "Only leads of this grade.", tuple(sorted(GRADES)))
-STATUS = Choice("status", "Only leads at this stage.", data.STATUSES)
+STATUS = Choice("status", "Only leads with this status.", data.STATUSES)
+STAGE = Choice("stage", "Only leads at this lifecycle stage.", STAGES)
+AS_OF = WallClock("as_of", "The ranking as it was at this UTC moment.")
 MIN_SCORE = Number("min_score", "Only leads scoring at least this.", 0, 100)
 SOURCE = Text("source", "Only leads from this source.", 128)
 ACTIVE = Choice(
@@ -68,6 +84,9 @@ PAGE = Integer("page", "Page number.", 1, 1, 10_000)
 VIEW = Choice("view", "ranked (default) or moved (moved most today).", ("ranked", "moved"))
 AT = Instant("at", "The instant to show the lead as of.", required=True)
 PROMOTED = Text("promoted", "The version just promoted (a notice).", 128)
+SINCE_DAY = Day("from", "Leads created on or after this day (UTC).")
+UNTIL_DAY = Day("until", "Leads created on or before this day (UTC).")
+DL_DAYS = Choice("dl_days", "Dead letters of the last 1, 7 or 30 days.", ("1", "7", "30"))
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -273,12 +292,15 @@ async def signout(request: Request) -> Response:
 # -- pages ----------------------------------------------------------------------------
 
 
-@signed_in(GRADE, STATUS, MIN_SCORE, SOURCE, ACTIVE, SEARCH, PAGE, VIEW)
+@signed_in(GRADE, STATUS, STAGE, MIN_SCORE, SOURCE, ACTIVE, SEARCH, PAGE, VIEW, AS_OF)
 async def leaderboard(request: Request, q: Query, session: Session) -> Response:
     res, org = res_of(request), session.org_id
+    if q[AS_OF] is not None:
+        return await _leaderboard_as_of(request, session, q[AS_OF], q[PAGE])
     filters = data.BoardFilters(
         grade=q[GRADE],
         status=q[STATUS],
+        stage=q[STAGE],
         min_score=q[MIN_SCORE],
         source=q[SOURCE],
         active_days=int(q[ACTIVE]) if q[ACTIVE] else None,
@@ -296,6 +318,7 @@ async def leaderboard(request: Request, q: Query, session: Session) -> Response:
         for k, v in {
             "grade": filters.grade,
             "status": filters.status,
+            "stage": filters.stage,
             "min_score": q[MIN_SCORE],
             "source": filters.source,
             "active_days": q[ACTIVE],
@@ -318,10 +341,47 @@ async def leaderboard(request: Request, q: Query, session: Session) -> Response:
         sources=sources,
         grades=sorted(GRADES),
         statuses=data.STATUSES,
+        stages=STAGES,
         active_days=data.ACTIVE_WITHIN_DAYS,
         prev_url=page_url(filters.page - 1) if filters.page > 1 else None,
         next_url=page_url(filters.page + 1) if board["more"] else None,
+        as_of=None,
+        now=_wall_clock(datetime.now(UTC)),
     )
+
+
+async def _leaderboard_as_of(
+    request: Request, session: Session, at: datetime, page: int
+) -> Response:
+    """The ranking at ``at``: each lead's last score stored by then (score history)."""
+    board = await data.board_as_of(res_of(request).pool, session.org_id, at, page)
+
+    def page_url(n: int) -> str:
+        return "/console/leaderboard?" + urlencode({"as_of": _wall_clock(at), "page": n})
+
+    return render(
+        request,
+        "leaderboard.html",
+        session,
+        board=board,
+        moved=[],
+        view="as_of",
+        filters={},
+        sources=[],
+        grades=sorted(GRADES),
+        statuses=data.STATUSES,
+        stages=STAGES,
+        active_days=data.ACTIVE_WITHIN_DAYS,
+        prev_url=page_url(page - 1) if page > 1 else None,
+        next_url=page_url(page + 1) if board["more"] else None,
+        as_of=_wall_clock(at),
+        now=_wall_clock(datetime.now(UTC)),
+    )
+
+
+def _wall_clock(at: datetime) -> str:
+    """What a datetime-local input shows: UTC, to the second."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 async def _nothing() -> list[Any]:
@@ -378,13 +438,28 @@ async def lead_as_of_json(request: Request, q: Query, session: Session) -> Respo
     return JSON(await lead_as_of(res_of(request), session.org_id, name, at))
 
 
-@signed_in()
+def day_cohort(since: date | None, until: date | None) -> Cohort | None:
+    """Leads created from the start of ``since`` to the end of ``until`` (UTC days, both
+    included); 422 when ``until`` is before ``since``."""
+    if since is None and until is None:
+        return None
+    if since is not None and until is not None and until < since:
+        raise InvalidParametersError(
+            [{"parameter": "until", "in": "query", "message": "must not be before from"}]
+        )
+    start = datetime.combine(since, clock(), UTC) if since else EARLIEST
+    end = datetime.combine(until, clock(), UTC) + timedelta(days=1) if until else LATEST
+    return Cohort(start, end)
+
+
+@signed_in(SINCE_DAY, UNTIL_DAY)
 async def analytics(request: Request, q: Query, session: Session) -> Response:
     res, org = res_of(request), session.org_id
+    c = day_cohort(q[SINCE_DAY], q[UNTIL_DAY])
     distribution, funnel, by_source = await asyncio.gather(
-        res.analytics(("distribution", org, 10), lambda a: a.score_distribution(org, 10)),
-        res.analytics(("funnel", org), lambda a: a.funnel(org)),
-        res.analytics(("by_source", org), lambda a: a.conversion_by_source(org)),
+        res.analytics(("distribution", org, 10, c), lambda a: a.score_distribution(org, 10, c)),
+        res.analytics(("funnel", org, c), lambda a: a.funnel(org, c)),
+        res.analytics(("by_source", org, c), lambda a: a.conversion_by_source(org, c)),
     )
     return render(
         request,
@@ -393,6 +468,9 @@ async def analytics(request: Request, q: Query, session: Session) -> Response:
         distribution=distribution,
         funnel=funnel,
         by_source=by_source,
+        since=q[SINCE_DAY].isoformat() if q[SINCE_DAY] else "",
+        until=q[UNTIL_DAY].isoformat() if q[UNTIL_DAY] else "",
+        today=datetime.now(UTC).date().isoformat(),
     )
 
 
@@ -538,11 +616,17 @@ async def retry(request: Request) -> Response:
     return RedirectResponse("/console/operations", status_code=303)
 
 
-@signed_in()
+@signed_in(DL_DAYS)
 async def operations(request: Request, q: Query, session: Session) -> Response:
     res, org = res_of(request), session.org_id
-    lag, deliveries = await asyncio.gather(
-        data.projection_lag(res.pool), data.deliveries(res.pool, org)
+    days = int(q[DL_DAYS] or "7")
+    now = datetime.now(UTC)
+    lag, deliveries, letters = await asyncio.gather(
+        data.projection_lag(res.pool),
+        data.deliveries(res.pool, org),
+        dead_letter_log.counts(
+            res.pool, org, now - timedelta(days=days), now, "hour" if days == 1 else "day"
+        ),
     )
     embedded = await res.projection.status() if res.projection is not None else None
     return render(
@@ -552,6 +636,14 @@ async def operations(request: Request, q: Query, session: Session) -> Response:
         lag=lag,
         embedded=embedded,
         deliveries=deliveries,
+        letters=letters,
+        letters_chart={
+            "bucket": letters["bucket"],
+            "total": letters["total"],
+            "reasons": letters["reasons"],
+            "items": [r | {"at": r["at"].isoformat()} for r in letters["items"]],
+        },
+        dl_days=days,
     )
 
 

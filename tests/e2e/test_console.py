@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,8 +25,9 @@ from playwright.sync_api import Browser as PlaywrightBrowser
 from playwright.sync_api import expect
 
 from adapters import tenancy, webhooks
+from adapters.dead_letter_log import DeadLetterLog, Entry
 from adapters.settings import ROOT, Settings
-from tests.support.api import ORG_A, ORG_B, Api, live_api, request
+from tests.support.api import ORG_A, ORG_B, ORG_EMPTY, Api, live_api, request
 from tests.support.browser import Browser, chromium, fresh
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +47,17 @@ def api(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     meta["version"] = ORG_MODEL
     meta["provenance"] = {**meta.get("provenance", {}), "org": ORG_A}
     meta_path.write_text(json.dumps(meta))
+    # Thresholds alone (no points): org A's leads get lifecycle stages, scores unchanged.
+    rules = tmp / "rules"
+    rules.mkdir()
+    (rules / f"{ORG_A}.yaml").write_text("version: 1\nthresholds:\n  mql: 20\n  sql: 40\n")
     settings = dataclasses.replace(
-        services, api_key_rate=0, api_ip_rate=0, model_dir=str(models), model_version="v1"
+        services,
+        api_key_rate=0,
+        api_ip_rate=0,
+        model_dir=str(models),
+        model_version="v1",
+        scoring_config_dir=str(rules),
     )
     with live_api(settings, tmp, "model") as running:
         running.keys["admin"] = asyncio.run(admin_key(running.settings))
@@ -289,7 +299,16 @@ def test_first_paint_on_the_seeded_data(browser: Browser, api: Api) -> None:
     page = browser.page
     lead = best_lead(api)
     figures = {}
-    for name, path in (("leaderboard", "/console/leaderboard"), ("lead", f"/console/leads/{lead}")):
+    at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    pages = (
+        ("leaderboard", "/console/leaderboard"),
+        ("leaderboard as of", f"/console/leaderboard?as_of={at}"),
+        ("lead", f"/console/leads/{lead}"),
+        ("funnel", "/console/analytics"),
+        ("funnel, a range", "/console/analytics?from=2000-01-01&until=2999-01-01"),
+        ("operations", "/console/operations"),
+    )
+    for name, path in pages:
         paints = []
         for _ in range(5):
             page.goto(f"{base(api)}{path}")
@@ -360,3 +379,148 @@ def test_a_dead_webhook_delivery_is_retried_from_operations(browser: Browser, ap
         mine.page.get_by_role("button", name=f"Retry delivery {delivery}").click()
         mine.page.wait_for_url("**/console/operations")
         assert delivery_status(api.settings, delivery) == "pending"
+
+
+def median_instant(api: Api, sql: str) -> datetime:
+    with psycopg.connect(api.settings.pg_dsn) as conn:
+        row = conn.execute(sql, (ORG_A,)).fetchone()
+    assert row is not None and row[0] is not None
+    value: datetime = row[0]
+    return value.astimezone(UTC)
+
+
+def test_leaderboard_as_of_a_past_moment_from_the_keyboard(browser: Browser, api: Api) -> None:
+    at = median_instant(
+        api,
+        "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY at) FROM score_history "
+        "WHERE org_id = %s",
+    ).replace(microsecond=0) + timedelta(seconds=1)  # the input's precision: seconds
+    sign_in(browser, api, api.keys[ORG_A])
+    page = browser.page
+    field = page.get_by_label("As of (UTC)")
+    field.focus()
+    field.fill(at.strftime("%Y-%m-%dT%H:%M:%S"))
+    # Keyboard only: Tab moves between the input's own fields; Enter submits its form.
+    field.press("Enter")
+    page.wait_for_url("**as_of=**")
+    want = api.get("/leaderboard", ORG_A, as_of=at.isoformat().replace("+00:00", "Z"), limit=25)
+    items = want.body["items"]
+    assert items
+    rows = page.locator("[data-testid=board-as-of] tbody tr")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.lead)") == [i["lead_id"] for i in items]
+    shown = [float(s) for s in rows.evaluate_all("rs => rs.map(r => r.dataset.score)")]
+    assert shown == [i["score"] for i in items]
+    page.screenshot(path=str(SHOTS / "leaderboard-as-of.png"), full_page=False)
+    # A moment in the future, or not a moment, is refused with a JSON body.
+    for bad in ("2999-01-01T00:00", "yesterday"):
+        reply = page.request.get(f"{base(api)}/console/leaderboard?as_of={bad}")
+        assert reply.status == 422 and reply.json()["details"][0]["parameter"] == "as_of"
+
+
+def test_the_stage_filter_shows_leads_at_that_stage(browser: Browser, api: Api) -> None:
+    sign_in(browser, api, api.keys[ORG_A])
+    page = browser.page
+    rows = page.locator("[data-testid=board] tbody tr")
+    # org-001's rules have thresholds (config/scoring/org-001.yaml): its leads have stages.
+    stage = rows.first.get_attribute("data-stage")
+    assert stage in ("lead", "mql", "sql", "disqualified")
+    page.get_by_label("Stage", exact=True).select_option(stage)
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url(f"**stage={stage}**")
+    stages = rows.evaluate_all("rs => rs.map(r => r.dataset.stage)")
+    assert stages and set(stages) == {stage}
+    # The stage is the one the event store holds for the lead now.
+    lead = page.locator("[data-testid=board] tbody tr td:nth-child(2) a").first.get_attribute(
+        "href"
+    )
+    assert lead is not None
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    assert (
+        api.get(f"/leads/{lead.rsplit('/', 1)[1]}/as-of", ORG_A, at=now).body["score"]["stage"]
+        == stage
+    )
+
+
+def test_the_funnel_by_creation_dates(browser: Browser, api: Api) -> None:
+    day = median_instant(
+        api,
+        "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY created_at) FROM leads "
+        "WHERE org_id = %s",
+    ).date()
+    sign_in(browser, api, api.keys[ORG_A])
+    page = browser.page
+    page.goto(f"{base(api)}/console/analytics")
+    everyone = int(page.locator("table.data tbody tr td:nth-child(2)").first.inner_text())
+    page.get_by_label("Created from").fill(day.isoformat())
+    page.get_by_label("Created until").fill(day.isoformat())
+    page.get_by_role("button", name="Apply range").click()
+    page.wait_for_url(f"**until={day.isoformat()}**")
+    expect(page.locator("#funnel-chart")).to_have_attribute("data-rendered", "true")
+    created = int(page.locator("table.data tbody tr td:nth-child(2)").first.inner_text())
+    since = f"{day.isoformat()}T00:00:00Z"
+    until = f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z"
+    want = api.get("/analytics/funnel", ORG_A, **{"from": since, "until": until}).body
+    assert 0 < created == want["items"][0]["leads"] < everyone
+    assert "Leads created from" in page.get_by_test_id("cohort").inner_text()
+    # Bad ranges: 422 with a JSON body, in the console and in the API.
+    back = page.request.get(
+        f"{base(api)}/console/analytics?from={day.isoformat()}&until={day - timedelta(days=1)}"
+    )
+    assert back.status == 422 and back.json()["details"][0]["parameter"] == "until"
+    for query in ({"from": until, "until": since}, {"from": since, "until": since}):
+        reply = api.get("/analytics/funnel", ORG_A, **query)
+        assert reply.status == 422 and reply.body["details"][0]["parameter"] == "from"
+    assert api.get("/analytics/score-distribution", ORG_A, until="soon").status == 422
+
+
+def test_dead_letters_by_reason_per_org(browser: Browser, api: Api) -> None:
+    now = datetime.now(UTC)
+    entries = [
+        *(Entry(ORG_A, "invalid", "ValidationError", now, "lead-events", 0, i) for i in range(3)),
+        Entry(ORG_A, "failed", "ValueError", now - timedelta(days=2), "lead-events", 0, 3),
+        *(Entry(ORG_B, "undecodable", "SerializationError", now, "lead-events", 1, i)
+          for i in range(2)),
+        *(Entry(None, "undecodable", "SerializationError", now, "lead-events", 2, i)
+          for i in range(5)),
+    ]  # fmt: skip
+    log = DeadLetterLog(api.settings.pg_dsn)
+    try:
+        log.record(entries)
+    finally:
+        log.close()
+    a = api.get("/dead-letters", ORG_A).body
+    assert a["total"] == 4 and {r["reason"]: r["count"] for r in a["reasons"]} == {
+        "invalid": 3,
+        "failed": 1,
+    }
+    assert api.get("/dead-letters", ORG_B).body["total"] == 2
+    assert api.get("/dead-letters", ORG_EMPTY).body["total"] == 0  # no org's letters shown
+    hourly = api.get(
+        "/dead-letters",
+        ORG_A,
+        bucket="hour",
+        **{"from": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z")},
+    )
+    assert hourly.body["total"] == 3 and len(hourly.body["items"]) == 1
+    long = (now - timedelta(days=40)).isoformat().replace("+00:00", "Z")
+    assert api.get("/dead-letters", ORG_A, bucket="hour", **{"from": long}).status == 422
+    assert api.get("/dead-letters", ORG_A, bucket="week").status == 422
+
+    sign_in(browser, api, api.keys[ORG_A])
+    page = browser.page
+    page.goto(f"{base(api)}/console/operations")
+    chart = page.locator("#dl-chart")
+    expect(chart).to_have_attribute("data-rendered", "true")
+    assert chart.get_attribute("data-letters") == "4"
+    reasons = page.get_by_test_id("dl-reasons").locator("tbody tr").all_inner_texts()
+    assert [r.split("\t") for r in reasons] == [["invalid", "3"], ["failed", "1"]]
+    page.screenshot(path=str(SHOTS / "operations.png"), full_page=False)
+    page.get_by_label("Period").select_option("1")
+    page.get_by_role("button", name="Show", exact=True).click()
+    page.wait_for_url("**dl_days=1")
+    assert page.locator("#dl-chart").get_attribute("data-letters") == "3"
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(browser, api, api.keys[ORG_B])
+    page.goto(f"{base(api)}/console/operations")
+    reasons = page.get_by_test_id("dl-reasons").locator("tbody tr").all_inner_texts()
+    assert [r.split("\t") for r in reasons] == [["undecodable", "2"]]

@@ -40,7 +40,7 @@ def expected_state(settings: Settings) -> dict[str, Any]:
             for lead in leads
         ),
         "scores": sorted(
-            (lead.org_id, lead.lead_id, lead.score, lead.grade, lead.model_version)
+            (lead.org_id, lead.lead_id, lead.score, lead.grade, lead.model_version, lead.stage)
             for lead in leads
             if lead.score is not None
         ),
@@ -54,7 +54,7 @@ async def pg_state(pool: asyncpg.Pool) -> dict[str, Any]:
         f"SELECT org_id, lead_id, {', '.join(PROFILE_COLUMNS)}, status FROM leads"
     )
     scores = await pool.fetch(
-        "SELECT org_id, lead_id, total, grade, model_version FROM lead_scores"
+        "SELECT org_id, lead_id, total, grade, model_version, stage FROM lead_scores"
     )
     n_history = await pool.fetchval("SELECT count(*) FROM score_history")
     return {
@@ -79,7 +79,7 @@ async def redis_state(client: aioredis.Redis, prefix: str, orgs: set[str]) -> li
 
 def expected_redis(expected: dict[str, Any]) -> list[tuple[Any, ...]]:
     return sorted(
-        (org, lead, score, score, grade) for org, lead, score, grade, _m in expected["scores"]
+        (org, lead, score, score, grade) for org, lead, score, grade, _m, _s in expected["scores"]
     )
 
 

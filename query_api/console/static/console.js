@@ -72,6 +72,36 @@ function analyticsCharts() {
   if (dist) barChart("dist-chart", dist.buckets.map((b) => `${b.from}–${b.to}`), dist.buckets.map((b) => b.count), "leads");
 }
 
+function deadLetterChart() {
+  const data = json("dl-data");
+  const canvas = document.getElementById("dl-chart");
+  if (!data || !canvas || !window.Chart) return;
+  const times = [...new Set(data.items.map((r) => r.at))].sort();
+  const reasons = data.reasons.map((r) => r.reason);
+  const palette = ["#0b57d0", "#b3261e", "#146c2e", "#7c4dff", "#8c5000", "#006a6a", "#6e7781"];
+  new Chart(canvas, {
+    type: "bar",
+    data: {
+      labels: times.map((t) => t.replace("T", " ").slice(0, data.bucket === "hour" ? 16 : 10)),
+      datasets: reasons.map((reason, i) => ({
+        label: reason,
+        backgroundColor: palette[i % palette.length],
+        data: times.map((t) => {
+          const row = data.items.find((r) => r.at === t && r.reason === reason);
+          return row ? row.count : 0;
+        }),
+      })),
+    },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } },
+    },
+  });
+  canvas.dataset.rendered = "true";
+  canvas.dataset.letters = String(data.total);
+}
+
 function modelCharts() {
   const charts = json("model-data");
   if (!charts || !window.Chart) return;
@@ -140,5 +170,6 @@ document.addEventListener("DOMContentLoaded", () => {
   scoreChart();
   analyticsCharts();
   modelCharts();
+  deadLetterChart();
   timeSlider();
 });
