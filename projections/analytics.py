@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 HIGH_SCORE = 70.0
+# A range's bounds are clamped to these (ClickHouse's DateTime64 spans 1900 to 2299), which
+# also stand for an open end.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _OUTCOMES = "('LeadConverted', 'LeadDisqualified')"
 
 # One row per lead of the org, from its non-score events.
@@ -152,7 +156,8 @@ def _scoped(sql: str, cohort: Cohort | None, params: dict[str, Any]) -> str:
     """The query for all the org's leads, or for the cohort (its bounds bound, not pasted)."""
     if cohort is None:
         return sql.replace("/*cohort*/", "").replace("/*cohort_leads*/", "")
-    params["since"], params["until"] = cohort.since, cohort.until
+    params["since"] = min(max(cohort.since, EARLIEST), LATEST)
+    params["until"] = min(max(cohort.until, EARLIEST), LATEST)
     return sql.replace("/*cohort*/", _IN_RANGE).replace("/*cohort_leads*/", _COHORT_LEADS)
 
 

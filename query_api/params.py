@@ -134,11 +134,11 @@ class Params:
             return None
         m = _DAY.match(raw)
         try:
-            if m is None:
+            if m is None or not 1900 <= int(m[1]) <= 2299:  # what analytics can hold
                 raise ValueError(raw)
             return date(int(m[1]), int(m[2]), int(m[3]))
         except ValueError:
-            self._fail(name, "query", "must be a date, YYYY-MM-DD")
+            self._fail(name, "query", "must be a date, YYYY-MM-DD, from 1900 to 2299")
             return None
 
     def wall_clock(self, name: str) -> datetime | None:

@@ -6,13 +6,11 @@ projections/analytics.py for why by creation time); both are optional.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from projections.analytics import Cohort
+from projections.analytics import EARLIEST, LATEST, Cohort
 from query_api.auth import org_of
 from query_api.params import Instant, Integer, Query, Range, query
 from query_api.responses import JSON
@@ -29,9 +27,6 @@ UNTIL = Instant(
     future=True,
 )
 CREATED = Range(SINCE, UNTIL)
-# The open ends of a half-open range (ClickHouse's DateTime64 spans 1900 to 2299).
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def cohort(q: Query) -> Cohort | None:
