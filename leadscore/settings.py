@@ -134,7 +134,17 @@ class Settings:
     decay_after_s: int = 3600  # a score older than this is rescored as of now
     decay_batch: int = 1000  # leads rescored per tick
 
-    metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
+    # The worker's and relay's metrics server: /metrics, /healthz (liveness: the event loop
+    # turns), /readyz (readiness: partitions assigned, event store reachable); 0 = off.
+    metrics_port: int = 0
+    # Where that server listens: loopback by default; 0.0.0.0 in a container, so the
+    # orchestrator's probes and Prometheus reach it.
+    metrics_host: str = "127.0.0.1"
+    # On SIGTERM a worker stops consuming, stores and commits the batch in hand, flushes
+    # its producers and exits 0 within this many seconds; past them it exits 70 with the
+    # batch uncommitted (redelivered, harmlessly). Keep it below the orchestrator's kill
+    # timeout (ECS stopTimeout, Kubernetes terminationGracePeriodSeconds).
+    shutdown_timeout_s: float = 25.0
 
     # Webhooks (streams/webhooks.py): a delivery is retried at exponential backoff from
     # `base` up to `cap` (with jitter) and is dead after `max_attempts`; each POST may
