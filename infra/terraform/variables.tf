@@ -1,7 +1,7 @@
 # ---- required ----
 
 variable "image" {
-  description = "Container image of the engine (one image; each service runs its own leadscore command)"
+  description = "Container image of the engine, built by infra/container/Dockerfile from the wheel and pushed to a registry (ECR); its entrypoint is leadscore, each service gives its own subcommand"
   type        = string
 }
 

@@ -156,8 +156,8 @@ run "workers_get_brokers_and_secrets" {
   }
 
   assert {
-    condition     = module.services.task_definitions["worker"][0].command == ["leadscore", "worker"]
-    error_message = "the worker service does not run leadscore worker"
+    condition     = module.services.task_definitions["worker"][0].command == ["worker"]
+    error_message = "the worker service does not run leadscore worker (the image's entrypoint is leadscore)"
   }
 
   assert {

@@ -9,7 +9,7 @@ locals {
   services = merge(
     {
       worker = {
-        command = ["leadscore", "worker"]
+        command = ["worker"]
         # The relay and the projections run as services of their own (below). "," is an
         # empty projection list: ECS drops environment variables whose value is "".
         environment = { LEADSCORE_WORKER_RELAY = "false", LEADSCORE_WORKER_PROJECTIONS = "," }
@@ -20,7 +20,7 @@ locals {
         probe       = "/healthz" # streams/probes.py: the worker's event loop turns
       }
       relay = {
-        command     = ["leadscore", "relay"]
+        command     = ["relay"]
         environment = {}
         cpu         = 512
         memory      = 1024
@@ -29,7 +29,7 @@ locals {
         probe       = "/healthz"
       }
       projections = {
-        command     = ["leadscore", "projections", "run", "postgres", "redis", "clickhouse"]
+        command     = ["projections", "run", "postgres", "redis", "clickhouse"]
         environment = {}
         cpu         = 1024
         memory      = 2048
@@ -38,7 +38,7 @@ locals {
         probe       = null
       }
       api = {
-        command     = ["leadscore", "api"]
+        command     = ["api"]
         environment = {}
         cpu         = var.api_cpu
         memory      = var.api_memory
@@ -49,7 +49,7 @@ locals {
     },
     local.registry_enabled ? {
       registry = {
-        command = ["leadscore", "registry"]
+        command = ["registry"]
         # The registry binds to the host of this URL: all interfaces inside its task.
         environment = { LEADSCORE_SCHEMA_REGISTRY_URL = "http://0.0.0.0:${var.registry_port}" }
         cpu         = 256
