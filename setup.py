@@ -1,6 +1,6 @@
 """The wheel's build: setuptools as pyproject.toml configures it, plus the engine's data
 folders (schemas/avro, models/onnx, config/) copied into the package as
-``leadscore/_bundled``, where ``leadscore.settings.bundled`` finds them with
+``adapters/_bundled``, where ``adapters.settings.bundled`` finds them with
 importlib.resources. A checkout (and an editable install) reads the folders in place."""
 
 from __future__ import annotations
@@ -30,10 +30,14 @@ def data_files() -> list[Path]:
 
 class BuildWithData(build_py):
     def run(self) -> None:
+        editable = getattr(self, "editable_mode", False)
+        if not editable:
+            # A build/ left by an earlier build would carry modules moved or deleted since.
+            shutil.rmtree(self.build_lib, ignore_errors=True)
         super().run()
-        if getattr(self, "editable_mode", False):
+        if editable:
             return
-        target = Path(self.build_lib) / "leadscore" / "_bundled"
+        target = Path(self.build_lib) / "adapters" / "_bundled"
         for rel in data_files():
             if "__pycache__" in rel.parts:
                 continue

@@ -16,7 +16,7 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-from leadscore.eventstore import LeadStore, OrjsonTranscoder
+from adapters.eventstore import LeadStore, OrjsonTranscoder
 
 EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
 

@@ -24,10 +24,10 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
-from leadscore.settings import bundled
+from adapters.settings import bundled
 
 if TYPE_CHECKING:
-    from leadscore.settings import Settings
+    from adapters.settings import Settings
 
 SCHEMA_DIR = bundled("schemas", "avro")  # the checkout's, or the installed package's
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"

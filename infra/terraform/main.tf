@@ -5,10 +5,10 @@ locals {
   run_registry = var.schema_registry_url == ""
 
   # The settings every service reads, as plain environment variables. Their names are
-  # leadscore/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
+  # adapters/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
   leadscore_environment = {
     # Production refuses to start while a secret setting is empty or at its dev default
-    # (leadscore/settings.py, SECRETS): each of them is in leadscore_secrets below.
+    # (adapters/settings.py, SECRETS): each of them is in leadscore_secrets below.
     LEADSCORE_ENVIRONMENT     = "production"
     LEADSCORE_KAFKA_BOOTSTRAP = module.msk.bootstrap_brokers
     # MSK's SASL/SCRAM listener: TLS, SCRAM-SHA-512 only, Amazon's CA from the system's.

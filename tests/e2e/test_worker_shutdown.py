@@ -17,13 +17,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings
+from devtools.engine_processes import stop_worker, wait_for_group
+from devtools.workload import generate
 from domain.lead import lead_aggregate_id
-from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.producer import produce_events
-from leadscore.settings import Settings
-from leadscore.workload import generate
 from streams.probes import EX_SHUTDOWN_TIMEOUT
+from streams.producer import produce_events
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.support.net import free_port

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass
 
 import pytest
 import yaml
 
-from leadscore.settings import ROOT
+from adapters.settings import ROOT
 
 DOCKERFILE = ROOT / "infra" / "container" / "Dockerfile"
 COMPOSE = ROOT / "infra" / "compose" / "docker-compose.yml"
@@ -121,8 +122,12 @@ def test_the_build_context_holds_the_data_the_wheel_bundles(
     instructions: list[Instruction],
 ) -> None:
     copied = " ".join(i.args for i in instructions if i.keyword == "COPY" and i.stage == 0)
-    for needed in ("setup.py", "schemas/avro/", "models/onnx/", "config/", "leadscore/"):
+    for needed in ("setup.py", "schemas/avro/", "models/onnx/", "config/"):
         assert needed in copied, f"the build stage does not copy {needed}"
+    # Every package of the wheel (pyproject.toml) is in the build context.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for top in {p.split(".")[0] for p in packages["packages"]}:
+        assert f"{top}/" in copied, f"the build stage does not copy {top}/"
     for path in ("setup.py", "schemas/avro", "models/onnx", "config"):
         assert (ROOT / path).exists(), path
 

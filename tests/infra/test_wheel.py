@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from leadscore.settings import BUNDLE, ROOT
+from adapters.settings import BUNDLE, ROOT
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
@@ -101,16 +101,18 @@ def env(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 def test_the_wheel_ships_its_data_and_nothing_of_the_checkout(venv: Path) -> None:
     python = str(venv / "bin" / "python")
     probe = (
-        "import json, leadscore, streams.wire as w; from leadscore.settings import Settings;"
+        "import json, adapters, leadscore, streams.wire as w;"
+        "from adapters.settings import Settings;"
         "s = Settings();"
-        "print(json.dumps([leadscore.__file__, str(w.SCHEMA_DIR), s.model_dir,"
+        "print(json.dumps([leadscore.__file__, adapters.__file__, str(w.SCHEMA_DIR), s.model_dir,"
         " s.scoring_config_dir, s.feature_config_dir, s.run_dir]))"
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LEADSCORE_", "PYTHON"))}
     out = run([python, "-c", probe], env=clean, cwd=venv, timeout=60)
-    package, *dirs, run_dir = json.loads(out.strip().splitlines()[-1])
-    site = Path(package).parent
-    assert str(ROOT) not in package and "site-packages" in package
+    package, adapters, *dirs, run_dir = json.loads(out.strip().splitlines()[-1])
+    site = Path(adapters).parent
+    for module in (package, adapters):
+        assert str(ROOT) not in module and "site-packages" in module, module
     for d in dirs:
         assert Path(d).is_relative_to(site / BUNDLE), d
     assert {p.name for p in Path(dirs[0]).glob("*.avsc")} >= {
@@ -119,7 +121,7 @@ def test_the_wheel_ships_its_data_and_nothing_of_the_checkout(venv: Path) -> Non
     }
     assert (Path(dirs[1]) / "v1" / "model.onnx").is_file()
     assert (Path(dirs[2]) / "default.yaml").is_file() and (Path(dirs[3]) / "default.yaml").is_file()
-    assert not Path(run_dir).is_relative_to(site), "the run dir must not be in site-packages"
+    assert not Path(run_dir).is_relative_to(site.parent), "the run dir is in site-packages"
 
 
 def test_the_installed_demo_scores_and_serves(venv: Path, env: dict[str, str]) -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from eventsourcing.domain import Snapshot
 
+from adapters.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from leadscore.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from tests.factories import T0, FixedScorer, activity, created
 
 

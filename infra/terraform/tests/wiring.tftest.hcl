@@ -177,7 +177,7 @@ run "production_mode_with_every_secret" {
     error_message = "a task does not run with LEADSCORE_ENVIRONMENT=production"
   }
 
-  # What production refuses to start without (leadscore/settings.py, SECRETS), from
+  # What production refuses to start without (adapters/settings.py, SECRETS), from
   # Secrets Manager in every task; tests/infra/test_terraform.py checks the list is whole.
   assert {
     condition = alltrue([
