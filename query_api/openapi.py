@@ -564,7 +564,7 @@ RESPONSES: dict[str, Schema] = {
     ),
     "NoReference": _error(
         "The model has no training reference to compare with (trained before drift "
-        "monitoring); add one with leadscore.training.add_reference_from_provenance."
+        "monitoring); add one with leadscore.drift_reference.add_reference_from_provenance."
     ),
     "InvalidParameters": _error("A parameter is out of range, malformed or not allowed."),
     "Unavailable": _error(

@@ -24,7 +24,7 @@ from streams.dlq import read_letters
 from streams.producer import produce_events
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.factories import created
+from tests.support.factories import created
 from tests.support.net import free_port
 from tests.support.pipeline import consume_all
 from tests.support.readmodels import (

@@ -22,7 +22,7 @@ from streams.codec import event_to_record
 from streams.dlq import read_letters
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.factories import created
+from tests.support.factories import created
 from tests.support.net import free_port
 from tests.support.worker import metric, start, wait_until
 

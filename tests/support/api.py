@@ -28,7 +28,7 @@ from adapters.eventstore import SCORED_TOPIC, open_store
 from adapters.settings import Settings, settings_env
 from devtools.workload import generate
 from domain.events import ActivityKind
-from tests.factories import FixedScorer, activity, created
+from tests.support.factories import FixedScorer, activity, created
 from tests.support.net import free_port
 from tests.support.pipeline import store_history
 from tests.support.readmodels import project

@@ -15,7 +15,7 @@ from adapters.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 
 
 class LeadStoreContract:
