@@ -140,7 +140,8 @@ ORDER BY model_version
 
 @dataclass(frozen=True, slots=True)
 class Cohort:
-    """Leads created at or after ``since`` and before ``until`` (both UTC-aware)."""
+    """Leads created at or after ``since`` and before ``until`` (both UTC-aware; an
+    empty range, ``until`` not after ``since``, holds no lead)."""
 
     since: datetime
     until: datetime
@@ -148,8 +149,6 @@ class Cohort:
     def __post_init__(self) -> None:
         if self.since.tzinfo is None or self.until.tzinfo is None:
             raise ValueError("a cohort's bounds need a time zone")
-        if self.since >= self.until:
-            raise ValueError("a cohort's start must be before its end")
 
 
 def _scoped(sql: str, cohort: Cohort | None, params: dict[str, Any]) -> str:

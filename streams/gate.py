@@ -76,7 +76,11 @@ class Gate:
             while not stop.is_set():
                 self.step(timeout=1.0)
         finally:
-            self.consumer.close()
+            self.close()
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.dead_letters.letters_log.close()  # its PostgreSQL connection
 
     def step(self, timeout: float = 1.0) -> int:
         """Pass one batch through; return how many messages it held."""

@@ -26,11 +26,13 @@ MAX_EXAMPLES = 25  # per operation and phase: the whole run stays well under a m
 # The cursor is opaque: any string matches its documented pattern, but only cursors the
 # server issued decode, so a well-formed forgery is a 422 that the schema cannot express.
 # Likewise an instant: any date-time matches, but one in the future or before the lead
-# was created is a 422. Only the operations taking a cursor or an instant get 422 added
-# to the statuses valid data may get.
+# was created is a 422; so is a range whose `from` is not before its `until`, or longer
+# than its bucket allows (/dead-letters). Only the operations taking a cursor, an instant
+# or a range get 422 added to the statuses valid data may get.
 CONFIG = """
 [[operations]]
-include-path-regex = "^/leads(/\\\\{id\\\\}/(scores|as-of|diff))?$|^/leaderboard$"
+include-path-regex = "^/leads(/\\\\{id\\\\}/(scores|as-of|diff))?$|^/leaderboard$|^/dead-letters$|\
+^/analytics/(funnel|score-distribution|conversion-by-source|conversion-by-score-band)$"
 checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "422",
 ]

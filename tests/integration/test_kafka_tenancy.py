@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from rich.console import Console
@@ -164,7 +165,7 @@ def test_the_gate_forwards_its_orgs_events_and_dead_letters_the_rest(
         while passed < 4 and time.monotonic() < deadline:
             passed += gate.step(timeout=0.5)
     finally:
-        gate.consumer.close()
+        gate.close()
     assert passed == 4
 
     forwarded = _read(settings, settings.topic_lead_events, 2)
@@ -176,6 +177,11 @@ def test_the_gate_forwards_its_orgs_events_and_dead_letters_the_rest(
     assert reasons == sorted([Reason.ORG_NOT_ALLOWED.value, Reason.UNDECODABLE.value])
     refused = next(x for x in letters if x.header(REASON) == "org_not_allowed")
     assert refused.value == values[1]  # kept byte for byte, for a replay after a fix
+    # Both letters came in on acme's topic: acme's in the dead-letter log, whatever the
+    # record claims (or if nothing decodes).
+    with psycopg.connect(settings.pg_dsn) as conn:
+        logged = conn.execute("SELECT org_id, reason FROM dead_letter_log ORDER BY 2").fetchall()
+    assert logged == [(acme, "org_not_allowed"), (acme, "undecodable")]
 
     # The engine stores what the gate forwarded: acme's lead, not other's.
     engine.processor.process([m.value() for m in forwarded])
