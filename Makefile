@@ -88,6 +88,7 @@ bench: up
 	$(BIN)/python -m bench.explain
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.memory

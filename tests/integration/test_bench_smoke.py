@@ -1,4 +1,5 @@
-"""The benchmark harness runs: the pipeline and latency benches at a tiny size, one run.
+"""The benchmark harness runs: the pipeline, scale-out and latency benches at a tiny size,
+one run.
 
 This checks that they run end to end against the real services and produce a results
 body with the rows we expect; it says nothing about how fast anything is (`make bench`
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.settings import Settings
-from bench import latency, pipeline, stack
+from bench import latency, pipeline, scale, stack
 from bench import profile as profiling
 
 
@@ -97,6 +98,21 @@ def test_profile_summary_attributes_samples_to_stages() -> None:
     assert p.stages["waiting: PostgreSQL replies (psycopg)"] == 1
     assert sum(p.critical.values()) == 9
     assert "| decode (Avro, validation) | 60.0% |" in profiling.summarise(raw)
+
+
+def test_scale_bench_reports_each_worker_count(
+    services: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scale, "COUNTS", (1, 2))
+    body = scale.bench(services, 6_000, 600, 2, 1)
+    rates = {}
+    for n in (1, 2):
+        cells = _cells(body, f"| {n} |")
+        rates[n] = float(cells[0].split()[0].replace(",", ""))
+        assert rates[n] > 0
+        assert cells[1].startswith("1.00x") if n == 1 else cells[1].endswith(")")
+    worker = _cells(body, "| worker |")
+    assert len(worker) == 2 and all(float(c.replace(",", "")) > 0 for c in worker)
 
 
 def _cells(body: str, prefix: str) -> list[str]:
