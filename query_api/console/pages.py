@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
-import asyncpg
 import jinja2
 import psycopg
 import structlog
@@ -28,7 +27,13 @@ from starlette.staticfiles import StaticFiles
 
 from adapters import dead_letter_log, tenancy, webhooks
 from adapters.drift import NoReferenceError, drift_report
-from adapters.model_registry import GLOBAL, ModelRegistry, ModelRegistryError, scope_of
+from adapters.model_registry import (
+    GLOBAL,
+    ModelRegistry,
+    ModelRegistryError,
+    assignments,
+    scope_of,
+)
 from adapters.modelstore import list_models
 from adapters.settings import DEV, Settings
 from domain import timeline
@@ -455,7 +460,25 @@ def day_cohort(since: date | None, until: date | None) -> Cohort | None:
 @signed_in(SINCE_DAY, UNTIL_DAY)
 async def analytics(request: Request, q: Query, session: Session) -> Response:
     res, org = res_of(request), session.org_id
-    c = day_cohort(q[SINCE_DAY], q[UNTIL_DAY])
+    since = q[SINCE_DAY].isoformat() if q[SINCE_DAY] else ""
+    until = q[UNTIL_DAY].isoformat() if q[UNTIL_DAY] else ""
+    try:
+        c = day_cohort(q[SINCE_DAY], q[UNTIL_DAY])
+    except InvalidParametersError:
+        # A person typed it: say so on the form, keep what they typed, show no figures.
+        return render(
+            request,
+            "analytics.html",
+            session,
+            status_code=422,
+            error="“Created until” must not be before “Created from”.",
+            distribution={"leads": 0, "buckets": [], "grades": []},
+            funnel=[],
+            by_source=[],
+            since=since,
+            until=until,
+            today=datetime.now(UTC).date().isoformat(),
+        )
     distribution, funnel, by_source = await asyncio.gather(
         res.analytics(("distribution", org, 10, c), lambda a: a.score_distribution(org, 10, c)),
         res.analytics(("funnel", org, c), lambda a: a.funnel(org, c)),
@@ -468,19 +491,15 @@ async def analytics(request: Request, q: Query, session: Session) -> Response:
         distribution=distribution,
         funnel=funnel,
         by_source=by_source,
-        since=q[SINCE_DAY].isoformat() if q[SINCE_DAY] else "",
-        until=q[UNTIL_DAY].isoformat() if q[UNTIL_DAY] else "",
+        since=since,
+        until=until,
         today=datetime.now(UTC).date().isoformat(),
     )
 
 
 async def _visible_models(res: Resources, org: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     metas = await asyncio.to_thread(list_models, Path(res.settings.model_dir))
-    try:
-        rows = await res.pool.fetch("SELECT version, scope, status FROM scoring_models")
-    except asyncpg.UndefinedTableError:
-        rows = []
-    registry = {r["version"]: dict(r) for r in rows}
+    registry = {r["version"]: r for r in await assignments(res.pool)}
     out = []
     for meta in metas:
         version = str(meta["version"])
