@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -60,7 +60,10 @@ CREATE INDEX IF NOT EXISTS api_keys_org_idx ON api_keys (org_id);
 -- Migration (keys created before expiry existed never expire).
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS last_used_at timestamptz;
+-- What a key may do beyond reading its org's data: 'admin' erases leads (README, "Privacy").
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS scopes text[] NOT NULL DEFAULT '{}';
 """
+SCOPES = ("admin",)
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -88,6 +91,7 @@ class ApiKeyInfo:
     revoked_at: datetime | None
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class KeyRecord:
     revoked: bool
     expires_at: datetime | None
     expired: bool
+    scopes: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -179,24 +184,34 @@ def fingerprint(key: str) -> str:
 
 
 async def create_api_key(
-    db: Executor, org_id: str, name: str | None = None, *, expires_in: timedelta | None = None
+    db: Executor,
+    org_id: str,
+    name: str | None = None,
+    *,
+    expires_in: timedelta | None = None,
+    scopes: Sequence[str] = (),
 ) -> tuple[str, str]:
     """A new key for ``org_id``: returns (key id, the key). The key itself is not stored.
-    With ``expires_in``, the key stops working that long from now."""
+    With ``expires_in``, the key stops working that long from now; ``scopes`` (SCOPES)
+    are what it may do beyond reading."""
     if expires_in is not None and expires_in <= timedelta(0):
         raise TenancyError("a key's lifetime must be positive")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise TenancyError(f"unknown scopes {unknown}; known: {', '.join(SCOPES)}")
     key = generate_key()
     # The id names the key in listings and revocation without revealing it.
     key_id = "key_" + secrets.token_hex(8)
     try:
         expires_at = await db.fetchval(
-            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at) "
-            "VALUES ($1, $2, $3, $4, now() + $5::interval) RETURNING expires_at",
+            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at, scopes) "
+            "VALUES ($1, $2, $3, $4, now() + $5::interval, $6) RETURNING expires_at",
             key_id,
             org_id,
             hash_key(key),
             name,
             expires_in,
+            sorted(set(scopes)),
         )
     except asyncpg.ForeignKeyViolationError as exc:
         raise TenancyError(
@@ -208,6 +223,7 @@ async def create_api_key(
         key_id=key_id,
         org_id=org_id,
         expires_at=expires_at.isoformat() if expires_at else None,
+        scopes=sorted(set(scopes)),
     )
     return key_id, key
 
@@ -240,10 +256,13 @@ async def lookup_key(db: Executor, key: str) -> KeyRecord | None:
         return None
     row = await db.fetchrow(
         "SELECT id, org_id, revoked_at IS NOT NULL AS revoked, expires_at, "
-        "coalesce(expires_at <= now(), false) AS expired FROM api_keys WHERE key_hash = $1",
+        "coalesce(expires_at <= now(), false) AS expired, scopes "
+        "FROM api_keys WHERE key_hash = $1",
         hash_key(key),
     )
-    return None if row is None else KeyRecord(**dict(row))
+    if row is None:
+        return None
+    return KeyRecord(**{**dict(row), "scopes": tuple(row["scopes"] or ())})
 
 
 async def touch_key(db: Executor, key_id: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from domain.events import PII_FIELDS
 from leadscore.eventstore import DDL_LOCK, TRACKING_DDL
 from projections import changes
 from projections.log import LogEntry, LogReader
@@ -271,6 +272,9 @@ def _fold(lead: dict[str, Any], e: LogEntry) -> None:
         at = ev.occurred_at
     elif e.kind == "LeadDisqualified":
         lead["status"] = "disqualified"
+        at = ev.occurred_at
+    elif e.kind == "LeadForgotten":  # the person's data leaves the row; scores stay
+        lead.update(dict.fromkeys(c for c in PROFILE_COLUMNS if c in PII_FIELDS))
         at = ev.occurred_at
     else:
         at = ev.occurred_at

@@ -16,6 +16,7 @@ from query_api import (
     routes_analytics,
     routes_leads,
     routes_models,
+    routes_privacy,
     routes_system,
     routes_webhooks,
 )
@@ -31,6 +32,7 @@ def routes(server_url: str | None = None) -> list[BaseRoute]:
     describes them)."""
     return [
         *routes_leads.routes,
+        *routes_privacy.routes,
         *routes_analytics.routes,
         *routes_models.routes,
         *routes_webhooks.routes,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leadscore import tenancy
-from query_api.errors import UNAVAILABLE, error_response, unauthorized
+from query_api.errors import UNAVAILABLE, ForbiddenError, error_response, unauthorized
 from query_api.limits import TokenBuckets, too_many
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Verdict:
     org_id: str | None
     key_id: str | None
     reason: str | None  # None: accepted
+    scopes: tuple[str, ...] = ()
 
 
 class KeyCache:
@@ -149,7 +150,9 @@ class BearerAuth:
             exc = too_many(wait, "API key")
             await error_response(429, exc.message, headers=exc.headers)(scope, receive, send)
             return
-        scope.setdefault("state", {})["org_id"] = verdict.org_id
+        state = scope.setdefault("state", {})
+        state["org_id"] = verdict.org_id
+        state["scopes"] = verdict.scopes
         await self.app(scope, receive, send)
 
     async def _verify(self, resources: Resources, token: str, digest: bytes) -> Verdict:
@@ -161,7 +164,7 @@ class BearerAuth:
         elif record.expired:
             verdict = Verdict(None, record.id, "expired")
         else:
-            verdict = Verdict(record.org_id, record.id, None)
+            verdict = Verdict(record.org_id, record.id, None, record.scopes)
         if verdict.reason is not None:
             self.refused.put(digest, verdict)
             return verdict
@@ -179,6 +182,12 @@ class BearerAuth:
     def _metrics_allowed(self, scope: Scope) -> bool:
         token = bearer_token(scope) or ""
         return hmac.compare_digest(token.encode(), self.metrics_token.encode())
+
+
+def require_scope(request: Request, name: str) -> None:
+    """403 unless the request's API key has scope ``name`` (``apikeys create --admin``)."""
+    if name not in request.scope["state"].get("scopes", ()):
+        raise ForbiddenError(f"this operation needs an API key with the {name!r} scope")
 
 
 def org_of(request: Request) -> str:
