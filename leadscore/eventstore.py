@@ -384,7 +384,8 @@ class LeadStore(Application[UUID]):
             self.keys = LeadKeys(keks, table)
         else:
             self.keys = LeadKeys(keks, MemoryKeyTable())
-        self.pii_mapper.keys = self.keys
+        if isinstance(self.mapper, PiiMapper):  # a subclass may choose another mapper
+            self.mapper.keys = self.keys
 
     def construct_mapper(self) -> Mapper[UUID]:
         return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=PiiMapper)

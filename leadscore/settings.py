@@ -78,10 +78,12 @@ class Settings:
     topic_lead_events: str = "lead-events"  # in: upstream lead-events (Avro)
     topic_score_events: str = "score-events"  # out: score changes (Avro)
     topic_dlq: str = "lead-events.dlq"  # dead letters, each with its reason
-    # Retention of the topics the engine creates (README, "Dead letters"): lead-events
-    # keep the broker's usual week; dead letters never expire (-1) until replayed or fixed.
+    # Retention of the topics the engine creates (README, "Dead letters" and "Privacy"):
+    # both hold people's data in the clear, which erasure cannot reach inside Kafka, so
+    # both expire. Lead-events keep the broker's usual week; dead letters 30 days, time
+    # to replay or fix them (-1 = never expire, which defeats erasure).
     lead_events_retention_ms: int = 604_800_000
-    dlq_retention_ms: int = -1  # dead letters: -1 = never expire
+    dlq_retention_ms: int = 2_592_000_000  # dead letters: 30 days
     # A dead letter larger than this goes to the DLQ by reference, its bytes in PostgreSQL
     # (dead_letter_payloads); below the producer's message.max.bytes (1,000,000).
     dlq_max_inline_bytes: int = 900_000
