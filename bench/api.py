@@ -25,13 +25,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from adapters import tenancy
+from adapters.settings import Settings
 from bench.harness import RUNS, Spread, paired_ratio, write_results
-from leadscore import services, tenancy
-from leadscore.bootstrap import bootstrap
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from devtools import services
+from devtools.workload import generate
 from projections.base import ProjectionRunner
 from projections.runner import opened
+from streams.bootstrap import bootstrap
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
 

@@ -20,10 +20,10 @@ from scipy.stats import spearmanr
 
 from bench.harness import RUNS, Spread, write_results
 from bench.scoring import model
+from devtools.workload import generate
 from domain.explain import contributions
 from domain.features import FEATURE_NAMES
 from leadscore.training import build_dataset
-from leadscore.workload import generate
 
 console = Console()
 SAMPLE = 1_000

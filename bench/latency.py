@@ -41,11 +41,11 @@ from pathlib import Path
 import structlog
 from rich.console import Console
 
+from adapters.settings import Settings
 from bench import cpu, stack
 from bench.harness import RUNS, Spread, write_results
-from leadscore import services
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from devtools import services
+from devtools.workload import generate
 
 log = structlog.get_logger(__name__)
 console = Console()
@@ -304,7 +304,7 @@ def _send(s: Settings, topic: str, rate: int, chunk: list, tmp: Path, name: str)
 def _api_keys(s: Settings, orgs: list[str]) -> dict[str, str]:
     import asyncio
 
-    from leadscore import tenancy
+    from adapters import tenancy
 
     async def create(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
         return {org: (await tenancy.create_api_key(db, org, name="bench"))[1] for org in orgs}

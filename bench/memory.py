@@ -37,16 +37,16 @@ from uuid import UUID
 from pympler.asizeof import asizeof
 from rich.console import Console
 
+from adapters.modelstore import load_scorer
+from adapters.settings import Settings
 from bench import stack
 from bench.harness import write_results
 from bench.pipeline import Run, Workload, progress_bar, run_ours
+from devtools import services
+from devtools.workload import generate
 from domain.events import EventType, LeadEvent
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
-from leadscore import services
-from leadscore.modelstore import load_scorer
-from leadscore.settings import Settings
-from leadscore.workload import generate
 
 console = Console()
 SIZES = [

@@ -1,6 +1,6 @@
 """Training on an org's own data: the model against the ground truth and the baselines.
 
-On the second world (leadscore/world_custom.py: conversion follows an education company's
+On the second world (devtools/world_custom.py: conversion follows an education company's
 own fields and time on site; the B2B fields are noise), at full size, for several seeds:
 the feature spec that `leadscore features suggest` proposes from the history, then
 `train` (prediction points at every lead-event, a time split with a gap), against
@@ -27,13 +27,13 @@ import lightgbm as lgb
 import numpy as np
 from rich.console import Console
 
+from adapters.evaluation import auc
+from adapters.training_rows import epoch_ms, time_split, training_rows
 from bench.harness import RUNS, Spread, write_results
+from devtools.world_custom import LEAK_ATTRIBUTE, CustomWorld, custom_world
 from domain.featurespec import parse
-from leadscore.evaluation import auc
 from leadscore.featuresuggest import suggest
 from leadscore.training import LeakageError, lightgbm_params, train
-from leadscore.training_rows import epoch_ms, time_split, training_rows
-from leadscore.world_custom import LEAK_ATTRIBUTE, CustomWorld, custom_world
 
 LEADS = int(os.environ.get("LEADSCORE_BENCH_OWN_LEADS", "20000"))
 console = Console(stderr=True)

@@ -32,9 +32,9 @@ from typing import Any
 
 from faust.sensors import Sensor
 
+from adapters.settings import Settings
 from bench import stack
-from leadscore.services import kafka as kafka_service
-from leadscore.settings import Settings
+from devtools.services import kafka as kafka_service
 
 
 def _faust_app(s: Settings, group: str, **settings: Any) -> Any:

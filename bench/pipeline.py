@@ -1,6 +1,6 @@
 """End-to-end throughput: lead-events/s from Kafka to every score stored, published, projected.
 
-The workload (``leadscore.workload.generate``; default 1,000,000 events over 100,000
+The workload (``devtools.workload.generate``; default 1,000,000 events over 100,000
 leads in 20 orgs) is produced ahead of the runs to a topic of its own. Each run starts a
 ``leadscore worker`` process with a fresh database, consumer group, score-events topic,
 Redis prefix and chDB directory, plus ``leadscore projections run clickhouse`` (embedded
@@ -42,12 +42,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from adapters.settings import Settings
 from bench import cpu, stack
 from bench import profile as profiling
 from bench.harness import RUNS, Spread, paired_ratio, ratio, write_results
-from leadscore import services
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from devtools import services
+from devtools.workload import generate
 
 log = structlog.get_logger(__name__)
 console = Console()
@@ -367,7 +367,7 @@ def report(wl: Workload, r: dict[str, Any], runs: int) -> str:
     direct_cpu = statistics.median(r["faust_direct_cpu"])
     lines = [
         f"Workload: {wl.events:,} lead-events over {wl.leads:,} leads in {len(wl.orgs)} orgs "
-        f"(leadscore.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
+        f"(devtools.workload, seed 7), {wl.mean_bytes:.0f} bytes per message on average, "
         f"produced ahead to one topic of 6 partitions; every figure below read that topic. "
         f"Engine topology: {stack.TOPOLOGY_TEXT} (LEADSCORE_BENCH_TOPOLOGY={stack.TOPOLOGY}), "
         f"plus the ClickHouse projection; {WORKERS} worker process(es) in one consumer group "

@@ -25,17 +25,17 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Mapper
 from rich.console import Console
 
+from adapters.erasure import forget_lead
+from adapters.eventstore import LeadStore, open_store, postgres_env
+from adapters.lead_keys import LeadKeys
+from adapters.settings import get_settings
 from bench.harness import RUNS, Spread, paired_ratio, write_results
+from devtools import services as stack
+from devtools.workload import generate
 from domain.events import LeadEvent
 from domain.features import FEATURE_NAMES
 from domain.lead import lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from leadscore import services as stack
-from leadscore.erasure import forget_lead
-from leadscore.eventstore import LeadStore, open_store, postgres_env
-from leadscore.lead_keys import LeadKeys
-from leadscore.settings import get_settings
-from leadscore.workload import generate
 
 console = Console()
 LEADS, EVENTS, BATCH, FORGET = 2_000, 20_000, 1_000, 1_000

@@ -7,8 +7,8 @@ scores and a rerun would find nothing left to change. The candidate model is tra
 the bench from a generated history (as `leadscore train` does) into a scratch model
 directory beside a copy of the committed v1, the active model.
 
-Timed in-process, the functions the command runs: ``leadscore.replay.replay`` (rescoring,
-one transaction per 500 leads) and ``leadscore.replay.backtest`` (``--dry-run``: the
+Timed in-process, the functions the command runs: ``streams.replay.replay`` (rescoring,
+one transaction per 500 leads) and ``streams.replay.backtest`` (``--dry-run``: the
 labelled rows rebuilt from the log, both models scored). Peer: reading the notification
 log alone and mapping each entry to its domain event (``LeadStore.all_notifications`` +
 ``to_event``): the read ceiling both stand on. events/s = stored events (lead-events and
@@ -37,14 +37,14 @@ from psycopg import sql
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from adapters.eventstore import LeadStore, open_store, postgres_env
+from adapters.modelstore import load_scorer
+from adapters.settings import Settings
 from bench import stack
 from bench.harness import RUNS, Spread, paired_ratio, write_results
-from leadscore import services
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import LeadStore, open_store, postgres_env
-from leadscore.modelstore import load_scorer
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from devtools import services
+from devtools.workload import generate
+from streams.bootstrap import bootstrap
 
 console = Console()
 EVENTS = stack.env_int("LEADSCORE_BENCH_REPLAY_EVENTS", 200_000)
@@ -104,7 +104,7 @@ def copy_database(base: Settings, template: str, name: str) -> str:
 
 def time_replay(base: Settings, s: Settings, template: str) -> tuple[float, int, int]:
     """(seconds, leads, scores changed) of one replay on a fresh copy of the history."""
-    from leadscore import replay as replays
+    from streams import replay as replays
 
     name = f"{template}_r{secrets.token_hex(2)}"
     copy = dataclasses.replace(s, pg_dsn=copy_database(base, template, name))
@@ -123,7 +123,7 @@ def time_replay(base: Settings, s: Settings, template: str) -> tuple[float, int,
 
 
 def time_backtest(s: Settings) -> tuple[float, int]:
-    from leadscore import replay as replays
+    from streams import replay as replays
 
     engine = bootstrap(s)
     try:

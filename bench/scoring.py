@@ -18,11 +18,11 @@ import numpy as np
 import onnxruntime as ort
 from rich.console import Console
 
+from adapters.modelstore import OnnxScorer
 from bench.harness import RUNS, Spread, ratio, write_results
+from devtools.workload import generate
 from domain.features import FEATURE_NAMES
-from leadscore.modelstore import OnnxScorer
 from leadscore.training import build_dataset, lightgbm_params, to_onnx
-from leadscore.workload import generate
 
 console = Console()
 BATCHES = (1, 64, 1024)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from query_api.responses import JSON
 from query_api.server import config
 

@@ -27,11 +27,12 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from adapters import tenancy
+from adapters.eventstore import SCORED_TOPIC
+from adapters.settings import Settings, settings_env
+from devtools import services
 from domain.events import LeadEvent
-from leadscore import services, tenancy
 from leadscore.demo import stop_worker
-from leadscore.eventstore import SCORED_TOPIC
-from leadscore.settings import Settings, settings_env
 from projections.log import EVENTS_TABLE
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog

@@ -260,7 +260,7 @@ class Lead(Aggregate):
 
     def forget(self, reason: str | None, occurred_at: datetime) -> None:
         """Erase the person: their personal data leaves the state (the event store's
-        copies become unreadable when the lead's key is destroyed, leadscore/lead_keys.py)."""
+        copies become unreadable when the lead's key is destroyed, adapters/lead_keys.py)."""
         self._forgotten(self.org_id, self.lead_id, reason, occurred_at)
 
     # -- events (their bodies are how state evolves, also on replay) ------

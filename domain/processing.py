@@ -296,6 +296,6 @@ def event_time(lead: Lead) -> datetime:
     A lead with an outcome is scored as of its latest lead-event before it: the outcome
     tells the model nothing it reads, and scoring it later would only decay a converted
     lead's engagement (what sales saw before the lead converted is the score that counts,
-    and the one training rows are built like: leadscore/training_rows.py).
+    and the one training rows are built like: adapters/training_rows.py).
     """
     return lead.last_event_at if lead.outcome is None else lead.last_open_event_at

@@ -1,1 +1,3 @@
-"""Lead scoring engine: composition root, settings, CLI and local services."""
+"""Lead scoring engine: the composition root — the `leadscore` CLI, the demo, CSV import and
+model training. It wires ``adapters``, ``streams``, ``projections``, ``query_api`` and
+``devtools`` together and nothing imports it (.importlinter)."""

@@ -22,6 +22,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from adapters.logs import configure_logging
+from adapters.settings import InsecureSettingsError, check_secrets, get_settings
+from devtools.schema_registry.cli import registry
+from devtools.services.cli import app as services_app
 from leadscore.cli_api import register as register_api_commands
 from leadscore.cli_dlq import app as dlq_app
 from leadscore.cli_features import app as features_app
@@ -30,10 +34,6 @@ from leadscore.cli_models import app as models_app
 from leadscore.cli_privacy import register as register_privacy_commands
 from leadscore.cli_projections import app as projections_app
 from leadscore.cli_webhooks import app as webhooks_app
-from leadscore.logs import configure_logging
-from leadscore.registry.cli import registry
-from leadscore.services.cli import app as services_app
-from leadscore.settings import InsecureSettingsError, check_secrets, get_settings
 
 app = typer.Typer(help="Event-sourced lead scoring: Kafka in, scores out.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
@@ -64,8 +64,8 @@ def _setup() -> None:
 @app.command()
 def worker() -> None:
     """Run a worker: consume lead-events, score, store, publish score-events."""
-    from leadscore.bootstrap import bootstrap
-    from leadscore.services.topics import ensure_engine_topics
+    from adapters.topics import ensure_engine_topics
+    from streams.bootstrap import bootstrap
     from streams.worker import run_worker
 
     s = get_settings()
@@ -77,7 +77,7 @@ def worker() -> None:
 def relay() -> None:
     """Publish score-events and deliver webhooks from the event store's log (elected, like
     the workers' own relay threads; for workers run with LEADSCORE_WORKER_RELAY=0)."""
-    from leadscore.bootstrap import bootstrap
+    from streams.bootstrap import bootstrap
     from streams.worker import run_relay
 
     run_relay(bootstrap(get_settings()))
@@ -94,7 +94,7 @@ def produce(
         str,
         typer.Option(
             help="b2b: the demo's funnel (--orgs/--events); custom: one org (org-custom) whose "
-            "conversion depends on its own fields and time on site (leadscore/world_custom.py)"
+            "conversion depends on its own fields and time on site (devtools/world_custom.py)"
         ),
     ] = "b2b",
     leaky: Annotated[
@@ -104,11 +104,11 @@ def produce(
     """Produce a realistic lead-event workload to Kafka."""
     from collections.abc import Iterable
 
+    from adapters import tenancy
+    from devtools.workload import generate, org_ids
+    from devtools.world_custom import custom_world
     from domain.events import LeadEvent
-    from leadscore import tenancy
-    from leadscore.producer import lead_event_encoder, produce_events
-    from leadscore.workload import generate, org_ids
-    from leadscore.world_custom import custom_world
+    from streams.producer import lead_event_encoder, produce_events
     from streams.relay import kafka_producer
     from streams.wire import SchemaCatalog
 
@@ -160,10 +160,10 @@ def world_export(
     leads: Annotated[int, typer.Option(help="Leads (rows) in the export")] = 4_000,
     seed: int = 7,
 ) -> None:
-    """Write the second world (leadscore/world_custom.py) as a CRM export CSV to stdout:
+    """Write the second world (devtools/world_custom.py) as a CRM export CSV to stdout:
     the input of the README's "Training on your own data"."""
-    from leadscore.world_custom import custom_world
-    from leadscore.world_export import write_csv
+    from devtools.world_custom import custom_world
+    from devtools.world_export import write_csv
 
     n = write_csv(custom_world(leads=leads, seed=seed).events, sys.stdout)
     typer.echo(f"{n:,} leads", err=True)
@@ -273,7 +273,7 @@ def train(
         raise typer.Exit(1) from None
     if from_store:
         # Registered and shared at once: workers on other machines can load it.
-        from leadscore.model_registry import ModelRegistry
+        from adapters.model_registry import ModelRegistry
 
         ModelRegistry(s.pg_dsn, Path(s.model_dir)).sync(preferred=s.model_version or None)
     if json_out:
@@ -284,10 +284,10 @@ def train(
 
 def _training_context(s: object, org: str | None) -> tuple[object, object, object]:
     """The org's feature spec and rules, and the model active for it now (if on disk)."""
-    from leadscore.featurebook import load_spec
-    from leadscore.model_registry import GLOBAL, ModelRegistry
-    from leadscore.modelstore import ModelNotFoundError, load_scorer
-    from leadscore.rulebook import RuleBook
+    from adapters.featurebook import load_spec
+    from adapters.model_registry import GLOBAL, ModelRegistry
+    from adapters.modelstore import ModelNotFoundError, load_scorer
+    from adapters.rulebook import RuleBook
 
     spec = load_spec(Path(s.feature_config_dir), org)  # type: ignore[attr-defined]
     book = RuleBook.load(Path(s.scoring_config_dir))  # type: ignore[attr-defined]
@@ -354,9 +354,9 @@ def replay(
     """
     from rich.progress import TaskProgressColumn, TimeElapsedColumn
 
-    from leadscore import replay as replays
-    from leadscore.bootstrap import bootstrap
-    from leadscore.modelstore import ModelNotFoundError, load_scorer
+    from adapters.modelstore import ModelNotFoundError, load_scorer
+    from streams import replay as replays
+    from streams.bootstrap import bootstrap
 
     s = get_settings()
     if since is not None and since.tzinfo is None:

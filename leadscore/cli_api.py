@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadscore import tenancy
-from leadscore.settings import get_settings
+from adapters import tenancy
+from adapters.settings import get_settings
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def orgs_list() -> None:
 
 
 def _access(action: Callable[[], T]) -> T:
-    from leadscore.kafka_access import AccessError
+    from adapters.kafka_access import AccessError
 
     try:
         return action()
@@ -107,7 +107,7 @@ def orgs_grant_producer(
     The SCRAM user is made if missing (a generated password is printed once, alone on the
     last line); the broker's ACL lets it write that topic only. The gate in each worker
     forwards the org's lead-events and dead-letters others (org_not_allowed)."""
-    from leadscore import kafka_access
+    from adapters import kafka_access
 
     topic = kafka_access.org_topic(get_settings().topic_lead_events, org)
     done = f"User:{principal} may produce lead-events of {org} to {topic}"
@@ -126,7 +126,7 @@ def orgs_grant_subscriber(
 
     The relay copies the org's score-events there from then on (within 10 s); the ACLs
     let the principal read that topic only, in consumer groups named <principal>*."""
-    from leadscore import kafka_access
+    from adapters import kafka_access
 
     topic = kafka_access.org_topic(get_settings().topic_score_events, org)
     done = f"User:{principal} may read score-events of {org} from {topic}"
@@ -139,7 +139,7 @@ def orgs_revoke_producer(
     org: Annotated[str, typer.Option(help="Org id")],
 ) -> None:
     """Take back a producer's right to write an org's topic (its user stays)."""
-    from leadscore import kafka_access
+    from adapters import kafka_access
 
     removed = _access(lambda: kafka_access.revoke_producer(get_settings(), principal, org))
     console.print(f"removed {removed} ACL(s) of User:{principal} on {org}'s topic")
@@ -148,7 +148,7 @@ def orgs_revoke_producer(
 @orgs_app.command("producers")
 def orgs_producers() -> None:
     """The producers allowed to write each org's topic, as the broker's ACLs say."""
-    from leadscore import kafka_access
+    from adapters import kafka_access
 
     grants = _access(lambda: kafka_access.producer_grants(get_settings()))
     table = Table("org", "principal", "topic")

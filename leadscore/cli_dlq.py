@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadscore.settings import Settings, get_settings
+from adapters.settings import Settings, get_settings
 from streams.dlq import (
     DETAIL,
     ERROR_CLASS,

@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from leadscore.settings import get_settings
+from adapters.settings import get_settings
 
 app = typer.Typer(help="Feature specs: which of an org's fields become model features.")
 console = Console(stderr=True)
@@ -27,11 +27,11 @@ def suggest(
 
     The spec goes to stdout as YAML, the findings behind it to stderr.
     """
+    from adapters.eventstore import open_store
+    from adapters.history import lead_events
     from domain.featurespec import parse
-    from leadscore.eventstore import open_store
     from leadscore.featuresuggest import DISTINCT_COUNTED
     from leadscore.featuresuggest import suggest as propose
-    from leadscore.history import lead_events
 
     s = get_settings()
     store = open_store(s.pg_dsn, cache_size=0)
@@ -67,7 +67,7 @@ def suggest(
 @app.command()
 def show(org: Annotated[str, typer.Option(help="The org")]) -> None:
     """Which spec file training would use for the org, and the features it names."""
-    from leadscore.featurebook import load_spec, spec_path
+    from adapters.featurebook import load_spec, spec_path
 
     s = get_settings()
     path = spec_path(Path(s.feature_config_dir), org)

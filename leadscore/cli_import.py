@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adapters.settings import get_settings
 from leadscore.importer import ImportReport
-from leadscore.settings import get_settings
 
 console = Console() if sys.stdout.isatty() else Console(width=120)
 
@@ -29,10 +29,10 @@ def import_export(
     Event ids are stable (org, lead id, role): a second import applies nothing twice.
     A bad row is reported and skipped.
     """
-    from leadscore import tenancy
+    from adapters import tenancy
     from leadscore.import_mapping import MappingError, load_mapping
     from leadscore.importer import import_csv
-    from leadscore.producer import lead_event_encoder
+    from streams.producer import lead_event_encoder
     from streams.relay import kafka_producer
     from streams.wire import SchemaCatalog
 

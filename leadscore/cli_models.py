@@ -1,4 +1,4 @@
-"""`leadscore models …`: the registry of scoring models (leadscore/model_registry.py)."""
+"""`leadscore models …`: the registry of scoring models (adapters/model_registry.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadscore.settings import get_settings
+from adapters.settings import get_settings
 
 app = typer.Typer(
     help="Scoring models: list, compare, shadow, promote, retire.", no_args_is_help=True
@@ -19,7 +19,7 @@ console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 def _registry() -> Any:
-    from leadscore.model_registry import ModelRegistry
+    from adapters.model_registry import ModelRegistry
 
     s = get_settings()
     registry = ModelRegistry(s.pg_dsn, Path(s.model_dir))
@@ -28,7 +28,7 @@ def _registry() -> Any:
 
 
 def _change(action: str, version: str) -> None:
-    from leadscore.model_registry import ModelRegistryError
+    from adapters.model_registry import ModelRegistryError
 
     registry = _registry()
     try:
@@ -89,7 +89,7 @@ def retire(version: str) -> None:
 def compare(version: str) -> None:
     """How shadow model VERSION agrees with the active model, and its lift where outcomes
     are known."""
-    from leadscore.model_registry import shadow_report
+    from adapters.model_registry import shadow_report
 
     report = shadow_report(get_settings().pg_dsn, version)
     if not report["leads"]:

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.console import Console
 
-from leadscore.settings import get_settings
+from adapters.settings import get_settings
 
 leads_app = typer.Typer(help="A person's data: export it, or forget it everywhere.")
 keys_app = typer.Typer(help="Key-encryption keys that wrap the per-lead data keys.")
@@ -28,8 +28,8 @@ def forget(
 ) -> None:
     """Destroy the lead's data key, record LeadForgotten, delete its shadow scores; the read
     models and webhook deliveries follow the log. Prints what was done as JSON."""
-    from leadscore.erasure import UnknownLeadError, forget_lead
-    from leadscore.eventstore import open_store
+    from adapters.erasure import UnknownLeadError, forget_lead
+    from adapters.eventstore import open_store
 
     s = get_settings()
     store = open_store(s.pg_dsn, cache_size=0)
@@ -74,7 +74,7 @@ async def _export(org: str, lead: str) -> dict[str, Any] | None:
 def rotate() -> None:
     """Re-wrap every lead's data key with the newest KEK (the first of LEADSCORE_KEK); after
     it, older KEKs can be removed from the setting."""
-    from leadscore.eventstore import open_store
+    from adapters.eventstore import open_store
 
     store = open_store(get_settings().pg_dsn, cache_size=0)
     try:
@@ -87,7 +87,7 @@ def rotate() -> None:
 @keys_app.command()
 def new() -> None:
     """Print a fresh KEK: put it first in LEADSCORE_KEK, then run `leadscore keys rotate`."""
-    from leadscore.lead_keys import new_kek
+    from adapters.lead_keys import new_kek
 
     print(new_kek(), flush=True)
 

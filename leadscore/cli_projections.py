@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leadscore.settings import Settings, get_settings
+from adapters.settings import Settings, get_settings
 from projections import quarantine as quarantined
 from projections.base import ProjectionBusyError, ProjectionRunner
 from projections.log import LogReader, table_exists

@@ -1,6 +1,6 @@
 """`leadscore webhooks add|list|remove|deliveries|retry`: per-org webhooks and their deliveries.
 
-The worker's dispatcher (streams/webhooks.py) sends; these commands only manage the
+The worker's dispatcher (streams/webhook_dispatcher.py) sends; these commands only manage the
 tables it reads.
 """
 
@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadscore.settings import get_settings
-from streams import webhooks
-from streams.webhook_http import UrlRefusedError, check_url
-from streams.webhook_secrets import SecretBox, SecretKeyError
+from adapters import webhooks
+from adapters.settings import get_settings
+from adapters.webhook_http import UrlRefusedError, check_url
+from adapters.webhook_secrets import SecretBox, SecretKeyError
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ def add(
     ] = None,
 ) -> None:
     """Add a webhook; it receives events stored from now on. Prints its secret once."""
-    from leadscore.eventstore import open_store
+    from adapters.eventstore import open_store
 
     settings = get_settings()
     box = _box(required=True)

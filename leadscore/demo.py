@@ -26,15 +26,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from adapters import tenancy
+from adapters.eventstore import open_store
+from adapters.settings import Settings
+from adapters.topics import ensure_engine_topics
+from devtools.workload import generate
 from domain.events import LeadEvent
 from domain.lead import lead_aggregate_id
 from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, SCORE_UPDATED
-from leadscore import tenancy
-from leadscore.eventstore import open_store
-from leadscore.producer import ProduceReport, produce_events
-from leadscore.services.topics import ensure_engine_topics
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from streams.producer import ProduceReport, produce_events
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 

@@ -30,8 +30,8 @@ from confluent_kafka import Producer
 
 from domain.events import ORG_ID_PATTERN, ActivityKind, EventType, LeadEvent
 from leadscore.import_mapping import Mapping, MappingError
-from leadscore.producer import produce_events
 from streams.codec import ValidationError, event_to_record, validate
+from streams.producer import produce_events
 from streams.wire import AvroTopic
 
 log = structlog.get_logger(__name__)

@@ -1,4 +1,4 @@
-"""docs/settings.md, generated from leadscore/settings.py: every setting, its environment
+"""docs/settings.md, generated from adapters/settings.py: every setting, its environment
 variable, type, default and the comment beside it in the source.
 
     python -m leadscore.settings_doc > docs/settings.md
@@ -14,13 +14,13 @@ import inspect
 import io
 import tokenize
 
-from leadscore import settings as settings_module
-from leadscore.settings import PREFIX, ROOT, Settings
+from adapters import settings as settings_module
+from adapters.settings import PREFIX, ROOT, Settings
 
 HEADER = """# Settings
 
 Every setting is read once from the environment, prefix `LEADSCORE_`
-(`leadscore/settings.py`). This page is generated from that file
+(`adapters/settings.py`). This page is generated from that file
 (`python -m leadscore.settings_doc > docs/settings.md`); a test fails when they differ.
 
 | variable | type | default | what it does |

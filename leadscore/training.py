@@ -2,7 +2,7 @@
 
 The history is replayed through the domain (the same Lead aggregate and feature spec the
 engine scores with), so a model never sees features the engine cannot compute. Rows are
-prediction points chosen without looking at the outcome (leadscore/training_rows.py):
+prediction points chosen without looking at the outcome (adapters/training_rows.py):
 each open lead right after its lead-events (the states the worker scores) or at fixed
 ages after creation, labelled "converts within the horizon".
 
@@ -43,6 +43,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from adapters.evaluation import auc, evaluate, lift_at, single_feature_aucs
+from adapters.training_rows import (
+    HORIZON_DAYS,
+    RowStats,
+    TrainingRow,
+    epoch_ms,
+    time_split,
+    training_rows,
+)
 from domain import drift
 from domain.events import LeadEvent
 from domain.featurespec import (
@@ -56,15 +65,6 @@ from domain.lead import Lead
 from domain.rules import NO_RULES, ScoringRules
 from domain.rules import apply as apply_rules
 from domain.scoring import ScoreCard, Scorer, engagement_component, fit_component, spec_of
-from leadscore.evaluation import auc, evaluate, lift_at, single_feature_aucs
-from leadscore.training_rows import (
-    HORIZON_DAYS,
-    RowStats,
-    TrainingRow,
-    epoch_ms,
-    time_split,
-    training_rows,
-)
 
 __all__ = ["auc", "evaluate", "lift_at"]  # re-exported for the registry and backtests
 
@@ -115,6 +115,9 @@ class ModelMetadata:
 # ---------------------------------------------------------------------------
 
 
+GENERATOR_NAMES = ("devtools.workload.generate", "leadscore.workload.generate")
+
+
 def points_score(rules: ScoringRules) -> Any:
     """An observer: the HubSpot-style points score of a lead (fit and engagement, 0-100
     each, averaged, then the org's rule points), the baseline every model must beat."""
@@ -137,7 +140,7 @@ def build_dataset(
     """Labelled rows of a history: X (float32, the spec's columns), y (0/1), t (points, UTC).
 
     With a spec that has categorical features, its vocabularies must already be learned
-    (a model's spec); see leadscore/training_rows.py for which points and labels.
+    (a model's spec); see adapters/training_rows.py for which points and labels.
     """
     rows = list(
         training_rows(
@@ -529,17 +532,18 @@ def add_reference_from_provenance(version_dir: Path, dsn: str | None = None) -> 
     """
     meta = json.loads((Path(version_dir) / "metadata.json").read_text())
     prov = meta.get("provenance", {})
-    if prov.get("generator") == "leadscore.workload.generate":
-        from leadscore.workload import generate
+    # Models made before the generator moved to devtools/ name its old module.
+    if prov.get("generator") in GENERATOR_NAMES:
+        from devtools.workload import generate
 
         args = {k: int(prov[k]) for k in ("orgs", "leads", "events", "seed")}
-        source = "training set, regenerated: leadscore.workload.generate(" + ", ".join(
+        source = "training set, regenerated: devtools.workload.generate(" + ", ".join(
             f"{k}={v}" for k, v in args.items()
         )
         return add_reference(version_dir, generate(**args), source + ")")
     if prov.get("source") == "event store" and dsn is not None:
-        from leadscore.eventstore import open_store
-        from leadscore.history import lead_events
+        from adapters.eventstore import open_store
+        from adapters.history import lead_events
 
         org = prov.get("org")
         store = open_store(dsn, cache_size=0)
@@ -580,12 +584,12 @@ def train_from_store(
 ) -> ModelMetadata:
     """Train on the lead-events recorded in the event store: one org's, or all (global).
 
-    The same prediction points and labels as any history (leadscore/training_rows.py).
+    The same prediction points and labels as any history (adapters/training_rows.py).
     An org needs ``min_conversions`` converting leads in its training rows for a model of
     its own; the global model has no minimum.
     """
-    from leadscore.eventstore import open_store
-    from leadscore.history import lead_events
+    from adapters.eventstore import open_store
+    from adapters.history import lead_events
 
     store = open_store(dsn, cache_size=0)
     try:
@@ -612,11 +616,11 @@ def train_from_workload(
     **train_kwargs: Any,
 ) -> ModelMetadata:
     """Generate a labelled history with the workload generator and train on it."""
-    from leadscore.workload import generate
+    from devtools.workload import generate
 
     stream: Iterable[LeadEvent] = generate(orgs, leads, events, seed=seed)
     provenance = {
-        "generator": "leadscore.workload.generate",
+        "generator": "devtools.workload.generate",
         "orgs": orgs,
         "leads": leads,
         "events": events,

@@ -15,6 +15,7 @@ from typing import Protocol
 import asyncpg
 import structlog
 
+from adapters import positions
 from projections import quarantine
 from projections.log import LogEntry, LogReader, table_exists
 
@@ -209,7 +210,7 @@ class ProjectionRunner:
         key = f"leadscore.projection.{projection.name}"
         async with self.pool.acquire() as lock_conn:
             while not stop.is_set():
-                if await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                if await positions.atry_lock(lock_conn, key):
                     break
                 await _wait(stop, 1.0)
             if stop.is_set():
@@ -223,9 +224,7 @@ class ProjectionRunner:
                     if await self.catch_up(projection, batches=1) < self.batch_size:
                         await _wait(stop, linger)
             finally:
-                if not lock_conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+                await positions.aunlock(lock_conn, key)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(self.follow(p, stop) for p in self.projections))
@@ -236,7 +235,7 @@ class ProjectionRunner:
         """Drop the read model and replay the whole log into it, holding its election lock."""
         key = f"leadscore.projection.{projection.name}"
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+            if not await positions.atry_lock(conn, key):
                 raise ProjectionBusyError(
                     f"projection {projection.name!r} is being run by another process "
                     "(a worker or the API); stop it before rebuilding"
@@ -246,7 +245,7 @@ class ProjectionRunner:
                 await projection.setup()
                 return await self.catch_up(projection, on_progress=on_progress)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+                await positions.aunlock(conn, key)
 
     async def status(self) -> list[dict[str, object]]:
         """Each projection's position and lag behind the head of the log."""

@@ -15,10 +15,10 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 
-from leadscore import lead_keys
-from leadscore.eventstore import LeadStore, OrjsonTranscoder, PiiMapper
-from leadscore.lead_keys import KeyEncryptionKeys, LeadKeys
-from leadscore.settings import get_settings
+from adapters import lead_keys
+from adapters.eventstore import LeadStore, OrjsonTranscoder, PiiMapper
+from adapters.lead_keys import KeyEncryptionKeys, LeadKeys
+from adapters.settings import get_settings
 
 EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
 

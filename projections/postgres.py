@@ -12,8 +12,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from adapters import positions
+from adapters.eventstore import DDL_LOCK
+from adapters.positions import TRACKING_DDL
 from domain.events import PII_FIELDS
-from leadscore.eventstore import DDL_LOCK, TRACKING_DDL
 from projections import changes
 from projections.log import LogEntry, LogReader
 
@@ -129,16 +131,12 @@ class PostgresProjection:
             await conn.execute(DDL)
 
     async def position(self) -> int:
-        value = await self.pool.fetchval(
-            "SELECT position FROM tracking WHERE name = $1", POSITION_NAME
-        )
-        return int(value or 0)
+        return await positions.aposition(self.pool, POSITION_NAME)
 
     async def reset(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DROP TABLE IF EXISTS score_history, lead_scores, leads")
-            await conn.execute(TRACKING_DDL)
-            await conn.execute("DELETE FROM tracking WHERE name = $1", POSITION_NAME)
+            await positions.aforget(conn, POSITION_NAME)
             await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, changes.FLUSH)
 
     async def close(self) -> None:
@@ -149,12 +147,7 @@ class PostgresProjection:
 
     async def advance(self, position: int) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO tracking (name, position) VALUES ($1, $2) ON CONFLICT (name) "
-                "DO UPDATE SET position = greatest(tracking.position, EXCLUDED.position)",
-                POSITION_NAME,
-                position,
-            )
+            await positions.aset(conn, POSITION_NAME, position)
 
     async def reapply(self, entries: Sequence[LogEntry]) -> None:
         """Scores and history go in guarded by position; a lead's row is folded afresh from
@@ -162,10 +155,8 @@ class PostgresProjection:
         newer change."""
         reader = LogReader(self.pool)
         async with self.pool.acquire() as conn, conn.transaction():
-            upto = await conn.fetchval(
-                "SELECT position FROM tracking WHERE name = $1 FOR UPDATE", POSITION_NAME
-            )
-            upto = max(int(upto or 0), max(e.position for e in entries))
+            upto = await positions.aclaim(conn, POSITION_NAME)
+            upto = max(upto, max(e.position for e in entries))
             scored = [e for e in entries if e.kind == "LeadScored"]
             for agg in dict.fromkeys(e.aggregate_id for e in entries if e.kind != "LeadScored"):
                 history = [
@@ -185,12 +176,7 @@ class PostgresProjection:
     async def project(self, entries: Sequence[LogEntry]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             # Lock our position row: two writers of this read model serialise here.
-            current = await conn.fetchval(
-                "INSERT INTO tracking (name, position) VALUES ($1, 0) "
-                "ON CONFLICT (name) DO UPDATE SET position = tracking.position "
-                "RETURNING position",
-                POSITION_NAME,
-            )
+            current = await positions.aclaim(conn, POSITION_NAME)
             fresh = [e for e in entries if e.position > current]
             if not fresh:
                 return
@@ -201,11 +187,7 @@ class PostgresProjection:
                 await conn.executemany(_UPSERT_SCORE, scores)
             if history:
                 await conn.executemany(_INSERT_HISTORY, history)
-            await conn.execute(
-                "UPDATE tracking SET position = $2 WHERE name = $1",
-                POSITION_NAME,
-                fresh[-1].position,
-            )
+            await positions.aset(conn, POSITION_NAME, fresh[-1].position)
             # Delivered on commit, never for a rolled-back batch: caches evict these leads.
             touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in fresh)
             for payload in changes.encode(touched):

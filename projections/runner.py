@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from projections.base import Projection, ProjectionRunner
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from leadscore.logs import configure_logging
-from leadscore.settings import InsecureSettingsError, check_secrets, get_settings
+from adapters.logs import configure_logging
+from adapters.settings import InsecureSettingsError, check_secrets, get_settings
 from query_api.server import serve
 
 if __name__ == "__main__":

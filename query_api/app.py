@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from query_api import (
     resources,
     routes_analytics,

@@ -22,7 +22,7 @@ import structlog
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leadscore import tenancy
+from adapters import tenancy
 from query_api.errors import UNAVAILABLE, ForbiddenError, error_response, unauthorized
 from query_api.limits import TokenBuckets, too_many
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncpg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
-from leadscore import tenancy
-from leadscore.services.postgres import target
-from leadscore.settings import Settings
+from adapters import tenancy
+from adapters.settings import Settings
 from projections import quarantine
 from projections.base import ensure_status_table
 from projections.postgres import PostgresProjection
@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 # Every write the API makes: (table, privileges, why). Each table keeps its one owner
 # (the module named) for DDL; the API only writes these rows.
 WRITES: tuple[tuple[str, str, str], ...] = (
-    # leadscore/tenancy.py; query_api/auth.py
+    # adapters/tenancy.py; query_api/auth.py
     ("api_keys", "UPDATE (last_used_at)", "a key's last use, once per key-cache fill"),
     # projections/base.py; the ClickHouse projection the API runs with embedded chDB
     ("projection_status", "INSERT, UPDATE", "that projection's position, for `status`"),
@@ -48,7 +48,8 @@ class ApiRoleError(RuntimeError):
 
 
 def role_of(dsn: str) -> str:
-    return target(dsn).user
+    """The role a DSN signs in as (libpq's default user when it names none)."""
+    return str(conninfo_to_dict(dsn).get("user") or "leadscore")
 
 
 async def prepare(settings: Settings) -> None:

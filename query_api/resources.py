@@ -17,7 +17,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from projections.analytics import Analytics
 from projections.clickhouse import ClickHouseProjection
 from projections.runner import embedded_clickhouse

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from leadscore.drift import NoReferenceError, drift_report, model_metadata
-from leadscore.model_registry import GLOBAL, scope_of
+from adapters.drift import NoReferenceError, drift_report, model_metadata
+from adapters.model_registry import GLOBAL, registered_scope, scope_of
 from query_api.auth import org_of
 from query_api.errors import ApiError, NotFoundError
 from query_api.params import Integer, Query, query
@@ -29,14 +28,6 @@ WINDOW_HOURS = Integer(
 )
 
 
-async def scope_in_registry(pool: asyncpg.Pool, version: str) -> str | None:
-    try:
-        scope = await pool.fetchval("SELECT scope FROM scoring_models WHERE version = $1", version)
-    except asyncpg.UndefinedTableError:  # no worker has made the registry yet
-        return None
-    return None if scope is None else str(scope)
-
-
 @query(WINDOW_HOURS)
 async def get_drift(request: Request, q: Query) -> Response:
     hours = q[WINDOW_HOURS]
@@ -48,7 +39,7 @@ async def get_drift(request: Request, q: Query) -> Response:
     # its scope in the registry, or, not registered yet, the org it was trained for.
     if meta is None:
         raise NotFoundError(f"no model {version!r}")
-    scope = await scope_in_registry(res.pool, version) or scope_of(meta)
+    scope = await registered_scope(res.pool, version) or scope_of(meta)
     if scope not in (GLOBAL, org):
         raise NotFoundError(f"no model {version!r}")
     try:

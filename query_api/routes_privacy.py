@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from adapters.erasure import Forgotten, UnknownLeadError, forget_lead
+from adapters.eventstore import open_store
+from adapters.settings import Settings
 from domain.lead import lead_aggregate_id
-from leadscore.erasure import Forgotten, UnknownLeadError, forget_lead
-from leadscore.eventstore import open_store
-from leadscore.settings import Settings
 from projections.export import lead_export
 from query_api.auth import org_of, require_scope
 from query_api.errors import NotFoundError

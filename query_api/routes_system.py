@@ -8,14 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from leadscore.model_registry import GLOBAL, scope_of
-from leadscore.modelstore import list_models
+from adapters.model_registry import GLOBAL, assignments, scope_of
+from adapters.modelstore import list_models
 from query_api import metrics
 from query_api.auth import org_of
 from query_api.openapi import document
@@ -98,11 +97,8 @@ async def models(request: Request) -> Response:
     res = resources(request)
     org = org_of(request)
     metas = await asyncio.to_thread(list_models, Path(res.settings.model_dir))
-    try:
-        rows = await res.pool.fetch("SELECT version, scope, status FROM scoring_models")
-    except asyncpg.UndefinedTableError:  # no worker has made the registry yet
-        rows = []
-    registry = {r["version"]: dict(r) for r in rows}
+    rows = await assignments(res.pool)
+    registry = {r["version"]: r for r in rows}
 
     # Global models and the caller's own; another org's models are not the caller's to see.
     # A model no worker has registered yet counts as the org it was trained for.

@@ -1,4 +1,5 @@
-"""Webhook delivery status (streams/webhooks.py writes it): the key's org's deliveries only."""
+"""Webhook delivery status, the key's org's deliveries only (adapters/webhooks.py owns
+the tables, streams/webhook_dispatcher.py records the attempts)."""
 
 from __future__ import annotations
 

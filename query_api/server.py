@@ -11,7 +11,7 @@ import importlib.util
 import structlog
 import uvicorn
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from query_api.app import create_app
 
 log = structlog.get_logger(__name__)
@@ -33,7 +33,7 @@ def config(
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",
         lifespan="on",
-        log_config=None,  # logging is configured once, by leadscore.logs
+        log_config=None,  # logging is configured once, by adapters.logs
         access_log=False,  # request counts and latency are in /metrics
         server_header=False,
         timeout_graceful_shutdown=10,

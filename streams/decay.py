@@ -10,10 +10,11 @@ Candidates come from the PostgreSQL read model (``lead_scores``), walked in aggr
 order from where the last tick stopped, so leads whose score does not move do not starve
 the others; the aggregates themselves are loaded from the event store.
 
-One worker of a consumer group runs it: ``GroupLock`` elects it with a PostgreSQL
-session advisory lock named after the group, held while its connection lives; when that
-worker goes, its connection and so its lock go with it, and another worker's next tick
-takes over. ``run_decay`` is the loop a worker supervises (streams/supervise.py).
+One worker of a consumer group runs it: ``SessionLock`` (adapters/positions.py) elects
+it with a PostgreSQL session advisory lock named after the group, held while its
+connection lives; when that worker goes, its connection and so its lock go with it,
+and another worker's next tick takes over. ``run_decay`` is the loop a worker
+supervises (streams/supervise.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from uuid import UUID
 import psycopg
 import structlog
 
+from adapters.positions import SessionLock
 from streams.processor import TRANSIENT_ERRORS, BatchProcessor, utc_now
 
 log = structlog.get_logger(__name__)
@@ -77,49 +79,13 @@ class DecayTimer:
         return ids
 
 
-class GroupLock:
-    """A PostgreSQL session advisory lock: at most one holder per ``name`` at a time."""
-
-    def __init__(self, dsn: str, name: str) -> None:
-        self.dsn = dsn
-        self.name = name
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-        self._held = False
-
-    def held(self) -> bool:
-        """Take the lock if free, or check this session still holds it."""
-        try:
-            if self._conn is None or self._conn.closed:
-                self._held = False
-                self._conn = psycopg.connect(self.dsn, autocommit=True)
-            if self._held:
-                self._conn.execute("SELECT 1")  # a dead session lost the lock
-                return True
-            row = self._conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (self.name,)
-            ).fetchone()
-            self._held = bool(row and row[0])
-            if self._held:
-                log.info("decay timer elected", lock=self.name)
-            return self._held
-        except psycopg.OperationalError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        self._held = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 def decay_lock_name(consumer_group: str) -> str:
     return f"leadscore.decay:{consumer_group}"
 
 
 def run_decay(
     timer: DecayTimer,
-    lock: GroupLock,
+    lock: SessionLock,
     interval: float,
     run: Callable[[Callable[[], int]], int],
     stop: threading.Event,

@@ -21,10 +21,10 @@ import psycopg
 import psycopg.errors
 from eventsourcing.persistence import PersistenceError
 
-from leadscore.eventstore import DATABASE_UNAVAILABLE
-from leadscore.model_artifacts import ArtifactError
-from leadscore.model_registry import ModelRegistryError
-from leadscore.modelstore import ModelNotFoundError
+from adapters.eventstore import DATABASE_UNAVAILABLE
+from adapters.model_artifacts import ArtifactError
+from adapters.model_registry import ModelRegistryError
+from adapters.modelstore import ModelNotFoundError
 from streams.codec import ValidationError
 from streams.wire import RegistryUnavailableError, SerializationError
 

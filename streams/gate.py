@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from leadscore.services.topics import org_of_topic, org_topic_pattern
+from adapters.topics import org_of_topic, org_topic_pattern
 from streams import metrics
 from streams.dlq import DeadLetter, DeadLetterSink, RawMessage, Reason, normalize_headers
 from streams.processor import Decoder, decode_message

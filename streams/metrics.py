@@ -80,12 +80,6 @@ BATCH_SIZE = Histogram(
     "Lead-events per batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
 )
-MODEL_PSI = Gauge(
-    "leadscore_model_psi",
-    "Population stability index of this worker's last 24 h of scored leads against the "
-    "model's training set, per feature and for the score (< 0.1 stable, > 0.25 significant)",
-    ["model_version", "feature"],
-)
 WEBHOOK_DELIVERIES = Counter(
     "leadscore_webhook_deliveries_total",
     "Webhook delivery attempts by outcome: delivered (2xx), retried (will try again), "

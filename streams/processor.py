@@ -18,6 +18,8 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
+from adapters.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
+from adapters.tenancy import KnownOrgs
 from domain.events import LeadEvent
 from domain.lead import Lead
 from domain.processing import (
@@ -30,7 +32,6 @@ from domain.processing import (
 )
 from domain.rules import NO_RULES, ScoringRules
 from domain.scoring import Models, OneModel, Scorer
-from leadscore.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
 from streams import metrics
 from streams.codec import ValidationError, record_to_event
 from streams.dlq import DeadLetter, RawMessage, Reason
@@ -95,43 +96,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class OrgRegistry:
-    """The registered orgs, cached; a miss reloads them at most every ``refresh_seconds``.
-
-    So an org created a moment ago is accepted within seconds, while a flood of events
-    for an unknown org costs one query per interval, not one per event.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        refresh_seconds: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.dsn = dsn
-        self.refresh_seconds = refresh_seconds
-        self.clock = clock
-        self._orgs: frozenset[str] = frozenset()
-        self._loaded_at: float | None = None
-
-    def known(self, org_id: str) -> bool:
-        if org_id in self._orgs:
-            return True
-        if self._loaded_at is None or self.clock() - self._loaded_at >= self.refresh_seconds:
-            self._orgs = self._load()
-            self._loaded_at = self.clock()
-        return org_id in self._orgs
-
-    def _load(self) -> frozenset[str]:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            try:
-                rows = conn.execute("SELECT id FROM organizations").fetchall()
-            except psycopg.errors.UndefinedTable:
-                return frozenset()  # no org registered yet
-        return frozenset(str(r[0]) for r in rows)
-
-
 def as_message(value: RawMessage | bytes | None) -> RawMessage:
     return value if isinstance(value, RawMessage) else RawMessage(value)
 
@@ -141,7 +105,7 @@ def decode_message(
     catalog: Decoder,
     *,
     now: datetime,
-    orgs: OrgRegistry | None = None,
+    orgs: KnownOrgs | None = None,
 ) -> LeadEvent | DeadLetter:
     """Decode and validate one message: a LeadEvent, or a dead letter saying why.
 
@@ -179,13 +143,13 @@ class BatchProcessor:
         *,
         clock: Callable[[Lead], datetime] = event_time,
         now: Callable[[], datetime] = utc_now,
-        orgs: OrgRegistry | None = None,
+        orgs: KnownOrgs | None = None,
         rules_for: Callable[[str], ScoringRules] = lambda _org: NO_RULES,
         sinks: Sequence[Callable[[BatchOutcome, datetime], None]] = (),
         tracing: Tracing | None = None,
         contexts: TraceContexts | None = None,
     ) -> None:
-        # One model for all, or the registry's model per org (leadscore/model_registry.py).
+        # One model for all, or the registry's model per org (adapters/model_registry.py).
         self.models: Models = scorer if isinstance(scorer, Models) else OneModel(scorer)
         self.store = store
         self.catalog = catalog

@@ -23,16 +23,15 @@ from confluent_kafka import KafkaException, Producer
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from domain.lead import score_event_id
-from domain.transitions import SCORE_UPDATED, transitions, typed_event_id
-from leadscore.eventstore import (
+from adapters.eventstore import (
     DATABASE_UNAVAILABLE,
     SCORED_TOPIC,
-    TRACKING_DDL,
     LeadStore,
-    ddl_lock,
 )
-from leadscore.services.topics import org_of_topic, org_topic
+from adapters.positions import Tracking
+from adapters.topics import org_of_topic, org_topic
+from domain.lead import score_event_id
+from domain.transitions import SCORE_UPDATED, transitions, typed_event_id
 from streams import metrics
 from streams.tracing import TRACEPARENT, TraceContexts, Tracing, context_of, traceparent_of
 from streams.wire import AvroTopic
@@ -98,46 +97,10 @@ def score_record(event: Any, position: int) -> dict[str, Any]:
     }
 
 
-class Tracking:
-    """Named positions in PostgreSQL; also holds the advisory lock of the elected relay."""
-
-    def __init__(self, dsn: str, name: str) -> None:
-        self.name = name
-        self.dsn = dsn
-        self.conn = psycopg.connect(dsn, autocommit=True)
-        with ddl_lock(dsn):
-            self.conn.execute(TRACKING_DDL)
-
-    def reconnect(self) -> None:
-        try:
-            self.conn.close()
-        finally:
-            try:
-                self.conn = psycopg.connect(self.dsn, autocommit=True)
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning("PostgreSQL still away", error=str(exc))
-
-    def try_lock(self) -> bool:
-        row = self.conn.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (_LOCK_KEY + ":" + self.name,)
-        ).fetchone()
-        return bool(row and row[0])
-
-    def get(self) -> int:
-        row = self.conn.execute(
-            "SELECT position FROM tracking WHERE name = %s", (self.name,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def set(self, position: int) -> None:
-        self.conn.execute(
-            "INSERT INTO tracking (name, position) VALUES (%s, %s) "
-            "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-            (self.name, position),
-        )
-
-    def close(self) -> None:
-        self.conn.close()
+def relay_tracking(dsn: str, name: str) -> Tracking:
+    """The position and election of a log follower named ``name`` (the relay, the
+    webhook dispatcher)."""
+    return Tracking(dsn, name, lock_key=f"{_LOCK_KEY}:{name}")
 
 
 def kafka_producer(kafka: Mapping[str, str], **overrides: Any) -> Producer:

@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from leadscore.eventstore import ddl_lock
+from adapters.eventstore import ddl_lock
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, Schema
 from fastavro.schema import to_parsing_canonical_form
 
 if TYPE_CHECKING:
-    from leadscore.settings import Settings
+    from adapters.settings import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"

@@ -24,13 +24,15 @@ import structlog
 from faust.types import Message
 from faust.types.auth import CredentialsT
 
-from leadscore.bootstrap import Engine
-from leadscore.eventstore import DATABASE_UNAVAILABLE
-from leadscore.settings import Settings
+from adapters.eventstore import DATABASE_UNAVAILABLE
+from adapters.positions import SessionLock
+from adapters.settings import Settings
+from adapters.webhook_secrets import SecretBox, SecretKeyError
 from projections.runner import run_projections, worker_projection_names
 from streams import metrics
+from streams.bootstrap import Engine
 from streams.consumer import use_direct_delivery
-from streams.decay import DecayTimer, GroupLock, decay_lock_name, run_decay
+from streams.decay import DecayTimer, decay_lock_name, run_decay
 from streams.dlq import (
     DeadLetter,
     DeadLetterError,
@@ -45,8 +47,7 @@ from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer
 from streams.supervise import Supervisor, health, serve_metrics, supervise
 from streams.tracing import TraceContexts, Tracing
-from streams.webhook_secrets import SecretBox, SecretKeyError
-from streams.webhooks import DispatchConfig, WebhookDispatcher
+from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
 
 log = structlog.get_logger(__name__)
 
@@ -367,7 +368,7 @@ def decay_work(engine: Engine, executor: ThreadPoolExecutor) -> Callable[[thread
         return executor.submit(tick).result()
 
     def work(stop: threading.Event) -> None:
-        lock = GroupLock(s.pg_dsn, decay_lock_name(s.consumer_group))
+        lock = SessionLock(s.pg_dsn, decay_lock_name(s.consumer_group))
         run_decay(timer, lock, float(s.decay_interval_s), on_store_thread, stop)
 
     return work
@@ -436,7 +437,7 @@ def start_outbox_tasks(
     engine: Engine, stop: threading.Event, tracing: Tracing | None = None
 ) -> list[Supervisor]:
     """What follows the event store's log to the outside: score-events and webhooks
-    (these only with a key for their secrets: streams/webhook_secrets.py)."""
+    (these only with a key for their secrets: adapters/webhook_secrets.py)."""
     tasks = [supervise("relay", relay_work(engine, tracing), stop)]
     try:
         box = SecretBox.from_settings(engine.settings)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 
 # Helpers in tests/support assert too (and hold LeadStoreContract's tests): let pytest
 # rewrite their asserts as it does a test module's, so a failure shows its values.
@@ -32,7 +32,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def services(base_settings: Settings) -> Settings:
     """Start Kafka, PostgreSQL and Redis (or reuse running ones); fail if they cannot start."""
-    from leadscore import services as stack
+    from devtools import services as stack
 
     stack.up(base_settings)
     return base_settings
@@ -43,7 +43,7 @@ def settings(services: Settings) -> Iterator[Settings]:
     """Settings isolated for one test: its own database, topics and consumer group."""
     import dataclasses
 
-    from leadscore import services as stack
+    from devtools import services as stack
 
     tag = secrets.token_hex(4)
     dbname = f"leadscore_test_{tag}"

@@ -6,9 +6,9 @@ import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from adapters.settings import ROOT
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES
-from leadscore.settings import ROOT
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 MODEL_DIR = ROOT / "models" / "onnx"  # the committed models (v1, ...)

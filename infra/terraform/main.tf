@@ -5,7 +5,7 @@ locals {
   run_registry = var.schema_registry_url == ""
 
   # The settings every service reads, as plain environment variables. Their names are
-  # leadscore/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
+  # adapters/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
   leadscore_environment = {
     LEADSCORE_KAFKA_BOOTSTRAP = module.msk.bootstrap_brokers
     # MSK's SASL/SCRAM listener: TLS, SCRAM-SHA-512 only, Amazon's CA from the system's.

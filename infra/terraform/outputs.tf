@@ -1,4 +1,4 @@
-# The engine's settings, exactly as leadscore/settings.py names them (LEADSCORE_ + field
+# The engine's settings, exactly as adapters/settings.py names them (LEADSCORE_ + field
 # name in capitals); tests/infra/test_terraform.py compares these keys with the fields.
 
 output "leadscore_environment" {

@@ -82,7 +82,7 @@ variable "credentials_version" {
 # ---- Kafka (MSK) ----
 
 variable "kafka_version" {
-  description = "MSK version; the dev stack runs Kafka 3.9.1 (leadscore/services/kafka.py)"
+  description = "MSK version; the dev stack runs Kafka 3.9.1 (devtools/services/kafka.py)"
   type        = string
   default     = "3.9.x"
 }

@@ -30,10 +30,10 @@ import asyncpg
 import pytest
 import redis
 
-from leadscore import services as stack
-from leadscore import tenancy
+from adapters import tenancy
+from adapters.settings import Settings
+from devtools import services as stack
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.settings import Settings
 from projections import quarantine
 from projections.clickhouse import connect
 from streams.dlq import read_letters

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from query_api.app import routes
 from query_api.openapi import document
 from tests.support.api import ORG_A, Api, live_api

@@ -19,11 +19,11 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartiti
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
+from adapters.eventstore import open_store
+from adapters.settings import Settings, settings_env
 from domain.lead import lead_aggregate_id
 from leadscore import cli_dlq
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import open_store
-from leadscore.settings import Settings, settings_env
 from streams.codec import event_to_record
 from streams.dlq import PAYLOAD_REF, PAYLOAD_SHA256, SOURCE_OFFSET, read_letters
 from streams.relay import kafka_producer
@@ -97,7 +97,7 @@ def test_an_oversized_dead_letter_goes_by_reference_and_the_next_event_is_scored
 
     for name, value in settings_env(s).items():
         monkeypatch.setenv(name, value)
-    from leadscore.settings import get_settings
+    from adapters.settings import get_settings
 
     get_settings.cache_clear()
     try:

@@ -21,18 +21,18 @@ import psycopg
 import pytest
 import redis as redis_sync
 
+from adapters import tenancy
+from adapters.eventstore import open_store
+from adapters.logs import lead_hash
+from adapters.settings import Settings
+from devtools.services.postgres import _admin_dsn, layout
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.lead import lead_aggregate_id
-from leadscore import tenancy
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import open_store
-from leadscore.logs import lead_hash
-from leadscore.services.postgres import _admin_dsn, layout
-from leadscore.settings import Settings
 from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
+from streams.bootstrap import bootstrap
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA_V3, AvroTopic
 from tests.factories import T0, FixedScorer, activity, next_id

@@ -1,6 +1,6 @@
 """A new customer's path on a world we did not design the features for, end to end.
 
-The second world's lead-events (leadscore/world_custom.py: conversion follows an
+The second world's lead-events (devtools/world_custom.py: conversion follows an
 education company's own fields and time on site) go through Kafka with lead_event v3 to a
 real worker and the event store. Then, as the README's "Training on your own data" walks
 it, with the real commands: `features suggest --write`, `train --org`, `models promote`,
@@ -24,19 +24,19 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from adapters.evaluation import auc
+from adapters.eventstore import open_store
+from adapters.history import lead_events
+from adapters.settings import ROOT, Settings, settings_env
+from adapters.training_rows import epoch_ms, time_split, training_rows
+from devtools.world_custom import CustomWorld, custom_world
 from domain.events import EventType
 from domain.lead import lead_aggregate_id
 from domain.processing import event_time
 from domain.rules import NO_RULES
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.evaluation import auc
-from leadscore.eventstore import open_store
-from leadscore.history import lead_events
-from leadscore.producer import lead_event_encoder, produce_events
-from leadscore.settings import ROOT, Settings, settings_env
 from leadscore.training import lightgbm_params, points_score
-from leadscore.training_rows import epoch_ms, time_split, training_rows
-from leadscore.world_custom import CustomWorld, custom_world
+from streams.producer import lead_event_encoder, produce_events
 from streams.relay import kafka_producer
 from streams.wire import SchemaCatalog
 
@@ -195,7 +195,7 @@ def test_a_model_without_disqualified_leads_registers_and_lists(
     listed = cli(s, "models", "list")
     assert "nodq" in listed.stdout and "broken" not in listed.stdout
     cli(s, "models", "list")  # and again: nothing half-registered makes it fail later
-    from leadscore.model_registry import ModelRegistry
+    from adapters.model_registry import ModelRegistry
 
     versions = {m["version"]: m for m in ModelRegistry(s.pg_dsn, models).list()}
     assert versions["nodq"]["scope"] == ORG and "broken" not in versions

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings, settings_env
+from devtools.workload import generate
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.producer import produce_events
-from leadscore.settings import Settings, settings_env
-from leadscore.workload import generate
+from streams.producer import produce_events
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.support.net import free_port

@@ -14,10 +14,10 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
+from adapters.eventstore import open_store
+from adapters.settings import Settings
 from domain.lead import lead_aggregate_id
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import open_store
-from leadscore.settings import Settings
 from streams.codec import event_to_record
 from streams.dlq import read_letters
 from streams.relay import kafka_producer

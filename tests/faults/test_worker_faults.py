@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings
+from devtools.workload import generate
 from domain.lead import lead_aggregate_id, score_event_id
 from domain.transitions import SCORE_UPDATED
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.producer import produce_events
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from streams.producer import produce_events
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.support.net import free_port
@@ -165,7 +165,7 @@ def test_two_workers_one_killed_mid_stream(settings: Settings, tmp_path: Path) -
 
 def restart_service(s: Settings, name: str, outage: float) -> None:
     """Stop a service the test session started, keep it down a while, start it again."""
-    from leadscore import services as stack
+    from devtools import services as stack
 
     (row,) = [r for r in stack.status(s, only=[name])]
     assert "started by us" in row.state, f"{name} is external ({row.state}): cannot restart it"
@@ -194,7 +194,7 @@ def test_service_restarted_mid_stream(settings: Settings, tmp_path: Path, servic
 
 def test_worker_stopped_while_the_database_is_down(settings: Settings, tmp_path: Path) -> None:
     """A graceful stop must not commit a batch it could not store."""
-    from leadscore import services as stack
+    from devtools import services as stack
 
     s = dataclasses.replace(settings, metrics_port=free_port(), batch_size=500)
     workload = produce(s)

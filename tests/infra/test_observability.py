@@ -23,7 +23,7 @@ METRIC_MODULES = (
     "streams.metrics",
     "query_api.metrics",
     "query_api.hotcache",
-    "leadscore.drift",
+    "adapters.drift",
     "projections.quarantine",
 )
 # Prometheus's own series for every scrape target.

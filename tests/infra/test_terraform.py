@@ -1,5 +1,5 @@
 """infra/terraform checked offline: fmt, init from the local provider mirror, validate,
-`terraform test` with a mocked AWS provider, the outputs against leadscore/settings.py,
+`terraform test` with a mocked AWS provider, the outputs against adapters/settings.py,
 and checkov."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leadscore.settings import PREFIX, Settings
+from adapters.settings import PREFIX, Settings
 
 from .tools import TERRAFORM_DIR, Terraform, checkov, terraform_in
 
@@ -71,7 +71,7 @@ run "outputs_are_settings" {{
       for k in concat(keys(output.leadscore_environment), keys(output.leadscore_secrets)) :
       contains({listing(names)}, k)
     ])
-    error_message = "an output is not a LEADSCORE_* setting of leadscore/settings.py"
+    error_message = "an output is not a LEADSCORE_* setting of adapters/settings.py"
   }}
   assert {{
     condition = alltrue([

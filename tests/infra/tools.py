@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from leadscore.settings import ROOT
+from adapters.settings import ROOT
 
 TERRAFORM_DIR = ROOT / "infra" / "terraform"
 OBSERVABILITY_DIR = ROOT / "infra" / "observability"

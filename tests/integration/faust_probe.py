@@ -17,7 +17,7 @@ from pathlib import Path
 
 import faust
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from streams.consumer import use_direct_delivery
 from streams.worker import faust_app, faust_worker
 

@@ -21,10 +21,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from leadscore import tenancy
-from leadscore.bootstrap import bootstrap
-from leadscore.settings import Settings
+from adapters import tenancy
+from adapters.settings import Settings
 from projections import changes
+from streams.bootstrap import bootstrap
 from tests.factories import FixedScorer, created
 from tests.support.api import (
     ORG_A,

@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 import structlog
 
-from leadscore import tenancy
-from leadscore.model_registry import ModelRegistry
-from leadscore.settings import Settings
+from adapters import tenancy
+from adapters.model_registry import ModelRegistry
+from adapters.settings import Settings
 from tests.support.api import Reply, request, start_api, stop_api, wait_ready
 from tests.support.net import free_port
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from leadscore import tenancy
-from leadscore.eventstore import open_store
-from leadscore.settings import DEV_API_ROLE, Settings
+from adapters import tenancy
+from adapters.eventstore import open_store
+from adapters.settings import DEV_API_ROLE, Settings
 from projections.log import EVENTS_TABLE
 from query_api import db_role
 

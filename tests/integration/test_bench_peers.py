@@ -12,8 +12,8 @@ import math
 
 import pytest
 
+from adapters.settings import Settings
 from bench import pipeline, stack
-from leadscore.settings import Settings
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["faust-loop", "direct-delivery"])

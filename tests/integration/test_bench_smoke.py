@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.settings import Settings
 from bench import latency, pipeline, stack
 from bench import profile as profiling
-from leadscore.settings import Settings
 
 
 def test_pipeline_bench_runs_and_reports_every_row(

@@ -21,10 +21,10 @@ import asyncpg
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from adapters.settings import Settings
+from devtools.workload import generate
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES
-from leadscore.settings import Settings
-from leadscore.workload import generate
 from projections.analytics import Analytics
 from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect

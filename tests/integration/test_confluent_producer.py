@@ -22,9 +22,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
+from adapters.settings import Settings
 from domain.lead import lead_aggregate_id
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from tests.factories import FixedScorer
 from tests.support.registry import registry_conf
 
@@ -146,7 +146,7 @@ def test_v3_attributes_reach_the_lead_from_confluent_and_our_own_producer(
     engine: Engine, settings: Settings
 ) -> None:
     from domain.events import EventType, LeadEvent
-    from leadscore.producer import lead_event_encoder, produce_events
+    from streams.producer import lead_event_encoder, produce_events
 
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     upstream = [

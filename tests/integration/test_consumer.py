@@ -16,7 +16,7 @@ import faust
 from confluent_kafka import Producer
 from faust.transport.consumer import Consumer as FaustConsumer
 
-from leadscore.settings import Settings, settings_env
+from adapters.settings import Settings, settings_env
 from streams.consumer import Consumer, ConsumerThread, Transport, use_direct_delivery
 from streams.worker import faust_app
 

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings
+from devtools.workload import generate
+from streams.bootstrap import bootstrap
 from streams.decay import DecayTimer
 from tests.support.pipeline import process_all
 from tests.support.readmodels import project

@@ -13,10 +13,12 @@ from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
+from adapters import tenancy
+from adapters.settings import Settings
+from adapters.tenancy import KnownOrgs
 from domain.events import ActivityKind
-from leadscore import cli_dlq, tenancy
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings
+from leadscore import cli_dlq
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import event_to_record
 from streams.dlq import (
     DETAIL,
@@ -34,7 +36,7 @@ from streams.dlq import (
     normalize_headers,
     read_letters,
 )
-from streams.processor import BatchProcessor, BatchStats, OrgRegistry
+from streams.processor import BatchProcessor, BatchStats
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
 from tests.factories import FixedScorer, activity, created
@@ -46,7 +48,7 @@ pytestmark = pytest.mark.integration
 def engine(settings: Settings) -> Iterator[Engine]:
     e = bootstrap(settings, scorer=FixedScorer())
     # refresh_seconds=0: every miss re-reads the orgs, so a registration shows at once.
-    e.processor.orgs = OrgRegistry(settings.pg_dsn, refresh_seconds=0)
+    e.processor.orgs = KnownOrgs(settings.pg_dsn, refresh_seconds=0)
     yield e
     e.close()
 
@@ -253,7 +255,7 @@ def test_stored_letter_helpers() -> None:
 
 def test_org_registry_sees_a_new_org_after_its_refresh_interval(settings: Settings) -> None:
     now = [0.0]
-    orgs = OrgRegistry(settings.pg_dsn, refresh_seconds=5, clock=lambda: now[0])
+    orgs = KnownOrgs(settings.pg_dsn, refresh_seconds=5, clock=lambda: now[0])
     assert not orgs.known("acme")  # no organizations table yet: nobody is registered
     register(settings, "acme")
     now[0] = 1.0

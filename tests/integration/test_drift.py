@@ -24,15 +24,15 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from adapters import tenancy
+from adapters.drift import DriftRecorder, drift_report, model_metadata
+from adapters.eventstore import open_store
+from adapters.modelstore import load_scorer
+from adapters.settings import Settings
+from adapters.training_rows import HORIZON_DAYS, time_split
+from devtools.workload import generate
 from domain.features import FEATURE_NAMES
-from leadscore import tenancy
-from leadscore.drift import DriftRecorder, drift_report, model_metadata
-from leadscore.eventstore import open_store
-from leadscore.modelstore import load_scorer
-from leadscore.settings import Settings
 from leadscore.training import build_dataset, train
-from leadscore.training_rows import HORIZON_DAYS, time_split
-from leadscore.workload import generate
 from tests.support.api import Reply, request, start_api, stop_api, wait_ready
 from tests.support.net import free_port
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from adapters.eventstore import open_store
+from adapters.model_registry import ModelRegistry
+from adapters.settings import Settings
 from domain.events import ActivityKind
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.eventstore import open_store
-from leadscore.model_registry import ModelRegistry
-from leadscore.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import ValidationError, event_to_record
 from streams.dlq import RawMessage
 from streams.errors import (
@@ -162,7 +162,7 @@ def test_a_promoted_model_without_files_pauses_the_batch(
         registry = ModelRegistry(s.pg_dsn, models)
         assert registry.sync() == ["v2"]
         registry.promote("v2")
-        # Neither here nor in the shared store (leadscore/model_artifacts.py).
+        # Neither here nor in the shared store (adapters/model_artifacts.py).
         with psycopg.connect(s.pg_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM model_artifacts WHERE version = 'v2'")
         shutil.rmtree(models / "v2")

@@ -6,16 +6,16 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from domain.lead import Lead, lead_aggregate_id
-from domain.processing import apply_batch, event_time
-from leadscore.eventstore import (
+from adapters.eventstore import (
     SCORED_TOPIC,
     ConcurrentWriteError,
     LeadStore,
     open_store,
     postgres_env,
 )
-from leadscore.settings import Settings
+from adapters.settings import Settings
+from domain.lead import Lead, lead_aggregate_id
+from domain.processing import apply_batch, event_time
 from tests.factories import T0, FixedScorer, activity, created
 from tests.support.store_contract import LeadStoreContract
 

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from leadscore import services
-from leadscore.services import postgres
-from leadscore.settings import Settings, get_settings
+from adapters.settings import Settings, get_settings
+from devtools import services
+from devtools.services import postgres
 
 pytestmark = pytest.mark.integration
 

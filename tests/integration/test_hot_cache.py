@@ -14,11 +14,11 @@ import asyncpg
 import pytest
 import redis as redis_sync
 
+from adapters.settings import Settings
 from domain.events import ActivityKind, EventType, LeadEvent
-from leadscore.bootstrap import bootstrap
-from leadscore.settings import Settings
 from projections import changes
 from query_api import hotcache
+from streams.bootstrap import bootstrap
 from tests.factories import T0, FixedScorer, activity, next_id
 from tests.support.api import ORG_A, SHARED, Api, live_api, wait_for
 from tests.support.pipeline import encoded

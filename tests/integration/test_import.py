@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
+from adapters.settings import ROOT, Settings, settings_env
 from domain.events import EventType
 from domain.lead import lead_aggregate_id
-from leadscore.bootstrap import Engine, bootstrap
 from leadscore.import_mapping import load_mapping
-from leadscore.settings import ROOT, Settings, settings_env
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import record_to_event
 from tests.factories import FixedScorer
 

@@ -21,12 +21,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from adapters import kafka_access, tenancy
+from adapters.settings import Settings, get_settings, settings_env
+from adapters.topics import org_topic
+from devtools.services import kafka as kafka_service
 from domain.lead import lead_aggregate_id
-from leadscore import cli_api, kafka_access, tenancy
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.services import kafka as kafka_service
-from leadscore.services.topics import org_topic
-from leadscore.settings import Settings, get_settings, settings_env
+from leadscore import cli_api
+from streams.bootstrap import Engine, bootstrap
 from streams.dlq import REASON, DeadLetterSink, PayloadStore, Reason, read_letters
 from streams.gate import INGRESS_HEADER, Gate
 from streams.relay import kafka_producer

@@ -16,17 +16,17 @@ import numpy as np
 import psycopg
 import pytest
 
+from adapters.eventstore import open_store
+from adapters.model_artifacts import ArtifactError, digest
+from adapters.model_registry import ModelRegistry, ModelRouter
+from adapters.modelstore import load_scorer
+from adapters.settings import ROOT, Settings
+from devtools.world_custom import custom_world
 from domain.featurespec import parse
 from domain.lead import lead_aggregate_id
 from leadscore.demo import stop_worker, wait_for_group
-from leadscore.eventstore import open_store
-from leadscore.model_artifacts import ArtifactError, digest
-from leadscore.model_registry import ModelRegistry, ModelRouter
-from leadscore.modelstore import load_scorer
-from leadscore.producer import lead_event_encoder, produce_events
-from leadscore.settings import ROOT, Settings
 from leadscore.training import train
-from leadscore.world_custom import custom_world
+from streams.producer import lead_event_encoder, produce_events
 from streams.relay import kafka_producer
 from streams.wire import SchemaCatalog
 from tests.support.worker import start, wait_until

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.eventstore import SCORED_TOPIC
+from adapters.model_registry import ModelRegistry, ModelRegistryError, shadow_report
+from adapters.settings import Settings
 from domain.events import ActivityKind, EventType, LeadEvent
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.eventstore import SCORED_TOPIC
-from leadscore.model_registry import ModelRegistry, ModelRegistryError, shadow_report
-from leadscore.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from tests.factories import T0, activity, created, next_id
 from tests.support.models import copy_model
 from tests.support.pipeline import consume_all, encoded

@@ -9,12 +9,12 @@ from datetime import timedelta
 
 import pytest
 
+from adapters.eventstore import SCORED_TOPIC
+from adapters.settings import Settings
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id, score_event_id
 from domain.transitions import SCORE_UPDATED, transitions
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.eventstore import SCORED_TOPIC
-from leadscore.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from streams.relay import ScoreEventRelay
 from tests.factories import T0, FixedScorer, activity, created
 from tests.support.pipeline import consume_all, encoded

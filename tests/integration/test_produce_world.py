@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer
 
+from adapters.settings import Settings, settings_env
+from devtools.world_custom import LEAK_ATTRIBUTE, custom_world
 from domain.lead import lead_aggregate_id
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings, settings_env
-from leadscore.world_custom import LEAK_ATTRIBUTE, custom_world
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import record_to_event
 from tests.factories import FixedScorer
 

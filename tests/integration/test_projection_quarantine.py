@@ -14,16 +14,16 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
+from adapters.settings import Settings
 from domain.events import LeadEvent
-from leadscore.bootstrap import bootstrap
 from leadscore.cli_projections import retry_quarantined
-from leadscore.settings import Settings
 from projections import quarantine
 from projections.base import ProjectionRunner, SinkUnavailableError
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogReader
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
+from streams.bootstrap import bootstrap
 from streams.processor import BatchStats
 from tests.factories import T0, created
 
@@ -260,8 +260,8 @@ def test_quarantine_list_shows_the_entries_set_aside(
     from rich.console import Console
     from typer.testing import CliRunner
 
+    from adapters.settings import get_settings, settings_env
     from leadscore import cli_projections
-    from leadscore.settings import get_settings, settings_env
 
     s = dataclasses.replace(settings, require_registered_org=False)
     store_unvalidated(s, [created("nul-title", ORG, T0, title="CEO\x00")])

@@ -11,13 +11,13 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from leadscore.bootstrap import bootstrap
-from leadscore.settings import Settings
-from leadscore.workload import generate
+from adapters.settings import Settings
+from devtools.workload import generate
 from projections.base import ProjectionRunner
 from projections.log import LogEntry, LogReader
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
+from streams.bootstrap import bootstrap
 from tests.factories import FixedScorer
 from tests.support.pipeline import process_all, store_history
 from tests.support.readmodels import expected_redis, expected_state, pg_state, redis_state

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from streams.codec import event_to_record, record_to_event
 from streams.wire import (
     LEAD_EVENT_SCHEMA,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 
-from leadscore.services.registry import ping
-from leadscore.settings import ROOT, Settings, settings_env
+from adapters.settings import ROOT, Settings, settings_env
+from devtools.services.schema_registry import ping
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, RegistryAuthError, SchemaCatalog
 from tests.factories import created
@@ -135,7 +135,7 @@ def closed_registry(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     )
     log = (tmp_path / "registry.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leadscore.registry"],
+        [sys.executable, "-m", "devtools.schema_registry"],
         env={**os.environ, **settings_env(s)},
         cwd=ROOT,
         stdout=log,

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import SCORED_TOPIC
-from leadscore.modelstore import load_scorer
-from leadscore.replay import backtest, count_leads, replay
-from leadscore.settings import ROOT, Settings, settings_env
+from adapters.eventstore import SCORED_TOPIC
+from adapters.modelstore import load_scorer
+from adapters.settings import ROOT, Settings, settings_env
+from devtools.workload import generate
 from leadscore.training import train_from_store
-from leadscore.workload import generate
+from streams.bootstrap import bootstrap
+from streams.replay import backtest, count_leads, replay
 from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings
+from adapters.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import event_to_record
 from streams.dlq import Reason
 from streams.wire import (

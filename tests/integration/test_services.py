@@ -18,10 +18,10 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
-from leadscore import services
-from leadscore.services import postgres
-from leadscore.services.cli import app
-from leadscore.settings import Settings, get_settings
+from adapters.settings import Settings, get_settings
+from devtools import services
+from devtools.services import postgres
+from devtools.services.cli import app
 
 pytestmark = pytest.mark.integration
 

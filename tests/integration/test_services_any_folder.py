@@ -41,11 +41,11 @@ import pytest
 import redis
 from rich.console import Console
 
-from leadscore import services
-from leadscore.services import postgres
-from leadscore.services.model import EXTERNAL, STARTED_BY_US, STOPPED
-from leadscore.services.process import pid_alive, port_open, read_pid
-from leadscore.settings import PREFIX, ROOT, Settings, get_settings
+from adapters.settings import PREFIX, ROOT, Settings, get_settings
+from devtools import services
+from devtools.services import postgres
+from devtools.services.process import pid_alive, port_open, read_pid
+from devtools.services.status import EXTERNAL, STARTED_BY_US, STOPPED
 
 pytestmark = pytest.mark.integration
 

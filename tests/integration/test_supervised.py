@@ -18,12 +18,13 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.positions import SessionLock
+from adapters.settings import Settings
 from domain.transitions import SCORE_UPDATED
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings
+from streams.bootstrap import bootstrap
 from streams.codec import event_to_record
-from streams.decay import GroupLock, decay_lock_name
+from streams.decay import decay_lock_name
 from streams.dlq import RawMessage
 from streams.supervise import Supervisor, health, serve_metrics, supervise
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
@@ -145,9 +146,9 @@ def test_the_projections_restart_until_the_database_takes_connections(
 
 
 def test_one_decay_timer_per_consumer_group(settings: Settings) -> None:
-    first = GroupLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
-    second = GroupLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
-    other = GroupLock(settings.pg_dsn, decay_lock_name(settings.consumer_group + "-b"))
+    first = SessionLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
+    second = SessionLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
+    other = SessionLock(settings.pg_dsn, decay_lock_name(settings.consumer_group + "-b"))
     try:
         assert first.held() and first.held()
         assert not second.held()
@@ -210,7 +211,7 @@ def test_of_two_workers_only_the_elected_one_runs_decay_ticks(settings: Settings
 
     def loop(name: str) -> threading.Thread:
         timer = DecayTimer(engine.processor, settings.pg_dsn, after=timedelta(0), batch=10)
-        lock = GroupLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
+        lock = SessionLock(settings.pg_dsn, decay_lock_name(settings.consumer_group))
 
         def run(tick: Callable[[], int]) -> int:
             ticks.append(name)

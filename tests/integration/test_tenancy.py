@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from leadscore import tenancy
-from leadscore.settings import Settings, settings_env
+from adapters import tenancy
+from adapters.settings import Settings, settings_env
 
 pytestmark = pytest.mark.integration
 

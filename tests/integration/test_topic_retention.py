@@ -7,8 +7,8 @@ import secrets
 
 import pytest
 
-from leadscore.services.topics import ensure_engine_topics, topic_config
-from leadscore.settings import Settings
+from adapters.settings import Settings
+from adapters.topics import ensure_engine_topics, topic_config
 
 pytestmark = pytest.mark.integration
 

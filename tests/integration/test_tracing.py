@@ -16,8 +16,8 @@ from confluent_kafka import Consumer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings
+from adapters.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import event_to_record
 from streams.dlq import RawMessage, normalize_headers
 from streams.relay import kafka_producer

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.eventstore import open_store
+from adapters.history import lead_events
+from adapters.settings import Settings
+from adapters.training_rows import training_rows
+from devtools.workload import generate
 from domain.features import features
-from leadscore.eventstore import open_store
-from leadscore.history import lead_events
-from leadscore.settings import Settings
 from leadscore.training import NotEnoughOutcomesError, train_from_store
-from leadscore.training_rows import training_rows
-from leadscore.workload import generate
 from tests.factories import FixedScorer
 from tests.support.pipeline import store_history
 

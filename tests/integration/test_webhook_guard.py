@@ -24,14 +24,14 @@ import standardwebhooks
 import structlog
 from typer.testing import CliRunner
 
+from adapters import tenancy, webhooks
+from adapters.eventstore import open_store
+from adapters.settings import Settings
+from adapters.webhook_http import UrlPolicy, post
+from adapters.webhook_secrets import SecretBox
 from domain.transitions import QUALIFIED
-from leadscore import cli_webhooks, tenancy
-from leadscore.eventstore import open_store
-from leadscore.settings import Settings
-from streams import webhooks
-from streams.webhook_http import UrlPolicy, post
-from streams.webhook_secrets import SecretBox
-from streams.webhooks import DispatchConfig, WebhookDispatcher
+from leadscore import cli_webhooks
+from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -215,7 +215,7 @@ def test_the_address_is_checked_again_at_connect_time_and_pinned(sink: Sink) -> 
     # refuses before connecting, and the receiver on loopback hears nothing.
     answers = iter([["93.184.216.34"], ["127.0.0.1"]])
     rebinding = UrlPolicy()
-    from streams.webhook_http import check_url
+    from adapters.webhook_http import check_url
 
     assert check_url("https://hooks.example.test/", rebinding, lambda h, p: next(answers))
     before = len(sink.got)

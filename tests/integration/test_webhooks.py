@@ -21,16 +21,17 @@ import pytest
 import standardwebhooks
 from typer.testing import CliRunner
 
+from adapters import tenancy, webhooks
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings
+from adapters.webhook_secrets import SECRET_PREFIX, SecretBox
 from domain.events import ActivityKind
 from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, TYPED_EVENTS
-from leadscore import cli_webhooks, tenancy
-from leadscore.bootstrap import bootstrap
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings
-from streams import webhooks
+from leadscore import cli_webhooks
+from streams import webhook_dispatcher
+from streams.bootstrap import bootstrap
 from streams.relay import score_records
-from streams.webhook_secrets import SECRET_PREFIX, SecretBox
-from streams.webhooks import DispatchConfig, WebhookDispatcher
+from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
 from tests.factories import FixedScorer, activity, created
 from tests.support.api import request, start_api, stop_api, wait_ready
 from tests.support.net import free_port
@@ -314,7 +315,9 @@ def test_restarted_dispatchers_do_not_duplicate_deliveries(
     dispatch_until_settled(settings, settings.pg_dsn)
     # As if a crash had lost the position: re-reading the whole log inserts nothing.
     with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE tracking SET position = 0 WHERE name = %s", (webhooks.TRACKING_NAME,))
+        conn.execute(
+            "UPDATE tracking SET position = 0 WHERE name = %s", (webhook_dispatcher.TRACKING_NAME,)
+        )
     dispatch_until_settled(settings, settings.pg_dsn)
     assert deliveries(settings) == before
     assert len(receiver.got) == sent

@@ -23,11 +23,11 @@ import asyncpg
 import orjson
 import redis as redis_sync
 
+from adapters import tenancy
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings, settings_env
+from devtools.workload import generate
 from domain.events import ActivityKind
-from leadscore import tenancy
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings, settings_env
-from leadscore.workload import generate
 from tests.factories import FixedScorer, activity, created
 from tests.support.net import free_port
 from tests.support.pipeline import store_history
@@ -199,7 +199,7 @@ def expected_state(settings: Settings) -> dict[str, Any]:
 @contextmanager
 def live_api(services: Settings, tmp: Path) -> Iterator[Api]:
     """A seeded database, Redis prefix and chDB directory of its own, and the API serving them."""
-    from leadscore import services as stack
+    from devtools import services as stack
 
     tag = secrets.token_hex(4)
     dbname = f"leadscore_api_{tag}"

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from leadscore.modelstore import load_scorer
-from leadscore.settings import ROOT
+from adapters.modelstore import load_scorer
+from adapters.settings import ROOT
 from tests.factories import MODEL_DIR
 
 V1 = load_scorer(MODEL_DIR, "v1")

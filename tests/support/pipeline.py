@@ -6,9 +6,9 @@ import time
 
 from confluent_kafka import Consumer
 
+from adapters.settings import Settings
 from domain.scoring import Scorer
-from leadscore.bootstrap import Engine, bootstrap
-from leadscore.settings import Settings
+from streams.bootstrap import Engine, bootstrap
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
 

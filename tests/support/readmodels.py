@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from leadscore.eventstore import SCORED_TOPIC, open_store
-from leadscore.settings import Settings
+from adapters.eventstore import SCORED_TOPIC, open_store
+from adapters.settings import Settings
 from projections.base import ProjectionRunner
 from projections.postgres import PROFILE_COLUMNS, PostgresProjection
 from projections.redis import RedisProjection

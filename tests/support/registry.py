@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 AS_CONFIGURED = "as configured"  # request(): send the settings' credentials

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from eventsourcing.domain import Snapshot
 
+from adapters.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from leadscore.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from tests.factories import T0, FixedScorer, activity, created
 
 
@@ -128,7 +128,7 @@ class LeadStoreContract:
         assert store.snapshots is not None
         assert not list(store.snapshots.get(lead_aggregate_id("org-1", "z")))
 
-    # -- personal data, sealed per lead (leadscore/lead_keys.py) ----------------------
+    # -- personal data, sealed per lead (adapters/lead_keys.py) ----------------------
 
     def _raw_states(self, store: LeadStore, agg: Any) -> bytes:
         """Every stored byte of a lead: its events and its snapshots."""
@@ -209,7 +209,7 @@ class LeadStoreContract:
     def test_lead_keys_rotate_to_the_newest_kek(self, store: LeadStore) -> None:
         import os
 
-        from leadscore.lead_keys import KeyEncryptionKeys, LeadKeyError, LeadKeys
+        from adapters.lead_keys import KeyEncryptionKeys, LeadKeyError, LeadKeys
         from tests.factories import next_id
 
         old, new = os.urandom(32), os.urandom(32)

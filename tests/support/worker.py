@@ -12,7 +12,7 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from leadscore.settings import Settings, settings_env
+from adapters.settings import Settings, settings_env
 
 
 def start(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from adapters.settings import Settings
 from bench.memory import lead_sizes, pct, workload
-from leadscore.settings import Settings
 
 
 def test_the_leads_are_measured_at_each_mark() -> None:

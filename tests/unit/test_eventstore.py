@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.eventstore import LeadStore, cache_env
 from domain.events import ActivityKind
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
-from leadscore.eventstore import LeadStore, cache_env
 from tests.factories import T0, FixedScorer, activity, created
 from tests.support.store_contract import LeadStoreContract
 
@@ -29,8 +29,8 @@ class TestInMemoryLeadStore(LeadStoreContract):
 def test_orjson_transcoding_is_interchangeable_with_the_librarys_json_transcoder() -> None:
     from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
 
+    from adapters.eventstore import OrjsonTranscoder
     from domain.events import EventType, LeadEvent
-    from leadscore.eventstore import OrjsonTranscoder
     from tests.factories import next_id
 
     fast, plain = OrjsonTranscoder(), JSONTranscoder()
@@ -60,7 +60,7 @@ def test_orjson_transcoding_is_interchangeable_with_the_librarys_json_transcoder
 def _transcoders() -> tuple[Any, Any]:
     from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
 
-    from leadscore.eventstore import OrjsonTranscoder
+    from adapters.eventstore import OrjsonTranscoder
 
     fast, plain = OrjsonTranscoder(), JSONTranscoder()
     for transcoder in (fast, plain):

@@ -164,7 +164,7 @@ def test_bad_specs_say_what_is_wrong(doc: object, message: str) -> None:
 def test_the_shipped_default_spec_parses() -> None:
     import yaml
 
-    from leadscore.settings import ROOT
+    from adapters.settings import ROOT
 
     spec = parse(yaml.safe_load((ROOT / "config" / "features" / "default.yaml").read_text()))
     assert spec.names == FEATURE_NAMES

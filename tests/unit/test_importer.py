@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from adapters.settings import ROOT
 from domain.events import ActivityKind, EventType
 from leadscore.import_mapping import Mapping, MappingError, load_mapping, parse_mapping
 from leadscore.importer import RowRefusedError, lead_events
-from leadscore.settings import ROOT
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 RAW = yaml.safe_load((ROOT / "examples" / "crm-mapping.yaml").read_text())

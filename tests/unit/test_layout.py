@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from leadscore.settings import ROOT
+from adapters.settings import ROOT
 
 SCANNED = ("tests", "bench")
 

@@ -5,6 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pympler.asizeof import asizeof
 
+from adapters.modelstore import load_scorer
+from devtools.workload import generate
 from domain.events import ActivityKind, EventType
 from domain.lead import (
     KIND_BUCKETS,
@@ -16,8 +18,6 @@ from domain.lead import (
     score_event_id,
 )
 from domain.processing import apply_batch, event_time, undecided
-from leadscore.modelstore import load_scorer
-from leadscore.workload import generate
 from tests.factories import MODEL_DIR, T0, FixedScorer, activity, created, outcome
 
 

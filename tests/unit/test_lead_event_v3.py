@@ -9,7 +9,7 @@ from typing import Any
 
 import fastavro
 
-from leadscore.schema_compat import incompatibilities, versioned_files
+from adapters.schema_compat import incompatibilities, versioned_files
 from streams.codec import event_to_record, record_to_event
 from streams.wire import (
     LEAD_EVENT_SCHEMA,

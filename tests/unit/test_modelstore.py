@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.modelstore import ModelNotFoundError, OnnxScorer, list_models, load_scorer
+from devtools.workload import generate
 from domain.features import FEATURE_NAMES
 from domain.lead import Lead
 from domain.scoring import check_model, score_leads
-from leadscore.modelstore import ModelNotFoundError, OnnxScorer, list_models, load_scorer
 from leadscore.training import build_dataset
-from leadscore.workload import generate
 from tests.factories import MODEL_DIR, T0, activity, created
 
 

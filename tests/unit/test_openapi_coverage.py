@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from leadscore.settings import Settings
+from adapters.settings import Settings
 from query_api import openapi
 from query_api.app import create_app
 from query_api.openapi import OPERATIONS, coverage_gaps, document

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from leadscore.model_registry import rank_correlation
+from adapters.model_registry import rank_correlation
 
 
 def test_tied_scores_share_their_average_rank() -> None:

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.modelstore import load_scorer
+from adapters.rulebook import RuleBook, load_file
 from domain.events import ActivityKind
 from domain.explain import contributions, reference_row
 from domain.features import features
@@ -18,8 +20,6 @@ from domain.lead import Lead
 from domain.processing import apply_batch, event_time
 from domain.rules import NO_RULES, RulesError, ScoringRules, apply, disqualified, parse, stage_of
 from domain.scoring import ScoreCard
-from leadscore.modelstore import load_scorer
-from leadscore.rulebook import RuleBook, load_file
 from tests.factories import T0, activity, created
 
 ROOT = Path(__file__).resolve().parents[2]

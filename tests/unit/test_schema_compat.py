@@ -16,8 +16,7 @@ import fastavro
 import pytest
 from fastavro.utils import generate_many
 
-from domain.events import ActivityKind
-from leadscore.schema_compat import (
+from adapters.schema_compat import (
     InvalidSchemaError,
     can_read,
     check_directory,
@@ -25,6 +24,7 @@ from leadscore.schema_compat import (
     parse,
     versioned_files,
 )
+from domain.events import ActivityKind
 from streams.codec import event_to_record, record_to_event
 from streams.wire import LEAD_EVENT_SCHEMA, LEAD_EVENT_SCHEMA_V2, SCHEMA_DIR
 from tests.factories import activity, created

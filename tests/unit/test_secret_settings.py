@@ -1,5 +1,5 @@
 """Outside dev, the engine refuses to start with a secret that is empty or at its dev
-default, naming each (leadscore/settings.py SECRETS; README, "Security defaults")."""
+default, naming each (adapters/settings.py SECRETS; README, "Security defaults")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from leadscore.settings import (
+from adapters.settings import (
     PREFIX,
     SECRETS,
     InsecureSettingsError,

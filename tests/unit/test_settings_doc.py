@@ -1,10 +1,10 @@
-"""docs/settings.md lists exactly the settings leadscore/settings.py reads."""
+"""docs/settings.md lists exactly the settings adapters/settings.py reads."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from leadscore.settings import PREFIX, ROOT, Settings
+from adapters.settings import PREFIX, ROOT, Settings
 from leadscore.settings_doc import render
 
 

@@ -17,12 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
+from adapters.evaluation import calibration, log_loss
+from adapters.training_rows import AGES_DAYS, RowStats, time_split, training_rows
+from devtools.workload import generate
 from domain.events import ActivityKind, EventType, LeadEvent
 from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
 from domain.processing import event_time
 from leadscore import training
-from leadscore.evaluation import calibration, log_loss
 from leadscore.training import (
     ModelMetadata,
     ParityError,
@@ -35,8 +37,6 @@ from leadscore.training import (
     to_onnx,
     train,
 )
-from leadscore.training_rows import AGES_DAYS, RowStats, time_split, training_rows
-from leadscore.workload import generate
 from tests.factories import T0, activity, created, outcome
 
 OUTCOME_TYPES = (EventType.LEAD_CONVERTED, EventType.LEAD_DISQUALIFIED)
@@ -75,7 +75,7 @@ def tamper(model_bytes: bytes, delta: float = 0.3) -> bytes:
     return model.SerializeToString()
 
 
-# -- the dataset: prediction points (leadscore/training_rows.py) -----------------
+# -- the dataset: prediction points (adapters/training_rows.py) -----------------
 
 
 def test_dataset_shapes_and_labels(

@@ -1,4 +1,4 @@
-"""Training on a world we did not design the features for (leadscore/world_custom.py):
+"""Training on a world we did not design the features for (devtools/world_custom.py):
 conversion follows an education company's own fields and time on site, not B2B titles.
 
 The model, built from lead-events through the org's feature spec, must come within 0.02
@@ -16,13 +16,13 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from adapters.evaluation import auc
+from adapters.modelstore import load_scorer
+from adapters.training_rows import epoch_ms, time_split, training_rows
+from devtools.world_custom import LEAK_ATTRIBUTE, CustomWorld, custom_world
 from domain.featurespec import parse
 from domain.processing import apply_batch, event_time
-from leadscore.evaluation import auc
-from leadscore.modelstore import load_scorer
 from leadscore.training import LeakageError, ModelMetadata, lightgbm_params, train
-from leadscore.training_rows import epoch_ms, time_split, training_rows
-from leadscore.world_custom import LEAK_ATTRIBUTE, CustomWorld, custom_world
 
 LEADS = 4_000
 SPEC = {

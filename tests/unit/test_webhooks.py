@@ -1,4 +1,5 @@
-"""Webhook signatures and the retry schedule (pure parts of streams/webhooks.py)."""
+"""Webhook signatures and the retry schedule (the pure parts of adapters/webhooks.py
+and streams/webhook_dispatcher.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import standardwebhooks
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.webhook_http import UrlPolicy, UrlRefusedError, check_url, is_public
+from adapters.webhook_secrets import DEV_KEY, SecretBox, SecretKeyError, new_secret, sign, verify
+from adapters.webhooks import WebhookError, parse_event_types
 from domain.transitions import TYPED_EVENTS
-from streams.webhook_http import UrlPolicy, UrlRefusedError, check_url, is_public
-from streams.webhook_secrets import DEV_KEY, SecretBox, SecretKeyError, new_secret, sign, verify
-from streams.webhooks import WebhookError, backoff_s, parse_event_types
+from streams.webhook_dispatcher import backoff_s
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 NOW = 1_767_600_000

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devtools.workload import DEFAULT_START, _uuid4_str, generate, org_ids
 from domain.events import PROFILE_FIELDS, EventType, LeadEvent
 from domain.firmographics import SOURCES, department, is_free_mail, seniority
-from leadscore.workload import DEFAULT_START, _uuid4_str, generate, org_ids
 from streams.codec import event_to_record, record_to_event
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "avro" / "lead_event.v1.avsc"

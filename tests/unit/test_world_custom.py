@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from devtools.world_custom import LEAK_ATTRIBUTE, LEAK_VALUE, CustomWorld, custom_world
 from domain.events import ActivityKind, EventType, LeadEvent
-from leadscore.world_custom import LEAK_ATTRIBUTE, LEAK_VALUE, CustomWorld, custom_world
 from streams.codec import event_to_record, validate
 
 POINT = timedelta(days=3)

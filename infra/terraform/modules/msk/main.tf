@@ -1,4 +1,4 @@
-# Amazon MSK on the Kafka line of the dev stack (leadscore/services/kafka.py pins 3.9.1).
+# Amazon MSK on the Kafka line of the dev stack (devtools/services/kafka.py pins 3.9.1).
 # Clients authenticate with SASL/SCRAM over TLS; nothing else is accepted.
 
 resource "aws_security_group" "brokers" {

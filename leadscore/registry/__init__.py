@@ -1,5 +1,0 @@
-"""A schema registry speaking the Confluent REST API subset the engine needs, on PostgreSQL."""
-
-from leadscore.registry.app import create_app
-
-__all__ = ["create_app"]
