@@ -70,6 +70,7 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "string",
                 "enum": [
                     "unauthorized",
+                    "forbidden",
                     "not_found",
                     "method_not_allowed",
                     "conflict",

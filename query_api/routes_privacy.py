@@ -23,6 +23,7 @@ from query_api.errors import NotFoundError
 from query_api.params import Query, Text, lead_id, query
 from query_api.resources import Resources
 from query_api.responses import JSON
+from query_api.routes_leads import LEAD_METHODS, SharedPathRoute
 
 REASON = Text("reason", "Why (a ticket number; no personal data). Kept in the event.", 200)
 
@@ -68,5 +69,5 @@ def _forget(settings: Settings, org: str, lead: str, reason: str | None) -> Forg
 
 routes = [
     Route("/leads/{id}/export", export_lead, methods=["GET"]),
-    Route("/leads/{id}", delete_lead, methods=["DELETE"]),
+    SharedPathRoute("/leads/{id}", delete_lead, methods=["DELETE"], path_methods=LEAD_METHODS),
 ]
