@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv tools up down status demo worker test test-unit test-integration test-e2e test-faults lint bench clean
+.PHONY: venv tools console-vendor up down status demo worker test test-unit test-integration test-e2e test-faults lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,25 @@ $(CHECKOV_STAMP):
 	$(TOOLS)/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	touch $@
 
+# The console's browser tests (tests/e2e/test_console.py) drive Debian's Chromium through
+# Playwright from PyPI: never Playwright's own browser download.
 tools: $(CHECKOV_STAMP)
 	command -v promtool >/dev/null || (apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
+	test -x /usr/bin/chromium || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+# The console's charting library, from the npm registry, committed under its static files
+# so neither a run nor a test needs npm or the internet. Run this to change its version.
+CHARTJS_VERSION := 4.6.1
+CONSOLE_VENDOR  := query_api/console/static/vendor
+console-vendor:
+	rm -rf .npm-pack && mkdir .npm-pack
+	cd .npm-pack && npm pack -q chart.js@$(CHARTJS_VERSION) && tar xzf chart.js-$(CHARTJS_VERSION).tgz
+	cp .npm-pack/package/dist/chart.umd.min.js $(CONSOLE_VENDOR)/chart.umd.min.js
+	cp .npm-pack/package/LICENSE.md $(CONSOLE_VENDOR)/chart.js-LICENSE.md
+	cd $(CONSOLE_VENDOR) && sha256sum chart.umd.min.js > SHA256SUMS && echo "chart.js $(CHARTJS_VERSION)" > VERSION
+	rm -rf .npm-pack
 
 up: venv
 	$(BIN)/leadscore services up

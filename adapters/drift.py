@@ -13,7 +13,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +106,7 @@ class Reference:
             raise NoReferenceError(
                 f"model {meta.get('version')} has no training reference for drift; "
                 "models trained before drift monitoring need one added "
-                "(leadscore.training.add_reference_from_provenance)"
+                "(leadscore.drift_reference.add_reference_from_provenance)"
             )
         features = tuple(meta.get("feature_names") or FEATURE_NAMES)
         parts = [ref["features"][name] for name in features] + [ref["score"]]
@@ -372,4 +372,27 @@ async def drift_report(
         },
         "features": features,
         "reference_source": ref.source,
+    }
+
+
+def reference(X: np.ndarray, p: np.ndarray, source: str, names: Iterable[str]) -> dict[str, Any]:
+    """Per feature and for the score: quantile bin edges and the training proportions.
+
+    Features are binned as float32, the type the model reads; the score as the engine
+    reports it (100 x P rounded to 0.1), so live values land in the same bins.
+    """
+    scores = [round(100.0 * float(v), 1) for v in p]
+
+    def binned(values: list[float]) -> dict[str, list[float]]:
+        edges = drift.reference_edges(values)
+        props = drift.proportions(drift.bin_counts(values, edges))
+        return {"edges": edges, "proportions": [round(v, 6) for v in props]}
+
+    # A missing value (NaN) is binned below every value, in live traffic as here.
+    X = np.nan_to_num(np.asarray(X, dtype=np.float32), nan=drift.MISSING_BIN)
+    return {
+        "source": source,
+        "rows": len(X),
+        "features": {name: binned([float(v) for v in X[:, j]]) for j, name in enumerate(names)},
+        "score": binned(scores),
     }

@@ -376,7 +376,9 @@ class LeadStore(Application[UUID]):
         recorder = self.recorder
         if isinstance(recorder, PostgresApplicationRecorder):
             table = PostgresKeyTable(recorder.datastore.get_connection)
-            table.create_table()
+            # A reader's role may not create tables (CREATE_TABLE=n, the query API's).
+            if self.env.get("CREATE_TABLE", "y").lower() not in ("n", "no", "false", "0"):
+                table.create_table()
             self.keys = LeadKeys(keks, table)
         else:
             self.keys = LeadKeys(keks, MemoryKeyTable())

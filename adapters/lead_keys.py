@@ -179,11 +179,15 @@ class PostgresKeyTable:
         if not ids:
             return {}
         with self.connect() as conn:
-            rows = conn.execute(
-                f"SELECT aggregate_id, kek_id, wrapped_key FROM {TABLE} "
-                "WHERE aggregate_id = ANY(%s::uuid[])",
-                (list(ids),),
-            ).fetchall()
+            try:
+                rows = conn.execute(
+                    f"SELECT aggregate_id, kek_id, wrapped_key FROM {TABLE} "
+                    "WHERE aggregate_id = ANY(%s::uuid[])",
+                    (list(ids),),
+                ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()
+                return {}  # a reader before any writer made the table: no keys yet
         return {_get(r, 0): KeyRow(_get(r, 1), _bytes(_get(r, 2))) for r in rows}
 
     def insert(self, rows: dict[UUID, KeyRow]) -> None:

@@ -31,6 +31,8 @@ from avro.compatibility import (
     lookup_writer_field,
 )
 
+from adapters.settings import bundled
+
 LEVELS = (
     "NONE",
     "BACKWARD",
@@ -256,7 +258,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
-    directory = Path(args[0]) if args else Path(__file__).resolve().parent.parent / "schemas/avro"
+    directory = Path(args[0]) if args else bundled("schemas", "avro")
     errors = check_directory(directory)
     for e in errors:
         print(e, file=sys.stderr)

@@ -7,11 +7,31 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 PREFIX = "LEADSCORE_"
 ROOT = Path(__file__).resolve().parent.parent
+
+# Where a built wheel keeps schemas/avro, models/onnx and config/ (setup.py copies them in):
+# package data of `adapters`, the layer that reads them, found with importlib.resources.
+# A checkout has none and reads the folders themselves.
+BUNDLE = "_bundled"
+
+
+def bundled(*parts: str) -> Path:
+    """A directory the engine ships: the installed package's copy, else the checkout's."""
+    packaged = resources.files("adapters").joinpath(BUNDLE, *parts)
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return ROOT.joinpath(*parts)
+
+
+def _checkout() -> bool:
+    return (ROOT / "pyproject.toml").is_file() and not resources.files("adapters").joinpath(
+        BUNDLE
+    ).is_dir()
 
 
 # The dev stack's schema-registry password: the one place it is spelled. Anything but a
@@ -24,7 +44,11 @@ DEV_KEK = "bGVhZHNjb3JlLWRldi1rZWstbm90LWEtc2VjcmV0ISE="
 
 
 def _default_run_dir() -> str:
-    return str(ROOT / ".run")
+    """The checkout's .run; installed from a wheel, the user's state directory."""
+    if _checkout():
+        return str(ROOT / ".run")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(state) / "leadscore")
 
 
 DEV, PRODUCTION = "dev", "production"
@@ -96,16 +120,16 @@ class Settings:
     require_registered_org: bool = True
 
     # Model versions' folders; a cache of the shared model_artifacts table
-    model_dir: str = field(default_factory=lambda: str(ROOT / "models" / "onnx"))
+    model_dir: str = field(default_factory=lambda: str(bundled("models", "onnx")))
     # Seeds the model registry when it has no active global model (empty: the newest);
     # after that, `leadscore models promote` decides.
     model_version: str = ""
     model_refresh_s: float = 2.0  # how soon workers see a promotion
     # Per-org scoring rules: default.yaml and <org_id>.yaml (README, "Scoring rules").
-    scoring_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "scoring"))
+    scoring_config_dir: str = field(default_factory=lambda: str(bundled("config", "scoring")))
     # Per-org feature specs for training: default.yaml and <org_id>.yaml (README, "Training
     # on your own data"); a model carries its spec, so workers do not read these.
-    feature_config_dir: str = field(default_factory=lambda: str(ROOT / "config" / "features"))
+    feature_config_dir: str = field(default_factory=lambda: str(bundled("config", "features")))
     # Larger batches amortise each batch's fixed costs (a transaction, a model call); 3,000
     # applied 7-10% more events/s than 1,000 on 2 cores (README, Benchmarks).
     batch_size: int = 3000
@@ -140,7 +164,17 @@ class Settings:
     decay_after_s: int = 3600  # a score older than this is rescored as of now
     decay_batch: int = 1000  # leads rescored per tick
 
-    metrics_port: int = 0  # worker's Prometheus endpoint on 127.0.0.1; 0 = off
+    # The worker's and relay's metrics server: /metrics, /healthz (liveness: the event loop
+    # turns), /readyz (readiness: partitions assigned, event store reachable); 0 = off.
+    metrics_port: int = 0
+    # Where that server listens: loopback by default; 0.0.0.0 in a container, so the
+    # orchestrator's probes and Prometheus reach it.
+    metrics_host: str = "127.0.0.1"
+    # On SIGTERM a worker stops consuming, stores and commits the batch in hand, flushes
+    # its producers and exits 0 within this many seconds; past them it exits 70 with the
+    # batch uncommitted (redelivered, harmlessly). Keep it below the orchestrator's kill
+    # timeout (ECS stopTimeout, Kubernetes terminationGracePeriodSeconds).
+    shutdown_timeout_s: float = 25.0
 
     # Webhooks (streams/webhook_dispatcher.py): a delivery is retried at exponential backoff from
     # `base` up to `cap` (with jitter) and is dead after `max_attempts`; each POST may
@@ -183,6 +217,10 @@ class Settings:
     api_negative_cache_ttl_s: float = 30.0
     # Non-empty: GET /metrics requires `Authorization: Bearer <this>`.
     api_metrics_token: str = ""
+    # Signs the console's session cookies (/console); every API process of a deployment
+    # must share it. Empty: a fixed dev secret in dev; outside dev the console is off.
+    console_secret: str = ""
+    console_session_hours: float = 8.0  # a console sign-in lasts this long
     # Seconds between the worker's consumer-lag readings (high watermark minus committed
     # offset, per assigned partition: leadscore_consumer_lag_messages); 0 = not measured.
     consumer_lag_interval_s: int = 10

@@ -16,7 +16,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -62,10 +62,9 @@ CREATE INDEX IF NOT EXISTS api_keys_org_idx ON api_keys (org_id);
 -- Migration (keys created before expiry existed never expire).
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at timestamptz;
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS last_used_at timestamptz;
--- What a key may do beyond reading its org's data: 'admin' erases leads (README, "Privacy").
-ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS scopes text[] NOT NULL DEFAULT '{}';
+-- An admin key may also change its org's models from the console (promote).
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;
 """
-SCOPES = ("admin",)
 
 Executor = asyncpg.Connection | asyncpg.Pool
 
@@ -93,7 +92,6 @@ class ApiKeyInfo:
     revoked_at: datetime | None
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
-    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +103,7 @@ class KeyRecord:
     revoked: bool
     expires_at: datetime | None
     expired: bool
-    scopes: tuple[str, ...] = ()
+    admin: bool = False
 
     @property
     def active(self) -> bool:
@@ -191,29 +189,26 @@ async def create_api_key(
     name: str | None = None,
     *,
     expires_in: timedelta | None = None,
-    scopes: Sequence[str] = (),
+    admin: bool = False,
 ) -> tuple[str, str]:
     """A new key for ``org_id``: returns (key id, the key). The key itself is not stored.
-    With ``expires_in``, the key stops working that long from now; ``scopes`` (SCOPES)
-    are what it may do beyond reading."""
+    With ``expires_in``, the key stops working that long from now; ``admin`` keys may
+    also promote the org's own models from the console."""
     if expires_in is not None and expires_in <= timedelta(0):
         raise TenancyError("a key's lifetime must be positive")
-    unknown = sorted(set(scopes) - set(SCOPES))
-    if unknown:
-        raise TenancyError(f"unknown scopes {unknown}; known: {', '.join(SCOPES)}")
     key = generate_key()
     # The id names the key in listings and revocation without revealing it.
     key_id = "key_" + secrets.token_hex(8)
     try:
         expires_at = await db.fetchval(
-            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at, scopes) "
+            "INSERT INTO api_keys (id, org_id, key_hash, name, expires_at, admin) "
             "VALUES ($1, $2, $3, $4, now() + $5::interval, $6) RETURNING expires_at",
             key_id,
             org_id,
             hash_key(key),
             name,
             expires_in,
-            sorted(set(scopes)),
+            admin,
         )
     except asyncpg.ForeignKeyViolationError as exc:
         raise TenancyError(
@@ -224,8 +219,8 @@ async def create_api_key(
         audit=True,
         key_id=key_id,
         org_id=org_id,
+        admin=admin,
         expires_at=expires_at.isoformat() if expires_at else None,
-        scopes=sorted(set(scopes)),
     )
     return key_id, key
 
@@ -256,15 +251,19 @@ async def lookup_key(db: Executor, key: str) -> KeyRecord | None:
     """The stored key ``key`` hashes to, active or not; None when there is none."""
     if not looks_like_key(key):
         return None
+    return await lookup_key_hash(db, hash_key(key))
+
+
+async def lookup_key_hash(db: Executor, digest: bytes) -> KeyRecord | None:
+    """The stored key whose hash is ``digest`` (a console session holds the hash, never
+    the key), active or not; None when there is none."""
     row = await db.fetchrow(
         "SELECT id, org_id, revoked_at IS NOT NULL AS revoked, expires_at, "
-        "coalesce(expires_at <= now(), false) AS expired, scopes "
+        "coalesce(expires_at <= now(), false) AS expired, admin "
         "FROM api_keys WHERE key_hash = $1",
-        hash_key(key),
+        digest,
     )
-    if row is None:
-        return None
-    return KeyRecord(**{**dict(row), "scopes": tuple(row["scopes"] or ())})
+    return None if row is None else KeyRecord(**dict(row))
 
 
 async def touch_key(db: Executor, key_id: str) -> None:

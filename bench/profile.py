@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from leadscore.demo import stop_worker
+from devtools.engine_processes import stop_worker
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 

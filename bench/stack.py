@@ -31,8 +31,8 @@ from adapters import tenancy
 from adapters.eventstore import SCORED_TOPIC
 from adapters.settings import Settings, settings_env
 from devtools import services
+from devtools.engine_processes import stop_worker
 from domain.events import LeadEvent
-from leadscore.demo import stop_worker
 from projections.log import EVENTS_TABLE
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog

@@ -408,7 +408,8 @@ def demo(
     down: Annotated[bool, typer.Option("--down", help="Stop the API a demo left running")] = False,
 ) -> None:
     """Start a worker, produce a workload, wait until every lead is scored, summarise."""
-    from leadscore.demo import run_demo, stop_api
+    from devtools.engine_processes import stop_api
+    from leadscore.demo import run_demo
 
     if down:
         stop_api(get_settings())

@@ -165,16 +165,16 @@ def apikeys_create(
         float | None, typer.Option(help="The key stops working this many days from now")
     ] = None,
     admin: Annotated[
-        bool, typer.Option("--admin", help="May also erase leads (DELETE /leads/{id})")
+        bool,
+        typer.Option(help="May also promote the org's models in the console and erase leads"),
     ] = False,
 ) -> None:
     """Create an API key. The key is printed once, alone on the last line; only its hash is kept."""
     from datetime import timedelta
 
     lifetime = None if expires_in_days is None else timedelta(days=expires_in_days)
-    scopes = ("admin",) if admin else ()
     key_id, key = _run(
-        lambda c: tenancy.create_api_key(c, org, name, expires_in=lifetime, scopes=scopes)
+        lambda c: tenancy.create_api_key(c, org, name, expires_in=lifetime, admin=admin)
     )
     console.print(f"API key {key_id} for {org}; store it now, it is not shown again:")
     # Plain print: rich could wrap or style it, and scripts read the last line.

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,6 +22,14 @@ from adapters import tenancy
 from adapters.eventstore import open_store
 from adapters.settings import Settings
 from adapters.topics import ensure_engine_topics
+from devtools.engine_processes import (
+    start_api,
+    start_worker,
+    stop_api,
+    stop_worker,
+    wait_for_group,
+    wait_http,
+)
 from devtools.workload import generate
 from domain.events import LeadEvent
 from domain.lead import lead_aggregate_id
@@ -37,58 +37,6 @@ from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, SCORE_UPD
 from streams.producer import ProduceReport, produce_events
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "leadscore.cli", "worker"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ},
-            start_new_session=True,
-        )
-
-
-def stop_worker(
-    proc: subprocess.Popen[bytes], timeout: float = 30, sig: signal.Signals = signal.SIGTERM
-) -> None:
-    """Ask a process to stop (``sig``), then kill it if it has not within ``timeout``."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_for_group(settings: Settings, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Return once the worker's consumer group is stable with partitions assigned."""
-    admin = AdminClient(
-        {
-            **settings.kafka,
-        }
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}")
-        futures = admin.describe_consumer_groups([settings.consumer_group], request_timeout=5)
-        try:
-            group = futures[settings.consumer_group].result()
-        except Exception:  # the group does not exist yet
-            group = None
-        if (
-            group is not None
-            and group.state == ConsumerGroupState.STABLE
-            and any(m.assignment.topic_partitions for m in group.members)
-        ):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("the worker did not join its consumer group in time")
 
 
 class ScoreEventTail:
@@ -224,17 +172,23 @@ def _serve(
     base = f"http://{s.api_host}:{s.api_port}"
     lead = next(lead for org, lead in sorted(last_event) if org == orgs[0])
     with console.status("starting the query API (it also builds the ClickHouse read model)"):
-        ready = _wait_http(f"{base}/health", api, timeout=120)
+        ready = wait_http(f"{base}/health", api, timeout=120)
     if not ready:
         console.print(f"[red]the API did not come up; see {s.run_path / 'logs' / 'api-demo.log'}")
         return False
     console.rule("[bold]the query API is running")
     console.print(f"API {base} (pid {api.pid}); key for {orgs[0]}, shown once:")
     console.print(key, soft_wrap=True)
+    console.print(
+        f"[bold]Console:[/bold] open {base}/console and sign in with that key "
+        "(leaderboard, each lead's score over time and why, funnel, models).",
+        soft_wrap=True,
+    )
     for path in (
         "/leaderboard?limit=5",
         f"/leads/{lead}",
         f"/leads/{lead}/scores?limit=3",
+        f"/leads/{lead}/timeline",
         "/leads?min_score=80&limit=5",
         "/analytics/funnel",
         "/analytics/score-distribution",
@@ -254,59 +208,6 @@ async def _demo_key(s: Settings, orgs: list[str]) -> str:
         return (await tenancy.create_api_key(db, orgs[0], name="demo"))[1]
 
     return await tenancy.with_connection(s.pg_dsn, create)
-
-
-def _api_pidfile(s: Settings) -> Path:
-    return s.run_path / "api.pid"
-
-
-def start_api(s: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "leadscore.cli", "api"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ},
-            start_new_session=True,
-        )
-    _api_pidfile(s).write_text(str(proc.pid))
-    return proc
-
-
-def stop_api(s: Settings) -> bool:
-    """Stop the API a demo left running (and only that one)."""
-    pidfile = _api_pidfile(s)
-    if not pidfile.exists():
-        return False
-    pid = int(pidfile.read_text().strip() or 0)
-    pidfile.unlink()
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"leadscore.cli" not in f.read():
-                return False
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.2)
-    return True
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def _settled(

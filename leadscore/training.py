@@ -43,6 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from adapters.drift import reference
 from adapters.evaluation import auc, evaluate, lift_at, single_feature_aucs
 from adapters.training_rows import (
     HORIZON_DAYS,
@@ -52,7 +53,6 @@ from adapters.training_rows import (
     time_split,
     training_rows,
 )
-from domain import drift
 from domain.events import LeadEvent
 from domain.featurespec import (
     DEFAULT_SPEC,
@@ -113,9 +113,6 @@ class ModelMetadata:
 # ---------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------
-
-
-GENERATOR_NAMES = ("devtools.workload.generate", "leadscore.workload.generate")
 
 
 def points_score(rules: ScoringRules) -> Any:
@@ -466,93 +463,6 @@ def _baselines(
             **evaluate(y[ho], np.asarray(previous.predict(prev_rows), dtype=np.float64)),
         }
     return out
-
-
-def reference(
-    X: np.ndarray, p: np.ndarray, source: str, names: Iterable[str] = DEFAULT_SPEC.names
-) -> dict[str, Any]:
-    """Per feature and for the score: quantile bin edges and the training proportions.
-
-    Features are binned as float32, the type the model reads; the score as the engine
-    reports it (100 x P rounded to 0.1), so live values land in the same bins.
-    """
-    scores = [round(100.0 * float(v), 1) for v in p]
-
-    def binned(values: list[float]) -> dict[str, list[float]]:
-        edges = drift.reference_edges(values)
-        props = drift.proportions(drift.bin_counts(values, edges))
-        return {"edges": edges, "proportions": [round(v, 6) for v in props]}
-
-    # A missing value (NaN) is binned below every value, in live traffic as here.
-    X = np.nan_to_num(np.asarray(X, dtype=np.float32), nan=drift.MISSING_BIN)
-    return {
-        "source": source,
-        "rows": len(X),
-        "features": {name: binned([float(v) for v in X[:, j]]) for j, name in enumerate(names)},
-        "score": binned(scores),
-    }
-
-
-def add_reference(version_dir: Path, events: Iterable[LeadEvent], source: str) -> dict[str, Any]:
-    """Give an existing model (trained before references existed) its drift reference.
-
-    Rebuilds the training rows from ``events`` with the model's own split settings and
-    scores them with its own model.onnx; only ``reference`` in metadata.json changes.
-    ``source`` says where ``events`` came from; a row count differing from the model's
-    ``n_train`` is added to it, since the rows are then not exactly its training set.
-    """
-    version_dir = Path(version_dir)
-    meta_path = version_dir / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    params = meta.get("params", {})
-    spec = FeatureSpec.from_dict(meta["feature_spec"]) if meta.get("feature_spec") else DEFAULT_SPEC
-    horizon = float(params.get("horizon_days", HORIZON_DAYS))
-    X, _y, t = build_dataset(
-        events,
-        spec=spec,
-        ages_days=None if params.get("ages_days") is None else tuple(params["ages_days"]),
-        horizon_days=horizon,
-    )
-    tr, _ho, _start = time_split(t, horizon, float(params.get("holdout_fraction", 0.2)))
-    if meta.get("n_train") != len(tr):
-        source += f" (approximate: {len(tr)} rows, the model trained on {meta.get('n_train')})"
-    p = onnx_probabilities((version_dir / "model.onnx").read_bytes(), X[tr])
-    meta["reference"] = reference(X[tr], p, source, spec.names)
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_path)  # never a half-written metadata.json
-    return dict(meta["reference"])
-
-
-def add_reference_from_provenance(version_dir: Path, dsn: str | None = None) -> dict[str, Any]:
-    """``add_reference`` from the history the model was trained on, as its provenance says.
-
-    A generated history is regenerated exactly (the generator is seeded); an event-store
-    history is the store's current one, which may have grown since training.
-    """
-    meta = json.loads((Path(version_dir) / "metadata.json").read_text())
-    prov = meta.get("provenance", {})
-    # Models made before the generator moved to devtools/ name its old module.
-    if prov.get("generator") in GENERATOR_NAMES:
-        from devtools.workload import generate
-
-        args = {k: int(prov[k]) for k in ("orgs", "leads", "events", "seed")}
-        source = "training set, regenerated: devtools.workload.generate(" + ", ".join(
-            f"{k}={v}" for k, v in args.items()
-        )
-        return add_reference(version_dir, generate(**args), source + ")")
-    if prov.get("source") == "event store" and dsn is not None:
-        from adapters.eventstore import open_store
-        from adapters.history import lead_events
-
-        org = prov.get("org")
-        store = open_store(dsn, cache_size=0)
-        try:
-            events = lead_events(store, None if org in (None, "(all orgs)") else org)
-            return add_reference(version_dir, events, f"event store history of {org}, now")
-        finally:
-            store.close()
-    raise ValueError(f"{version_dir}: cannot rebuild the training set from provenance {prov}")
 
 
 def _write(target: Path, model_bytes: bytes, meta: ModelMetadata, *, overwrite: bool) -> None:

@@ -14,6 +14,7 @@ from adapters.settings import Settings
 from query_api import (
     resources,
     routes_analytics,
+    routes_history,
     routes_leads,
     routes_models,
     routes_privacy,
@@ -21,6 +22,7 @@ from query_api import (
     routes_webhooks,
 )
 from query_api.auth import BearerAuth
+from query_api.console import pages as console
 from query_api.errors import exception_handlers
 from query_api.hotpath import HotReads
 from query_api.limits import BodyLimit, IpRateLimit
@@ -33,6 +35,7 @@ def routes(server_url: str | None = None) -> list[BaseRoute]:
     return [
         *routes_leads.routes,
         *routes_privacy.routes,
+        *routes_history.routes,
         *routes_analytics.routes,
         *routes_models.routes,
         *routes_webhooks.routes,
@@ -54,7 +57,8 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
             yield
 
     app = Starlette(
-        routes=routes(),
+        # The console's pages sit beside the API's routes; not in the API's document.
+        routes=[*routes(), *console.routes()],
         # Outermost first: metrics see every answer, 401s, 413s and 429s included; a
         # client's IP spends a token before anything costs work.
         middleware=[
@@ -79,4 +83,5 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
     # An API answers a path it does not serve with a JSON 404, never a redirect (a lead
     # id of "/" arrives as /leads// and would otherwise be redirected to /leads).
     app.router.redirect_slashes = False
+    app.state.console = console.Console(settings)
     return app

@@ -35,6 +35,8 @@ METRICS_PATH = "/metrics"
 PUBLIC_PATHS = frozenset(
     {"/health", "/health/live", "/health/ready", METRICS_PATH, "/openapi.json"}
 )
+# The console signs people in with a session cookie of its own (query_api/console/).
+CONSOLE_PREFIX = "/console"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class Verdict:
     org_id: str | None
     key_id: str | None
     reason: str | None  # None: accepted
-    scopes: tuple[str, ...] = ()
+    admin: bool = False  # the key may also erase leads (``apikeys create --admin``)
 
 
 class KeyCache:
@@ -108,6 +110,9 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
         if path in PUBLIC_PATHS:
             if path == METRICS_PATH and self.metrics_token and not self._metrics_allowed(scope):
                 await unauthorized("/metrics requires its token")(scope, receive, send)
@@ -152,7 +157,7 @@ class BearerAuth:
             return
         state = scope.setdefault("state", {})
         state["org_id"] = verdict.org_id
-        state["scopes"] = verdict.scopes
+        state["admin"] = verdict.admin
         await self.app(scope, receive, send)
 
     async def _verify(self, resources: Resources, token: str, digest: bytes) -> Verdict:
@@ -164,7 +169,7 @@ class BearerAuth:
         elif record.expired:
             verdict = Verdict(None, record.id, "expired")
         else:
-            verdict = Verdict(record.org_id, record.id, None, record.scopes)
+            verdict = Verdict(record.org_id, record.id, None, record.admin)
         if verdict.reason is not None:
             self.refused.put(digest, verdict)
             return verdict
@@ -184,10 +189,10 @@ class BearerAuth:
         return hmac.compare_digest(token.encode(), self.metrics_token.encode())
 
 
-def require_scope(request: Request, name: str) -> None:
-    """403 unless the request's API key has scope ``name`` (``apikeys create --admin``)."""
-    if name not in request.scope["state"].get("scopes", ()):
-        raise ForbiddenError(f"this operation needs an API key with the {name!r} scope")
+def require_admin(request: Request) -> None:
+    """403 unless the request's API key is an admin key (``apikeys create --admin``)."""
+    if not request.scope["state"].get("admin", False):
+        raise ForbiddenError("this operation needs an admin API key (apikeys create --admin)")
 
 
 def org_of(request: Request) -> str:

@@ -19,6 +19,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
@@ -34,6 +35,14 @@ Schema = dict[str, Any]
 
 _INT = re.compile(r"^[+-]?[0-9]{1,18}$")
 _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$")
+# RFC 3339 date-time: an offset is required; fractions past microseconds are cut.
+_INSTANT = re.compile(
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(\.[0-9]{1,6})?(?:(?<=\.[0-9]{6})[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+# An instant this far ahead of the server's clock is a client's clock, not the future.
+CLOCK_SKEW = timedelta(seconds=5)
 
 MAX_ID_LENGTH = 128  # the same bound the ingest side enforces on org and lead ids
 
@@ -94,6 +103,27 @@ class Params:
             self._fail(name, "query", f"must be 1 to {max_length} characters")
             return None
         return raw
+
+    def instant(self, name: str, required: bool) -> datetime | None:
+        raw = self.query.get(name)
+        if raw is None:
+            if required:
+                self._fail(name, "query", "is required")
+            return None
+        m = _INSTANT.match(raw)
+        try:
+            if m is None:
+                raise ValueError(raw)
+            offset = "+00:00" if m[4] in "Zz" else m[4]
+            value = datetime.fromisoformat(f"{m[1]}T{m[2]}{m[3] or ''}{offset}")
+            value = value.astimezone(UTC)
+        except (ValueError, OverflowError):
+            self._fail(name, "query", "must be an RFC 3339 date-time with an offset")
+            return None
+        if value > datetime.now(UTC) + CLOCK_SKEW:
+            self._fail(name, "query", "must not be in the future")
+            return None
+        return value
 
     def cursor(self, name: str, decode: Callable[[str], T]) -> T | None:
         raw = self.query.get(name)
@@ -198,6 +228,22 @@ class Text(Param[str | None]):
 
     def schema(self) -> Schema:
         return {"type": "string", "minLength": 1, "maxLength": self.max_length}
+
+
+@dataclass(frozen=True, eq=False)
+class Instant(Param[datetime | None]):
+    """An RFC 3339 date-time, not in the future; ``required`` ones answer 422 when absent."""
+
+    required: bool = False
+
+    def read(self, p: Params) -> datetime | None:
+        return p.instant(self.name, self.required)
+
+    def schema(self) -> Schema:
+        return {"type": "string", "format": "date-time"}
+
+    def openapi(self) -> Schema:
+        return {**super().openapi(), "required": self.required}
 
 
 @dataclass(frozen=True, eq=False)

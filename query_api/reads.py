@@ -197,6 +197,33 @@ async def leads(
     return {"items": [_lead(r, org, _score_from_row(r)) for r in page], "next_cursor": next_cursor}
 
 
+# Each lead's score current at $2: the last of its history rows stored by then, a row
+# counting from the latest time of it and every row before it (as domain/timeline.py
+# reads the event store), so a clock stepping back never reorders a lead's past.
+_LEADERBOARD_AS_OF = """
+SELECT lead_id, score, grade, at FROM (
+    SELECT DISTINCT ON (lead_id) lead_id, score, grade, at FROM (
+        SELECT lead_id, version, score, grade, at,
+               max(at) OVER (PARTITION BY aggregate_id ORDER BY version) AS reached
+        FROM score_history WHERE org_id = $1
+    ) h WHERE reached <= $2 ORDER BY lead_id, version DESC
+) current ORDER BY score DESC, lead_id LIMIT $3
+"""
+
+
+async def leaderboard_as_of(
+    pool: asyncpg.Pool, org: str, at: datetime, limit: int
+) -> dict[str, Any]:
+    """The org's top leads by their score at ``at``, from the score history."""
+    rows = await pool.fetch(_LEADERBOARD_AS_OF, org, at, limit)
+    return {
+        "items": [
+            {"rank": n, "lead_id": r["lead_id"], "score": r["score"], "grade": r["grade"]}
+            for n, r in enumerate(rows, start=1)
+        ]
+    }
+
+
 # One round trip: the top of the sorted set and each lead's grade. Lead keys are built
 # from a prefix argument, as the projection's own script does (single Redis, no cluster).
 _LEADERBOARD = """

@@ -26,6 +26,7 @@ from query_api.clickhouse import AnalyticsCache, ClickHouse
 from query_api.hotcache import ReadCache, following
 from query_api.projection_task import ProjectionTask, start_projection
 from query_api.reads import Leaderboard, RedisKeys
+from query_api.store_reads import StoreReads
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Resources:
     cache: AnalyticsCache
     leaderboard: Leaderboard
     hot: ReadCache
+    store: StoreReads
 
     async def analytics(self, key: Hashable, query: Callable[[Analytics], Awaitable[T]]) -> T:
         """Run an Analytics query, or reuse its answer while the data has not changed."""
@@ -89,6 +91,9 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
             except Exception as exc:  # a server that is down now is retried per request
                 log.warning("clickhouse unavailable at startup", error=repr(exc))
             cache = AnalyticsCache(ttl=2.0)
+        # The event store, for time travel (query_api/routes_history.py), as the API's role.
+        store = StoreReads(settings.api_dsn)
+        stack.callback(store.close)
         hot = await stack.enter_async_context(
             following(
                 ReadCache(settings.api_cache_size, float(settings.api_cache_ttl_s)),
@@ -107,4 +112,5 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
             cache=cache,
             leaderboard=Leaderboard(client, keys),
             hot=hot,
+            store=store,
         )

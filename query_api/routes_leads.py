@@ -11,7 +11,17 @@ from starlette.types import Receive, Scope, Send
 from query_api import cursor, reads
 from query_api.auth import org_of
 from query_api.errors import NotFoundError
-from query_api.params import Choice, Cursor, Integer, Number, Query, Text, lead_id, query
+from query_api.params import (
+    Choice,
+    Cursor,
+    Instant,
+    Integer,
+    Number,
+    Query,
+    Text,
+    lead_id,
+    query,
+)
 from query_api.resources import Resources
 from query_api.responses import JSON, Encoded, dumps
 
@@ -34,6 +44,11 @@ LEADS_CURSOR = Cursor("cursor", CURSOR_DESCRIPTION, cursor.decode_score_key, 512
 MIN_SCORE = Number("min_score", "Only leads scoring at least this.", 0, 100)
 GRADE = Choice("grade", "Only leads of this grade.", tuple(sorted(GRADES)))
 SOURCE = Text("source", "Only leads from this source.", MAX_SOURCE_LENGTH)
+AS_OF = Instant(
+    "as_of",
+    "The ranking as it was at this instant (RFC 3339, with offset), from the score "
+    "history; absent: now.",
+)
 
 
 def resources(request: Request) -> Resources:
@@ -89,10 +104,14 @@ async def list_leads(request: Request, q: Query) -> Response:
     return JSON(page)
 
 
-@query(BOARD_SIZE)
+@query(BOARD_SIZE, AS_OF)
 async def leaderboard(request: Request, q: Query) -> Response:
     # Cache hits never get here (query_api/hotpath.py); this computes and fills.
     res, org = resources(request), org_of(request)
+    as_of = q[AS_OF]
+    if as_of is not None:
+        # Not cached: a late score recorded for a past instant changes that past's answer.
+        return JSON(await reads.leaderboard_as_of(res.pool, org, as_of, q[BOARD_SIZE]))
     ticket = res.hot.epoch
     body = dumps(await res.leaderboard.top(org, q[BOARD_SIZE]))
     # Keyed by the raw query string: the same bytes parse to the same (valid) parameters.

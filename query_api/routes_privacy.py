@@ -1,8 +1,9 @@
 """A person's rights: GET /leads/{id}/export (access) and DELETE /leads/{id} (erasure).
 
-Erasure needs an API key with the ``admin`` scope. It appends LeadForgotten to the event
-store and destroys the lead's data key, which the API's own database role may not do, so
-it alone runs as the tables' owner (``LEADSCORE_PG_DSN``), in a thread, per request.
+Erasure needs an admin API key (``leadscore apikeys create --admin``). It appends
+LeadForgotten to the event store and destroys the lead's data key, which the API's own
+database role may not do, so it alone runs as the tables' owner (``LEADSCORE_PG_DSN``),
+in a thread, per request.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from adapters.eventstore import open_store
 from adapters.settings import Settings
 from domain.lead import lead_aggregate_id
 from projections.export import lead_export
-from query_api.auth import org_of, require_scope
+from query_api.auth import org_of, require_admin
 from query_api.errors import NotFoundError
 from query_api.params import Query, Text, lead_id, query
 from query_api.resources import Resources
@@ -47,7 +48,7 @@ async def export_lead(request: Request, q: Query) -> Response:
 
 @query(REASON)
 async def delete_lead(request: Request, q: Query) -> Response:
-    require_scope(request, "admin")
+    require_admin(request)
     lead = lead_id(request)
     if lead is None:
         raise NotFoundError("lead not found")

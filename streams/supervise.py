@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -160,15 +160,23 @@ def health(
 
 
 def serve_metrics(
-    port: int, report: Callable[[], dict[str, Any]], addr: str = "127.0.0.1"
+    port: int,
+    report: Callable[[], dict[str, Any]],
+    addr: str = "127.0.0.1",
+    probes: Mapping[str, Callable[[], tuple[bool, dict[str, Any]]]] | None = None,
 ) -> ThreadingHTTPServer:
     """Prometheus metrics on ``/metrics`` (and ``/``), and ``/health``, ``/health/live``,
-    ``/health/ready`` as JSON: 200, or 503 when the answer is not ready."""
+    ``/health/ready`` as JSON: 200, or 503 when the answer is not ready. ``probes`` adds
+    paths (``/healthz``, ``/readyz``) answered by a check: 200 when it passes, else 503."""
+    extra = dict(probes or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             path = self.path.split("?", 1)[0].rstrip("/")
-            if path in ("/health", "/health/ready", "/health/live"):
+            if path in extra:
+                ok, body = extra[path]()
+                self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
+            elif path in ("/health", "/health/ready", "/health/live"):
                 body_obj = report()
                 ok = body_obj["live"] if path == "/health/live" else body_obj["ready"]
                 self._send(200 if ok else 503, "application/json", json.dumps(body_obj).encode())

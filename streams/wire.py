@@ -24,10 +24,12 @@ import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from fastavro.schema import to_parsing_canonical_form
 
+from adapters.settings import bundled
+
 if TYPE_CHECKING:
     from adapters.settings import Settings
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "avro"
+SCHEMA_DIR = bundled("schemas", "avro")  # the checkout's, or the installed package's
 LEAD_EVENT_SCHEMA = SCHEMA_DIR / "lead_event.v1.avsc"
 LEAD_EVENT_SCHEMA_V2 = SCHEMA_DIR / "lead_event.v2.avsc"
 LEAD_EVENT_SCHEMA_V3 = SCHEMA_DIR / "lead_event.v3.avsc"

@@ -23,6 +23,7 @@ import faust
 import structlog
 from faust.types import Message
 from faust.types.auth import CredentialsT
+from prometheus_client import REGISTRY
 
 from adapters.eventstore import DATABASE_UNAVAILABLE
 from adapters.positions import SessionLock
@@ -43,6 +44,7 @@ from streams.dlq import (
 )
 from streams.errors import classify
 from streams.gate import Gate
+from streams.probes import ShutdownDeadline, WorkerProbes, pg_reachable
 from streams.processor import TRANSIENT_ERRORS, BatchStats
 from streams.relay import kafka_producer
 from streams.supervise import Supervisor, health, serve_metrics, supervise
@@ -58,14 +60,28 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_CAP_SECONDS = 30.0
 
 
-def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+class _Worker(faust.Worker):
+    """Faust's worker, telling ``on_stop_signal`` when SIGTERM or SIGINT asks it to stop."""
+
+    on_stop_signal: Callable[[], None] | None = None
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        if self.on_stop_signal is not None:
+            self.on_stop_signal()
+        super()._schedule_shutdown(signal)
+
+
+def faust_worker(
+    app: faust.App, loglevel: str, on_stop_signal: Callable[[], None] | None = None
+) -> faust.Worker:
     """A Faust worker for ``app`` logging at ``loglevel``, without the terminal spinner.
 
     At WARNING and above Faust spins a spinner on every log record, and for that sets the
     root logger to DEBUG: every debug line of aiokafka, Faust and mode would be made into
     a record (5% of a busy worker's profile samples at 500 events/s)."""
-    worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True)
+    worker = _Worker(app, loglevel=loglevel.upper(), quiet=True)
     worker.spinner = None
+    worker.on_stop_signal = on_stop_signal
     return worker
 
 
@@ -115,10 +131,18 @@ def faust_credentials(kafka: Mapping[str, str]) -> CredentialsT | None:
     return None
 
 
-def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> faust.App:
+def create_app(
+    engine: Engine,
+    executor: ThreadPoolExecutor | None = None,
+    probes: WorkerProbes | None = None,
+    deadline: ShutdownDeadline | None = None,
+) -> faust.App:
     """The worker's Faust app; ``executor`` is its one event-store thread (made here if
-    not given; run_worker shares it with the decay timer)."""
+    not given; run_worker shares it with the decay timer). ``probes`` learns of the
+    partitions and the loop's turns; ``deadline`` bounds the finish of the batch in hand."""
     s = engine.settings
+    if deadline is None:
+        deadline = ShutdownDeadline(s.shutdown_timeout_s)
     app = faust_app(
         s.consumer_group,
         s.kafka,
@@ -149,6 +173,21 @@ def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> fa
         max_inline_bytes=s.dlq_max_inline_bytes,
     )
 
+    if probes is not None:
+        watched = probes
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(_app: Any, assigned: set[Any], **_kw: Any) -> None:
+            watched.assigned(assigned)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(_app: Any, revoked: set[Any], **_kw: Any) -> None:
+            watched.revoked(revoked)
+
+        @app.timer(interval=1.0, name="liveness")
+        async def liveness() -> None:
+            watched.beat()
+
     if s.consumer_lag_interval_s > 0:
 
         @app.timer(interval=float(s.consumer_lag_interval_s), name="consumer-lag")
@@ -169,7 +208,9 @@ def create_app(engine: Engine, executor: ThreadPoolExecutor | None = None) -> fa
             try:
                 stats = await asyncio.shield(work)
             except asyncio.CancelledError:
-                await _finish_or_die(work)
+                # Stopping: the batch in hand gets what is left of the shutdown time but
+                # a reserve for the commit and the producers' flush.
+                await _finish_or_die(work, deadline.remaining(s.shutdown_timeout_s) * 0.6)
                 raise
             except Exception as exc:  # a bug: better redelivered than committed unstored
                 _die("batch failed unexpectedly", exc)
@@ -205,9 +246,6 @@ async def update_consumer_lag(consumer: Any) -> None:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
 
-SHUTDOWN_GRACE_SECONDS = 30.0
-
-
 def event_store_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-store")
 
@@ -225,10 +263,10 @@ async def _store_batch(
     return stats
 
 
-async def _finish_or_die(work: asyncio.Future[BatchStats]) -> None:
+async def _finish_or_die(work: asyncio.Future[BatchStats], within: float) -> None:
     """Stopping mid-batch: let it finish, or leave without committing it (as a crash would)."""
     try:
-        await asyncio.wait_for(work, SHUTDOWN_GRACE_SECONDS)
+        await asyncio.wait_for(work, within)
     except Exception as exc:
         _die("stopping with a batch not stored; it will be redelivered", exc)
 
@@ -307,11 +345,14 @@ def use_tracing(engine: Engine, tracing: Tracing) -> None:
 
 
 def run_worker(engine: Engine) -> None:
+    """Until SIGTERM or SIGINT; then a stop within ``shutdown_timeout_s`` (streams/probes.py)."""
     s = engine.settings
     tracing = Tracing.from_settings(s)
     use_tracing(engine, tracing)
     executor = event_store_executor()
-    app = create_app(engine, executor)
+    probes = WorkerProbes(pg_reachable(s.pg_dsn))
+    deadline = ShutdownDeadline(s.shutdown_timeout_s, on_start=probes.stopping)
+    app = create_app(engine, executor, probes, deadline)
     # Beside the batches: the outbox relay and webhooks (unless `leadscore relay` runs
     # them in a process of their own), the projections this worker runs, the decay timer.
     stop = threading.Event()
@@ -324,16 +365,48 @@ def run_worker(engine: Engine) -> None:
     if s.worker_gate:
         tasks.append(supervise("gate", gate_work(engine), stop))
     if s.metrics_port:
-        serve_metrics(s.metrics_port, lambda: health(tasks, {"role": "worker"}))
-    worker = faust_worker(app, s.log_level)
+        serve_metrics(
+            s.metrics_port,
+            lambda: health(tasks, {"role": "worker"}),
+            s.metrics_host,
+            {"/healthz": probes.live, "/readyz": probes.ready},
+        )
+    worker = faust_worker(app, s.log_level, on_stop_signal=deadline.start)
+    code: int | str | None = 0
     try:
         worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    except BaseException:
+        code = 1
+        raise
     finally:
+        # Faust has stopped the consumer and committed what the agent acked; now the
+        # background tasks (the relay flushes its producer), in what time is left.
         engine.processor.close()  # the sinks' last counts (drift)
         stop.set()
         for task in tasks:
-            task.join(10)
+            task.join(max(0.1, deadline.remaining(10.0) - 1.0))
         tracing.shutdown()  # the last spans exported
+        deadline.cancel()
+        log.info(
+            "worker stopped",
+            exit_code=code,
+            took_s=round(deadline.elapsed(), 2),
+            timeout_s=s.shutdown_timeout_s,
+            **event_counts(),
+        )
+
+
+def event_counts() -> dict[str, int]:
+    """This process's lead-events by outcome (leadscore_lead_events_total)."""
+    return {
+        outcome: int(
+            REGISTRY.get_sample_value("leadscore_lead_events_total", {"outcome": outcome}) or 0
+        )
+        for outcome in ("received", "applied", "duplicate", "dead_lettered")
+    }
 
 
 def projections_work(settings: Settings, names: list[str]) -> Callable[[threading.Event], None]:
@@ -458,9 +531,23 @@ def run_relay(engine: Engine) -> None:
         signal.signal(sig, lambda *_: stop.set())
     tracing = Tracing.from_settings(engine.settings)
     tasks = start_outbox_tasks(engine, stop, tracing)
-    if engine.settings.metrics_port:
-        serve_metrics(engine.settings.metrics_port, lambda: health(tasks, {"role": "relay"}))
+    s = engine.settings
+    if s.metrics_port:
+
+        def ready() -> tuple[bool, dict[str, Any]]:
+            report = health(tasks, {"role": "relay"})
+            return report["ready"] and not stop.is_set(), report
+
+        serve_metrics(
+            s.metrics_port,
+            lambda: health(tasks, {"role": "relay"}),
+            s.metrics_host,
+            {"/healthz": lambda: (True, {"live": True}), "/readyz": ready},
+        )
     stop.wait()
+    deadline = ShutdownDeadline(s.shutdown_timeout_s)
+    deadline.start()
     for task in tasks:
-        task.join(10)
+        task.join(max(0.1, deadline.remaining(10.0) - 1.0))
     tracing.shutdown()
+    deadline.cancel()

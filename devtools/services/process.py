@@ -90,12 +90,15 @@ def read_pid(pidfile: Path) -> int | None:
 
 
 def owned_pid(pidfile: Path, marker: str) -> int | None:
-    """The pid from our pid file if that process is alive and still the service we started."""
+    """The pid from our pid file if that process is alive and still the service we started.
+
+    ``marker`` is a string its command line holds; several may be given, separated by
+    ``|`` (a service whose module moved still knows the processes started before)."""
     pid = read_pid(pidfile)
     if pid is None:
         return None
     # After a reboot the pid may belong to an unrelated process: check what it runs.
-    if pid_alive(pid) and marker in cmdline(pid):
+    if pid_alive(pid) and any(m in cmdline(pid) for m in marker.split("|")):
         return pid
     pidfile.unlink(missing_ok=True)
     return None

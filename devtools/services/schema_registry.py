@@ -24,7 +24,9 @@ from devtools.services.progress import Progress
 from devtools.services.status import ServiceError, ServiceStatus
 
 NAME = "registry"
-_MARKER = "devtools.schema_registry"
+MODULE = "devtools.schema_registry"
+# What its command line holds: the module, or the one it had before the layout move.
+_MARKER = f"{MODULE}|leadscore.registry"
 _READY_TIMEOUT = 150.0  # covers PostgreSQL's own start, which the registry waits for
 _STOP_TIMEOUT = 30.0
 
@@ -64,7 +66,7 @@ def start(settings: Settings, progress: Progress) -> int:
     env = {**os.environ, **settings_env(settings)}
     with progress.step("launching the schema registry"):
         return process.spawn_detached(
-            [sys.executable, "-m", _MARKER], paths.log, paths.pidfile, cwd=ROOT, env=env
+            [sys.executable, "-m", MODULE], paths.log, paths.pidfile, cwd=ROOT, env=env
         )
 
 

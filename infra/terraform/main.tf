@@ -7,12 +7,16 @@ locals {
   # The settings every service reads, as plain environment variables. Their names are
   # adapters/settings.py's fields; tests/infra/test_terraform.py fails if one is not.
   leadscore_environment = {
+    # Production refuses to start while a secret setting is empty or at its dev default
+    # (adapters/settings.py, SECRETS): each of them is in leadscore_secrets below.
+    LEADSCORE_ENVIRONMENT     = "production"
     LEADSCORE_KAFKA_BOOTSTRAP = module.msk.bootstrap_brokers
     # MSK's SASL/SCRAM listener: TLS, SCRAM-SHA-512 only, Amazon's CA from the system's.
     LEADSCORE_KAFKA_SECURITY_PROTOCOL = "SASL_SSL"
     LEADSCORE_KAFKA_SASL_MECHANISM    = "SCRAM-SHA-512"
     LEADSCORE_KAFKA_SASL_USERNAME     = module.msk.scram_username
     LEADSCORE_SCHEMA_REGISTRY_URL     = local.run_registry ? "http://registry.${var.internal_domain}:${var.registry_port}" : var.schema_registry_url
+    LEADSCORE_SCHEMA_REGISTRY_USER    = var.schema_registry_user
     LEADSCORE_TOPIC_LEAD_EVENTS       = var.topic_lead_events
     LEADSCORE_TOPIC_SCORE_EVENTS      = var.topic_score_events
     LEADSCORE_TOPIC_DLQ               = var.topic_dlq
@@ -23,6 +27,11 @@ locals {
     LEADSCORE_RUN_DIR                 = "/var/run/leadscore"
     LEADSCORE_LOG_FORMAT              = "json"
     LEADSCORE_LOG_LEVEL               = var.log_level
+    # Metrics, /healthz and /readyz on every address of the task, for the container's
+    # health check (modules/services); a stop within the ECS stopTimeout.
+    LEADSCORE_METRICS_HOST       = "0.0.0.0"
+    LEADSCORE_METRICS_PORT       = tostring(var.metrics_port)
+    LEADSCORE_SHUTDOWN_TIMEOUT_S = tostring(var.shutdown_timeout_s)
   }
 
   # The settings that carry credentials: Secrets Manager ARNs, injected by ECS.
@@ -32,6 +41,10 @@ locals {
     LEADSCORE_CLICKHOUSE_DSN = aws_secretsmanager_secret.clickhouse_dsn.arn
     # The password key of MSK's SCRAM secret (ECS reads one JSON key: ARN:key::).
     LEADSCORE_KAFKA_SASL_PASSWORD = "${module.msk.scram_secret_arn}:password::"
+    # The query API's read-mostly role, the webhook secrets' key, the registry's password.
+    LEADSCORE_API_PG_DSN               = module.postgres.api_dsn_secret_arn
+    LEADSCORE_WEBHOOK_SECRET_KEY       = aws_secretsmanager_secret.webhook_secret_key.arn
+    LEADSCORE_SCHEMA_REGISTRY_PASSWORD = aws_secretsmanager_secret.schema_registry_password.arn
   }
 }
 
@@ -102,6 +115,44 @@ resource "aws_secretsmanager_secret_version" "clickhouse_dsn" {
   secret_string_wo_version = var.credentials_version
 }
 
+# The Fernet key(s) that encrypt webhook secrets at rest, newest first. Given by the
+# operator, not drawn here: a new key must be prepended, never swapped in (secrets written
+# under the old one must stay readable), so it has its own version.
+resource "aws_secretsmanager_secret" "webhook_secret_key" {
+  #checkov:skip=CKV2_AWS_57:a Fernet key list cannot be rotated by a Lambda blindly; prepend a new key to webhook_secret_key and bump webhook_secret_key_version
+  name                    = "${var.name}/LEADSCORE_WEBHOOK_SECRET_KEY"
+  description             = "LEADSCORE_WEBHOOK_SECRET_KEY of the leadscore services"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "webhook_secret_key" {
+  secret_id                = aws_secretsmanager_secret.webhook_secret_key.id
+  secret_string_wo         = var.webhook_secret_key
+  secret_string_wo_version = var.webhook_secret_key_version
+}
+
+# The schema registry's password: drawn here for the engine's own registry (the registry
+# task and every client read the same secret), the operator's for a managed one.
+data "aws_secretsmanager_random_password" "schema_registry" {
+  password_length     = 40
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "schema_registry_password" {
+  #checkov:skip=CKV2_AWS_57:the registry and its clients read this one secret at start; rotate by bumping credentials_version and redeploying the services
+  name                    = "${var.name}/LEADSCORE_SCHEMA_REGISTRY_PASSWORD"
+  description             = "LEADSCORE_SCHEMA_REGISTRY_PASSWORD of the leadscore services"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "schema_registry_password" {
+  secret_id                = aws_secretsmanager_secret.schema_registry_password.id
+  secret_string_wo         = local.run_registry ? data.aws_secretsmanager_random_password.schema_registry.random_password : var.schema_registry_password
+  secret_string_wo_version = var.credentials_version
+}
+
 module "services" {
   source                = "./modules/services"
   name                  = var.name
@@ -135,6 +186,7 @@ module "services" {
   kafka_cluster_name    = module.msk.cluster_name
   consumer_group        = var.consumer_group
   lead_events_topic     = var.topic_lead_events
+  stop_timeout_s        = ceil(var.shutdown_timeout_s) + 5
 
   depends_on = [aws_s3_bucket_policy.alb_logs]
 }

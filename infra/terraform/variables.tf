@@ -1,7 +1,7 @@
 # ---- required ----
 
 variable "image" {
-  description = "Container image of the engine (one image; each service runs its own leadscore command)"
+  description = "Container image of the engine, built by infra/container/Dockerfile from the wheel and pushed to a registry (ECR); its entrypoint is leadscore, each service gives its own subcommand"
   type        = string
 }
 
@@ -20,6 +20,24 @@ variable "clickhouse_dsn" {
     condition     = !startswith(var.clickhouse_dsn, "chdb://")
     error_message = "Embedded chDB lives inside one process; give the DSN of a ClickHouse server."
   }
+}
+
+variable "webhook_secret_key" {
+  description = "LEADSCORE_WEBHOOK_SECRET_KEY: Fernet key(s), comma-separated, newest first, that encrypt webhook secrets at rest (python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'). Write-only: never stored in the state."
+  type        = string
+  sensitive   = true
+  ephemeral   = true
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{43}=(,[A-Za-z0-9_-]{43}=)*$", var.webhook_secret_key))
+    error_message = "Give one or more Fernet keys (44 characters of url-safe base64), comma-separated."
+  }
+}
+
+variable "webhook_secret_key_version" {
+  description = "Bump after prepending a new key to webhook_secret_key, to write it"
+  type        = number
+  default     = 1
 }
 
 # ---- placement ----
@@ -143,6 +161,24 @@ variable "schema_registry_url" {
   description = "A managed Confluent-compatible schema registry; empty runs the engine's own (leadscore registry) on ECS"
   type        = string
   default     = ""
+}
+
+variable "schema_registry_user" {
+  description = "LEADSCORE_SCHEMA_REGISTRY_USER: the registry's basic-auth user"
+  type        = string
+  default     = "leadscore"
+}
+
+variable "schema_registry_password" {
+  description = "The managed registry's password (with schema_registry_url); the engine's own registry gets a generated one. Only a write-only argument reads it: never in the state."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.schema_registry_url == "" || var.schema_registry_password != ""
+    error_message = "A managed schema registry (schema_registry_url) needs its schema_registry_password."
+  }
 }
 
 variable "registry_port" {
@@ -272,4 +308,23 @@ variable "api_ingress_cidrs" {
 variable "log_level" {
   type    = string
   default = "info"
+}
+
+# ---- worker operations ----
+
+variable "metrics_port" {
+  description = "LEADSCORE_METRICS_PORT of every task: /metrics, /healthz, /readyz"
+  type        = number
+  default     = 9400
+}
+
+variable "shutdown_timeout_s" {
+  description = "LEADSCORE_SHUTDOWN_TIMEOUT_S: a worker stops within this after SIGTERM; ECS's stopTimeout is 5 s more (at most 120)"
+  type        = number
+  default     = 25
+
+  validation {
+    condition     = var.shutdown_timeout_s >= 5 && var.shutdown_timeout_s <= 115
+    error_message = "ECS waits at most 120 s after SIGTERM: keep shutdown_timeout_s between 5 and 115."
+  }
 }

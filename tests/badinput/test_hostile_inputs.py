@@ -33,7 +33,7 @@ import redis
 from adapters import tenancy
 from adapters.settings import Settings
 from devtools import services as stack
-from leadscore.demo import stop_worker, wait_for_group
+from devtools.engine_processes import stop_worker, wait_for_group
 from projections import quarantine
 from projections.clickhouse import connect
 from streams.dlq import read_letters

@@ -25,10 +25,12 @@ MAX_EXAMPLES = 25  # per operation and phase: the whole run stays well under a m
 
 # The cursor is opaque: any string matches its documented pattern, but only cursors the
 # server issued decode, so a well-formed forgery is a 422 that the schema cannot express.
-# Only the operations taking a cursor get 422 added to the statuses valid data may get.
+# Likewise an instant: any date-time matches, but one in the future or before the lead
+# was created is a 422. Only the operations taking a cursor or an instant get 422 added
+# to the statuses valid data may get.
 CONFIG = """
 [[operations]]
-include-path-regex = "^/leads(/\\\\{id\\\\}/scores)?$"
+include-path-regex = "^/leads(/\\\\{id\\\\}/(scores|as-of|diff))?$|^/leaderboard$"
 checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "422",
 ]

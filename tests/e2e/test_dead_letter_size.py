@@ -21,14 +21,14 @@ from typer.testing import CliRunner
 
 from adapters.eventstore import open_store
 from adapters.settings import Settings, settings_env
+from devtools.engine_processes import stop_worker, wait_for_group
 from domain.lead import lead_aggregate_id
 from leadscore import cli_dlq
-from leadscore.demo import stop_worker, wait_for_group
 from streams.codec import event_to_record
 from streams.dlq import PAYLOAD_REF, PAYLOAD_SHA256, SOURCE_OFFSET, read_letters
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.factories import created
+from tests.support.factories import created
 from tests.support.net import free_port
 from tests.support.worker import metric, start, wait_until
 

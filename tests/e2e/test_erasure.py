@@ -35,8 +35,8 @@ from projections.redis import RedisProjection
 from streams.bootstrap import bootstrap
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA_V3, AvroTopic
-from tests.factories import T0, FixedScorer, activity, next_id
 from tests.support.api import request, start_api, stop_api, wait_ready
+from tests.support.factories import T0, FixedScorer, activity, next_id
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
@@ -269,7 +269,7 @@ async def _tenants(settings: Settings) -> dict[str, str]:
         await tenancy.ensure_schema(conn)
         await tenancy.create_org(conn, ORG, "Privacy test org")
         plain = (await tenancy.create_api_key(conn, ORG, "reads"))[1]
-        admin = (await tenancy.create_api_key(conn, ORG, "erasure", scopes=("admin",)))[1]
+        admin = (await tenancy.create_api_key(conn, ORG, "erasure", admin=True))[1]
         return {"plain": plain, "admin": admin}
     finally:
         await conn.close()

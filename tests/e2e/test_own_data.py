@@ -29,12 +29,12 @@ from adapters.eventstore import open_store
 from adapters.history import lead_events
 from adapters.settings import ROOT, Settings, settings_env
 from adapters.training_rows import epoch_ms, time_split, training_rows
+from devtools.engine_processes import stop_worker, wait_for_group
 from devtools.world_custom import CustomWorld, custom_world
 from domain.events import EventType
 from domain.lead import lead_aggregate_id
 from domain.processing import event_time
 from domain.rules import NO_RULES
-from leadscore.demo import stop_worker, wait_for_group
 from leadscore.training import lightgbm_params, points_score
 from streams.producer import lead_event_encoder, produce_events
 from streams.relay import kafka_producer

@@ -16,8 +16,8 @@ import pytest
 
 from adapters.eventstore import SCORED_TOPIC, open_store
 from adapters.settings import Settings, settings_env
+from devtools.engine_processes import stop_worker, wait_for_group
 from devtools.workload import generate
-from leadscore.demo import stop_worker, wait_for_group
 from streams.producer import produce_events
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog

@@ -16,13 +16,13 @@ from confluent_kafka.admin import AdminClient
 
 from adapters.eventstore import open_store
 from adapters.settings import Settings
+from devtools.engine_processes import stop_worker, wait_for_group
 from domain.lead import lead_aggregate_id
-from leadscore.demo import stop_worker, wait_for_group
 from streams.codec import event_to_record
 from streams.dlq import read_letters
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
-from tests.factories import created
+from tests.support.factories import created
 from tests.support.net import free_port
 from tests.support.worker import metric, start, wait_until
 

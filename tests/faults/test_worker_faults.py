@@ -20,10 +20,10 @@ import pytest
 
 from adapters.eventstore import SCORED_TOPIC, open_store
 from adapters.settings import Settings
+from devtools.engine_processes import stop_worker, wait_for_group
 from devtools.workload import generate
 from domain.lead import lead_aggregate_id, score_event_id
 from domain.transitions import SCORE_UPDATED
-from leadscore.demo import stop_worker, wait_for_group
 from streams.producer import produce_events
 from streams.relay import kafka_producer, score_records
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from adapters.settings import PREFIX, Settings
+from adapters.settings import PREFIX, SECRETS, Settings
 
 from .tools import TERRAFORM_DIR, Terraform, checkov, terraform_in
 
 WIRING_RUNS = (
     "workers_get_brokers_and_secrets",
+    "production_mode_with_every_secret",
+    "a_bad_webhook_key_is_refused",
+    "a_managed_registry_needs_its_password",
     "security_groups_allow_only_needed_ports",
     "api_only_through_the_alb",
     "managed_registry_url_replaces_the_registry_service",
@@ -57,7 +60,7 @@ def test_wiring_with_mocked_provider(tf: Terraform) -> None:
     assert f"Success! {len(WIRING_RUNS)} passed, 0 failed." in out, out
 
 
-def _settings_test(names: list[str], required: list[str]) -> str:
+def _settings_test(names: list[str], required: list[str], secrets: list[str]) -> str:
     """A run block comparing the outputs' keys with the settings, on wiring's mocks."""
     wiring = (TERRAFORM_DIR / "tests" / "wiring.tftest.hcl").read_text()
     mocks = wiring[: wiring.index("\nrun ")]
@@ -81,6 +84,12 @@ run "outputs_are_settings" {{
     error_message = "a setting that names a service endpoint is missing from the outputs"
   }}
   assert {{
+    condition = alltrue([
+      for k in {listing(secrets)} : contains(keys(output.leadscore_secrets), k)
+    ])
+    error_message = "a secret production requires is not in leadscore_secrets"
+  }}
+  assert {{
     condition = length(setintersection(
       keys(output.leadscore_environment), keys(output.leadscore_secrets)
     )) == 0
@@ -99,6 +108,12 @@ run "outputs_are_settings" {{
 """
 
 
+def _production_secrets() -> list[str]:
+    """The secret settings production refuses to start without, with SASL on as in AWS."""
+    aws = Settings(kafka_security_protocol="SASL_SSL")
+    return sorted(PREFIX + s.setting.upper() for s in SECRETS if s.applies(aws))
+
+
 def _setting_names() -> tuple[list[str], list[str]]:
     names = sorted(PREFIX + f.name.upper() for f in fields(Settings))
     defaults = Settings()
@@ -112,9 +127,11 @@ def _setting_names() -> tuple[list[str], list[str]]:
     return names, required
 
 
-def _run_settings_test(tf: Terraform, names: list[str], required: list[str]) -> str:
+def _run_settings_test(
+    tf: Terraform, names: list[str], required: list[str], secrets: list[str] | None = None
+) -> str:
     path = tf.workdir / "tests" / "settings.tftest.hcl"
-    path.write_text(_settings_test(names, required))
+    path.write_text(_settings_test(names, required, secrets or _production_secrets()))
     try:
         result = tf.run("test", "-filter=tests/settings.tftest.hcl")
     finally:
@@ -127,6 +144,25 @@ def test_outputs_are_exactly_the_settings(tf: Terraform) -> None:
     assert {"LEADSCORE_KAFKA_BOOTSTRAP", "LEADSCORE_PG_DSN", "LEADSCORE_REDIS_URL"} <= set(required)
     out = _run_settings_test(tf, names, required)
     assert 'run "outputs_are_settings"... pass' in out, out
+
+
+def test_every_secret_production_requires_is_a_secret_output(tf: Terraform) -> None:
+    """LEADSCORE_ENVIRONMENT=production refuses to start without these (settings.SECRETS)."""
+    secrets = _production_secrets()
+    assert {
+        "LEADSCORE_PG_DSN",
+        "LEADSCORE_API_PG_DSN",
+        "LEADSCORE_WEBHOOK_SECRET_KEY",
+        "LEADSCORE_SCHEMA_REGISTRY_PASSWORD",
+        "LEADSCORE_KAFKA_SASL_PASSWORD",
+    } <= set(secrets)
+    names, required = _setting_names()
+    out = _run_settings_test(tf, names, required, secrets)
+    assert 'run "outputs_are_settings"... pass' in out, out
+    # ... and the check bites: a new secret setting not in Secrets Manager fails it.
+    out = _run_settings_test(tf, names, required, [*secrets, "LEADSCORE_API_METRICS_TOKEN"])
+    assert 'run "outputs_are_settings"... fail' in out, out
+    assert "a secret production requires is not in leadscore_secrets" in out, out
 
 
 def test_a_renamed_setting_fails_the_comparison(tf: Terraform) -> None:

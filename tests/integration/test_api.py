@@ -25,7 +25,6 @@ from adapters import tenancy
 from adapters.settings import Settings
 from projections import changes
 from streams.bootstrap import bootstrap
-from tests.factories import FixedScorer, created
 from tests.support.api import (
     ORG_A,
     ORG_B,
@@ -39,6 +38,7 @@ from tests.support.api import (
     stop_api,
     wait_for,
 )
+from tests.support.factories import FixedScorer, created
 from tests.support.net import free_port
 from tests.support.pipeline import encoded
 
@@ -98,6 +98,9 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(api: Api) -> None:
         "/leads/{id}",
         "/leads/{id}/scores",
         "/leads/{id}/export",
+        "/leads/{id}/as-of",
+        "/leads/{id}/timeline",
+        "/leads/{id}/diff",
         "/leaderboard",
         "/analytics/score-distribution",
         "/analytics/funnel",

@@ -29,7 +29,7 @@ from projections.analytics import Analytics
 from projections.base import ProjectionRunner
 from projections.clickhouse import ClickHouseProjection, connect
 from projections.log import LogEntry, LogReader
-from tests.factories import FixedScorer, activity, created, outcome
+from tests.support.factories import FixedScorer, activity, created, outcome
 from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,6 @@ and the engine's own carry attributes to the Lead.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
@@ -25,7 +24,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext, St
 from adapters.settings import Settings
 from domain.lead import lead_aggregate_id
 from streams.bootstrap import Engine, bootstrap
-from tests.factories import FixedScorer
+from tests.support.factories import FixedScorer
+from tests.support.pipeline import lead_event_values
 from tests.support.registry import registry_conf
 
 pytestmark = pytest.mark.integration
@@ -54,26 +54,6 @@ def produce(settings: Settings, schema_file: str, records: list[dict[str, Any]])
                 value=serialize(record, SerializationContext(topic, MessageField.VALUE)),
             )
         assert producer.flush(30) == 0
-
-
-def consume(settings: Settings, expected: int, timeout: float = 30) -> list[bytes]:
-    consumer = Consumer(
-        {
-            **settings.kafka,
-            "group.id": settings.consumer_group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([settings.topic_lead_events])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(values) < expected and time.monotonic() < deadline:
-            values += [m.value() for m in consumer.consume(500, timeout=0.5) if not m.error()]
-    finally:
-        consumer.close()
-    return values
 
 
 def _base(lead: str, event_type: str, at: datetime) -> dict[str, Any]:
@@ -109,7 +89,7 @@ def test_confluent_avro_producers_of_v1_and_v2_feed_the_engine(
     with SchemaRegistryClient(registry_conf(settings)) as registry:
         assert registry.get_versions(f"{settings.topic_lead_events}-value") == [1, 2]
 
-    values = consume(settings, expected=5)
+    values = lead_event_values(settings, expected=5)
     assert len(values) == 5
     stats = engine.processor.process(values)
     assert (stats.received, stats.applied, stats.invalid, stats.failed) == (5, 5, 0, 0)
@@ -175,7 +155,7 @@ def test_v3_attributes_reach_the_lead_from_confluent_and_our_own_producer(
         latest = registry.get_latest_version(f"{settings.topic_lead_events}-value")
         assert json.loads(latest.schema.schema_str)["fields"][-1]["name"] == "attributes"
 
-    values = consume(settings, expected=3)
+    values = lead_event_values(settings, expected=3)
     assert len(values) == 3
     stats = engine.processor.process(values)
     assert (stats.received, stats.applied, stats.invalid, stats.failed) == (3, 3, 0, 0)

@@ -39,7 +39,7 @@ from streams.dlq import (
 from streams.processor import BatchProcessor, BatchStats
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
-from tests.factories import FixedScorer, activity, created
+from tests.support.factories import FixedScorer, activity, created
 
 pytestmark = pytest.mark.integration
 

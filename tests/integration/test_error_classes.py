@@ -41,7 +41,7 @@ from streams.wire import (
     SerializationError,
     UnknownSchemaError,
 )
-from tests.factories import FixedScorer, activity, created
+from tests.support.factories import FixedScorer, activity, created
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from adapters.eventstore import (
 from adapters.settings import Settings
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 from tests.support.store_contract import LeadStoreContract
 
 pytestmark = pytest.mark.integration

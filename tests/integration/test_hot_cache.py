@@ -19,8 +19,8 @@ from domain.events import ActivityKind, EventType, LeadEvent
 from projections import changes
 from query_api import hotcache
 from streams.bootstrap import bootstrap
-from tests.factories import T0, FixedScorer, activity, next_id
 from tests.support.api import ORG_A, SHARED, Api, live_api, wait_for
+from tests.support.factories import T0, FixedScorer, activity, next_id
 from tests.support.pipeline import encoded
 from tests.support.readmodels import project
 

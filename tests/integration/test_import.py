@@ -8,13 +8,11 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
 
 from adapters.settings import ROOT, Settings, settings_env
 from domain.events import EventType
@@ -22,7 +20,8 @@ from domain.lead import lead_aggregate_id
 from leadscore.import_mapping import load_mapping
 from streams.bootstrap import Engine, bootstrap
 from streams.codec import record_to_event
-from tests.factories import FixedScorer
+from tests.support.factories import FixedScorer
+from tests.support.pipeline import lead_event_values
 
 pytestmark = pytest.mark.integration
 
@@ -49,26 +48,6 @@ def _leadscore(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
         timeout=300,
         check=False,
     )
-
-
-def _consume(settings: Settings, expected: int, timeout: float = 60) -> list[bytes]:
-    consumer = Consumer(
-        {
-            **settings.kafka,
-            "group.id": settings.consumer_group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([settings.topic_lead_events])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(values) < expected and time.monotonic() < deadline:
-            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if not m.error()]
-    finally:
-        consumer.close()
-    return values
 
 
 def _export_with_bad_rows(path: Path) -> tuple[list[dict[str, str]], list[str]]:
@@ -125,7 +104,7 @@ def test_importing_an_export_twice_applies_each_lead_event_once(
         second.stdout.split()
     )
 
-    values = _consume(settings, expected=2 * produced)
+    values = lead_event_values(settings, expected=2 * produced)
     assert len(values) == 2 * produced
     stats = engine.processor.process(values)
     assert (stats.received, stats.invalid, stats.failed) == (2 * produced, 0, 0)
@@ -181,4 +160,4 @@ def test_an_unregistered_org_or_a_broken_mapping_stops_before_any_row(
     missing = _leadscore(settings, "import", "--org", ORG, "--mapping", str(broken), str(EXAMPLE))
     assert missing.returncode == 2
     assert "lacks column(s): Enrolled" in " ".join(missing.stdout.split())
-    assert _consume(settings, expected=1, timeout=3) == []
+    assert lead_event_values(settings, expected=1, timeout=3) == []

@@ -31,7 +31,7 @@ from streams.bootstrap import Engine, bootstrap
 from streams.dlq import REASON, DeadLetterSink, PayloadStore, Reason, read_letters
 from streams.gate import INGRESS_HEADER, Gate
 from streams.relay import kafka_producer
-from tests.factories import FixedScorer, activity, created
+from tests.support.factories import FixedScorer, activity, created
 from tests.support.pipeline import encoded
 
 pytestmark = pytest.mark.integration

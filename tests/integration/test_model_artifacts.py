@@ -21,10 +21,10 @@ from adapters.model_artifacts import ArtifactError, digest
 from adapters.model_registry import ModelRegistry, ModelRouter
 from adapters.modelstore import load_scorer
 from adapters.settings import ROOT, Settings
+from devtools.engine_processes import stop_worker, wait_for_group
 from devtools.world_custom import custom_world
 from domain.featurespec import parse
 from domain.lead import lead_aggregate_id
-from leadscore.demo import stop_worker, wait_for_group
 from leadscore.training import train
 from streams.producer import lead_event_encoder, produce_events
 from streams.relay import kafka_producer

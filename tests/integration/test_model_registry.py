@@ -15,7 +15,7 @@ from adapters.model_registry import ModelRegistry, ModelRegistryError, shadow_re
 from adapters.settings import Settings
 from domain.events import ActivityKind, EventType, LeadEvent
 from streams.bootstrap import Engine, bootstrap
-from tests.factories import T0, activity, created, next_id
+from tests.support.factories import T0, activity, created, next_id
 from tests.support.models import copy_model
 from tests.support.pipeline import consume_all, encoded
 from tests.support.readmodels import project

@@ -16,7 +16,7 @@ from domain.lead import Lead, lead_aggregate_id, score_event_id
 from domain.transitions import SCORE_UPDATED, transitions
 from streams.bootstrap import Engine, bootstrap
 from streams.relay import ScoreEventRelay
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 from tests.support.pipeline import consume_all, encoded
 
 pytestmark = pytest.mark.integration

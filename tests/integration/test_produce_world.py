@@ -6,18 +6,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer
 
 from adapters.settings import Settings, settings_env
 from devtools.world_custom import LEAK_ATTRIBUTE, custom_world
 from domain.lead import lead_aggregate_id
 from streams.bootstrap import Engine, bootstrap
 from streams.codec import record_to_event
-from tests.factories import FixedScorer
+from tests.support.factories import FixedScorer
+from tests.support.pipeline import lead_event_values
 
 pytestmark = pytest.mark.integration
 
@@ -29,26 +28,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
     e = bootstrap(settings, scorer=FixedScorer())
     yield e
     e.close()
-
-
-def _consume(settings: Settings, expected: int, timeout: float = 60) -> list[bytes]:
-    consumer = Consumer(
-        {
-            **settings.kafka,
-            "group.id": settings.consumer_group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([settings.topic_lead_events])
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(values) < expected and time.monotonic() < deadline:
-            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if not m.error()]
-    finally:
-        consumer.close()
-    return values
 
 
 def test_the_custom_world_reaches_the_leads_with_its_own_fields(
@@ -64,7 +43,7 @@ def test_the_custom_world_reaches_the_leads_with_its_own_fields(
     world = custom_world(leads=LEADS, leaky=True)
     assert f"sent {len(world.events):,} lead-events (0 failed)" in run.stdout
 
-    values = _consume(settings, expected=len(world.events))
+    values = lead_event_values(settings, expected=len(world.events))
     assert len(values) == len(world.events)
     received = {
         ev.event_id: ev for ev in (record_to_event(engine.catalog.decode(v)) for v in values)

@@ -25,7 +25,7 @@ from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
 from streams.bootstrap import bootstrap
 from streams.processor import BatchStats
-from tests.factories import T0, created
+from tests.support.factories import T0, created
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from projections.log import LogEntry, LogReader
 from projections.postgres import PostgresProjection
 from projections.redis import RedisProjection
 from streams.bootstrap import bootstrap
-from tests.factories import FixedScorer
+from tests.support.factories import FixedScorer
 from tests.support.pipeline import process_all, store_history
 from tests.support.readmodels import expected_redis, expected_state, pg_state, redis_state
 

@@ -22,7 +22,7 @@ from streams.wire import (
     UnknownSchemaError,
     encode,
 )
-from tests.factories import activity, created
+from tests.support.factories import activity, created
 from tests.support.registry import registry_conf, request
 
 pytestmark = pytest.mark.integration

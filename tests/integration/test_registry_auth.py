@@ -24,7 +24,7 @@ from adapters.settings import ROOT, Settings, settings_env
 from devtools.services.schema_registry import ping
 from streams.codec import event_to_record
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, RegistryAuthError, SchemaCatalog
-from tests.factories import created
+from tests.support.factories import created
 from tests.support.net import free_port
 from tests.support.registry import basic, registry_conf, request
 

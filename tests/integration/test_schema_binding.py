@@ -26,7 +26,7 @@ from streams.wire import (
     UnknownSchemaError,
     encode,
 )
-from tests.factories import FixedScorer, created
+from tests.support.factories import FixedScorer, created
 from tests.support.net import free_port
 from tests.support.registry import registry_conf
 

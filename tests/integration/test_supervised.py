@@ -29,7 +29,7 @@ from streams.dlq import RawMessage
 from streams.supervise import Supervisor, health, serve_metrics, supervise
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from streams.worker import projections_work, relay_work
-from tests.factories import FixedScorer, created
+from tests.support.factories import FixedScorer, created
 from tests.support.net import free_port
 from tests.support.pipeline import consume_all
 

@@ -23,7 +23,7 @@ from streams.dlq import RawMessage, normalize_headers
 from streams.relay import kafka_producer
 from streams.tracing import TRACEPARENT, TraceContexts, Tracing
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic
-from tests.factories import FixedScorer, created
+from tests.support.factories import FixedScorer, created
 
 pytestmark = pytest.mark.integration
 

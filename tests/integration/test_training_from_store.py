@@ -21,7 +21,7 @@ from adapters.training_rows import training_rows
 from devtools.workload import generate
 from domain.features import features
 from leadscore.training import NotEnoughOutcomesError, train_from_store
-from tests.factories import FixedScorer
+from tests.support.factories import FixedScorer
 from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration

@@ -32,8 +32,8 @@ from streams import webhook_dispatcher
 from streams.bootstrap import bootstrap
 from streams.relay import score_records
 from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
-from tests.factories import FixedScorer, activity, created
 from tests.support.api import request, start_api, stop_api, wait_ready
+from tests.support.factories import FixedScorer, activity, created
 from tests.support.net import free_port
 from tests.support.pipeline import encoded
 

@@ -28,7 +28,7 @@ from adapters.eventstore import SCORED_TOPIC, open_store
 from adapters.settings import Settings, settings_env
 from devtools.workload import generate
 from domain.events import ActivityKind
-from tests.factories import FixedScorer, activity, created
+from tests.support.factories import FixedScorer, activity, created
 from tests.support.net import free_port
 from tests.support.pipeline import store_history
 from tests.support.readmodels import project
@@ -145,7 +145,9 @@ def stop_api(process: subprocess.Popen[bytes]) -> None:
 # -- seeding: the real engine, the real projections -----------------------------------
 
 
-def seed_events(settings: Settings) -> None:
+def seed_events(settings: Settings, scorer: Any = None) -> None:
+    """The seeded history, scored by ``scorer`` (a FixedScorer unless given: the committed
+    model then scores when ``scorer`` is "model")."""
     events = list(generate(2, 60, 900, seed=11))
     # The same lead id in both orgs, and leads that exist only in one org.
     events += [
@@ -155,7 +157,8 @@ def seed_events(settings: Settings) -> None:
         activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
         activity(ActivityKind.DEMO_REQUEST, lead=SHARED, org=ORG_A),
     ]
-    store_history(settings, events, FixedScorer(), batch=150)
+    chosen = None if scorer == "model" else scorer or FixedScorer()
+    store_history(settings, events, chosen, batch=150)
 
 
 def expected_state(settings: Settings) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def expected_state(settings: Settings) -> dict[str, Any]:
 
 
 @contextmanager
-def live_api(services: Settings, tmp: Path) -> Iterator[Api]:
+def live_api(services: Settings, tmp: Path, scorer: Any = None) -> Iterator[Api]:
     """A seeded database, Redis prefix and chDB directory of its own, and the API serving them."""
     from devtools import services as stack
 
@@ -215,7 +218,7 @@ def live_api(services: Settings, tmp: Path) -> Iterator[Api]:
     try:
         # Tenants first: the engine dead-letters lead-events of unregistered orgs.
         keys = asyncio.run(create_tenants(settings))
-        seed_events(settings)
+        seed_events(settings, scorer)
         asyncio.run(project(settings))
         log = tmp / "api.log"
         process = start_api(settings, log)

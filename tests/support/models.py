@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adapters.modelstore import load_scorer
 from adapters.settings import ROOT
-from tests.factories import MODEL_DIR
+from tests.support.factories import MODEL_DIR
 
 V1 = load_scorer(MODEL_DIR, "v1")
 

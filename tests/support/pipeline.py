@@ -65,3 +65,24 @@ def consume_all(
     finally:
         consumer.close()
     return out
+
+
+def lead_event_values(settings: Settings, expected: int, timeout: float = 60) -> list[bytes]:
+    """The values on the lead-events topic from the start, until ``expected`` are read."""
+    consumer = Consumer(
+        {
+            **settings.kafka,
+            "group.id": settings.consumer_group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_lead_events])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(values) < expected and time.monotonic() < deadline:
+            values += [m.value() for m in consumer.consume(1000, timeout=0.5) if not m.error()]
+    finally:
+        consumer.close()
+    return values

@@ -15,7 +15,7 @@ from adapters.eventstore import SCORED_TOPIC, ConcurrentWriteError, LeadStore
 from domain.events import ActivityKind
 from domain.lead import Lead, lead_aggregate_id
 from domain.processing import apply_batch, event_time
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 
 
 class LeadStoreContract:
@@ -139,7 +139,7 @@ class LeadStoreContract:
 
     def _pii_lead(self, store: LeadStore, lead: str) -> Any:
         from domain.events import EventType, LeadEvent
-        from tests.factories import next_id
+        from tests.support.factories import next_id
 
         store.snapshot_interval = 2  # so a snapshot is stored too
         ev = LeadEvent(
@@ -158,7 +158,7 @@ class LeadStoreContract:
         return lead_aggregate_id("org-1", lead)
 
     def test_personal_data_is_stored_sealed_and_reads_back(self, store: LeadStore) -> None:
-        from tests.factories import next_id
+        from tests.support.factories import next_id
 
         lead = next_id()
         agg = self._pii_lead(store, lead)
@@ -179,7 +179,7 @@ class LeadStoreContract:
 
     def test_a_forgotten_lead_reads_and_stays_without_personal_data(self, store: LeadStore) -> None:
         from domain.events import EventType, LeadEvent
-        from tests.factories import next_id
+        from tests.support.factories import next_id
 
         lead = next_id()
         agg = self._pii_lead(store, lead)
@@ -210,7 +210,7 @@ class LeadStoreContract:
         import os
 
         from adapters.lead_keys import KeyEncryptionKeys, LeadKeyError, LeadKeys
-        from tests.factories import next_id
+        from tests.support.factories import next_id
 
         old, new = os.urandom(32), os.urandom(32)
         table = store.keys.table

@@ -70,3 +70,11 @@ def committed_all(settings: Settings) -> bool:
         return len(committed.topic_partitions) == settings.topic_partitions
     finally:
         c.close()
+
+
+def committed_total(settings: Settings) -> int:
+    """The consumer group's committed offsets, summed over its partitions."""
+    admin = AdminClient({**settings.kafka})
+    req = ConsumerGroupTopicPartitions(settings.consumer_group)
+    found = admin.list_consumer_group_offsets([req])[settings.consumer_group].result()
+    return sum(max(tp.offset, 0) for tp in found.topic_partitions)

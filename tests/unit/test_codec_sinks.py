@@ -17,7 +17,7 @@ from streams.codec import (
     validate,
 )
 from streams.wire import LEAD_EVENT_SCHEMA_V3, SerializationError
-from tests.factories import activity, created, outcome
+from tests.support.factories import activity, created, outcome
 from tests.support.wire import NOW
 
 TEXT_FIELDS = (

@@ -12,7 +12,7 @@ from domain.events import ActivityKind
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time, rescore
 from domain.scoring import engagement_component
-from tests.factories import T0, activity, created
+from tests.support.factories import T0, activity, created
 from tests.support.models import V1
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from devtools.workload import generate
 from domain.drift import bin_counts, level, proportions, psi, reference_edges
 from domain.features import FEATURE_NAMES
-from leadscore.training import add_reference, train
+from leadscore.drift_reference import add_reference
+from leadscore.training import train
 
 # Continuous values, and counts/booleans with few distinct values (the features have both).
 values = st.one_of(

@@ -14,7 +14,7 @@ from adapters.eventstore import LeadStore, cache_env
 from domain.events import ActivityKind
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 from tests.support.store_contract import LeadStoreContract
 
 
@@ -31,7 +31,7 @@ def test_orjson_transcoding_is_interchangeable_with_the_librarys_json_transcoder
 
     from adapters.eventstore import OrjsonTranscoder
     from domain.events import EventType, LeadEvent
-    from tests.factories import next_id
+    from tests.support.factories import next_id
 
     fast, plain = OrjsonTranscoder(), JSONTranscoder()
     for transcoder in (fast, plain):

@@ -16,7 +16,7 @@ from domain.features import FEATURE_NAMES, features
 from domain.lead import Lead
 from domain.processing import apply_batch, event_time
 from domain.scoring import EXPLAIN_MIN_CHANGE
-from tests.factories import T0, activity, created
+from tests.support.factories import T0, activity, created
 from tests.support.models import V1
 
 

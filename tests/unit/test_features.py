@@ -7,7 +7,7 @@ from domain.events import ActivityKind
 from domain.features import FEATURE_NAMES, features
 from domain.firmographics import department, is_free_mail, seniority
 from domain.lead import Lead
-from tests.factories import T0, activity, created
+from tests.support.factories import T0, activity, created
 
 kinds = st.sampled_from(list(ActivityKind))
 offsets = st.integers(min_value=0, max_value=90 * 24)

@@ -24,7 +24,7 @@ from domain.featurespec import (
     parse,
 )
 from domain.lead import Lead
-from tests.factories import T0, created, next_id
+from tests.support.factories import T0, created, next_id
 
 SPEC = {
     "version": 2,

@@ -112,7 +112,7 @@ def test_helpers_and_outside_modules_are_not_test_modules() -> None:
             "import tests.support.pipeline",
             "from tests.support.api import Api, live_api",
             "from tests.support import worker",
-            "from tests.factories import created",
+            "from tests.support.factories import created",
             "from tests import factories",
             "from . import tools",
             "from ..support.readmodels import expected_state",

@@ -18,7 +18,7 @@ from domain.lead import (
     score_event_id,
 )
 from domain.processing import apply_batch, event_time, undecided
-from tests.factories import MODEL_DIR, T0, FixedScorer, activity, created, outcome
+from tests.support.factories import MODEL_DIR, T0, FixedScorer, activity, created, outcome
 
 
 def test_created_lead_holds_its_profile_and_event_id() -> None:

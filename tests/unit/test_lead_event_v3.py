@@ -18,7 +18,7 @@ from streams.wire import (
     LEAD_EVENT_SCHEMA_V3,
     SCHEMA_DIR,
 )
-from tests.factories import activity, created
+from tests.support.factories import activity, created
 
 V1 = json.loads(LEAD_EVENT_SCHEMA.read_text())
 V2 = json.loads(LEAD_EVENT_SCHEMA_V2.read_text())

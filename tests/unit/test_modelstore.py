@@ -16,7 +16,7 @@ from domain.features import FEATURE_NAMES
 from domain.lead import Lead
 from domain.scoring import check_model, score_leads
 from leadscore.training import build_dataset
-from tests.factories import MODEL_DIR, T0, activity, created
+from tests.support.factories import MODEL_DIR, T0, activity, created
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,14 @@ QUERY_API = Path(openapi.__file__).parent
 
 
 def app_routes() -> list[BaseRoute]:
-    return list(create_app(Settings()).routes)
+    return openapi.api_routes(create_app(Settings()).routes)
+
+
+def test_the_console_is_served_but_not_part_of_the_document() -> None:
+    everything = list(create_app(Settings()).routes)
+    assert len(everything) > len(app_routes())
+    assert not any(p.startswith("/console") for p in document(everything)["paths"])
+    assert coverage_gaps(everything, document(everything)) == []
 
 
 def test_every_route_method_and_parameter_of_the_app_is_documented() -> None:

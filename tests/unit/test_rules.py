@@ -20,7 +20,7 @@ from domain.lead import Lead
 from domain.processing import apply_batch, event_time
 from domain.rules import NO_RULES, RulesError, ScoringRules, apply, disqualified, parse, stage_of
 from domain.scoring import ScoreCard
-from tests.factories import T0, activity, created
+from tests.support.factories import T0, activity, created
 
 ROOT = Path(__file__).resolve().parents[2]
 V1 = load_scorer(ROOT / "models" / "onnx", "v1")

@@ -27,7 +27,7 @@ from adapters.schema_compat import (
 from domain.events import ActivityKind
 from streams.codec import event_to_record, record_to_event
 from streams.wire import LEAD_EVENT_SCHEMA, LEAD_EVENT_SCHEMA_V2, SCHEMA_DIR
-from tests.factories import activity, created
+from tests.support.factories import activity, created
 
 V1 = json.loads(LEAD_EVENT_SCHEMA.read_text())
 V2 = json.loads(LEAD_EVENT_SCHEMA_V2.read_text())

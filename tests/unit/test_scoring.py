@@ -12,7 +12,7 @@ from domain.scoring import (
     grade,
     score_leads,
 )
-from tests.factories import T0, FixedScorer, activity, created
+from tests.support.factories import T0, FixedScorer, activity, created
 
 
 def test_grade_matrix() -> None:

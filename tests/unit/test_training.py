@@ -37,7 +37,7 @@ from leadscore.training import (
     to_onnx,
     train,
 )
-from tests.factories import T0, activity, created, outcome
+from tests.support.factories import T0, activity, created, outcome
 
 OUTCOME_TYPES = (EventType.LEAD_CONVERTED, EventType.LEAD_DISQUALIFIED)
 WORKLOAD = {"orgs": 10, "leads": 5_000, "events": 50_000, "seed": 7}

@@ -171,7 +171,7 @@ def test_one_batch_scores_each_org_with_its_own_models_spec(
 ) -> None:
     """The org's model reads its spec's row; another org in the same batch, on the global
     model, reads the builtin row: each explained in its model's own terms."""
-    from tests.factories import MODEL_DIR, activity, created
+    from tests.support.factories import MODEL_DIR, activity, created
 
     own = load_scorer(trained[1], "own")
     v1 = load_scorer(MODEL_DIR, "v1")

@@ -28,7 +28,7 @@ from streams.dlq import (
     parse_ref,
 )
 from streams.processor import BatchStats, decode_message
-from tests.factories import T0, activity, created, outcome
+from tests.support.factories import T0, activity, created, outcome
 from tests.support.wire import NOW, LocalCatalog, Orgs, encode
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from streams.codec import ValidationError, event_to_record, record_to_event
 from streams.wire import LEAD_EVENT_SCHEMA, SerializationError, encode, split_header
-from tests.factories import activity, created
+from tests.support.factories import activity, created
 
 PARSED = fastavro.parse_schema(json.loads(LEAD_EVENT_SCHEMA.read_text()))
 

@@ -75,7 +75,23 @@ override_resource {
   values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_CLICKHOUSE_DSN-cccccc" }
 }
 
+override_resource {
+  target = module.postgres.aws_secretsmanager_secret.api_dsn
+  values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_API_PG_DSN-eeeeee" }
+}
+
+override_resource {
+  target = aws_secretsmanager_secret.webhook_secret_key
+  values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_WEBHOOK_SECRET_KEY-ffffff" }
+}
+
+override_resource {
+  target = aws_secretsmanager_secret.schema_registry_password
+  values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg" }
+}
+
 variables {
+  webhook_secret_key  = "MockFernetKeyMockFernetKeyMockFernetKey0123=,OlderFernetKeyOlderFernetKeyOlderFernetK012="
   image               = "123456789012.dkr.ecr.us-east-1.amazonaws.com/leadscore:test"
   acm_certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/mock"
   clickhouse_dsn      = "https://leadscore:secret@clickhouse.example.com:8443/leadscore"
@@ -103,8 +119,11 @@ run "workers_get_brokers_and_secrets" {
       { name = "LEADSCORE_REDIS_URL", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_REDIS_URL-bbbbbb" },
       { name = "LEADSCORE_CLICKHOUSE_DSN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_CLICKHOUSE_DSN-cccccc" },
       { name = "LEADSCORE_KAFKA_SASL_PASSWORD", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:AmazonMSK_leadscore_leadscore-dddddd:password::" },
+      { name = "LEADSCORE_API_PG_DSN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_API_PG_DSN-eeeeee" },
+      { name = "LEADSCORE_WEBHOOK_SECRET_KEY", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_WEBHOOK_SECRET_KEY-ffffff" },
+      { name = "LEADSCORE_SCHEMA_REGISTRY_PASSWORD", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg" },
     ])
-    error_message = "the worker's task definition does not take the four secrets from Secrets Manager"
+    error_message = "the worker's task definition does not take the seven secrets from Secrets Manager"
   }
 
   assert {
@@ -137,14 +156,89 @@ run "workers_get_brokers_and_secrets" {
   }
 
   assert {
-    condition     = module.services.task_definitions["worker"][0].command == ["leadscore", "worker"]
-    error_message = "the worker service does not run leadscore worker"
+    condition     = module.services.task_definitions["worker"][0].command == ["worker"]
+    error_message = "the worker service does not run leadscore worker (the image's entrypoint is leadscore)"
   }
 
   assert {
     condition     = module.services.worker_scaling.min == 2 && module.services.worker_scaling.max == 6 && module.services.worker_scaling.target == 20000
     error_message = "worker autoscaling bounds or lag target differ from the variables"
   }
+}
+
+run "production_mode_with_every_secret" {
+  command = apply
+
+  assert {
+    condition = alltrue([
+      for svc, defs in module.services.task_definitions :
+      contains(defs[0].environment, { name = "LEADSCORE_ENVIRONMENT", value = "production" })
+    ])
+    error_message = "a task does not run with LEADSCORE_ENVIRONMENT=production"
+  }
+
+  # What production refuses to start without (adapters/settings.py, SECRETS), from
+  # Secrets Manager in every task; tests/infra/test_terraform.py checks the list is whole.
+  assert {
+    condition = alltrue([
+      for svc, defs in module.services.task_definitions : alltrue([
+        for name in ["LEADSCORE_PG_DSN", "LEADSCORE_API_PG_DSN", "LEADSCORE_WEBHOOK_SECRET_KEY", "LEADSCORE_SCHEMA_REGISTRY_PASSWORD", "LEADSCORE_KAFKA_SASL_PASSWORD"] :
+        contains([for s in defs[0].secrets : s.name], name)
+      ])
+    ])
+    error_message = "a task lacks a secret production requires"
+  }
+
+  assert {
+    condition = length(setsubtract(
+      [
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_API_PG_DSN-eeeeee",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_WEBHOOK_SECRET_KEY-ffffff",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg",
+      ],
+      jsondecode(module.services.secrets_policy)["Statement"][0]["Resource"]
+    )) == 0
+    error_message = "the execution role cannot read the API DSN, webhook key or registry password"
+  }
+
+  assert {
+    condition = alltrue([
+      for svc, defs in module.services.task_definitions : alltrue([
+        contains(defs[0].environment, { name = "LEADSCORE_METRICS_HOST", value = "0.0.0.0" }),
+        contains(defs[0].environment, { name = "LEADSCORE_SHUTDOWN_TIMEOUT_S", value = "25" }),
+        defs[0].stopTimeout == 30,
+      ])
+    ])
+    error_message = "a task's stopTimeout does not leave the engine its shutdown time"
+  }
+
+  assert {
+    condition = alltrue([
+      for svc in ["worker", "relay"] :
+      strcontains(join(" ", module.services.task_definitions[svc][0].healthCheck.command), "http://127.0.0.1:9400/healthz")
+    ])
+    error_message = "the worker and relay containers are not health-checked on /healthz"
+  }
+}
+
+run "a_bad_webhook_key_is_refused" {
+  command = plan
+
+  variables {
+    webhook_secret_key = "not-a-fernet-key"
+  }
+
+  expect_failures = [var.webhook_secret_key]
+}
+
+run "a_managed_registry_needs_its_password" {
+  command = plan
+
+  variables {
+    schema_registry_url = "https://registry.example.com"
+  }
+
+  expect_failures = [var.schema_registry_password]
 }
 
 run "security_groups_allow_only_needed_ports" {
@@ -226,7 +320,8 @@ run "managed_registry_url_replaces_the_registry_service" {
   command = plan
 
   variables {
-    schema_registry_url = "https://registry.example.com"
+    schema_registry_url      = "https://registry.example.com"
+    schema_registry_password = "managed-registry-password"
   }
 
   assert {

@@ -111,3 +111,24 @@ resource "aws_secretsmanager_secret_version" "dsn" {
   secret_string_wo         = "postgresql://leadscore:${data.aws_secretsmanager_random_password.db.random_password}@${aws_db_instance.this.address}:${aws_db_instance.this.port}/leadscore?sslmode=require"
   secret_string_wo_version = var.credentials_version
 }
+
+# The query API's own role (query_api/db_role.py grants it reads and a few writes). Making
+# the role is the cluster's business: once, as the master user (README "Deploy").
+data "aws_secretsmanager_random_password" "api" {
+  password_length     = 40
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "api_dsn" {
+  #checkov:skip=CKV2_AWS_57:the API role's password is set once by the operator from this secret; rotate by bumping credentials_version and ALTER ROLE with the new value
+  name                    = "${var.name}/LEADSCORE_API_PG_DSN"
+  description             = "LEADSCORE_API_PG_DSN of the leadscore services: the query API's role"
+  kms_key_id              = var.kms_key_arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "api_dsn" {
+  secret_id                = aws_secretsmanager_secret.api_dsn.id
+  secret_string_wo         = "postgresql://${var.api_role}:${data.aws_secretsmanager_random_password.api.random_password}@${aws_db_instance.this.address}:${aws_db_instance.this.port}/leadscore?sslmode=require"
+  secret_string_wo_version = var.credentials_version
+}

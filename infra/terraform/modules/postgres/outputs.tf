@@ -2,6 +2,10 @@ output "dsn_secret_arn" {
   value = aws_secretsmanager_secret.dsn.arn
 }
 
+output "api_dsn_secret_arn" {
+  value = aws_secretsmanager_secret.api_dsn.arn
+}
+
 output "security_group_id" {
   value = aws_security_group.db.id
 }

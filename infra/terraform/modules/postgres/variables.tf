@@ -38,3 +38,9 @@ variable "kms_key_arn" {
 variable "credentials_version" {
   type = number
 }
+
+variable "api_role" {
+  description = "The query API's PostgreSQL role (LEADSCORE_API_PG_DSN's user)"
+  type        = string
+  default     = "leadscore_api"
+}

@@ -9,7 +9,7 @@ locals {
   services = merge(
     {
       worker = {
-        command = ["leadscore", "worker"]
+        command = ["worker"]
         # The relay and the projections run as services of their own (below). "," is an
         # empty projection list: ECS drops environment variables whose value is "".
         environment = { LEADSCORE_WORKER_RELAY = "false", LEADSCORE_WORKER_PROJECTIONS = "," }
@@ -17,41 +17,46 @@ locals {
         memory      = var.worker_memory
         count       = var.worker_min_count
         port        = null
+        probe       = "/healthz" # streams/probes.py: the worker's event loop turns
       }
       relay = {
-        command     = ["leadscore", "relay"]
+        command     = ["relay"]
         environment = {}
         cpu         = 512
         memory      = 1024
         count       = 1
         port        = null
+        probe       = "/healthz"
       }
       projections = {
-        command     = ["leadscore", "projections", "run", "postgres", "redis", "clickhouse"]
+        command     = ["projections", "run", "postgres", "redis", "clickhouse"]
         environment = {}
         cpu         = 1024
         memory      = 2048
         count       = 1
         port        = null
+        probe       = null
       }
       api = {
-        command     = ["leadscore", "api"]
+        command     = ["api"]
         environment = {}
         cpu         = var.api_cpu
         memory      = var.api_memory
         count       = var.api_count
         port        = var.api_port
+        probe       = null # the load balancer health-checks /health
       }
     },
     local.registry_enabled ? {
       registry = {
-        command = ["leadscore", "registry"]
+        command = ["registry"]
         # The registry binds to the host of this URL: all interfaces inside its task.
         environment = { LEADSCORE_SCHEMA_REGISTRY_URL = "http://0.0.0.0:${var.registry_port}" }
         cpu         = 256
         memory      = 512
         count       = 2
         port        = var.registry_port
+        probe       = null
       }
     } : {}
   )
@@ -160,7 +165,7 @@ resource "aws_ecs_task_definition" "service" {
       command                = each.value.command
       essential              = true
       readonlyRootFilesystem = true
-      stopTimeout            = 60
+      stopTimeout            = var.stop_timeout_s
       environment = [
         for k, v in merge(var.environment, each.value.environment) : { name = k, value = v }
       ]
@@ -182,6 +187,17 @@ resource "aws_ecs_task_definition" "service" {
     },
     each.value.port == null ? {} : {
       portMappings = [{ containerPort = each.value.port, protocol = "tcp" }]
+    },
+    # The metrics server's liveness path, asked from inside the container: no security
+    # group admits the metrics port (open it to a scraper's group to scrape).
+    each.value.probe == null ? {} : {
+      healthCheck = {
+        command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${var.environment["LEADSCORE_METRICS_PORT"]}${each.value.probe}', timeout=3)"]
+        interval    = 15
+        timeout     = 5
+        retries     = 3
+        startPeriod = 60
+      }
     },
   )])
 }

@@ -124,3 +124,9 @@ variable "consumer_group" {
 variable "lead_events_topic" {
   type = string
 }
+
+variable "stop_timeout_s" {
+  description = "Seconds ECS waits after SIGTERM before SIGKILL (the engine's shutdown timeout plus a margin)"
+  type        = number
+  default     = 30
+}
