@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
+import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
