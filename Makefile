@@ -93,6 +93,7 @@ bench: up
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.own_data
+	$(BIN)/python -m bench.privacy
 
 lint: venv
 	$(BIN)/ruff check .

@@ -6,7 +6,9 @@ event one global position; score-events and read models follow that log.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -14,27 +16,45 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing import persistence as es_persistence
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
     ProcessingEvent,
 )
-from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Notification, StoredEvent
+from eventsourcing.domain import DomainEventProtocol, Snapshot
+from eventsourcing.persistence import (
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    Notification,
+    StoredEvent,
+)
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresDatastore,
 )
+from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from adapters.settings import Settings
+from adapters.lead_keys import (
+    KeyEncryptionKeys,
+    LeadKeyError,
+    LeadKeys,
+    MemoryKeyTable,
+    PostgresKeyTable,
+)
+from adapters.settings import Settings, get_settings
+from domain.events import PII_FIELDS
 from domain.lead import Lead
 
 SCORED_TOPIC = f"{Lead.LeadScored.__module__}:{Lead.LeadScored.__qualname__}"
+FORGOTTEN_TOPIC = f"{Lead.LeadForgotten.__module__}:{Lead.LeadForgotten.__qualname__}"
 
 
 # The database is away (restarting, unreachable): retry, never treat as bad data.
@@ -148,6 +168,121 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
             return {(row["originator_id"], row["source_event_id"]) for row in curs.fetchall()}
 
 
+# Where each kind of stored event keeps personal data: (the dict holding it, or None for
+# the event itself; its profile dict; its attributes dict). Other kinds carry none.
+SEALED = "_pii"  # the stored state's field holding the encrypted part
+PII_PLACES: dict[str, tuple[str | None, str, str]] = {
+    get_topic(Lead.LeadCreated): (None, "profile", "attributes"),  # type: ignore[attr-defined]
+    get_topic(Lead.LeadUpdated): (None, "changes", "attributes"),  # type: ignore[attr-defined]
+    get_topic(Snapshot): ("state", "profile", "attributes"),
+}
+
+
+class PiiMapper(Mapper[UUID]):
+    """The library's mapper, with personal data sealed per lead.
+
+    Before a LeadCreated, LeadUpdated or snapshot is encoded, its PII profile fields
+    (domain.events.PII_FIELDS) and custom attributes move out of the clear JSON into one
+    AES-GCM ciphertext under the lead's own data key (adapters/lead_keys.py), bound to
+    the event's lead and version. Everything scoring and the projections need besides
+    (activity, counts, firmographics, scores) stays clear, so only these events pay.
+    Reading one whose lead was forgotten (its key destroyed) gives the event without its
+    personal data; writing one for a forgotten lead drops it.
+    """
+
+    keys: LeadKeys
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        topic = get_topic(domain_event.__class__)
+        event_state = dict(vars(domain_event))
+        originator_id = event_state.pop("originator_id")
+        originator_version = event_state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            event_state["class_version"] = class_version
+        place = PII_PLACES.get(topic)
+        if place is not None:
+            self._seal(event_state, place, originator_id, originator_version)
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=self.transcoder.encode(event_state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        if b'"_pii"' not in stored_event.state:
+            return super().to_domain_event(stored_event)
+        cls = resolve_topic(stored_event.topic)
+        event_state: dict[str, Any] = self.transcoder.decode(stored_event.state)
+        self._unseal(event_state, stored_event)
+        event_state["originator_id"] = stored_event.originator_id
+        event_state["originator_version"] = stored_event.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = event_state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+            from_version += 1
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", event_state)
+        return domain_event  # type: ignore[no-any-return]
+
+    def _seal(
+        self,
+        state: dict[str, Any],
+        place: tuple[str | None, str, str],
+        originator_id: UUID,
+        version: int,
+    ) -> None:
+        where, profile_key, attributes_key = place
+        holder = state if where is None else dict(state[where])
+        profile = holder.get(profile_key) or {}
+        secret = {k: v for k, v in profile.items() if k in PII_FIELDS}
+        attributes = holder.get(attributes_key) or {}
+        if not secret and not attributes:
+            return
+        if where is not None:
+            state[where] = holder
+        holder[profile_key] = {k: v for k, v in profile.items() if k not in PII_FIELDS}
+        holder[attributes_key] = {} if where is not None else None
+        aead = self.keys.for_write(originator_id)
+        if aead is None:
+            return  # forgotten: the personal data is not stored at all
+        nonce = os.urandom(12)
+        plain = orjson.dumps([secret, attributes])
+        sealed = aead.encrypt(nonce, plain, _aad(originator_id, version))
+        state[SEALED] = base64.b64encode(nonce + sealed).decode()
+
+    def _unseal(self, state: dict[str, Any], stored: StoredEvent) -> None:
+        sealed = state.pop(SEALED, None)
+        place = PII_PLACES.get(stored.topic)
+        if sealed is None or place is None:
+            return
+        aead: AESGCM | None = self.keys.for_read(stored.originator_id)
+        if aead is None:
+            return  # forgotten: the event without its personal data
+        raw = base64.b64decode(sealed)
+        try:
+            plain = aead.decrypt(
+                raw[:12], raw[12:], _aad(stored.originator_id, stored.originator_version)
+            )
+        except InvalidTag as exc:
+            raise LeadKeyError(
+                f"personal data of {stored.originator_id} v{stored.originator_version} "
+                "does not decrypt with its lead key"
+            ) from exc
+        secret, attributes = orjson.loads(plain)
+        where, profile_key, attributes_key = place
+        holder = state if where is None else state[where]
+        holder[profile_key] = {**(holder.get(profile_key) or {}), **secret}
+        if attributes:
+            holder[attributes_key] = attributes
+
+
+def _aad(originator_id: UUID, version: int) -> bytes:
+    return originator_id.bytes + version.to_bytes(8, "big", signed=True)
+
+
 class OrjsonTranscoder(JSONTranscoder):
     """The library's JSON format, encoded by orjson (several times faster than json).
 
@@ -232,6 +367,31 @@ class LeadStore(Application[UUID]):
     is_snapshotting_enabled = True
     snapshot_class = Snapshot
     snapshot_interval = SNAPSHOT_INTERVAL
+
+    def __init__(
+        self, env: dict[str, str] | None = None, *, keks: KeyEncryptionKeys | None = None
+    ) -> None:
+        super().__init__(env)
+        keks = keks or KeyEncryptionKeys.from_settings(get_settings())
+        recorder = self.recorder
+        if isinstance(recorder, PostgresApplicationRecorder):
+            table = PostgresKeyTable(recorder.datastore.get_connection)
+            # A reader's role may not create tables (CREATE_TABLE=n, the query API's).
+            if self.env.get("CREATE_TABLE", "y").lower() not in ("n", "no", "false", "0"):
+                table.create_table()
+            self.keys = LeadKeys(keks, table)
+        else:
+            self.keys = LeadKeys(keks, MemoryKeyTable())
+        if isinstance(self.mapper, PiiMapper):  # a subclass may choose another mapper
+            self.mapper.keys = self.keys
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=PiiMapper)
+
+    @property
+    def pii_mapper(self) -> PiiMapper:
+        assert isinstance(self.mapper, PiiMapper)
+        return self.mapper
 
     def load(self, ids: Iterable[UUID]) -> dict[UUID, Lead | None]:
         """The current state of each lead (None: never stored). Leads not in the cache are
@@ -323,6 +483,8 @@ class LeadStore(Application[UUID]):
             processing.aggregates[lead.id] = lead
             if interval and lead.version // interval > (lead.version - len(new)) // interval:
                 due.append(lead)
+        # The leads' data keys, made for new leads, in one query before the mapper needs them.
+        self.keys.prepare(lead.id for lead in leads)
         processing.saved_kwargs["source_event_ids"] = [
             getattr(e, "source_event_id", None) for e in processing.events
         ]
@@ -418,9 +580,13 @@ def ddl_lock(dsn: str) -> Iterator[None]:
 
 
 def open_store(
-    dsn: str, *, cache_size: int = 100_000, snapshot_interval: int = SNAPSHOT_INTERVAL
+    dsn: str,
+    *,
+    cache_size: int = 100_000,
+    snapshot_interval: int = SNAPSHOT_INTERVAL,
+    keks: KeyEncryptionKeys | None = None,
 ) -> LeadStore:
     with ddl_lock(dsn):  # the library creates its tables on construction
-        store = LeadStore(env=postgres_env(dsn, cache_size=cache_size))
+        store = LeadStore(env=postgres_env(dsn, cache_size=cache_size), keks=keks)
     store.snapshot_interval = snapshot_interval
     return store

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import psycopg
@@ -444,3 +445,13 @@ def rank_correlation(a: Any, b: Any) -> float | None:
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return float(spearmanr(a, b).statistic)
+
+
+def forget_shadow_scores(dsn: str, aggregate_id: UUID) -> int:
+    """Delete a forgotten lead's shadow scores (every shadow version); how many there were."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('shadow_scores')").fetchone() == (None,):
+            return 0
+        return conn.execute(
+            "DELETE FROM shadow_scores WHERE aggregate_id = %s", (aggregate_id,)
+        ).rowcount

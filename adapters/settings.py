@@ -37,6 +37,10 @@ def _checkout() -> bool:
 # The dev stack's schema-registry password: the one place it is spelled. Anything but a
 # laptop or a test must set LEADSCORE_SCHEMA_REGISTRY_PASSWORD instead.
 DEV_SCHEMA_REGISTRY_PASSWORD = "leadscore-dev"
+# The dev stack's key-encryption key (base64 of 32 bytes): wraps the per-lead keys that
+# encrypt personal data (adapters/lead_keys.py). Anything but a laptop or a test must
+# set LEADSCORE_KEK or LEADSCORE_KEK_FILE instead.
+DEV_KEK = "bGVhZHNjb3JlLWRldi1rZWstbm90LWEtc2VjcmV0ISE="
 
 
 def _default_run_dir() -> str:
@@ -98,10 +102,12 @@ class Settings:
     topic_lead_events: str = "lead-events"  # in: upstream lead-events (Avro)
     topic_score_events: str = "score-events"  # out: score changes (Avro)
     topic_dlq: str = "lead-events.dlq"  # dead letters, each with its reason
-    # Retention of the topics the engine creates (README, "Dead letters"): lead-events
-    # keep the broker's usual week; dead letters never expire (-1) until replayed or fixed.
+    # Retention of the topics the engine creates (README, "Dead letters" and "Privacy"):
+    # both hold people's data in the clear, which erasure cannot reach inside Kafka, so
+    # both expire. Lead-events keep the broker's usual week; dead letters 30 days, time
+    # to replay or fix them (-1 = never expire, which defeats erasure).
     lead_events_retention_ms: int = 604_800_000
-    dlq_retention_ms: int = -1  # dead letters: -1 = never expire
+    dlq_retention_ms: int = 2_592_000_000  # dead letters: 30 days
     # A dead letter larger than this goes to the DLQ by reference, its bytes in PostgreSQL
     # (dead_letter_payloads); below the producer's message.max.bytes (1,000,000).
     dlq_max_inline_bytes: int = 900_000
@@ -224,12 +230,24 @@ class Settings:
     # own (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else http://localhost:4318/v1/traces).
     otel_endpoint: str = ""
     otel_service_name: str = "leadscore"  # service.name of this process's spans
+    # Key-encryption keys (README, "Privacy"): base64 of 32 random bytes each, comma-
+    # separated, newest first. The newest wraps new per-lead keys; any of them unwraps,
+    # until `leadscore keys rotate` re-wraps every lead key with the newest.
+    kek: str = DEV_KEK  # dev default; set it (or kek_file) anywhere else
+    kek_file: str = ""  # a file holding the same list (one per line); wins over kek
     log_format: str = "console"  # "json" in production
     log_level: str = "info"  # debug, info, warning or error
 
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir)
+
+    @property
+    def kek_text(self) -> str:
+        """The key-encryption keys as configured: ``kek_file``'s contents, else ``kek``."""
+        if self.kek_file:
+            return Path(self.kek_file).read_text()
+        return self.kek
 
     @property
     def api_dsn(self) -> str:
@@ -326,6 +344,8 @@ SECRETS: list[Secret] = [
     Secret("api_pg_dsn", lambda s: dsn_password(s.api_dsn)),
     Secret("webhook_secret_key", lambda s: s.webhook_secret_key),
     Secret("schema_registry_password", lambda s: s.schema_registry_password),
+    # Only the newest key counts: an old one kept to unwrap until rotation may be the dev one.
+    Secret("kek", lambda s: s.kek_text.replace("\n", ",").split(",")[0].strip()),
     Secret(
         "kafka_sasl_password",
         lambda s: s.kafka_sasl_password,

@@ -44,6 +44,12 @@ PROFILE_FIELDS: tuple[str, ...] = (
     "source",
 )
 
+# Profile fields that name or identify a person: encrypted with the lead's own key in the
+# event store, and dropped once the lead is forgotten. The org's custom attributes are
+# treated as personal data too (they are whatever a CRM holds). The rest of the profile
+# (industry, size, country, source) describes the company or the channel.
+PII_FIELDS: frozenset[str] = frozenset({"email", "first_name", "last_name", "company", "title"})
+
 
 @dataclass(frozen=True, slots=True)
 class LeadEvent:

@@ -11,7 +11,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.events import ActivityKind, EventType, LeadEvent
+from domain.events import PII_FIELDS, ActivityKind, EventType, LeadEvent
 
 LEAD_NAMESPACE = uuid5(NAMESPACE_URL, "https://leadscore.io/leads")
 
@@ -81,7 +81,8 @@ class Lead(Aggregate):
     # a rebalance is usually among them; older ids are looked up in the event store.
     RECENT_EVENT_IDS: ClassVar[int] = 8
     # 2: attributes and the running activity state for feature specs (upcast_v1_v2).
-    class_version: ClassVar[int] = 2
+    # 3: ``forgotten`` (upcast_v2_v3).
+    class_version: ClassVar[int] = 3
 
     @staticmethod
     def create_id(org_id: str, lead_id: str, **_: Any) -> UUID:
@@ -134,6 +135,8 @@ class Lead(Aggregate):
         # day, n, sum, ...]; with text values, the latest text alone in property_text.
         self.property_stats: dict[str, list[Any]] = {}
         self.property_text: dict[str, str] = {}
+        # Set by LeadForgotten: personal data is dropped from then on, whatever arrives.
+        self.forgotten = False
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -143,6 +146,11 @@ class Lead(Aggregate):
         state["property_stats"] = {}
         state["property_text"] = {}
         state["last_open_event_at"] = state["last_event_at"]
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """Snapshots taken before erasure existed: not forgotten."""
+        state["forgotten"] = False
 
     # -- commands ---------------------------------------------------------
 
@@ -188,8 +196,12 @@ class Lead(Aggregate):
         if ev.event_id in self.recent_event_ids:
             return False
         if ev.event_type in (EventType.LEAD_CREATED, EventType.LEAD_UPDATED):
-            changes = {k: v for k, v in ev.profile.items() if self.profile.get(k) != v}
-            attributes = {k: v for k, v in ev.attributes.items() if self.attributes.get(k) != v}
+            profile, new_attributes = ev.profile, ev.attributes
+            if self.forgotten:  # a forgotten person's data is not taken in again
+                profile = {k: v for k, v in profile.items() if k not in PII_FIELDS}
+                new_attributes = {}
+            changes = {k: v for k, v in profile.items() if self.profile.get(k) != v}
+            attributes = {k: v for k, v in new_attributes.items() if self.attributes.get(k) != v}
             self._update_profile(
                 self.org_id,
                 self.lead_id,
@@ -246,7 +258,23 @@ class Lead(Aggregate):
             rules_version=rules_version,
         )
 
+    def forget(self, reason: str | None, occurred_at: datetime) -> None:
+        """Erase the person: their personal data leaves the state (the event store's
+        copies become unreadable when the lead's key is destroyed, adapters/lead_keys.py)."""
+        self._forgotten(self.org_id, self.lead_id, reason, occurred_at)
+
     # -- events (their bodies are how state evolves, also on replay) ------
+
+    @event("LeadForgotten")
+    def _forgotten(
+        self, org_id: str, lead_id: str, reason: str | None, occurred_at: datetime
+    ) -> None:
+        # No personal data in the event itself: ids, the operator's reason, the time.
+        self.forgotten = True
+        self.profile = {k: v for k, v in self.profile.items() if k not in PII_FIELDS}
+        self.attributes = {}
+        # Text of activity properties (form answers, campaign names) may name the person.
+        self.property_text = {}
 
     @event("LeadUpdated")
     def _update_profile(

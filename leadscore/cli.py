@@ -31,6 +31,7 @@ from leadscore.cli_dlq import app as dlq_app
 from leadscore.cli_features import app as features_app
 from leadscore.cli_import import import_export
 from leadscore.cli_models import app as models_app
+from leadscore.cli_privacy import register as register_privacy_commands
 from leadscore.cli_projections import app as projections_app
 from leadscore.cli_webhooks import app as webhooks_app
 
@@ -40,6 +41,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(webhooks_app, name="webhooks")
 register_api_commands(app)
+register_privacy_commands(app)
 app.command()(registry)
 app.command(name="import")(import_export)
 app.add_typer(models_app, name="models")

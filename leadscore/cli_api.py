@@ -165,7 +165,8 @@ def apikeys_create(
         float | None, typer.Option(help="The key stops working this many days from now")
     ] = None,
     admin: Annotated[
-        bool, typer.Option(help="May also promote the org's own models in the console")
+        bool,
+        typer.Option(help="May also promote the org's models in the console and erase leads"),
     ] = False,
 ) -> None:
     """Create an API key. The key is printed once, alone on the last line; only its hash is kept."""

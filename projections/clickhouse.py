@@ -34,6 +34,7 @@ from clickhouse_connect.driver.exceptions import (
     ProgrammingError,
 )
 
+from domain.events import PII_FIELDS
 from projections.log import LogEntry
 
 DEFAULT_DATABASE = "leadscore"
@@ -72,6 +73,7 @@ FACT_TABLES: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "score_history": (SCORE_COLUMNS, "at"),
 }
 PROFILE_COLUMNS = ("source", "industry", "country", "employees", "title")
+PII_COLUMNS = tuple(c for c in PROFILE_COLUMNS if c in PII_FIELDS)
 
 
 class ClickHouseError(RuntimeError):
@@ -296,8 +298,22 @@ class ClickHouseProjection:
             self._insert("lead_events", LEAD_EVENT_COLUMNS, events)
         if scores:
             self._insert("score_history", SCORE_COLUMNS, scores)
+        self._forget([e for e in fresh if e.kind == "LeadForgotten"])
         self._save_position(fresh[-1].position)
         self._position = fresh[-1].position
+
+    def _forget(self, entries: Sequence[LogEntry]) -> None:
+        """Blank a forgotten person's data in the rows before the LeadForgotten: a mutation,
+        which rewrites the parts holding them (the old parts are removed after
+        ``old_parts_lifetime``, README "Privacy"). Idempotent, so a re-run changes nothing."""
+        for e in entries:
+            self.client.command(
+                "ALTER TABLE lead_events UPDATE "
+                + ", ".join(f"{c} = NULL" for c in PII_COLUMNS)
+                + " WHERE org_id = {o:String} AND lead_id = {l:String} AND position < {p:UInt64}",
+                parameters={"o": e.event.org_id, "l": e.event.lead_id, "p": e.position},
+                settings={"mutations_sync": 1},
+            )
 
     def _advance(self, position: int) -> None:
         if position > self._recovered_position():

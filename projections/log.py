@@ -11,12 +11,14 @@ import asyncpg
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
-    Mapper,
     StoredEvent,
     UUIDAsHex,
 )
 
-from adapters.eventstore import LeadStore, OrjsonTranscoder
+from adapters import lead_keys
+from adapters.eventstore import LeadStore, OrjsonTranscoder, PiiMapper
+from adapters.lead_keys import KeyEncryptionKeys, LeadKeys
+from adapters.settings import get_settings
 
 EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
 
@@ -33,13 +35,17 @@ class LogEntry:
     event: Any  # the domain event; every kind carries org_id and lead_id
 
 
-def log_mapper() -> Mapper[UUID]:
-    """The same mapping the event store writes with (JSON, UUID/datetime/Decimal transcodings)."""
+def log_mapper(keks: KeyEncryptionKeys | None = None) -> PiiMapper:
+    """The same mapping the event store writes with (JSON, UUID/datetime/Decimal
+    transcodings, personal data sealed per lead). Its keys hold only what ``load_keys``
+    fetched: a lead without a key there reads without its personal data."""
     transcoder = OrjsonTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DecimalAsStr())
     transcoder.register(DatetimeAsISO())
-    return Mapper(transcoder=transcoder)
+    mapper = PiiMapper(transcoder=transcoder)
+    mapper.keys = LeadKeys(keks or KeyEncryptionKeys.from_settings(get_settings()), None)
+    return mapper
 
 
 class LogReader:
@@ -73,7 +79,7 @@ class LogReader:
             after,
             limit,
         )
-        return [self._entry(r) for r in rows]
+        return await self._entries(rows)
 
     async def at(self, positions: Sequence[int]) -> list[LogEntry]:
         """The entries at ``positions`` (those that exist), in log order."""
@@ -83,7 +89,7 @@ class LogReader:
             f"ORDER BY notification_id",
             list(positions),
         )
-        return [self._entry(r) for r in rows]
+        return await self._entries(rows)
 
     async def of_aggregate(self, aggregate_id: UUID, upto: int) -> list[LogEntry]:
         """One lead's entries up to ``upto``, in log order (to fold its row afresh)."""
@@ -94,12 +100,19 @@ class LogReader:
             aggregate_id,
             upto,
         )
-        return [self._entry(r) for r in rows]
+        return await self._entries(rows)
 
     async def head(self) -> int:
         """The newest position in the log (0 when empty)."""
         value = await self.pool.fetchval(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
         return int(value or 0)
+
+    async def _entries(self, rows: Sequence[Any]) -> list[LogEntry]:
+        # The keys of the leads whose personal data these rows hold, read now: a lead
+        # forgotten since the last batch is never decrypted again (its key is gone).
+        sealed = list({r[1] for r in rows if b'"_pii"' in r[4]})
+        self.mapper.keys.replace(await lead_keys.fetch_async(self.pool, sealed))
+        return [self._entry(r) for r in rows]
 
     def _entry(self, row: Sequence[Any]) -> LogEntry:
         position, originator_id, version, topic, state = row

@@ -15,6 +15,7 @@ import orjson
 from adapters import positions
 from adapters.eventstore import DDL_LOCK
 from adapters.positions import TRACKING_DDL
+from domain.events import PII_FIELDS
 from projections import changes
 from projections.log import LogEntry, LogReader
 
@@ -256,6 +257,9 @@ def _fold(lead: dict[str, Any], e: LogEntry) -> None:
         at = ev.occurred_at
     elif e.kind == "LeadDisqualified":
         lead["status"] = "disqualified"
+        at = ev.occurred_at
+    elif e.kind == "LeadForgotten":  # the person's data leaves the row; scores stay
+        lead.update(dict.fromkeys(c for c in PROFILE_COLUMNS if c in PII_FIELDS))
         at = ev.occurred_at
     else:
         at = ev.occurred_at

@@ -18,6 +18,7 @@ from query_api import (
     routes_history,
     routes_leads,
     routes_models,
+    routes_privacy,
     routes_system,
     routes_webhooks,
 )
@@ -34,6 +35,7 @@ def routes(server_url: str | None = None) -> list[BaseRoute]:
     describes them)."""
     return [
         *routes_leads.routes,
+        *routes_privacy.routes,
         *routes_history.routes,
         *routes_analytics.routes,
         *routes_dead_letters.routes,

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters import tenancy
-from query_api.errors import UNAVAILABLE, error_response, unauthorized
+from query_api.errors import UNAVAILABLE, ForbiddenError, error_response, unauthorized
 from query_api.limits import TokenBuckets, too_many
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class Verdict:
     org_id: str | None
     key_id: str | None
     reason: str | None  # None: accepted
+    admin: bool = False  # the key may also erase leads (``apikeys create --admin``)
 
 
 class KeyCache:
@@ -154,7 +155,9 @@ class BearerAuth:
             exc = too_many(wait, "API key")
             await error_response(429, exc.message, headers=exc.headers)(scope, receive, send)
             return
-        scope.setdefault("state", {})["org_id"] = verdict.org_id
+        state = scope.setdefault("state", {})
+        state["org_id"] = verdict.org_id
+        state["admin"] = verdict.admin
         await self.app(scope, receive, send)
 
     async def _verify(self, resources: Resources, token: str, digest: bytes) -> Verdict:
@@ -166,7 +169,7 @@ class BearerAuth:
         elif record.expired:
             verdict = Verdict(None, record.id, "expired")
         else:
-            verdict = Verdict(record.org_id, record.id, None)
+            verdict = Verdict(record.org_id, record.id, None, record.admin)
         if verdict.reason is not None:
             self.refused.put(digest, verdict)
             return verdict
@@ -184,6 +187,12 @@ class BearerAuth:
     def _metrics_allowed(self, scope: Scope) -> bool:
         token = bearer_token(scope) or ""
         return hmac.compare_digest(token.encode(), self.metrics_token.encode())
+
+
+def require_admin(request: Request) -> None:
+    """403 unless the request's API key is an admin key (``apikeys create --admin``)."""
+    if not request.scope["state"].get("admin", False):
+        raise ForbiddenError("this operation needs an admin API key (apikeys create --admin)")
 
 
 def org_of(request: Request) -> str:

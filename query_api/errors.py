@@ -39,6 +39,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 _REASONS = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
@@ -68,6 +69,11 @@ class ApiError(Exception):
 class NotFoundError(ApiError):
     def __init__(self, message: str = "not found") -> None:
         super().__init__(404, message)
+
+
+class ForbiddenError(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(403, message)
 
 
 class InvalidParametersError(ApiError):

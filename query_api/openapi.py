@@ -78,6 +78,7 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "string",
                 "enum": [
                     "unauthorized",
+                    "forbidden",
                     "not_found",
                     "method_not_allowed",
                     "conflict",
@@ -136,6 +137,36 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "LeadPage": obj({"items": {"type": "array", "items": ref("Lead")}, "next_cursor": CURSOR_OUT}),
+    "LeadExport": obj(
+        {
+            "org_id": STRING,
+            "lead_id": STRING,
+            "forgotten": nullable(
+                obj({"at": TIMESTAMP, "reason": nullable(STRING)}, "When the lead was forgotten")
+            ),
+            "profile": {"type": "object", "description": "Profile fields as they stand"},
+            "attributes": {"type": "object", "description": "The org's own fields"},
+            "score": nullable({"type": "object", "description": "Latest score and factors"}),
+            "events": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Every stored event of the lead, in log order, with its data "
+                "(position, version, kind and the event's fields).",
+            },
+        },
+        "Everything the event store holds about the person (right of access). A forgotten "
+        "lead's events come without their personal data, which no key can decrypt any more.",
+    ),
+    "Forgotten": obj(
+        {
+            "org_id": STRING,
+            "lead_id": STRING,
+            "key_destroyed": {"type": "boolean", "description": "False: destroyed before"},
+            "already_forgotten": {"type": "boolean"},
+            "shadow_scores_deleted": INTEGER,
+        },
+        "What erasure did at once; read models and webhook deliveries follow the log.",
+    ),
     "Factor": {
         "type": "object",
         "description": "One of the score's top factors (3 positive, 3 negative at most): "
@@ -567,6 +598,7 @@ RESPONSES: dict[str, Schema] = {
         "monitoring); add one with leadscore.drift_reference.add_reference_from_provenance."
     ),
     "InvalidParameters": _error("A parameter is out of range, malformed or not allowed."),
+    "Forbidden": _error("The operation needs an admin API key (`apikeys create --admin`)."),
     "Unavailable": _error(
         "A backing store is down; retry.",
         {"Retry-After": {"schema": STRING, "description": "Seconds to wait"}},
@@ -636,6 +668,23 @@ def _read(
     }
     if description:
         op["description"] = description
+    return op
+
+
+def _erase() -> Schema:
+    op = _read(
+        "Forget a lead",
+        "Forgotten",
+        [LEAD_ID],
+        tag="leads",
+        not_found=True,
+        description="Erase the person (needs an admin API key): destroys "
+        "the lead's data key, records LeadForgotten, deletes its shadow scores; the read "
+        'models and webhook deliveries follow within a moment (README, "Privacy").',
+    )
+    op["responses"] = dict(
+        sorted({**op["responses"], "403": {"$ref": "#/components/responses/Forbidden"}}.items())
+    )
     return op
 
 
@@ -725,6 +774,19 @@ OPERATIONS: dict[str, Schema] = {
             not_found=True,
             description="Profile (PostgreSQL) and current score (Redis; PostgreSQL when "
             "Redis has none or an older one).",
+        ),
+        "delete": _erase(),
+    },
+    "/leads/{id}/export": {
+        "get": _read(
+            "Export a lead",
+            "LeadExport",
+            [LEAD_ID],
+            tag="leads",
+            not_found=True,
+            description="Everything held about the person: profile, custom attributes, "
+            'every stored event, the latest score and its factors (README, "Privacy"). '
+            "Source: the event store.",
         )
     },
     "/leads/{id}/scores": {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from query_api import cursor, reads
 from query_api.auth import org_of
@@ -117,7 +119,22 @@ async def leaderboard(request: Request, q: Query) -> Response:
     return Encoded(body)
 
 
-LEAD = Route("/leads/{id}", get_lead, methods=["GET"])
+class SharedPathRoute(Route):
+    """A route whose path another route serves with other methods (GET and DELETE of
+    /leads/{id}): a 405 names every method of the path, not only this route's."""
+
+    def __init__(self, path: str, endpoint: object, *, methods: list[str], path_methods: str):
+        super().__init__(path, endpoint, methods=methods)  # type: ignore[arg-type]
+        self.path_methods = path_methods
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(status_code=405, headers={"Allow": self.path_methods})
+        await self.app(scope, receive, send)
+
+
+LEAD_METHODS = "DELETE, GET, HEAD"  # GET here, DELETE in query_api/routes_privacy.py
+LEAD = SharedPathRoute("/leads/{id}", get_lead, methods=["GET"], path_methods=LEAD_METHODS)
 LEADERBOARD = Route("/leaderboard", leaderboard, methods=["GET"])
 routes = [
     LEAD,

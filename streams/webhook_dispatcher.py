@@ -41,7 +41,7 @@ from opentelemetry.trace import SpanKind
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from adapters.eventstore import DATABASE_UNAVAILABLE, SCORED_TOPIC, LeadStore
+from adapters.eventstore import DATABASE_UNAVAILABLE, FORGOTTEN_TOPIC, SCORED_TOPIC, LeadStore
 from adapters.settings import Settings
 from adapters.webhook_http import Attempt, UrlPolicy
 from adapters.webhook_http import post as guarded_post
@@ -158,18 +158,23 @@ class WebhookDispatcher:
 
     def enqueue_once(self) -> int:
         """Turn the next batch of stored scores into pending deliveries; returns how many
-        stored scores were read (0: caught up)."""
+        stored scores were read (0: caught up). A forgotten lead's deliveries, sent or
+        not, are deleted when its LeadForgotten comes by (README, "Privacy")."""
         position = self.tracking.get()
-        notes = self.store.notifications(position, self.log_batch, topics=[SCORED_TOPIC])
+        notes = self.store.notifications(
+            position, self.log_batch, topics=[SCORED_TOPIC, FORGOTTEN_TOPIC]
+        )
         if not notes:
             return 0
+        forgotten = [self.store.to_event(n) for n in notes if n.topic == FORGOTTEN_TOPIC]
+        notes_scored = [n for n in notes if n.topic != FORGOTTEN_TOPIC]
         hooks: dict[str, list[tuple[int, int, list[str]]]] = {}
         for hook_id, org, types, start in self.conn.execute(
             "SELECT id, org_id, event_types, from_position FROM webhooks WHERE active"
         ):
             hooks.setdefault(org, []).append((hook_id, start, types))
         rows = []
-        for note in notes if hooks else ():  # no webhook anywhere: nothing to decode
+        for note in notes_scored if hooks else ():  # no webhook anywhere: nothing to decode
             event = self.store.to_event(note)
             for hook_id, start, types in hooks.get(event.org_id, ()):
                 if note.id <= start:
@@ -187,6 +192,11 @@ class WebhookDispatcher:
                     "(webhook_id, org_id, event_id, event_type, payload) "
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (webhook_id, event_id) DO NOTHING",
                     rows,
+                )
+            for event in forgotten:
+                cur.execute(
+                    "DELETE FROM webhook_deliveries WHERE org_id = %s AND payload->>'lead_id' = %s",
+                    (event.org_id, event.lead_id),
                 )
             self.tracking.set(notes[-1].id)  # same connection, so same transaction
         return len(notes)

@@ -418,6 +418,13 @@ def _write_config(settings: Settings, paths: Layout, user: str | None) -> None:
         "log_timezone": "'UTC'",
         "log_line_prefix": "'%m [%p] %q%u@%d '",
         "log_min_duration_statement": "1000",
+        # No personal data in the server's log (README, "Privacy"): a slow statement is
+        # logged without its bind parameters, an error without the DETAIL that quotes
+        # the row's values, and no statement text beside an error.
+        "log_parameter_max_length": "0",
+        "log_parameter_max_length_on_error": "0",
+        "log_error_verbosity": "terse",
+        "log_min_error_statement": "panic",
     }
     # Our settings live in their own file, rewritten each start; postgresql.conf only includes it.
     ours = paths.data / "leadscore.conf"

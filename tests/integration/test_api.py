@@ -97,6 +97,7 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(api: Api) -> None:
         "/leads",
         "/leads/{id}",
         "/leads/{id}/scores",
+        "/leads/{id}/export",
         "/leads/{id}/as-of",
         "/leads/{id}/timeline",
         "/leads/{id}/diff",

@@ -127,3 +127,106 @@ class LeadStoreContract:
         store.save_leads(list(out.touched.values()))
         assert store.snapshots is not None
         assert not list(store.snapshots.get(lead_aggregate_id("org-1", "z")))
+
+    # -- personal data, sealed per lead (adapters/lead_keys.py) ----------------------
+
+    def _raw_states(self, store: LeadStore, agg: Any) -> bytes:
+        """Every stored byte of a lead: its events and its snapshots."""
+        states = [e.state for e in store.recorder.select_events(agg)]
+        if store.snapshots is not None:
+            states += [e.state for e in store.snapshots.recorder.select_events(agg)]
+        return b"\n".join(states)
+
+    def _pii_lead(self, store: LeadStore, lead: str) -> Any:
+        from domain.events import EventType, LeadEvent
+        from tests.support.factories import next_id
+
+        store.snapshot_interval = 2  # so a snapshot is stored too
+        ev = LeadEvent(
+            next_id(), EventType.LEAD_CREATED, "org-1", lead, T0,
+            {"email": f"zq-{lead}@privacy.example", "first_name": f"Zelda-{lead}",
+             "title": "VP of Sales", "employees": 900, "country": "DE"},
+            attributes={"phone": f"+49-{lead}-555"},
+        )  # fmt: skip
+        out = apply_batch([ev], {}, FixedScorer(), event_time, T0)
+        upd = LeadEvent(
+            next_id(), EventType.LEAD_UPDATED, "org-1", lead, T0 + timedelta(hours=1),
+            {"last_name": f"Quux-{lead}"},
+        )  # fmt: skip
+        out2 = apply_batch([upd], dict(out.touched), FixedScorer(), event_time, T0)
+        store.save_leads(list(out2.touched.values()))
+        return lead_aggregate_id("org-1", lead)
+
+    def test_personal_data_is_stored_sealed_and_reads_back(self, store: LeadStore) -> None:
+        from tests.support.factories import next_id
+
+        lead = next_id()
+        agg = self._pii_lead(store, lead)
+        raw = self._raw_states(store, agg)
+        assert store.snapshots is not None and store.snapshots.recorder.select_events(agg)
+        for secret in (f"zq-{lead}", f"Zelda-{lead}", f"Quux-{lead}", f"+49-{lead}", "VP of"):
+            assert secret.encode() not in raw
+        assert b'"country":"DE"' in raw  # scoring fields stay clear
+        store.evict([agg])
+        loaded = store.load([agg])[agg]
+        assert loaded is not None
+        assert loaded.profile["email"] == f"zq-{lead}@privacy.example"
+        assert loaded.profile["last_name"] == f"Quux-{lead}"
+        assert loaded.attributes == {"phone": f"+49-{lead}-555"}
+        # ...and from the events alone, without the snapshot.
+        events = [store.to_event(e) for e in store.recorder.select_events(agg)]
+        assert events[0].profile["first_name"] == f"Zelda-{lead}"
+
+    def test_a_forgotten_lead_reads_and_stays_without_personal_data(self, store: LeadStore) -> None:
+        from domain.events import EventType, LeadEvent
+        from tests.support.factories import next_id
+
+        lead = next_id()
+        agg = self._pii_lead(store, lead)
+        assert store.keys.shred(agg)
+        store.evict([agg])
+        before = store.load([agg])[agg]
+        assert before is not None
+        assert "email" not in before.profile and before.attributes == {}
+        assert before.profile["country"] == "DE"
+        before.forget("test", T0 + timedelta(hours=2))
+        store.save_leads([before])
+        again = LeadEvent(
+            next_id(), EventType.LEAD_UPDATED, "org-1", lead, T0 + timedelta(hours=3),
+            {"email": f"back-{lead}@privacy.example", "employees": 950},
+            attributes={"phone": f"+49-{lead}-556"},
+        )  # fmt: skip
+        out = apply_batch([again], store.load([agg]), FixedScorer(), event_time, T0)
+        store.save_leads(list(out.touched.values()))
+        store.evict([agg])
+        after = store.load([agg])[agg]
+        assert after is not None and after.forgotten
+        assert "email" not in after.profile and after.profile["employees"] == 950
+        raw = self._raw_states(store, agg)
+        assert f"back-{lead}".encode() not in raw and f"+49-{lead}".encode() not in raw
+        assert not store.keys.shred(agg)  # nothing left to destroy
+
+    def test_lead_keys_rotate_to_the_newest_kek(self, store: LeadStore) -> None:
+        import os
+
+        from adapters.lead_keys import KeyEncryptionKeys, LeadKeyError, LeadKeys
+        from tests.support.factories import next_id
+
+        old, new = os.urandom(32), os.urandom(32)
+        table = store.keys.table
+        store.keys = store.pii_mapper.keys = LeadKeys(KeyEncryptionKeys([old]), table)
+        lead = next_id()
+        agg = self._pii_lead(store, lead)
+        both = LeadKeys(KeyEncryptionKeys([new, old]), table)
+        store.keys = store.pii_mapper.keys = both
+        store.evict([agg])
+        loaded = store.load([agg])[agg]
+        assert loaded is not None and loaded.profile["first_name"] == f"Zelda-{lead}"
+        assert both.rotate() >= 1
+        only_new = LeadKeys(KeyEncryptionKeys([new]), table)
+        store.keys = store.pii_mapper.keys = only_new
+        store.evict([agg])
+        loaded = store.load([agg])[agg]
+        assert loaded is not None and loaded.profile["first_name"] == f"Zelda-{lead}"
+        with pytest.raises(LeadKeyError):  # the old KEK alone no longer unwraps it
+            LeadKeys(KeyEncryptionKeys([old]), table).for_read(agg)

@@ -27,6 +27,7 @@ STRONG = {
     "webhook_secret_key": "bm90LWEtZGV2LWtleS1ub3QtYS1kZXYta2V5LTAxMjM=",
     "kafka_sasl_password": "s3cret-kafka",
     "schema_registry_password": "s3cret-registry",
+    "kek": "c3Ryb25nLWtlay1ub3QtdGhlLWRldi1vbmUtMDEyMzQ=",
 }
 
 
@@ -50,6 +51,7 @@ def test_production_refuses_the_dev_defaults_and_names_each() -> None:
         "WEBHOOK_SECRET_KEY",
         "KAFKA_SASL_PASSWORD",
         "SCHEMA_REGISTRY_PASSWORD",
+        "KEK",
     ):
         assert f"{PREFIX}{name}" in message, message
 
