@@ -206,6 +206,9 @@ class PayloadStore:
 
     One row per source message (topic, partition, offset), written before its letter is
     produced, so a letter never names a row that is not there; writing it twice is a no-op.
+    A row is kept as long as the dead-letter topic keeps its letter (``retention_ms``, the
+    topic's ``LEADSCORE_DLQ_RETENTION_MS``; 0 keeps rows until deleted): each write first
+    deletes the rows older than that, so a person's bytes do not outlive the letter here.
     """
 
     DDL = f"""
@@ -222,8 +225,9 @@ class PayloadStore:
     )
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, retention_ms: int = 0) -> None:
         self.dsn = dsn
+        self.retention_ms = retention_ms
 
     def put(self, letter: DeadLetter) -> tuple[str, str]:
         """Keep the letter's key, value and headers; returns its reference and sha256."""
@@ -233,6 +237,12 @@ class PayloadStore:
         heads = [[k, v.hex()] for k, v in letter.carried_headers()]
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(self.DDL)
+            if self.retention_ms > 0:
+                conn.execute(
+                    f"DELETE FROM {PAYLOAD_TABLE} "
+                    "WHERE stored_at < now() - make_interval(secs => %s)",
+                    (self.retention_ms / 1000,),
+                )
             conn.execute(
                 f"INSERT INTO {PAYLOAD_TABLE} (source_topic, source_partition, source_offset, "
                 "sha256, key, value, headers) VALUES (%s, %s, %s, %s, %s, %s, %s) "

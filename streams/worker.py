@@ -169,7 +169,7 @@ def create_app(
     dead_letters = DeadLetterSink(
         kafka_producer(s.kafka),
         s.topic_dlq,
-        payloads=PayloadStore(s.pg_dsn),
+        payloads=PayloadStore(s.pg_dsn, s.dlq_retention_ms),
         max_inline_bytes=s.dlq_max_inline_bytes,
     )
 
@@ -497,7 +497,7 @@ def gate_work(engine: Engine) -> Callable[[threading.Event], None]:
             dead_letters=DeadLetterSink(
                 producer,
                 s.topic_dlq,
-                payloads=PayloadStore(s.pg_dsn),
+                payloads=PayloadStore(s.pg_dsn, s.dlq_retention_ms),
                 max_inline_bytes=s.dlq_max_inline_bytes,
             ),
         )

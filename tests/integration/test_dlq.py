@@ -25,16 +25,20 @@ from streams.dlq import (
     DETAIL,
     ERROR_CLASS,
     FIRST_FAILURE_AT,
+    PAYLOAD_TABLE,
     REASON,
     REPLAYED_AT,
     SOURCE_OFFSET,
     SOURCE_PARTITION,
     SOURCE_TOPIC,
+    DeadLetter,
     DeadLetterSink,
     PayloadStore,
     RawMessage,
+    Reason,
     StoredLetter,
     normalize_headers,
+    payload_ref,
     read_letters,
 )
 from streams.processor import BatchProcessor, BatchStats
@@ -323,3 +327,38 @@ def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_stored(
     finally:
         sink.close()
         engine.close()
+
+
+def test_payloads_kept_no_longer_than_the_dead_letter_topic_keeps_letters(
+    settings: Settings,
+) -> None:
+    """A payload row older than the DLQ's retention goes at the next write; none goes
+    when retention is off (0)."""
+
+    def letter(offset: int) -> DeadLetter:
+        message = RawMessage(b"x" * 10, b"lead-1", (), settings.topic_lead_events, 0, offset)
+        return DeadLetter(message, Reason.INVALID, "too big", "ValidationError")
+
+    def offsets() -> set[int]:
+        with psycopg.connect(settings.pg_dsn) as conn:
+            rows = conn.execute(f"SELECT source_offset FROM {PAYLOAD_TABLE}").fetchall()
+        return {int(r[0]) for r in rows}
+
+    def age(offset: int) -> None:
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {PAYLOAD_TABLE} SET stored_at = now() - interval '2 minutes' "
+                "WHERE source_offset = %s",
+                (offset,),
+            )
+
+    keeping = PayloadStore(settings.pg_dsn)  # retention off
+    keeping.put(letter(1))
+    age(1)
+    keeping.put(letter(2))
+    assert offsets() == {1, 2}
+
+    pruning = PayloadStore(settings.pg_dsn, retention_ms=60_000)
+    pruning.put(letter(3))
+    assert offsets() == {2, 3}  # 1 was older than a minute; 2 is not
+    assert pruning.get(payload_ref(settings.topic_lead_events, 0, 1)) is None
