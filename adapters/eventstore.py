@@ -579,6 +579,12 @@ def ddl_lock(dsn: str) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (DDL_LOCK,))
 
 
+# The stored events' table, and the channel the library NOTIFYs in each transaction that
+# stores events (PostgresApplicationRecorder: the table's name, dots made underscores).
+EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
+LOG_CHANNEL = EVENTS_TABLE.replace(".", "_")
+
+
 def open_store(
     dsn: str,
     *,

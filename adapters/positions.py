@@ -14,14 +14,19 @@ model's rows and its position commit together.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import psycopg
 import structlog
+from psycopg.sql import SQL, Identifier
 
-from adapters.eventstore import DATABASE_UNAVAILABLE, ddl_lock
+from adapters.eventstore import DATABASE_UNAVAILABLE, LOG_CHANNEL, ddl_lock
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +115,88 @@ class SessionLock:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+# -- waking on work ---------------------------------------------------------------------
+
+# A follower at the head of the log sleeps until the store NOTIFYs new events, and reads
+# anyway after this long (a notice lost with a connection costs at most this delay).
+IDLE_READ_S = 1.0
+_STOP_CHECK_S = 0.25  # how often a sleeping thread looks at its stop flag
+
+
+class LogWaiter:
+    """Sleeps until events are stored (the event store's NOTIFY on ``LOG_CHANNEL``).
+
+    LISTEN starts on the first ``wait``, before the caller's next read, so a notice that
+    arrives between a read and the following wait is queued, not lost. Notices from many
+    commits are taken as one wake-up."""
+
+    def __init__(self, dsn: str, channel: str = LOG_CHANNEL) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def listen(self) -> None:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.dsn, autocommit=True)
+            conn.execute(SQL("LISTEN {}").format(Identifier(self.channel)))
+            self._conn = conn
+
+    def wait(self, stop: threading.Event, timeout: float | None = None) -> bool:
+        """True when events were stored (or the listener was lost: maybe), False when
+        ``timeout`` (``IDLE_READ_S``) passed without; returns early, False, once ``stop``
+        is set."""
+        timeout = IDLE_READ_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            if self._conn is None or self._conn.closed:
+                self.listen()
+                return True  # not listening until now: anything may have been stored
+            assert self._conn is not None
+            while not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                woke = False
+                for _ in self._conn.notifies(timeout=min(left, _STOP_CHECK_S), stop_after=1):
+                    woke = True
+                if woke:
+                    # Take the other commits' notices queued meanwhile with this one.
+                    for _ in self._conn.notifies(timeout=0.001):
+                        pass
+                    return True
+            return False
+        except psycopg.Error as exc:
+            log.warning("log listener lost; reading on a timer until it is back", error=str(exc))
+            self.close()
+            stop.wait(min(timeout, _STOP_CHECK_S))
+            return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+
+Listener = Callable[..., None]
+
+
+async def alisten(conn: asyncpg.Connection, woken: asyncio.Event) -> Listener:
+    """Set ``woken`` whenever events are stored, until ``aunlisten`` (or ``conn`` ends)."""
+
+    def wake(*_: object) -> None:
+        woken.set()
+
+    await conn.add_listener(LOG_CHANNEL, wake)
+    return wake
+
+
+async def aunlisten(conn: asyncpg.Connection, listener: Listener) -> None:
+    if not conn.is_closed():
+        with contextlib.suppress(Exception):
+            await conn.remove_listener(LOG_CHANNEL, listener)
 
 
 # -- asyncpg: the projections ----------------------------------------------------------

@@ -44,10 +44,11 @@ class ProjectionBusyError(RuntimeError):
 class Projection(Protocol):
     """A read model that follows the notification log.
 
-    A projection may also set ``linger_s``: how long the runner waits, once it has read
-    up to the head of the log, before it reads again (default: the runner's
-    ``idle_wait``). Each read at the head is one write of the entries stored since the
-    last one, so a store that prefers few large writes (ClickHouse) lingers longer.
+    At the head of the log the runner sleeps until the event store says it stored more
+    (its NOTIFY; at most ``positions.IDLE_READ_S`` when nothing comes), then waits
+    ``linger_s`` (default: the runner's ``idle_wait``) for more to gather before it
+    reads. Each read at the head is one write of the entries stored since the last one,
+    so a store that prefers few large writes (ClickHouse) lingers longer.
     """
 
     name: str
@@ -217,13 +218,19 @@ class ProjectionRunner:
                 return
             log.info("projection elected", projection=projection.name)
             linger = getattr(projection, "linger_s", self.idle_wait)
+            stored = asyncio.Event()  # set by the store's NOTIFY, on the lock's connection
+            listener = await positions.alisten(lock_conn, stored)
             try:
                 while not stop.is_set():
-                    # A short batch means the head of the log: wait for more to gather,
-                    # rather than writing the few entries each moment brings.
-                    if await self.catch_up(projection, batches=1) < self.batch_size:
+                    stored.clear()  # before reading: what is stored meanwhile wakes us
+                    # A short batch is the head of the log: sleep until more is stored,
+                    # then let more gather rather than write the few entries each moment
+                    # brings.
+                    at_head = await self.catch_up(projection, batches=1) < self.batch_size
+                    if at_head and await _woken(stored, stop, positions.IDLE_READ_S):
                         await _wait(stop, linger)
             finally:
+                await positions.aunlisten(lock_conn, listener)
                 await positions.aunlock(lock_conn, key)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -283,6 +290,17 @@ async def _answers(projection: Projection) -> bool:
     except Exception:
         return False
     return True
+
+
+async def _woken(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` (True), ``stop`` or ``seconds`` (False)."""
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    return event.is_set() and not stop.is_set()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

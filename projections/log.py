@@ -16,11 +16,9 @@ from eventsourcing.persistence import (
 )
 
 from adapters import lead_keys
-from adapters.eventstore import LeadStore, OrjsonTranscoder, PiiMapper
+from adapters.eventstore import EVENTS_TABLE, OrjsonTranscoder, PiiMapper
 from adapters.lead_keys import KeyEncryptionKeys, LeadKeys
 from adapters.settings import get_settings
-
-EVENTS_TABLE = f"{LeadStore.name.lower()}_events"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from adapters.eventstore import (
     SCORED_TOPIC,
     LeadStore,
 )
-from adapters.positions import Tracking
+from adapters.positions import LogWaiter, Tracking
 from adapters.topics import org_of_topic, org_topic
 from domain.lead import score_event_id
 from domain.transitions import SCORE_UPDATED, transitions, typed_event_id
@@ -240,8 +240,16 @@ class ScoreEventRelay:
             log.warning("trace contexts not read", error=type(exc).__name__)
             return {}
 
-    def run(self, stop: threading.Event, idle_wait: float = 0.02) -> None:
-        """Publish until ``stop`` is set: get elected, then follow the log."""
+    def run(self, stop: threading.Event) -> None:
+        """Publish until ``stop`` is set: get elected, then follow the log, sleeping at its
+        head until the store says it stored more (adapters/positions.py: LogWaiter)."""
+        waiter = LogWaiter(self.tracking.dsn)
+        try:
+            self._run(stop, waiter)
+        finally:
+            waiter.close()
+
+    def _run(self, stop: threading.Event, waiter: LogWaiter) -> None:
         while not stop.is_set():
             try:
                 if not self.tracking.try_lock():
@@ -249,14 +257,15 @@ class ScoreEventRelay:
                     continue
                 self.position = self.tracking.get()
                 log.info("score-event relay elected", position=self.position)
-                self._follow(stop, idle_wait)
+                waiter.listen()  # before the first read: no store in between is missed
+                self._follow(stop, waiter)
             except DATABASE_UNAVAILABLE as exc:
                 # The lock went with the connection: reconnect and stand again.
                 log.warning("relay lost PostgreSQL, reconnecting", error=str(exc))
                 stop.wait(1.0)
                 self.tracking.reconnect()
 
-    def _follow(self, stop: threading.Event, idle_wait: float) -> None:
+    def _follow(self, stop: threading.Event, waiter: LogWaiter) -> None:
         while not stop.is_set():
             try:
                 sent = self.publish_once()
@@ -265,4 +274,4 @@ class ScoreEventRelay:
                 stop.wait(1.0)
                 continue
             if sent < self.batch_size:
-                stop.wait(idle_wait)
+                waiter.wait(stop)  # at the head: until the next commit (or a second)

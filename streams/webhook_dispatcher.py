@@ -42,6 +42,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from adapters.eventstore import DATABASE_UNAVAILABLE, FORGOTTEN_TOPIC, SCORED_TOPIC, LeadStore
+from adapters.positions import LogWaiter
 from adapters.settings import Settings
 from adapters.webhook_http import Attempt, UrlPolicy
 from adapters.webhook_http import post as guarded_post
@@ -369,18 +370,33 @@ class WebhookDispatcher:
                 self.record_finished(wait_s=0.05)
 
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
-        """Dispatch until ``stop`` is set: get elected, then enqueue and send in turn."""
+        """Dispatch until ``stop`` is set: get elected, then enqueue and send in turn.
+
+        Idle with POSTs in flight, it waits for one to end (at most ``idle_wait``); idle
+        with none, until the store stores events (new deliveries) or a second passes
+        (retries come due: a retry is at most a second late)."""
+        waiter = LogWaiter(self.tracking.dsn)
+        try:
+            self._run(stop, waiter, idle_wait)
+        finally:
+            waiter.close()
+
+    def _run(self, stop: threading.Event, waiter: LogWaiter, idle_wait: float) -> None:
         while not stop.is_set():
             try:
                 if not self.tracking.try_lock():
                     stop.wait(1.0)
                     continue
                 log.info("webhook dispatcher elected", position=self.tracking.get())
+                waiter.listen()
                 while not stop.is_set():
                     busy = self.enqueue_once() + self.send_once() + self.record_finished()
-                    if not busy:
-                        # Idle: wake as soon as a POST ends, else after idle_wait.
-                        self.record_finished(wait_s=idle_wait)
+                    if busy:
+                        continue
+                    if self.in_flight:
+                        self.record_finished(wait_s=idle_wait)  # until a POST ends
+                    else:
+                        waiter.wait(stop)
             except DATABASE_UNAVAILABLE as exc:
                 # The lock went with the connection: reconnect and stand again.
                 log.warning("webhook dispatcher lost PostgreSQL, reconnecting", error=str(exc))
