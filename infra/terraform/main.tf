@@ -45,6 +45,8 @@ locals {
     LEADSCORE_API_PG_DSN               = module.postgres.api_dsn_secret_arn
     LEADSCORE_WEBHOOK_SECRET_KEY       = aws_secretsmanager_secret.webhook_secret_key.arn
     LEADSCORE_SCHEMA_REGISTRY_PASSWORD = aws_secretsmanager_secret.schema_registry_password.arn
+    # The key-encryption keys that wrap each lead's data key (README, "Privacy").
+    LEADSCORE_KEK = aws_secretsmanager_secret.kek.arn
   }
 }
 
@@ -130,6 +132,23 @@ resource "aws_secretsmanager_secret_version" "webhook_secret_key" {
   secret_id                = aws_secretsmanager_secret.webhook_secret_key.id
   secret_string_wo         = var.webhook_secret_key
   secret_string_wo_version = var.webhook_secret_key_version
+}
+
+# The key-encryption key(s) that wrap every lead's data key, newest first. Given by the
+# operator, like the webhook key: a new KEK is prepended (the old one still unwraps until
+# `leadscore keys rotate` has re-wrapped every lead key), so it has its own version.
+resource "aws_secretsmanager_secret" "kek" {
+  #checkov:skip=CKV2_AWS_57:a KEK list cannot be rotated by a Lambda blindly; prepend a new KEK to kek, bump kek_version, then run leadscore keys rotate
+  name                    = "${var.name}/LEADSCORE_KEK"
+  description             = "LEADSCORE_KEK of the leadscore services"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "kek" {
+  secret_id                = aws_secretsmanager_secret.kek.id
+  secret_string_wo         = var.kek
+  secret_string_wo_version = var.kek_version
 }
 
 # The schema registry's password: drawn here for the engine's own registry (the registry

@@ -34,6 +34,24 @@ variable "webhook_secret_key" {
   }
 }
 
+variable "kek" {
+  description = "LEADSCORE_KEK: key-encryption key(s), base64 of 32 bytes each, comma-separated, newest first, that wrap every lead's data key (`leadscore keys new` prints one). Write-only: never stored in the state."
+  type        = string
+  sensitive   = true
+  ephemeral   = true
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+/]{43}=(,[A-Za-z0-9+/]{43}=)*$", var.kek))
+    error_message = "Give one or more KEKs (base64 of 32 bytes: 44 characters), comma-separated."
+  }
+}
+
+variable "kek_version" {
+  description = "Bump after prepending a new KEK to kek, to write it"
+  type        = number
+  default     = 1
+}
+
 variable "webhook_secret_key_version" {
   description = "Bump after prepending a new key to webhook_secret_key, to write it"
   type        = number

@@ -110,6 +110,7 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(api: Api) -> None:
         "/models",
         "/models/{version}/drift",
         "/webhooks/deliveries",
+        "/dead-letters",
         "/webhooks/deliveries/{id}",
         "/health",
         "/health/live",

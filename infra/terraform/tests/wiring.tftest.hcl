@@ -86,12 +86,18 @@ override_resource {
 }
 
 override_resource {
+  target = aws_secretsmanager_secret.kek
+  values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_KEK-hhhhhh" }
+}
+
+override_resource {
   target = aws_secretsmanager_secret.schema_registry_password
   values = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg" }
 }
 
 variables {
   webhook_secret_key  = "MockFernetKeyMockFernetKeyMockFernetKey0123=,OlderFernetKeyOlderFernetKeyOlderFernetK012="
+  kek                 = "MockKekMockKekMockKekMockKekMockKekMockKek0=,OlderKekOlderKekOlderKekOlderKekOlderKek012="
   image               = "123456789012.dkr.ecr.us-east-1.amazonaws.com/leadscore:test"
   acm_certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/mock"
   clickhouse_dsn      = "https://leadscore:secret@clickhouse.example.com:8443/leadscore"
@@ -122,8 +128,9 @@ run "workers_get_brokers_and_secrets" {
       { name = "LEADSCORE_API_PG_DSN", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_API_PG_DSN-eeeeee" },
       { name = "LEADSCORE_WEBHOOK_SECRET_KEY", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_WEBHOOK_SECRET_KEY-ffffff" },
       { name = "LEADSCORE_SCHEMA_REGISTRY_PASSWORD", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg" },
+      { name = "LEADSCORE_KEK", valueFrom = "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_KEK-hhhhhh" },
     ])
-    error_message = "the worker's task definition does not take the seven secrets from Secrets Manager"
+    error_message = "the worker's task definition does not take the eight secrets from Secrets Manager"
   }
 
   assert {
@@ -182,7 +189,7 @@ run "production_mode_with_every_secret" {
   assert {
     condition = alltrue([
       for svc, defs in module.services.task_definitions : alltrue([
-        for name in ["LEADSCORE_PG_DSN", "LEADSCORE_API_PG_DSN", "LEADSCORE_WEBHOOK_SECRET_KEY", "LEADSCORE_SCHEMA_REGISTRY_PASSWORD", "LEADSCORE_KAFKA_SASL_PASSWORD"] :
+        for name in ["LEADSCORE_PG_DSN", "LEADSCORE_API_PG_DSN", "LEADSCORE_WEBHOOK_SECRET_KEY", "LEADSCORE_SCHEMA_REGISTRY_PASSWORD", "LEADSCORE_KAFKA_SASL_PASSWORD", "LEADSCORE_KEK"] :
         contains([for s in defs[0].secrets : s.name], name)
       ])
     ])
@@ -195,6 +202,7 @@ run "production_mode_with_every_secret" {
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_API_PG_DSN-eeeeee",
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_WEBHOOK_SECRET_KEY-ffffff",
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_SCHEMA_REGISTRY_PASSWORD-gggggg",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:leadscore/LEADSCORE_KEK-hhhhhh",
       ],
       jsondecode(module.services.secrets_policy)["Statement"][0]["Resource"]
     )) == 0
