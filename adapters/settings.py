@@ -157,6 +157,10 @@ class Settings:
     # (README, Benchmarks: the worker's CPU per lead-event at 500/s).
     consumer_fetch_min_bytes: int = 65_536
     consumer_fetch_max_wait_ms: int = 20  # ... or this long
+    # After 10 fetches in a row brought nothing, a fetch waits for one byte or this long:
+    # an idle worker fetches about once a second, and the next message is answered at once
+    # (streams/consumer.py, AdaptiveFetch); 0 keeps the two settings above always.
+    consumer_fetch_idle_wait_ms: int = 1000
 
     # The decay timer (streams/decay.py): every interval, rescore up to `batch` leads whose
     # score is older than `after` as of now; 0 turns it off.

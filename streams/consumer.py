@@ -154,14 +154,67 @@ class Consumer(faust_aiokafka.Consumer):
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, giving aiokafka the fetch settings of its :class:`Transport`
-    (Faust passes neither: the broker then answers a fetch as soon as one byte is there)."""
+    (Faust passes neither: the broker then answers a fetch as soon as one byte is there),
+    and making its fetches adaptive (:class:`AdaptiveFetch`) when the transport says so."""
+
+    _idle_wait_ms = 0
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # AIOKafkaConsumer hands these to its Fetcher when it starts, which is after this.
         consumer._fetch_min_bytes = transport.fetch_min_bytes
         consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
+        self._idle_wait_ms = transport.fetch_idle_wait_ms
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self._idle_wait_ms > 0:
+            AdaptiveFetch(self._consumer._fetcher, idle_wait_ms=self._idle_wait_ms).install()
+
+
+IDLE_AFTER_EMPTY_FETCHES = 10
+
+
+class AdaptiveFetch:
+    """Fetches sized to the stream: batches under load, one wake-up a second when idle.
+
+    Busy, a fetch waits for the fetcher's ``min_bytes`` or ``max_wait_ms`` (64 KiB or
+    20 ms): a batch per fetch, not a fetch per message. Once ``idle_after`` fetches in a
+    row brought nothing, a fetch waits for one byte or ``idle_wait_ms``: the broker holds
+    it until a message comes and answers at once, so an idle worker fetches about once a
+    second rather than fifty times, and the first message after a pause is not held back.
+    The first fetch that brings records makes it busy again. aiokafka's fetcher reads
+    both settings each time it builds a request, so a change takes effect at the next one.
+    """
+
+    def __init__(
+        self, fetcher: Any, *, idle_wait_ms: int, idle_after: int = IDLE_AFTER_EMPTY_FETCHES
+    ) -> None:
+        self.fetcher = fetcher
+        self.busy = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+        self.idle = (1, idle_wait_ms)
+        self.idle_after = idle_after
+        self.empty = 0
+
+    @property
+    def is_idle(self) -> bool:
+        return self.empty >= self.idle_after
+
+    def install(self) -> None:
+        proc = self.fetcher._proc_fetch_request
+
+        async def adaptive(assignment: Any, node_id: Any, request: Any) -> bool:
+            got = await proc(assignment, node_id, request)
+            self.seen(bool(got))
+            return bool(got)
+
+        self.fetcher._proc_fetch_request = adaptive
+
+    def seen(self, got_records: bool) -> None:
+        self.empty = 0 if got_records else self.empty + 1
+        size, wait = self.idle if self.is_idle else self.busy
+        self.fetcher._fetch_min_bytes, self.fetcher._fetch_max_wait_ms = size, wait
 
 
 # Faust's own: one byte, and 1.5 s to wait for it.
@@ -175,10 +228,15 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
     fetch_min_bytes = FETCH_MIN_BYTES
     fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    fetch_idle_wait_ms = 0  # 0: fetches keep the two settings above (no AdaptiveFetch)
 
 
 def use_direct_delivery(
-    app: Any, *, fetch_min_bytes: int = FETCH_MIN_BYTES, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    app: Any,
+    *,
+    fetch_min_bytes: int = FETCH_MIN_BYTES,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+    fetch_idle_wait_ms: int = 0,
 ) -> None:
     """Make ``app`` consume through :class:`Transport`; call before declaring topics.
 
@@ -189,4 +247,5 @@ def use_direct_delivery(
     transport = Transport(app.conf.broker_consumer, app)
     transport.fetch_min_bytes = fetch_min_bytes
     transport.fetch_max_wait_ms = fetch_max_wait_ms
+    transport.fetch_idle_wait_ms = fetch_idle_wait_ms
     app.transport = transport

@@ -159,6 +159,7 @@ def create_app(
             app,
             fetch_min_bytes=s.consumer_fetch_min_bytes,
             fetch_max_wait_ms=s.consumer_fetch_max_wait_ms,
+            fetch_idle_wait_ms=s.consumer_fetch_idle_wait_ms,
         )
     lead_events = app.topic(
         s.topic_lead_events, key_type=bytes, value_type=bytes, partitions=s.topic_partitions

@@ -17,7 +17,13 @@ from confluent_kafka import Producer
 from faust.transport.consumer import Consumer as FaustConsumer
 
 from adapters.settings import Settings, settings_env
-from streams.consumer import Consumer, ConsumerThread, Transport, use_direct_delivery
+from streams.consumer import (
+    AdaptiveFetch,
+    Consumer,
+    ConsumerThread,
+    Transport,
+    use_direct_delivery,
+)
 from streams.worker import faust_app
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which streams/consumer.py
@@ -118,6 +124,47 @@ async def test_the_kafka_consumer_fetches_with_the_transports_settings(
     use_direct_delivery(default)
     assert (default.transport.fetch_min_bytes, default.transport.fetch_max_wait_ms) == (1, 1500)
     default.consumer._thread.thread_loop.close()
+
+
+async def test_fetches_wait_for_a_byte_when_idle_and_for_a_batch_when_busy(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """On the test broker: empty fetches make the fetcher idle (one byte, a long wait);
+    the fetch that brings a record makes it busy again (a batch, a short wait)."""
+    from aiokafka import TopicPartition
+
+    app = faust_app("probe-adaptive", settings.kafka, tmp_path)
+    use_direct_delivery(app, fetch_min_bytes=4096, fetch_max_wait_ms=20, fetch_idle_wait_ms=400)
+    thread = app.consumer._thread
+    kafka = thread._create_worker_consumer(app.transport)
+    await kafka.start()
+    try:
+        tp = TopicPartition(settings.topic_lead_events, 0)
+        kafka.assign([tp])
+        await kafka.seek_to_end(tp)
+        adaptive = AdaptiveFetch(kafka._fetcher, idle_wait_ms=400, idle_after=3)
+        adaptive.install()
+        fetcher = kafka._fetcher
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (4096, 20)
+        deadline = time.monotonic() + 20
+        while not adaptive.is_idle and time.monotonic() < deadline:
+            assert await kafka.getmany(tp, timeout_ms=100) == {}
+        assert adaptive.is_idle
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (1, 400)
+
+        producer = Producer(dict(settings.kafka))
+        producer.produce(settings.topic_lead_events, b"wake", partition=0)
+        assert producer.flush(10) == 0
+        got: list[object] = []
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got += (await kafka.getmany(tp, timeout_ms=500)).get(tp, [])
+        assert [m.value for m in got] == [b"wake"]  # type: ignore[attr-defined]
+        assert not adaptive.is_idle
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (4096, 20)
+    finally:
+        await kafka.stop()
+        thread.thread_loop.close()
 
 
 async def test_no_direct_delivery_while_flow_is_suspended_or_a_buffer_is_full() -> None:
