@@ -90,6 +90,7 @@ bench: up
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.idle
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.own_data
