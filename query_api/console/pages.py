@@ -403,9 +403,12 @@ async def lead_page(request: Request, q: Query, session: Session) -> Response:
     events = await lead_events(res, org, name)
     changes = timeline.timeline(events)
     trail = [timeline.lead_event(ev) for ev in events if isinstance(ev, timeline.LEAD_EVENTS)]
+    # Plotted at when the causing lead-event happened (the upstream's clock, which is what
+    # a person remembers); a rescore no lead-event caused (decay, replay) at when it was
+    # stored. The slider below is in stored time: what the engine knew at that moment.
     points = [
         {
-            "t": c["recorded_at"].timestamp() * 1000,
+            "t": (c["cause"].get("occurred_at") or c["recorded_at"]).timestamp() * 1000,
             "score": c["score"],
             "grade": c["grade"],
             "cause": _cause(c),
