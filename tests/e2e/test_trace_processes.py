@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from streams.relay import kafka_producer
 from streams.tracing import TRACEPARENT
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 from tests.support.factories import created
-from tests.support.net import free_port
+from tests.support.net import free_port, http_server
 from tests.support.pipeline import consume_all
 from tests.support.worker import start, wait_for_events
 
@@ -100,13 +100,8 @@ def collector() -> Iterator[Collector]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with http_server(Handler, state.port):
+        yield state
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

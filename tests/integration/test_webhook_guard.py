@@ -32,7 +32,7 @@ from adapters.webhook_secrets import SecretBox
 from domain.transitions import QUALIFIED
 from leadscore import cli_webhooks
 from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
-from tests.support.net import free_port
+from tests.support.net import free_port, http_server
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,8 @@ def sink() -> Iterator[Sink]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler, state.port):
+        yield state
 
 
 @pytest.fixture

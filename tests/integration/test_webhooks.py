@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from streams.relay import score_records
 from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
 from tests.support.api import request, start_api, stop_api, wait_ready
 from tests.support.factories import FixedScorer, activity, created
-from tests.support.net import free_port
+from tests.support.net import free_port, http_server
 from tests.support.pipeline import encoded
 
 pytestmark = pytest.mark.integration
@@ -122,13 +122,8 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with http_server(Handler, state.port):
+        yield state
 
 
 def register_orgs(s: Settings, *orgs: str) -> dict[str, str]:
