@@ -569,13 +569,22 @@ def _promotable(session: Session, model: dict[str, Any]) -> bool:
     return session.admin and model["scope"] == session.org_id and model["status"] != "active"
 
 
-async def promote(request: Request) -> Response:
+async def _signed_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
+    """A console POST's session and form, or the 403 when it has no session or CSRF token."""
     session = await session_of(request)
     fields = await form(request)
     if session is None:
         return _forbidden(request, "sign in to the console first")
     if not csrf_ok(session, fields.get("csrf")):
         return _forbidden(request, "missing or wrong CSRF token")
+    return session, fields
+
+
+async def promote(request: Request) -> Response:
+    checked = await _signed_post(request)
+    if isinstance(checked, Response):
+        return checked
+    session, fields = checked
     if not session.admin:
         return _forbidden(request, "only an admin key may promote models")
     if fields.get("confirm") != "yes":
@@ -610,12 +619,10 @@ async def promote(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     """A dead webhook delivery of the session's org back to pending."""
-    session = await session_of(request)
-    fields = await form(request)
-    if session is None:
-        return _forbidden(request, "sign in to the console first")
-    if not csrf_ok(session, fields.get("csrf")):
-        return _forbidden(request, "missing or wrong CSRF token")
+    checked = await _signed_post(request)
+    if isinstance(checked, Response):
+        return checked
+    session, fields = checked
     res = res_of(request)
     raw = str(request.path_params["id"])
     delivery = int(raw) if raw.isdigit() and len(raw) < 18 else 0
