@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 from uuid import UUID
@@ -71,6 +74,24 @@ class ConcurrentWriteError(RuntimeError):
     """Another writer stored events for a lead in this batch first (e.g. during a rebalance)."""
 
 
+@dataclass(frozen=True)
+class LockTiming:
+    """How one save used the event store's table lock.
+
+    ``waited_s``: from the save's transaction starting in PostgreSQL to its INSERT starting
+    there, almost all of it the ``LOCK TABLE`` waiting for other writers (PostgreSQL's
+    clock). ``held_s``: from the save's statements sent to its commit returning, less
+    ``waited_s`` (this process's clock): the time no other writer could store. It includes
+    the replies' round trips, so it is an upper bound on the server's hold."""
+
+    waited_s: float
+    held_s: float
+    events: int
+
+
+LockObserver = Callable[[LockTiming], None]
+
+
 class ColumnArrayRecorder(PostgresApplicationRecorder):
     """The library's recorder, inserting a batch's events as binary column arrays, with
     the lead-event id each event applies in a column of its own.
@@ -97,8 +118,13 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.{table} "
             "(originator_id, originator_version, topic, state, source_event_id) "
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[], %b::text[]) "
-            "RETURNING notification_id"
+            "RETURNING notification_id, "
+            "extract(epoch FROM statement_timestamp() - transaction_timestamp()) AS waited_s"
         ).format(**names)
+        # Told how each save used the table lock (streams/processor.py: metrics); per thread,
+        # the time this thread's save was sent.
+        self.lock_observer: LockObserver | None = None
+        self._sent = threading.local()
         self.select_source_ids_statement = SQL(
             "SELECT t.originator_id, t.source_event_id FROM {schema}.{table} t "
             "JOIN unnest(%b::uuid[], %b::text[]) AS q(originator_id, source_event_id) "
@@ -133,6 +159,31 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
                 curs.execute(self.fill_source_column_statement, (SCORED_TOPIC,))
             curs.execute(self.create_source_index_statement)
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        self._sent.at = 0.0
+        self._sent.waited = 0.0
+        ids = super().insert_events(stored_events, **kwargs)
+        if self.lock_observer is not None and self._sent.at:
+            whole = time.perf_counter() - self._sent.at
+            waited = self._sent.waited
+            self.lock_observer(LockTiming(waited, max(0.0, whole - waited), len(stored_events)))
+        return ids
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        rows = curs.fetchall()
+        if rows:
+            self._sent.waited = float(rows[0]["waited_s"])
+        if len(rows) != len(stored_events):
+            raise es_persistence.ProgrammingError(
+                f"Couldn't get all notification IDs (got {len(rows)}, "
+                f"expected {len(stored_events)})"
+            )
+        return [row["notification_id"] for row in rows]
+
     def _insert_stored_events(
         self,
         curs: Cursor[DictRow],
@@ -141,6 +192,7 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
         source_event_ids: Sequence[str | None] = (),
         **_: Any,
     ) -> None:
+        self._sent.at = time.perf_counter()
         self._lock_table(curs)
         self._notify_channel(curs)
         curs.execute(

@@ -59,6 +59,7 @@ PROFILE = stack.env_int("LEADSCORE_BENCH_PROFILE", 1)
 PERF_TOOLS = stack.env_int("LEADSCORE_BENCH_PERF_TOOLS", 1)
 POLL = 0.25
 PROJECTIONS = ("postgres", "redis", "clickhouse")
+LOCK_KEYS = ("lock_held_s", "lock_wait_s", "saves")
 WORKERS = stack.WORKERS
 
 
@@ -116,6 +117,9 @@ class Run:
     profile: str = ""
     done_after: dict[str, float] = field(default_factory=dict)  # milestone -> seconds
     cpu: dict[str, float] = field(default_factory=dict)  # group -> CPU seconds in the window
+    # The event store's table lock in the window, all workers: seconds held, seconds
+    # waited, saves (streams/metrics.py STORE_LOCK_*)
+    lock: dict[str, float] = field(default_factory=dict)
 
 
 def run_ours(
@@ -137,10 +141,13 @@ def run_ours(
     named.update(zip((p.pid for p in outbox), stack.OUTBOX_NAMES, strict=False))
     cpu_start: cpu.Snapshot | None = None
     cpu_spent: dict[str, float] = {}
+    lock_start: dict[str, float] = {}
+    lock: dict[str, float] = {}
     spy = None
     timeline = stack.Timeline()
     milestones: dict[str, float] = {}
-    head = last_score = 0
+    head = last_score = received = 0
+    behind: list[str] = []
     try:
         deadline = launched + timeout_for(wl.events)
         with progress_bar() as progress:
@@ -150,7 +157,12 @@ def run_ours(
                     if w.poll() is not None:
                         raise RuntimeError(f"worker exited with {w.returncode}; see {logs}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"run not finished in time; see {logs}")
+                    waiting = behind if milestones else ["the worker's events"]
+                    raise TimeoutError(
+                        f"run not finished in {timeout_for(wl.events):.0f} s: the worker had "
+                        f"received {received:,} of {wl.events:,} lead-events, still waiting "
+                        f"for {', '.join(waiting)}; see {logs}"
+                    )
                 m = stack.scrape_sum(ports)
                 now = time.monotonic()
                 received = int(m["received"])
@@ -158,6 +170,7 @@ def run_ours(
                 if received and not timeline.started:
                     timeline.started, timeline.first_count = now, received
                     cpu_start = cpu.snapshot()
+                    lock_start = {k: m[k] for k in LOCK_KEYS}
                 timeline.samples.append((now, received, rss))
                 progress.update(task, completed=received)
                 if received >= wl.events:
@@ -176,10 +189,18 @@ def run_ours(
                         timeline.ended = now
                         if cpu_start is not None:
                             cpu_spent = cpu.spent(cpu_start, cpu.snapshot(), named)
+                        lock = {k: m[k] - lock_start.get(k, 0.0) for k in LOCK_KEYS}
                         break
                 if spy is None and profile_to is not None and received:
                     spy = profiling.record(worker.pid, profile_to)  # after start-up
                 time.sleep(POLL)
+        if timeline.first_count > wl.events // 2:
+            # The window opens at the first poll that sees work; if most of it was done by
+            # then, rate and CPU per event would describe the tail of the run, not the run.
+            raise RuntimeError(
+                f"{timeline.first_count:,} of {wl.events:,} lead-events were applied before "
+                f"the first poll ({POLL} s): too few to measure; run a larger workload"
+            )
         scored = positions.scores()
         on_topic = stack.topic_count(s.kafka, s.topic_score_events, s.topic_partitions)
         if m["dead_lettered"]:
@@ -203,6 +224,7 @@ def run_ours(
         scored=scored,
         done_after={k: v - timeline.started for k, v in milestones.items()},
         cpu=cpu_spent,
+        lock=lock,
         published=on_topic,
         rss=[(n, kib / 1024) for _t, n, kib in timeline.samples],
         profile=profile_to.read_text() if profile_to and profile_to.exists() else "",

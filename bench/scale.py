@@ -56,6 +56,17 @@ def per_event(x: Run, group: str, events: int) -> float:
     return x.cpu.get(group, 0.0) / events * 1e6
 
 
+def lock_share(x: Run) -> float:
+    """The share of the run's window in which some worker held the store's table lock: the
+    sum of the saves' holds over the window (they cannot overlap: the lock is exclusive)."""
+    return x.lock.get("lock_held_s", 0.0) / x.seconds if x.seconds > 0 else float("nan")
+
+
+def lock_per_save(x: Run, key: str) -> float:
+    saves = x.lock.get("saves", 0.0)
+    return x.lock.get(key, 0.0) / saves if saves else float("nan")
+
+
 def report(wl: Workload, runs: dict[int, list[Run]], partitions: int) -> str:
     counts = sorted(runs)
     one = [x.rate for x in runs[counts[0]]]
@@ -68,8 +79,9 @@ def report(wl: Workload, runs: dict[int, list[Run]], partitions: int) -> str:
         "round.",
         "",
         "| workers | lead-events/s | speed-up (paired) | all applied / published / "
-        "projected after, s | whole-machine CPU µs per lead-event | idle share of the cores |",
-        "|---|---|---|---|---|---|",
+        "projected after, s | whole-machine CPU µs per lead-event | idle share of the cores "
+        "| store lock held, share of the window | lock wait per save, ms | events per save |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in counts:
         xs = runs[n]
@@ -83,11 +95,19 @@ def report(wl: Workload, runs: dict[int, list[Run]], partitions: int) -> str:
         )
         machine = statistics.median(per_event(x, "all (machine)", wl.events) for x in xs)
         idle = statistics.median(cpu.idle_share(x.cpu) for x in xs)
+        held = statistics.median(lock_share(x) for x in xs)
+        wait_ms = statistics.median(lock_per_save(x, "lock_wait_s") * 1e3 for x in xs)
+        # lead-events in the window (rate x window) over the saves in it
+        per_save = statistics.median(
+            x.rate * x.seconds / x.lock["saves"] if x.lock.get("saves") else float("nan")
+            for x in xs
+        )
         lines.append(
             f"| {n} | {rate} | "
             + (f"{up.median:.2f}x (min {up.low:.2f}, max {up.high:.2f})" if up else "n/a")
             + " | "
-            f"{after} | {machine:,.0f} | {idle:.0%} |"
+            f"{after} | {machine:,.0f} | {idle:.0%} | {held:.0%} | {wait_ms:.1f} | "
+            f"{per_save:,.0f} |"
         )
     lines += [
         "",

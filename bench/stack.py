@@ -353,6 +353,9 @@ def scrape(port: int) -> dict[str, float]:
         'leadscore_lead_events_total{outcome="dead_lettered"}': "dead_lettered",
         "leadscore_scores_recorded_total": "scored",
         "leadscore_score_events_published_total": "published",
+        "leadscore_store_lock_wait_seconds_sum": "lock_wait_s",
+        "leadscore_store_lock_held_seconds_sum": "lock_held_s",
+        "leadscore_store_lock_held_seconds_count": "saves",
     }
     out = dict.fromkeys(wanted.values(), 0.0)
     try:

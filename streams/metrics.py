@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from adapters.eventstore import LockTiming
 from streams.dlq import Reason
 
 EVENTS = Counter(
@@ -75,6 +76,27 @@ CONSUMER_LAG = Gauge(
     "the partition's high watermark minus the committed offset (streams/worker.py)",
     ["topic", "partition"],
 )
+# Every save takes the event store's table lock (EXCLUSIVE: notification ids commit in
+# order); workers' saves queue for it. Their sums over a window, against its length, say
+# how close the store is to serial (bench/scale.py, docs/scaling.md).
+_LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+STORE_LOCK_WAIT = Histogram(
+    "leadscore_store_lock_wait_seconds",
+    "A save's wait for the event store's table lock, other writers holding it",
+    buckets=_LOCK_BUCKETS,
+)
+STORE_LOCK_HELD = Histogram(
+    "leadscore_store_lock_held_seconds",
+    "A save's hold of the event store's table lock, statements sent to commit returned",
+    buckets=_LOCK_BUCKETS,
+)
+
+
+def observe_store_lock(timing: LockTiming) -> None:
+    STORE_LOCK_WAIT.observe(timing.waited_s)
+    STORE_LOCK_HELD.observe(timing.held_s)
+
+
 BATCH_SIZE = Histogram(
     "leadscore_batch_events",
     "Lead-events per batch",

@@ -113,6 +113,8 @@ def test_exported_series_are_the_engines() -> None:
         "leadscore_consumer_lag_messages",
         "leadscore_projection_lag_positions",
         "leadscore_score_latency_seconds_bucket",
+        "leadscore_store_lock_held_seconds_sum",
+        "leadscore_store_lock_wait_seconds_sum",
     ):
         assert name in series
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -7,9 +8,12 @@ import psycopg
 import pytest
 
 from adapters.eventstore import (
+    EVENTS_TABLE,
     SCORED_TOPIC,
+    ColumnArrayRecorder,
     ConcurrentWriteError,
     LeadStore,
+    LockTiming,
     open_store,
     postgres_env,
 )
@@ -74,5 +78,35 @@ def test_a_table_from_before_the_column_gets_it_filled_from_the_stored_states(
         agg = lead_aggregate_id("org-1", "m")
         pairs = {(agg, e.event_id) for e in events}
         assert store.stored_event_ids([*pairs, (agg, "other")]) == pairs
+    finally:
+        store.close()
+
+
+def test_each_save_reports_its_wait_for_and_hold_of_the_table_lock(settings: Settings) -> None:
+    """A save waits while another transaction holds the events table's lock, and reports
+    the wait (PostgreSQL's clock) and its own hold; a save with no rival waits ~0."""
+    store = open_store(settings.pg_dsn, cache_size=100)
+    seen: list[LockTiming] = []
+    assert isinstance(store.recorder, ColumnArrayRecorder)
+    store.recorder.lock_observer = seen.append
+    try:
+        first = apply_batch([created(lead="a")], {}, FixedScorer(), event_time, T0)
+        store.save_leads(list(first.touched.values()))
+        assert len(seen) == 1 and seen[0].events == 2  # LeadCreated + LeadScored
+        assert 0 <= seen[0].waited_s < 0.1 and seen[0].held_s > 0
+
+        rival = psycopg.connect(settings.pg_dsn)
+        rival.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE")  # holds it, uncommitted
+        release = threading.Timer(0.3, rival.commit)
+        release.start()
+        try:
+            second = apply_batch([created(lead="b")], {}, FixedScorer(), event_time, T0)
+            store.save_leads(list(second.touched.values()))
+        finally:
+            release.join()
+            rival.close()
+        assert len(seen) == 2
+        assert 0.25 <= seen[1].waited_s < 5, seen[1]
+        assert seen[1].held_s < seen[1].waited_s  # the wait is not counted as a hold
     finally:
         store.close()
