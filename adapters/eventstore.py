@@ -78,11 +78,11 @@ class ConcurrentWriteError(RuntimeError):
 class LockTiming:
     """How one save used the event store's table lock.
 
-    ``waited_s``: from the save's transaction starting in PostgreSQL to its INSERT starting
-    there, almost all of it the ``LOCK TABLE`` waiting for other writers (PostgreSQL's
-    clock). ``held_s``: from the save's statements sent to its commit returning, less
-    ``waited_s`` (this process's clock): the time no other writer could store. It includes
-    the replies' round trips, so it is an upper bound on the server's hold."""
+    ``waited_s``: the ``LOCK TABLE``'s time, between two marks of PostgreSQL's clock
+    around it: the wait for other writers. ``held_s``: from the
+    save's statements queued to its commit returning, less ``waited_s``, on this
+    process's clock: the time no other writer could store. It includes the replies' round
+    trips, so it is an upper bound on the server's hold."""
 
     waited_s: float
     held_s: float
@@ -118,9 +118,9 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.{table} "
             "(originator_id, originator_version, topic, state, source_event_id) "
             "SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[], %b::text[]) "
-            "RETURNING notification_id, "
-            "extract(epoch FROM statement_timestamp() - transaction_timestamp()) AS waited_s"
+            "RETURNING notification_id"
         ).format(**names)
+        self.mark_statement = SQL("SELECT extract(epoch FROM statement_timestamp()) AS marked_at")
         # Told how each save used the table lock (streams/processor.py: metrics); per thread,
         # the time this thread's save was sent.
         self.lock_observer: LockObserver | None = None
@@ -164,6 +164,7 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         self._sent.at = 0.0
         self._sent.waited = 0.0
+        self._sent.marks = ()
         ids = super().insert_events(stored_events, **kwargs)
         if self.lock_observer is not None and self._sent.at:
             whole = time.perf_counter() - self._sent.at
@@ -175,8 +176,12 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         rows = curs.fetchall()
-        if rows:
-            self._sent.waited = float(rows[0]["waited_s"])
+        if self._sent.marks:
+            before, after = (m.fetchone() for m in self._sent.marks)
+            for m in self._sent.marks:
+                m.close()
+            if before is not None and after is not None:
+                self._sent.waited = max(0.0, float(after["marked_at"] - before["marked_at"]))
         if len(rows) != len(stored_events):
             raise es_persistence.ProgrammingError(
                 f"Couldn't get all notification IDs (got {len(rows)}, "
@@ -192,20 +197,23 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
         source_event_ids: Sequence[str | None] = (),
         **_: Any,
     ) -> None:
-        self._sent.at = time.perf_counter()
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        curs.execute(
-            self.insert_columns_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-                list(source_event_ids) or [None] * len(stored_events),
-            ),
-            prepare=True,
+        columns = (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+            list(source_event_ids) or [None] * len(stored_events),
         )
+        # Two marks of PostgreSQL's clock around the lock, pipelined with it (no round
+        # trip): the second's start less the first's is the lock's wait.
+        self._sent.at = time.perf_counter()
+        marks = (curs.connection.cursor(), curs.connection.cursor())
+        marks[0].execute(self.mark_statement, prepare=True)
+        self._lock_table(curs)
+        marks[1].execute(self.mark_statement, prepare=True)
+        self._sent.marks = marks
+        self._notify_channel(curs)
+        curs.execute(self.insert_columns_statement, columns, prepare=True)
 
     def stored_source_ids(self, keys: Sequence[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
         """Which (lead, lead-event id) pairs of ``keys`` are stored."""
