@@ -133,6 +133,10 @@ class Settings:
     # Larger batches amortise each batch's fixed costs (a transaction, a model call); 3,000
     # applied 7-10% more events/s than 1,000 on 2 cores (README, Benchmarks).
     batch_size: int = 3000
+    # A batch is handed over once no lead-event came for batch_quiet_ms, or it is full, or
+    # its first lead-event has waited batch_timeout_ms (streams/batching.py): a slow
+    # stream's batch goes within a few ms, a busy one's grows.
+    batch_quiet_ms: float = 2.0
     batch_timeout_ms: int = 50  # a batch waits at most this long to fill
     # Leads a worker keeps in memory; its memory is bounded by this
     aggregate_cache_size: int = 100_000

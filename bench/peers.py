@@ -3,9 +3,10 @@
 (a) ``faust``: what a user writes first: a plain Faust agent that decodes each
     lead-event (fastavro through the project's schema catalog, then the project's
     validation into a LeadEvent) and forwards it to another topic, one event at a time.
-(a0) ``faust-take``: a Faust agent that takes the events in batches (``take_events``, as
-    the worker does) and does nothing with them: the ceiling of any pipeline built on a
-    Faust agent on this machine, and what that machinery costs in CPU per event. Run twice:
+(a0) ``faust-take``: a Faust agent that takes the events in batches (``take_adaptive``,
+    streams/batching.py, as the worker does) and does nothing with them: the ceiling of
+    any pipeline built on a Faust agent on this machine, and what that machinery costs in
+    CPU per event. Run twice:
     on Faust's own consumer loop, and (``faust-take-direct``) on the worker's
     (streams/consumer.py), which hands a message to the stream without four tasks.
 (b) ``raw``: a confluent-kafka consume -> produce loop in Python doing nothing else: the
@@ -80,6 +81,7 @@ def run_faust_take(
 
     import faust
 
+    from streams.batching import take_adaptive
     from streams.worker import faust_worker
 
     # Fetching and buffering as the worker does (streams/worker.py).
@@ -97,8 +99,10 @@ def run_faust_take(
     @app.agent(source, name="take")
     async def take(stream: faust.StreamT[bytes]) -> None:
         seen = 0
-        within = s.batch_timeout_ms / 1000
-        async for batch in stream.take_events(s.batch_size, within=within):
+        batches = take_adaptive(
+            stream, s.batch_size, quiet=s.batch_quiet_ms / 1000, max_wait=s.batch_timeout_ms / 1000
+        )
+        async for batch in batches:
             seen += len(batch)
             if seen >= events:
                 result = clock.result(seen)

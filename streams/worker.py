@@ -31,6 +31,7 @@ from adapters.settings import Settings
 from adapters.webhook_secrets import SecretBox, SecretKeyError
 from projections.runner import run_projections, worker_projection_names
 from streams import metrics
+from streams.batching import take_adaptive
 from streams.bootstrap import Engine
 from streams.consumer import use_direct_delivery
 from streams.decay import DecayTimer, decay_lock_name, run_decay
@@ -198,8 +199,11 @@ def create_app(
     @app.agent(lead_events, name="score-leads")
     async def score_leads(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        async for batch in stream.take_events(s.batch_size, within=s.batch_timeout_ms / 1000):
-            # take_events acks (so commits) the batch when this body ends, also when it
+        batches = take_adaptive(
+            stream, s.batch_size, quiet=s.batch_quiet_ms / 1000, max_wait=s.batch_timeout_ms / 1000
+        )
+        async for batch in batches:
+            # take_adaptive acks (so commits) the batch when this body ends, also when it
             # ends by an exception or a cancellation at shutdown: the body must not end
             # before the batch is stored and its dead letters are in Kafka.
             messages = [raw_message(event.message) for event in batch]
@@ -273,7 +277,7 @@ async def _finish_or_die(work: asyncio.Future[BatchStats], within: float) -> Non
 
 
 def _die(reason: str, exc: BaseException) -> NoReturn:
-    # Exiting before take_events acks the batch keeps its offsets uncommitted, so
+    # Exiting before take_adaptive acks the batch keeps its offsets uncommitted, so
     # Kafka redelivers it to the next worker; the event ids make that harmless.
     log.critical(reason, error=repr(exc))
     sys.stderr.flush()
