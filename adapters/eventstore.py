@@ -79,10 +79,10 @@ class LockTiming:
     """How one save used the event store's table lock.
 
     ``waited_s``: the ``LOCK TABLE``'s time, between two marks of PostgreSQL's clock
-    around it: the wait for other writers. ``held_s``: from the
-    save's statements queued to its commit returning, less ``waited_s``, on this
-    process's clock: the time no other writer could store. It includes the replies' round
-    trips, so it is an upper bound on the server's hold."""
+    around it: the wait for other writers. ``held_s``: from the save's statements queued
+    to its commit returning, less ``waited_s``, on this process's clock: the time no other
+    writer could store. It includes the replies' round trips, so it is an upper bound on
+    the server's hold."""
 
     waited_s: float
     held_s: float

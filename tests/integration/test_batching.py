@@ -10,6 +10,8 @@ value is taken once and the group's offsets are committed to the end.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from faust.streams import Stream
 
 from adapters.settings import Settings, settings_env
 from streams.batching import take_adaptive
@@ -28,6 +31,18 @@ from streams.batching import take_adaptive
 pytestmark = pytest.mark.integration
 
 MAX, QUIET_S, MAX_WAIT_S = 50, 0.3, 20.0
+
+# sha256 of faust-streaming 0.15.3's Stream.take_events, whose buffer and acks
+# streams/batching.py follows. A new Faust changes it: compare the two, carry over what
+# changed, then update this.
+FAUST_TAKE_EVENTS_SHA256 = "607d48aead118ba8ea868718a0df87de1c5fcecd10ec542c659b448796728e08"
+
+
+def test_the_followed_take_is_fausts_of_the_pinned_version() -> None:
+    source = inspect.getsource(Stream.take_events)
+    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_TAKE_EVENTS_SHA256, (
+        "faust-streaming's Stream.take_events changed: re-read streams/batching.py"
+    )
 
 
 def _batches(out: Path) -> list[dict[str, object]]:
