@@ -10,9 +10,6 @@ value is taken once and the group's offsets are committed to the end.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +24,7 @@ from faust.streams import Stream
 
 from adapters.settings import Settings, settings_env
 from streams.batching import take_adaptive
+from tests.support.probes import jsonl, source_sha256
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +37,13 @@ FAUST_TAKE_EVENTS_SHA256 = "607d48aead118ba8ea868718a0df87de1c5fcecd10ec542c659b
 
 
 def test_the_followed_take_is_fausts_of_the_pinned_version() -> None:
-    source = inspect.getsource(Stream.take_events)
-    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_TAKE_EVENTS_SHA256, (
+    assert source_sha256(Stream.take_events) == FAUST_TAKE_EVENTS_SHA256, (
         "faust-streaming's Stream.take_events changed: re-read streams/batching.py"
     )
 
 
 def _batches(out: Path) -> list[dict[str, object]]:
-    path = out / "batches.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return jsonl(out / "batches.jsonl")
 
 
 def _taken(out: Path) -> list[str]:

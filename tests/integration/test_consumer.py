@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
 import signal
@@ -25,6 +23,7 @@ from streams.consumer import (
     use_direct_delivery,
 )
 from streams.worker import faust_app
+from tests.support.probes import jsonl, source_sha256
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which streams/consumer.py
 # copies with one change. A new Faust changes it: compare the two loops, carry over what
@@ -33,17 +32,13 @@ FAUST_DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704a
 
 
 def test_the_copied_loop_is_fausts_of_the_pinned_version() -> None:
-    source = inspect.getsource(FaustConsumer._drain_messages)
-    assert hashlib.sha256(source.encode()).hexdigest() == FAUST_DRAIN_SHA256, (
+    assert source_sha256(FaustConsumer._drain_messages) == FAUST_DRAIN_SHA256, (
         "faust-streaming's Consumer._drain_messages changed: re-read streams/consumer.py"
     )
 
 
 def _seen(out: Path) -> list[dict[str, object]]:
-    path = out / "seen.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return jsonl(out / "seen.jsonl")
 
 
 def test_a_slow_agent_gets_every_message_once_in_order_by_both_paths(
