@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.eventstore import LeadStore, open_store
+from adapters.eventstore import ColumnArrayRecorder, LeadStore, open_store
 from adapters.rulebook import RuleBook
 from adapters.settings import Settings, check_secrets
 from adapters.tenancy import KnownOrgs
 from adapters.topics import org_topic
 from domain.scoring import Models, Scorer
+from streams import metrics
 from streams.processor import BatchProcessor, Decoder
 from streams.relay import ScoreEventRelay, kafka_producer, relay_tracking
 from streams.wire import (
@@ -63,6 +64,8 @@ def bootstrap(settings: Settings, scorer: Scorer | None = None) -> Engine:
         cache_size=settings.aggregate_cache_size,
         snapshot_interval=settings.snapshot_interval,
     )
+    if isinstance(store.recorder, ColumnArrayRecorder):  # the worker's lock metrics
+        store.recorder.lock_observer = metrics.observe_store_lock
     catalog = SchemaCatalog.from_settings(settings)
     # Register the schemas we speak so their ids exist before any producer needs them.
     lead_events = AvroTopic(catalog, settings.topic_lead_events, LEAD_EVENT_SCHEMA)

@@ -18,12 +18,7 @@ import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from adapters.eventstore import (
-    DATABASE_UNAVAILABLE,
-    ColumnArrayRecorder,
-    ConcurrentWriteError,
-    LeadStore,
-)
+from adapters.eventstore import DATABASE_UNAVAILABLE, ConcurrentWriteError, LeadStore
 from adapters.tenancy import KnownOrgs
 from domain.events import LeadEvent
 from domain.lead import Lead
@@ -172,8 +167,6 @@ class BatchProcessor:
         # One model for all, or the registry's model per org (adapters/model_registry.py).
         self.models: Models = scorer if isinstance(scorer, Models) else OneModel(scorer)
         self.store = store
-        if isinstance(store.recorder, ColumnArrayRecorder):
-            store.recorder.lock_observer = metrics.observe_store_lock
         self.catalog = catalog
         self.clock = clock
         self.now = now

@@ -117,6 +117,8 @@ def test_scale_bench_reports_each_worker_count(
         rates[n] = float(cells[0].split()[0].replace(",", ""))
         assert rates[n] > 0
         assert cells[1].startswith("1.00x") if n == 1 else cells[1].endswith(")")
+        # the workers' store-lock metrics reached the bench: saves were counted
+        assert float(cells[7].replace(",", "")) > 0, cells
     worker = _cells(body, "| worker |")
     assert len(worker) == 2 and all(float(c.replace(",", "")) > 0 for c in worker)
 
