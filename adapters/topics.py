@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,11 +43,6 @@ def org_topic(lead_events_topic: str, org_id: str) -> str:
 def org_of_topic(lead_events_topic: str, topic: str) -> str | None:
     prefix = lead_events_topic + ORG_TOPIC_INFIX
     return topic[len(prefix) :] if topic.startswith(prefix) and len(topic) > len(prefix) else None
-
-
-def org_topic_pattern(lead_events_topic: str) -> str:
-    """librdkafka's regex subscription (a leading ``^``) for every org topic."""
-    return "^" + re.escape(lead_events_topic + ORG_TOPIC_INFIX).replace("\\-", "-") + ".+"
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:

@@ -4,15 +4,21 @@ only lead-events of that org.
 Kafka does not tell a consumer who produced a message, so the producer's identity is the
 topic it could write to: ``leadscore orgs grant-producer P --org X`` gives the principal
 ``User:P`` an ACL to write ``<lead-events>.org.X`` and nothing else (the shared
-lead-events topic is the engine's own). The gate consumes every such topic (a regex
-subscription, so a new grant is picked up within ``topic.metadata.refresh.interval.ms``)
-and for each message:
+lead-events topic is the engine's own). The gate consumes every such topic (it lists the
+broker's topics every ``metadata_refresh_ms`` and subscribes to the org topics by name,
+so a new grant is picked up within that time) and for each message:
 
 - a lead-event of org X is forwarded, bytes and headers as they came, to lead-events,
   keyed by its lead id as the engine's own producers key them (per-lead order);
 - a lead-event of another org is dead-lettered with reason ``org_not_allowed``;
 - a message that is not a valid lead-event is dead-lettered with the reason the worker
   would give it (it never reaches the shared topic).
+
+Why names and not librdkafka's regex subscription (``^lead-events[.]org[.].+``): librdkafka
+compiles the regex anew for every topic of every metadata refresh, which on a broker of
+2,800 topics cost the idle worker 1.8% of a core (perf: ``re_compile_internal`` under
+``rd_kafka_metadata_topic_match``); listing the topics and matching their prefix here
+costs 14 ms of CPU per look (docs/performance.md, "Idle").
 
 Offsets are committed only after the forwarded messages and the letters are
 acknowledged; a crash in between forwards a message twice, which the event store's
@@ -22,15 +28,16 @@ idempotence by event id absorbs.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from adapters.topics import org_of_topic, org_topic_pattern
+from adapters.topics import org_of_topic
 from streams import metrics
 from streams.dlq import DeadLetter, DeadLetterSink, RawMessage, Reason, normalize_headers
 from streams.processor import Decoder, decode_message
@@ -51,7 +58,7 @@ class Gate:
         catalog: Decoder,
         producer: Producer,
         dead_letters: DeadLetterSink,
-        metadata_refresh_ms: int = 5000,
+        metadata_refresh_ms: int = 15_000,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.topic = lead_events_topic
@@ -65,11 +72,31 @@ class Gate:
                 "group.id": group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "topic.metadata.refresh.interval.ms": metadata_refresh_ms,
                 "log_level": 3,
             }
         )
-        self.consumer.subscribe([org_topic_pattern(lead_events_topic)])
+        self.look_every_s = metadata_refresh_ms / 1000
+        self._looked_at = float("-inf")
+        self.subscribed: frozenset[str] = frozenset()
+
+    def look(self) -> frozenset[str]:
+        """Subscribe to the org topics the broker has now (a changed set rebalances the
+        gate's group; uncommitted messages come again, which the store absorbs)."""
+        self._looked_at = time.monotonic()
+        try:
+            names = self.consumer.list_topics(timeout=5).topics
+        except KafkaException as exc:  # keep the current subscription; look again later
+            log.warning("gate: topic metadata unavailable", error=str(exc))
+            return self.subscribed
+        topics = frozenset(name for name in names if org_of_topic(self.topic, name) is not None)
+        if topics != self.subscribed:
+            if topics:
+                self.consumer.subscribe(sorted(topics))
+            else:
+                self.consumer.unsubscribe()
+            log.info("gate subscribed", org_topics=len(topics))
+            self.subscribed = topics
+        return topics
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -84,6 +111,11 @@ class Gate:
 
     def step(self, timeout: float = 1.0) -> int:
         """Pass one batch through; return how many messages it held."""
+        if time.monotonic() - self._looked_at >= self.look_every_s:
+            self.look()
+        if not self.subscribed:  # nothing to consume: wait as a consume would
+            time.sleep(timeout)
+            return 0
         messages = [m for m in self.consumer.consume(_BATCH, timeout=timeout) if not self._error(m)]
         if not messages:
             return 0

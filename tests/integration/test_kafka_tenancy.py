@@ -190,6 +190,46 @@ def test_the_gate_forwards_its_orgs_events_and_dead_letters_the_rest(
     assert found[ours] is not None and found[theirs] is None
 
 
+def test_the_gate_picks_up_a_grant_made_while_it_runs(settings: Settings, engine: Engine) -> None:
+    """The gate subscribes to org topics by name, listing the broker's topics every
+    ``metadata_refresh_ms`` (1 s here): a topic granted after it started is consumed,
+    from its first message, without a restart."""
+    tag = secrets.token_hex(3)
+    first, later = f"first-{tag}", f"later-{tag}"
+    _register(settings, first, later)
+    assert kafka_access.grant_producer(settings, f"crm-{tag}", first)
+    gate = _gate(engine)
+    try:
+        gate.step(timeout=0.1)
+        assert org_topic(settings.topic_lead_events, first) in gate.subscribed
+        assert org_topic(settings.topic_lead_events, later) not in gate.subscribed
+
+        password = kafka_access.grant_producer(settings, f"crm2-{tag}", later)
+        assert password
+        values = encoded(engine, [created(lead="lead-9", org=later)])
+        topic = org_topic(settings.topic_lead_events, later)
+        assert _produce(_as(settings, f"crm2-{tag}", password), topic, values) == [None]
+        passed, deadline = 0, time.monotonic() + 60
+        while passed < 1 and time.monotonic() < deadline:
+            passed += gate.step(timeout=0.5)
+        assert topic in gate.subscribed
+    finally:
+        gate.close()
+    assert passed == 1
+    # The shared topic holds other tests' events too: read until this one is seen.
+    consumer = Consumer(
+        {**settings.kafka, "group.id": f"reader-{tag}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([settings.topic_lead_events])
+    seen, deadline = False, time.monotonic() + 30
+    try:
+        while not seen and time.monotonic() < deadline:
+            seen = any(m.value() == values[0] for m in consumer.consume(100, timeout=0.5))
+    finally:
+        consumer.close()
+    assert seen
+
+
 def test_grant_producer_command(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     tag = secrets.token_hex(3)
     org = f"acme-{tag}"
