@@ -157,13 +157,14 @@ def receiver(
         stopping = True
 
     signal.signal(signal.SIGTERM, stop)
-    got: list[tuple[float, bytes | None, list[tuple[str, bytes]] | None]] = []
+    got: list[tuple[float, bytes | None, list[tuple[str, bytes]] | None, int]] = []
     Path(ready).write_text("ready")
     poll = consumer.poll
     while not stopping:
         msg = poll(0.05)  # returns as soon as a message is there: its receipt time is now
         if msg is not None and not msg.error():
-            got.append((time.time(), msg.value(), msg.headers()))
+            # and the message's CreateTime: when the relay (or peer) called produce
+            got.append((time.time(), msg.value(), msg.headers(), msg.timestamp()[1]))
     consumer.close()
     with open(outfile, "wb") as f:
         pickle.dump(got, f)
@@ -459,22 +460,87 @@ def measure(
     return body
 
 
-def _receipts(path: Path, who: str, base: Settings) -> dict[str, float]:
-    """event id -> first receipt time."""
+def _receipts(
+    path: Path, who: str, base: Settings
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """event id -> first receipt time; and for ours, event id -> (scored at, produced at):
+    the worker's clock when its batch began scoring (the score-event's ``occurred_at``) and
+    the relay's when it handed the score-event to its producer (the message's CreateTime),
+    which split the latency into hops (:func:`hop_table`)."""
     from streams.wire import SchemaCatalog
 
     with path.open("rb") as f:
         got = pickle.load(f)
     first: dict[str, float] = {}
+    marks: dict[str, tuple[float, float]] = {}
     catalog = SchemaCatalog.from_settings(base) if who == "ours" else None
-    for at, value, headers in got:
+    for at, value, headers, created_ms in got:
         if catalog is not None:
-            eid = catalog.decode(value)["caused_by_event_id"]
+            record = catalog.decode(value)
+            eid = record["caused_by_event_id"]
+            scored = record["occurred_at"]
+            scored_s = scored.timestamp() if hasattr(scored, "timestamp") else scored / 1000
+            if eid and eid not in marks:
+                marks[eid] = (scored_s, created_ms / 1000)
         else:
             eid = dict(headers or []).get(ID_HEADER, b"").decode()
         if eid and eid not in first:
             first[eid] = at
-    return first
+    return first, marks
+
+
+HOPS = (
+    ("sent → scored", "broker in, the worker's fetch and batch, decode, load"),
+    ("scored → produced", "score, save and commit, NOTIFY, the relay's read"),
+    ("produced → received", "the relay's producer (linger 5 ms, acks=all), broker out"),
+)
+
+
+def hop_table(
+    segments: list[Segment],
+    rates: list[int],
+    received: dict[str, float],
+    marks: dict[str, tuple[float, float]],
+) -> list[str]:
+    """Where the latency goes: each hop's p50 and p99 (ms, medians of the runs)."""
+    per_rate: dict[int, list[list[tuple[float, float]]]] = {}
+    for seg in segments:
+        if seg.who != "ours":
+            continue
+        data = json.loads(seg.sent_file.read_text())
+        hops: list[list[float]] = [[], [], []]
+        for eid, at in data["sent"]:
+            if eid not in received or eid not in marks:
+                continue
+            scored, produced = marks[eid]
+            for i, (a, b) in enumerate(
+                ((at, scored), (scored, produced), (produced, received[eid]))
+            ):
+                hops[i].append((b - a) * 1000)
+        per_rate.setdefault(seg.rate, []).append(
+            [(percentiles(h)[0], percentiles(h)[2]) if h else (float("nan"),) * 2 for h in hops]
+        )
+    lines = [
+        "",
+        "Where the latency goes, hop by hop (ms, p50 / p99, medians of the runs; the marks are "
+        "the score-event's `occurred_at`, the worker's clock as its batch began scoring, and "
+        "its Kafka CreateTime, the relay's clock as it produced it; one machine, one clock, "
+        "CreateTime in whole ms):",
+        "",
+        "| offered events/s | " + " | ".join(f"{name} ({what})" for name, what in HOPS) + " |",
+        "|---|" + "---|" * len(HOPS),
+    ]
+    for rate in rates:
+        runs = per_rate.get(rate)
+        if not runs:
+            continue
+        cells = []
+        for i in range(len(HOPS)):
+            p50 = Spread.of([r[i][0] for r in runs]).median
+            p99 = Spread.of([r[i][1] for r in runs]).median
+            cells.append(f"{p50:,.1f} / {p99:,.1f}")
+        lines.append(f"| {rate:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def report(
@@ -487,7 +553,8 @@ def report(
     rates: list[int],
     seconds: float,
 ) -> str:
-    received = {"ours": _receipts(ours, "ours", base), "peer": _receipts(peer, "peer", base)}
+    ours_got, marks = _receipts(ours, "ours", base)
+    received = {"ours": ours_got, "peer": _receipts(peer, "peer", base)[0]}
     seen_in_api: dict[str, float] = {}
     for eid, at in json.loads(api.read_text()) if api.exists() else []:
         seen_in_api.setdefault(eid, at)
@@ -547,6 +614,7 @@ def report(
             f"{med(ours_runs, 'api_p50'):,.0f} | {med(ours_runs, 'api_p99'):,.0f} | "
             f"{med(ours_runs, 'api_samples'):,.0f} |"
         )
+    lines += hop_table(segments, rates, ours_got, marks)
     lines += cpu_table(segments, rates, seconds)
     worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
     lines += [

@@ -78,6 +78,17 @@ def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[4].startswith("**"), row  # p99 of ours
         assert cells[8] not in ("nan", ""), row  # peer p99
+    # The hop table: three hops per rate, each p50 / p99 in ms, none negative (one clock).
+    hops = body.split("Where the latency goes, hop by hop", 1)[1].split("Where the machine's CPU")[
+        0
+    ]
+    for rate in ("| 200 |", "| 400 |"):
+        row = next(line for line in hops.splitlines() if line.startswith(rate))
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert len(cells) == 3, row
+        for cell in cells:
+            p50, p99 = (float(x.replace(",", "")) for x in cell.split(" / "))
+            assert 0 <= p50 <= p99, row
     cpu_rows = {line.split("|")[1].strip(): line for line in body.splitlines() if "|" in line}
     worker = [c.strip() for c in cpu_rows["worker"].strip("|").split("|")[1:]]
     assert len(worker) == 2 and all(float(c.replace(",", "")) > 0 for c in worker), worker
