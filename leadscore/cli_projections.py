@@ -16,6 +16,7 @@ from projections import quarantine as quarantined
 from projections.base import ProjectionBusyError, ProjectionRunner
 from projections.log import LogReader, table_exists
 from projections.runner import ALL, embedded_clickhouse, opened, run_projections
+from streams.metrics import settle_gc
 
 app = typer.Typer(help="Read models: positions, rebuilds, running them.", no_args_is_help=True)
 console = Console()
@@ -118,6 +119,7 @@ def run(names: Names = None) -> None:
         console.print(f"running projections {', '.join(chosen)}; Ctrl-C stops")
         await run_projections(s, chosen, stop)
 
+    settle_gc()
     asyncio.run(main())
 
 

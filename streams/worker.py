@@ -377,6 +377,7 @@ def run_worker(engine: Engine) -> None:
             {"/healthz": probes.live, "/readyz": probes.ready},
         )
     worker = faust_worker(app, s.log_level, on_stop_signal=deadline.start)
+    metrics.settle_gc()
     code: int | str | None = 0
     try:
         worker.execute_from_commandline()
@@ -549,6 +550,7 @@ def run_relay(engine: Engine) -> None:
             s.metrics_host,
             {"/healthz": lambda: (True, {"live": True}), "/readyz": ready},
         )
+    metrics.settle_gc()
     stop.wait()
     deadline = ShutdownDeadline(s.shutdown_timeout_s)
     deadline.start()

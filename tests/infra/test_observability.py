@@ -115,6 +115,7 @@ def test_exported_series_are_the_engines() -> None:
         "leadscore_score_latency_seconds_bucket",
         "leadscore_store_lock_held_seconds_sum",
         "leadscore_store_lock_wait_seconds_sum",
+        "leadscore_gc_pause_seconds_bucket",
     ):
         assert name in series
 
