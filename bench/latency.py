@@ -8,8 +8,11 @@ the topic and notes when each arrived (decoding only after the run); events are 
 by ``caused_by_event_id``. Only lead-events that changed a score produce a score-event,
 so the samples are those events (their share is shown).
 
-The query API too: a watcher process polls GET /leads/{id} for a sample of leads until
-the lead shows a score at least as new as its score-event (produced -> visible via the API).
+The query API too, in a segment of its own after ours at each rate (the same load sent
+again): a watcher process polls GET /leads/{id} for a sample of leads until the lead
+shows a score at least as new as its score-event (produced -> visible via the API). Its
+polling costs the API and the machine CPU, so ours' latency and CPU are measured with the
+watcher switched off (it watches only while its switch file exists).
 
 The peer, in the same run and on the same broker: bench/peers.py's raw confluent-kafka
 consume -> produce loop forwarding the same events (headers included) to a sink topic,
@@ -174,10 +177,11 @@ def receiver(
 
 
 def api_watcher(
-    s: Settings, url: str, keys_file: str, sample: int, outfile: str, ready: str
+    s: Settings, url: str, keys_file: str, sample: int, outfile: str, ready: str, switch: str
 ) -> None:
     """For one score-event in ``sample``, poll GET /leads/{id} until the API shows a score
     at least as new (its log position); write (caused_by_event_id, seen at) on SIGTERM.
+    Score-events that come while the file ``switch`` does not exist are not watched.
 
     Four threads, each with its own keep-alive connection, poll the open watches every
     2 ms: a light client, so the watching disturbs the machine little.
@@ -246,11 +250,12 @@ def api_watcher(
         th.start()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     Path(ready).write_text("ready")
+    on = Path(switch)
     while not stopping.is_set():
         msg = consumer.poll(0.05)
         if msg is None or msg.error():
             continue
-        if zlib.crc32(msg.key() or b"") % sample:
+        if zlib.crc32(msg.key() or b"") % sample or not on.exists():
             continue  # the sample is by lead, so a watched lead's scores are all watched
         r = catalog.decode(msg.value())
         watches.put((r["org_id"], r["lead_id"], int(r["position"]), r["caused_by_event_id"]))
@@ -266,7 +271,7 @@ def api_watcher(
 
 @dataclass
 class Segment:
-    who: str  # "ours" or "peer"
+    who: str  # "ours", "peer" or "api" (ours again, the API watched)
     rate: int
     run: int
     sent_file: Path
@@ -343,7 +348,7 @@ def measure(
     base: Settings, rates: list[int], seconds: float, runs: int, warmup_s: float = WARMUP_SECONDS
 ) -> str:
     """Run the latency bench; returns the results body (markdown)."""
-    per_run = sum(int(r * seconds) for r in rates)
+    per_run = 2 * sum(int(r * seconds) for r in rates)  # ours (and the peer), then the API
     warmup = max(1, int(500 * warmup_s))
     total = warmup + runs * per_run
     console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in rates)} events/s")
@@ -393,10 +398,11 @@ def measure(
         recv_peer, peer_file = _start_receiver(base, peer_out, tmp, "peer")
         procs += [recv_ours, recv_peer]
         keys_file, api_file, api_ready = tmp / "keys.json", tmp / "api.json", tmp / "api.ready"
+        api_on = tmp / "api.on"
         keys_file.write_text(json.dumps(keys))
         watcher = stack.start_process(
             ["-m", "bench.latency", "api", api_url, str(keys_file), str(API_SAMPLE),
-             str(api_file), str(api_ready)],
+             str(api_file), str(api_ready), str(api_on)],
             s,
             logs / "latency-api-watcher.log",
         )  # fmt: skip
@@ -412,6 +418,8 @@ def measure(
         sent = {"ours": 0, "peer": 0}
 
         def drained(who: str) -> bool:
+            if who == "api":
+                return drained("ours")
             if who == "peer":
                 return marks.count() >= sent["peer"]
             m = stack.scrape_sum(ports)
@@ -420,13 +428,16 @@ def measure(
             return positions.published(s.topic_score_events) >= positions.last_score()
 
         def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
-            topic = ours_in if who == "ours" else peer_in
+            topic = peer_in if who == "peer" else ours_in
+            if who == "api":
+                api_on.touch()
             before = cpu.snapshot()
             out = _send(s, topic, rate, chunk, tmp, f"{who}-{rate}-{run}")
-            sent[who] += len(chunk)
+            sent["peer" if who == "peer" else "ours"] += len(chunk)
             stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
             spent = cpu.spent(before, cpu.snapshot(), named)
-            time.sleep(0.5)  # the last score-events reach the receiver
+            time.sleep(0.5)  # the last score-events reach the receiver (and the API)
+            api_on.unlink(missing_ok=True)
             segments.append(Segment(who, rate, run, out, spent))
 
         with console.status("warming up (worker joining its group, first batches)"):
@@ -439,11 +450,11 @@ def measure(
         for run in range(runs):
             for rate in rates:
                 n = int(rate * seconds)
-                chunk = messages[at : at + n]
-                at += n
-                for who in ("ours", "peer"):
+                chunk, again = messages[at : at + n], messages[at + n : at + 2 * n]
+                at += 2 * n
+                for who, events in (("ours", chunk), ("peer", chunk), ("api", again)):
                     with console.status(f"run {run + 1}/{runs}: {who} at {rate:,} events/s"):
-                        segment(who, rate, run, chunk)
+                        segment(who, rate, run, events)
                 console.print(f"run {run + 1}/{runs}: {rate:,} events/s done")
         positions.close()
         marks.close()
@@ -554,7 +565,7 @@ def report(
     seconds: float,
 ) -> str:
     ours_got, marks = _receipts(ours, "ours", base)
-    received = {"ours": ours_got, "peer": _receipts(peer, "peer", base)[0]}
+    received = {"ours": ours_got, "api": ours_got, "peer": _receipts(peer, "peer", base)[0]}
     seen_in_api: dict[str, float] = {}
     for eid, at in json.loads(api.read_text()) if api.exists() else []:
         seen_in_api.setdefault(eid, at)
@@ -592,6 +603,7 @@ def report(
     ]
     for rate in rates:
         ours_runs, peer_runs = rows.get(("ours", rate), []), rows.get(("peer", rate), [])
+        api_runs = rows.get(("api", rate), [])
         if not ours_runs:
             continue
 
@@ -611,8 +623,8 @@ def report(
             f"{med(peer_runs, 'p50'):,.1f} | {med(peer_runs, 'p95'):,.1f} | "
             f"{med(peer_runs, 'p99'):,.1f} | "
             f"{p99.median / med(peer_runs, 'p99'):,.0f}× | {verdict} | "
-            f"{med(ours_runs, 'api_p50'):,.0f} | {med(ours_runs, 'api_p99'):,.0f} | "
-            f"{med(ours_runs, 'api_samples'):,.0f} |"
+            f"{med(api_runs, 'api_p50'):,.0f} | {med(api_runs, 'api_p99'):,.0f} | "
+            f"{med(api_runs, 'api_samples'):,.0f} |"
         )
     lines += hop_table(segments, rates, ours_got, marks)
     lines += cpu_table(segments, rates, seconds)
@@ -622,7 +634,9 @@ def report(
         "Peer: a raw confluent-kafka consume → produce loop (bench/peers.py) fed the same events "
         "by the same generator, timed by the same receiver. The generator fell at most "
         f"{worst:,.1f} ms behind its schedule. Samples are the lead-events that changed a score "
-        "(a score-event is published only for a stored change). Via the API: for the leads "
+        "(a score-event is published only for a stored change). Via the API, in a segment "
+        "of its own after ours at each rate (as many new lead-events at the same rate; ours' "
+        "latency and CPU above are measured with the watcher off): for the leads "
         f"of one score-event in {API_SAMPLE}, a watcher process polls GET /leads/{{id}} every "
         "2 ms (4 keep-alive connections) until the lead's score is at least as new as that "
         "score-event: produced → visible through the query API (PostgreSQL and Redis read "
@@ -674,8 +688,8 @@ if __name__ == "__main__":
         topic, rate, infile, outfile = args
         generator(s.kafka, topic, float(rate), infile, outfile)
     elif kind == "api":
-        url, keys_file, sample, outfile, ready = args
-        api_watcher(Settings.from_env(), url, keys_file, int(sample), outfile, ready)
+        url, keys_file, sample, outfile, ready, switch = args
+        api_watcher(Settings.from_env(), url, keys_file, int(sample), outfile, ready, switch)
     elif kind == "recv":
         s = Settings.from_env()
         topic, partitions, outfile, ready = args

@@ -73,11 +73,14 @@ def test_profiled_run_samples_the_event_store_thread(services: Settings, tmp_pat
 
 def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
     body = latency.measure(services, [200, 400], 1.0, 1, warmup_s=0.4)
+    watched = 0
     for rate in ("| 200 |", "| 400 |"):
         row = next(line for line in body.splitlines() if line.startswith(rate))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[4].startswith("**"), row  # p99 of ours
         assert cells[8] not in ("nan", ""), row  # peer p99
+        watched += int(cells[13].replace(",", ""))  # seen through the API, its own segment
+    assert watched > 0, body
     # The hop table: three hops per rate, each p50 / p99 in ms, none negative (one clock).
     hops = body.split("Where the latency goes, hop by hop", 1)[1].split("Where the machine's CPU")[
         0
