@@ -7,6 +7,7 @@ below the stored position are skipped, so a redelivered batch changes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -90,21 +91,41 @@ CREATE INDEX IF NOT EXISTS score_history_org_lead_pos_idx
     ON score_history (org_id, lead_id, position DESC);
 """
 
-_UPSERT_LEAD = f"""
-INSERT INTO leads (aggregate_id, org_id, lead_id, {", ".join(PROFILE_COLUMNS)},
-                   status, created_at, updated_at)
-VALUES ($1, $2, $3, {", ".join(f"${i}" for i in range(4, 4 + len(PROFILE_COLUMNS)))},
-        $13, $14, $15)
+# Each batch goes in as one statement per table: the rows as column arrays, unnest()ed
+# server-side (one plan, one execution) rather than one execution per row. A batch holds
+# one row per lead and per (lead, version), folded in memory first (``_rows``), so no
+# statement touches a row twice. The arrays' element types are the columns' own, read
+# from the catalog at ``setup`` (an operator who widens a column, as a quarantine's fix
+# may, sees it at the next start or `projections quarantine retry`); these are the DDL's.
+_LEAD_TYPES = (
+    ("aggregate_id", "uuid"), ("org_id", "text"), ("lead_id", "text"),
+    *((c, "integer" if c == "employees" else "text") for c in PROFILE_COLUMNS),
+    ("status", "text"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+)  # fmt: skip
+_SCORE_TYPES = (
+    ("aggregate_id", "uuid"), ("org_id", "text"), ("lead_id", "text"),
+    ("total", "double precision"), ("fit", "double precision"),
+    ("engagement", "double precision"), ("grade", "text"), ("model_version", "text"),
+    ("updated_at", "timestamptz"), ("position", "bigint"), ("factors", "jsonb"),
+    ("stage", "text"),
+)  # fmt: skip
+_HISTORY_TYPES = (
+    ("aggregate_id", "uuid"), ("version", "bigint"), ("org_id", "text"), ("lead_id", "text"),
+    ("score", "double precision"), ("previous_score", "double precision"),
+    ("components", "jsonb"), ("factors", "jsonb"), ("grade", "text"),
+    ("model_version", "text"), ("caused_by_event_id", "text"), ("at", "timestamptz"),
+    ("position", "bigint"),
+)  # fmt: skip
+_COLUMNS = {"leads": _LEAD_TYPES, "lead_scores": _SCORE_TYPES, "score_history": _HISTORY_TYPES}
+
+_ON_LEAD = f"""
 ON CONFLICT (aggregate_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in PROFILE_COLUMNS)},
     status = EXCLUDED.status,
     created_at = EXCLUDED.created_at,
     updated_at = EXCLUDED.updated_at
 """
-_UPSERT_SCORE = """
-INSERT INTO lead_scores (aggregate_id, org_id, lead_id, total, fit, engagement, grade,
-                         model_version, updated_at, position, factors, stage)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12)
+_ON_SCORE = """
 ON CONFLICT (aggregate_id) DO UPDATE SET
     total = EXCLUDED.total, fit = EXCLUDED.fit, engagement = EXCLUDED.engagement,
     grade = EXCLUDED.grade, model_version = EXCLUDED.model_version,
@@ -112,13 +133,54 @@ ON CONFLICT (aggregate_id) DO UPDATE SET
     factors = EXCLUDED.factors, stage = EXCLUDED.stage
 WHERE lead_scores.position < EXCLUDED.position
 """
-_INSERT_HISTORY = """
-INSERT INTO score_history (aggregate_id, version, org_id, lead_id, score, previous_score,
-                           components, factors, grade, model_version, caused_by_event_id,
-                           at, position)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13)
+_ON_HISTORY = """
 ON CONFLICT (aggregate_id, version) DO NOTHING
 """
+_CATALOG_TYPES = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+WHERE c.oid = ANY(ARRAY[to_regclass('leads'), to_regclass('lead_scores'),
+                        to_regclass('score_history')])
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+def _insert_unnest(table: str, types: Sequence[tuple[str, str]]) -> str:
+    """``INSERT INTO table (cols) SELECT ... FROM unnest($1::t1[], ...)``; jsonb columns
+    travel as text arrays (the rows hold JSON text) and are cast per element."""
+    columns = ", ".join(name for name, _ in types)
+    arrays = ", ".join(
+        f"${i}::{'text' if t == 'jsonb' else t}[]" for i, (_, t) in enumerate(types, 1)
+    )
+    select = ", ".join(f"{name}::jsonb" if t == "jsonb" else name for name, t in types)
+    return f"INSERT INTO {table} ({columns})\nSELECT {select} FROM unnest({arrays}) AS r({columns})"
+
+
+@dataclass(frozen=True)
+class _Statements:
+    upsert_lead: str
+    upsert_score: str
+    insert_history: str
+
+    @classmethod
+    def typed(cls, found: dict[str, dict[str, str]] | None = None) -> _Statements:
+        """The three statements, each column typed as ``found`` says (else as the DDL)."""
+
+        def types(table: str) -> list[tuple[str, str]]:
+            have = (found or {}).get(table, {})
+            return [(name, have.get(name, t)) for name, t in _COLUMNS[table]]
+
+        return cls(
+            _insert_unnest("leads", types("leads")) + _ON_LEAD,
+            _insert_unnest("lead_scores", types("lead_scores")) + _ON_SCORE,
+            _insert_unnest("score_history", types("score_history")) + _ON_HISTORY,
+        )
+
+
+async def _write(conn: asyncpg.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write ``rows`` (tuples in the statement's column order) in one statement."""
+    if rows:
+        await conn.execute(sql, *(list(column) for column in zip(*rows, strict=True)))
 
 
 class PostgresProjection:
@@ -126,12 +188,17 @@ class PostgresProjection:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.sql = _Statements.typed()
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             # Same lock as the event store's DDL: workers start together.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", DDL_LOCK)
             await conn.execute(DDL)
+            found: dict[str, dict[str, str]] = {}
+            for table, column, kind in await conn.fetch(_CATALOG_TYPES):
+                found.setdefault(table, {})[column] = kind
+        self.sql = _Statements.typed(found)
 
     async def position(self) -> int:
         return await positions.aposition(self.pool, POSITION_NAME)
@@ -167,11 +234,15 @@ class PostgresProjection:
                 ]
                 await conn.execute("DELETE FROM leads WHERE aggregate_id = $1", agg)
                 leads, _scores, _history = await self._rows(conn, history)
-                if leads:
-                    await conn.executemany(_UPSERT_LEAD, leads)
+                await _write(conn, self.sql.upsert_lead, leads)
             if scored:
-                await conn.executemany(_UPSERT_SCORE, [_score_row(e) for e in scored])
-                await conn.executemany(_INSERT_HISTORY, [_history_row(e) for e in scored])
+                # One row per lead (the newest entry) and per (lead, version).
+                newest = {e.aggregate_id: e for e in sorted(scored, key=lambda e: e.position)}
+                by_version = {(e.aggregate_id, e.version): e for e in scored}
+                await _write(conn, self.sql.upsert_score, [_score_row(e) for e in newest.values()])
+                await _write(
+                    conn, self.sql.insert_history, [_history_row(e) for e in by_version.values()]
+                )
             touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in entries)
             for payload in changes.encode(touched):
                 await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, payload)
@@ -184,12 +255,9 @@ class PostgresProjection:
             if not fresh:
                 return
             leads, scores, history = await self._rows(conn, fresh)
-            if leads:
-                await conn.executemany(_UPSERT_LEAD, leads)
-            if scores:
-                await conn.executemany(_UPSERT_SCORE, scores)
-            if history:
-                await conn.executemany(_INSERT_HISTORY, history)
+            await _write(conn, self.sql.upsert_lead, leads)
+            await _write(conn, self.sql.upsert_score, scores)
+            await _write(conn, self.sql.insert_history, history)
             await positions.aset(conn, POSITION_NAME, fresh[-1].position)
             # Delivered on commit, never for a rolled-back batch: caches evict these leads.
             touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in fresh)
