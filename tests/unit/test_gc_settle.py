@@ -7,7 +7,7 @@ import gc
 
 from prometheus_client import REGISTRY
 
-from streams.metrics import settle_gc
+from streams.metrics import GC_YOUNG_THRESHOLD, settle_gc
 
 
 def _count(generation: str) -> float:
@@ -18,11 +18,13 @@ def _count(generation: str) -> float:
 
 
 def test_settle_gc_freezes_startup_objects_and_times_collections() -> None:
+    threshold = gc.get_threshold()
     try:
         loaded = [object() for _ in range(1000)]  # alive when the process settles
         settle_gc()
         frozen = gc.get_freeze_count()
         assert frozen >= len(loaded)
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
 
         before = _count("2")
         gc.collect()
@@ -35,3 +37,4 @@ def test_settle_gc_freezes_startup_objects_and_times_collections() -> None:
         assert sum(getattr(cb, "_leadscore", False) for cb in gc.callbacks) == 1
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
