@@ -18,7 +18,7 @@ Why names and not librdkafka's regex subscription (``^lead-events[.]org[.].+``):
 compiles the regex anew for every topic of every metadata refresh, which on a broker of
 2,800 topics cost the idle worker 1.8% of a core (perf: ``re_compile_internal`` under
 ``rd_kafka_metadata_topic_match``); listing the topics and matching their prefix here
-costs 14 ms of CPU per look (docs/performance.md, "Idle").
+costs 14 ms of CPU per look (docs/performance.md, "An idle stack, and waking on work").
 
 Offsets are committed only after the forwarded messages and the letters are
 acknowledged; a crash in between forwards a message twice, which the event store's
