@@ -74,11 +74,16 @@ class ConcurrentWriteError(RuntimeError):
     """Another writer stored events for a lead in this batch first (e.g. during a rebalance)."""
 
 
+# The advisory lock's first key (its second: hashtext of the events table's name), in
+# the two-key space, which never overlaps the one-key locks of adapters/positions.py.
+STORE_LOCK = 0x1EAD
+
+
 @dataclass(frozen=True)
 class LockTiming:
-    """How one save used the event store's table lock.
+    """How one save used the event store's write lock.
 
-    ``waited_s``: the ``LOCK TABLE``'s time, between two marks of PostgreSQL's clock
+    ``waited_s``: the lock's time, between two marks of PostgreSQL's clock
     around it: the wait for other writers. ``held_s``: from the save's statements queued
     to its commit returning, less ``waited_s``, on this process's clock: the time no other
     writer could store. It includes the replies' round trips, so it is an upper bound on
@@ -99,8 +104,18 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
     The library sends one array of a composite type, which psycopg dumps in Python in
     text format (hex-escaping every state): about 70 µs per event, most of a batch's
     save. Arrays of uuid, bigint, text and bytea go through psycopg's C dumpers in binary.
-    Same table, same rows, same order of notification ids; the table lock and NOTIFY are
-    the library's own.
+    Same table, same rows, same order of notification ids; NOTIFY is the library's own.
+
+    Writers are serialised as the library does it, so that notification ids commit in
+    order and a follower reading "after position N" never skips a late commit, but with
+    a transaction-scoped advisory lock (``STORE_LOCK``) in place of the library's ``LOCK
+    TABLE ... IN EXCLUSIVE MODE``. The table lock conflicts with autovacuum's SHARE UPDATE
+    EXCLUSIVE: a worker's save waited behind an autovacuum of the events table until
+    autovacuum cancelled itself after ``deadlock_timeout`` (1 s), measured as an 800 ms
+    stall of every lead-event in flight (the PostgreSQL log said "skipping analyze of
+    leads_events --- lock not available" at that moment), and an anti-wraparound vacuum,
+    which does not cancel itself, would have stopped every writer for its whole run.
+    Every writer of the events table goes through this recorder (``open_store``).
 
     ``source_event_id`` (NULL for events no lead-event caused, such as LeadScored) has a
     unique index per lead: it answers "was this lead-event applied?" for ids older than
@@ -121,7 +136,9 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
             "RETURNING notification_id"
         ).format(**names)
         self.mark_statement = SQL("SELECT extract(epoch FROM statement_timestamp()) AS marked_at")
-        # Told how each save used the table lock (streams/processor.py: metrics); per thread,
+        self.store_lock_statement = SQL("SELECT pg_advisory_xact_lock(%s, hashtext(%s))")
+        self.store_lock_key = (STORE_LOCK, f"{datastore.schema}.{events_table_name}")
+        # Told how each save used the write lock (streams/processor.py: metrics); per thread,
         # the time this thread's save was sent.
         self.lock_observer: LockObserver | None = None
         self._sent = threading.local()
@@ -214,6 +231,11 @@ class ColumnArrayRecorder(PostgresApplicationRecorder):
         self._sent.marks = marks
         self._notify_channel(curs)
         curs.execute(self.insert_columns_statement, columns, prepare=True)
+
+    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+        """Serialise this transaction's insert with every other writer's (see the class):
+        released at commit or rollback."""
+        curs.execute(self.store_lock_statement, self.store_lock_key, prepare=True)
 
     def stored_source_ids(self, keys: Sequence[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
         """Which (lead, lead-event id) pairs of ``keys`` are stored."""

@@ -117,7 +117,7 @@ class Run:
     profile: str = ""
     done_after: dict[str, float] = field(default_factory=dict)  # milestone -> seconds
     cpu: dict[str, float] = field(default_factory=dict)  # group -> CPU seconds in the window
-    # The event store's table lock in the window, all workers: seconds held, seconds
+    # The event store's write lock in the window, all workers: seconds held, seconds
     # waited, saves (streams/metrics.py STORE_LOCK_*)
     lock: dict[str, float] = field(default_factory=dict)
 

@@ -57,7 +57,7 @@ def per_event(x: Run, group: str, events: int) -> float:
 
 
 def lock_share(x: Run) -> float:
-    """The share of the run's window in which some worker held the store's table lock: the
+    """The share of the run's window in which some worker held the store's write lock: the
     sum of the saves' holds over the window (they cannot overlap: the lock is exclusive)."""
     return x.lock.get("lock_held_s", 0.0) / x.seconds if x.seconds > 0 else float("nan")
 

@@ -79,18 +79,18 @@ CONSUMER_LAG = Gauge(
     "the partition's high watermark minus the committed offset (streams/worker.py)",
     ["topic", "partition"],
 )
-# Every save takes the event store's table lock (EXCLUSIVE: notification ids commit in
+# Every save takes the event store's write lock (advisory: notification ids commit in
 # order); workers' saves queue for it. Their sums over a window, against its length, say
 # how close the store is to serial (bench/scale.py, docs/scaling.md).
 _LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 STORE_LOCK_WAIT = Histogram(
     "leadscore_store_lock_wait_seconds",
-    "A save's wait for the event store's table lock, other writers holding it",
+    "A save's wait for the event store's write lock, other writers holding it",
     buckets=_LOCK_BUCKETS,
 )
 STORE_LOCK_HELD = Histogram(
     "leadscore_store_lock_held_seconds",
-    "A save's hold of the event store's table lock, statements sent to commit returned",
+    "A save's hold of the event store's write lock, statements sent to commit returned",
     buckets=_LOCK_BUCKETS,
 )
 

@@ -82,8 +82,8 @@ def test_a_table_from_before_the_column_gets_it_filled_from_the_stored_states(
         store.close()
 
 
-def test_each_save_reports_its_wait_for_and_hold_of_the_table_lock(settings: Settings) -> None:
-    """A save waits while another transaction holds the events table's lock, and reports
+def test_each_save_reports_its_wait_for_and_hold_of_the_write_lock(settings: Settings) -> None:
+    """A save waits while another transaction holds the event store's write lock, and reports
     the wait (PostgreSQL's clock) and its own hold; a save with no rival waits ~0."""
     store = open_store(settings.pg_dsn, cache_size=100)
     seen: list[LockTiming] = []
@@ -96,7 +96,8 @@ def test_each_save_reports_its_wait_for_and_hold_of_the_table_lock(settings: Set
         assert 0 <= seen[0].waited_s < 0.1 and seen[0].held_s > 0
 
         rival = psycopg.connect(settings.pg_dsn)
-        rival.execute(f"LOCK TABLE {EVENTS_TABLE} IN EXCLUSIVE MODE")  # holds it, uncommitted
+        # Another writer mid-save: holds the store's write lock, uncommitted.
+        rival.execute(store.recorder.store_lock_statement, store.recorder.store_lock_key)
         release = threading.Timer(0.3, rival.commit)
         release.start()
         try:
@@ -109,4 +110,30 @@ def test_each_save_reports_its_wait_for_and_hold_of_the_table_lock(settings: Set
         assert 0.25 <= seen[1].waited_s < 5, seen[1]
         assert seen[1].held_s < seen[1].waited_s  # the wait is not counted as a hold
     finally:
+        store.close()
+
+
+def test_a_save_does_not_wait_for_a_vacuum_of_the_events_table(settings: Settings) -> None:
+    """Writers serialise on an advisory lock, not on LOCK TABLE: a transaction holding the
+    lock a VACUUM or ANALYZE takes (SHARE UPDATE EXCLUSIVE) does not hold a save back, as
+    the library's EXCLUSIVE table lock did until autovacuum cancelled itself."""
+    store = open_store(settings.pg_dsn, cache_size=100)
+    seen: list[LockTiming] = []
+    assert isinstance(store.recorder, ColumnArrayRecorder)
+    store.recorder.lock_observer = seen.append
+    vacuum_like = psycopg.connect(settings.pg_dsn)
+    try:
+        vacuum_like.execute(f"LOCK TABLE {EVENTS_TABLE} IN SHARE UPDATE EXCLUSIVE MODE")
+        batch = apply_batch([created(lead="v")], {}, FixedScorer(), event_time, T0)
+        done = threading.Event()
+        saver = threading.Thread(
+            target=lambda: (store.save_leads(list(batch.touched.values())), done.set())
+        )
+        saver.start()
+        assert done.wait(5), "the save waited for the vacuum's lock"
+        saver.join()
+        assert len(seen) == 1 and seen[0].waited_s < 0.1
+    finally:
+        vacuum_like.rollback()
+        vacuum_like.close()
         store.close()
