@@ -85,6 +85,8 @@ def generator(kafka: Mapping[str, str], topic: str, rate: float, infile: str, ou
     """Send the (key, value, event id) in ``infile`` at ``rate``; write (id, sent at) out."""
     from confluent_kafka import Producer
 
+    from streams.producer import warm_up
+
     with open(infile, "rb") as f:
         messages: list[tuple[bytes, bytes, str]] = pickle.load(f)
     producer = Producer(
@@ -96,12 +98,7 @@ def generator(kafka: Mapping[str, str], topic: str, rate: float, infile: str, ou
             "compression.type": "lz4",
         }
     )
-    # An idempotent producer holds its first messages until it has a producer id (about
-    # 0.5 s here): that start-up would show as latency of the first events sent.
-    producer.list_topics(topic, timeout=10)
-    ready_at = time.monotonic() + 1.0
-    while time.monotonic() < ready_at:
-        producer.poll(0.05)
+    warm_up(producer, topic)
     sent: list[tuple[str, float]] = []
     produce, poll, wall, clock = producer.produce, producer.poll, time.time, time.perf_counter
     n = len(messages)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -34,7 +34,7 @@ from devtools.workload import generate
 from domain.events import LeadEvent
 from domain.lead import lead_aggregate_id
 from domain.transitions import DISQUALIFIED, GRADE_CHANGED, QUALIFIED, SCORE_UPDATED
-from streams.producer import ProduceReport, produce_events
+from streams.producer import ProduceReport, produce_events, warm_up
 from streams.relay import kafka_producer
 from streams.wire import LEAD_EVENT_SCHEMA, AvroTopic, SchemaCatalog
 
@@ -74,19 +74,6 @@ class ScoreEventTail:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def ready_producer(s: Settings, topic: str, settle_s: float = 1.0) -> Producer:
-    """The demo's producer, connected before its first lead-event: an idempotent producer
-    holds its first messages until the broker gave it a producer id (about 0.5 s here),
-    which the latency of the first lead-events would otherwise show (the latency bench's
-    generator waits the same way)."""
-    producer = kafka_producer(s.kafka)
-    producer.list_topics(topic, timeout=10)
-    settled = time.monotonic() + settle_s
-    while time.monotonic() < settled:
-        producer.poll(0.05)
-    return producer
 
 
 def tagged(events: Iterator[LeadEvent], run: str) -> Iterator[LeadEvent]:
@@ -134,7 +121,7 @@ def run_demo(
         console.print(f"worker up (pid {worker.pid}, log {log_path})")
 
         report = ProduceReport()
-        producer = ready_producer(s, s.topic_lead_events)
+        producer = warm_up(kafka_producer(s.kafka), s.topic_lead_events)
 
         def send() -> None:
             nonlocal report
