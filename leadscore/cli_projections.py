@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adapters.gc_settle import settle_gc
 from adapters.settings import Settings, get_settings
 from projections import quarantine as quarantined
 from projections.base import ProjectionBusyError, ProjectionRunner
 from projections.log import LogReader, table_exists
 from projections.runner import ALL, embedded_clickhouse, opened, run_projections
-from streams.metrics import settle_gc
 
 app = typer.Typer(help="Read models: positions, rebuilds, running them.", no_args_is_help=True)
 console = Console()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from adapters.gc_settle import settle_gc
 from adapters.settings import Settings
 from query_api import (
     resources,
@@ -51,11 +51,9 @@ def create_app(settings: Settings, *, key_cache_ttl: float = 30.0) -> Starlette:
         async with resources.opened(settings) as res:
             app.state.resources = res
             # Everything loaded by now (modules, pools, clients, chDB) lives as long as
-            # the process. Frozen, it is no longer scanned by full collections, which
-            # measured 22-26 ms each here (0.0 ms after freezing): pauses that land in
+            # the process: frozen out of full collections, whose pauses would land in
             # the p99 of every request in flight.
-            gc.collect()
-            gc.freeze()
+            settle_gc()
             yield
 
     app = Starlette(

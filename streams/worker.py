@@ -26,6 +26,7 @@ from faust.types.auth import CredentialsT
 from prometheus_client import REGISTRY
 
 from adapters.eventstore import DATABASE_UNAVAILABLE
+from adapters.gc_settle import settle_gc
 from adapters.positions import SessionLock
 from adapters.settings import Settings
 from adapters.webhook_secrets import SecretBox, SecretKeyError
@@ -377,7 +378,7 @@ def run_worker(engine: Engine) -> None:
             {"/healthz": probes.live, "/readyz": probes.ready},
         )
     worker = faust_worker(app, s.log_level, on_stop_signal=deadline.start)
-    metrics.settle_gc()
+    settle_gc()
     code: int | str | None = 0
     try:
         worker.execute_from_commandline()
@@ -550,7 +551,7 @@ def run_relay(engine: Engine) -> None:
             s.metrics_host,
             {"/healthz": lambda: (True, {"live": True}), "/readyz": ready},
         )
-    metrics.settle_gc()
+    settle_gc()
     stop.wait()
     deadline = ShutdownDeadline(s.shutdown_timeout_s)
     deadline.start()

@@ -7,7 +7,7 @@ import gc
 
 from prometheus_client import REGISTRY
 
-from streams.metrics import GC_YOUNG_THRESHOLD, settle_gc
+from adapters.gc_settle import GC_YOUNG_THRESHOLD, settle_gc
 
 
 def _count(generation: str) -> float:
