@@ -94,29 +94,24 @@ CREATE INDEX IF NOT EXISTS score_history_org_lead_pos_idx
 # Each batch goes in as one statement per table: the rows as column arrays, unnest()ed
 # server-side (one plan, one execution) rather than one execution per row. A batch holds
 # one row per lead and per (lead, version), folded in memory first (``_rows``), so no
-# statement touches a row twice. The arrays' element types are the columns' own, read
-# from the catalog at ``setup`` (an operator who widens a column, as a quarantine's fix
-# may, sees it at the next start or `projections quarantine retry`); these are the DDL's.
-_LEAD_TYPES = (
-    ("aggregate_id", "uuid"), ("org_id", "text"), ("lead_id", "text"),
-    *((c, "integer" if c == "employees" else "text") for c in PROFILE_COLUMNS),
-    ("status", "text"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
-)  # fmt: skip
-_SCORE_TYPES = (
-    ("aggregate_id", "uuid"), ("org_id", "text"), ("lead_id", "text"),
-    ("total", "double precision"), ("fit", "double precision"),
-    ("engagement", "double precision"), ("grade", "text"), ("model_version", "text"),
-    ("updated_at", "timestamptz"), ("position", "bigint"), ("factors", "jsonb"),
-    ("stage", "text"),
-)  # fmt: skip
-_HISTORY_TYPES = (
-    ("aggregate_id", "uuid"), ("version", "bigint"), ("org_id", "text"), ("lead_id", "text"),
-    ("score", "double precision"), ("previous_score", "double precision"),
-    ("components", "jsonb"), ("factors", "jsonb"), ("grade", "text"),
-    ("model_version", "text"), ("caused_by_event_id", "text"), ("at", "timestamptz"),
-    ("position", "bigint"),
-)  # fmt: skip
-_COLUMNS = {"leads": _LEAD_TYPES, "lead_scores": _SCORE_TYPES, "score_history": _HISTORY_TYPES}
+# statement touches a row twice. The rows' column order is below; the arrays' element
+# types are the columns' own, read from the catalog (so an operator who widens a column,
+# as a quarantine's fix may, sees it at the next start or `projections quarantine retry`).
+_COLUMNS = {
+    "leads": (
+        "aggregate_id", "org_id", "lead_id", *PROFILE_COLUMNS, "status", "created_at",
+        "updated_at",
+    ),
+    "lead_scores": (
+        "aggregate_id", "org_id", "lead_id", "total", "fit", "engagement", "grade",
+        "model_version", "updated_at", "position", "factors", "stage",
+    ),
+    "score_history": (
+        "aggregate_id", "version", "org_id", "lead_id", "score", "previous_score",
+        "components", "factors", "grade", "model_version", "caused_by_event_id", "at",
+        "position",
+    ),
+}  # fmt: skip
 
 _ON_LEAD = f"""
 ON CONFLICT (aggregate_id) DO UPDATE SET
@@ -163,18 +158,31 @@ class _Statements:
     insert_history: str
 
     @classmethod
-    def typed(cls, found: dict[str, dict[str, str]] | None = None) -> _Statements:
-        """The three statements, each column typed as ``found`` says (else as the DDL)."""
+    def typed(cls, found: dict[str, dict[str, str]]) -> _Statements:
+        """The three statements, each column typed as the catalog (``found``) says."""
 
         def types(table: str) -> list[tuple[str, str]]:
-            have = (found or {}).get(table, {})
-            return [(name, have.get(name, t)) for name, t in _COLUMNS[table]]
+            have = found.get(table, {})
+            missing = [name for name in _COLUMNS[table] if name not in have]
+            if missing:
+                raise RuntimeError(
+                    f"read model table {table} lacks {', '.join(missing)}: "
+                    "the projection's setup has not run on this database"
+                )
+            return [(name, have[name]) for name in _COLUMNS[table]]
 
         return cls(
             _insert_unnest("leads", types("leads")) + _ON_LEAD,
             _insert_unnest("lead_scores", types("lead_scores")) + _ON_SCORE,
             _insert_unnest("score_history", types("score_history")) + _ON_HISTORY,
         )
+
+    @classmethod
+    async def read(cls, conn: asyncpg.Connection) -> _Statements:
+        found: dict[str, dict[str, str]] = {}
+        for table, column, kind in await conn.fetch(_CATALOG_TYPES):
+            found.setdefault(table, {})[column] = kind
+        return cls.typed(found)
 
 
 async def _write(conn: asyncpg.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -188,17 +196,21 @@ class PostgresProjection:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.sql = _Statements.typed()
+        self._sql: _Statements | None = None  # typed from the catalog by setup
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             # Same lock as the event store's DDL: workers start together.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", DDL_LOCK)
             await conn.execute(DDL)
-            found: dict[str, dict[str, str]] = {}
-            for table, column, kind in await conn.fetch(_CATALOG_TYPES):
-                found.setdefault(table, {})[column] = kind
-        self.sql = _Statements.typed(found)
+            self._sql = await _Statements.read(conn)
+
+    async def _statements(self, conn: asyncpg.Connection) -> _Statements:
+        """The statements typed at setup; read from the catalog if setup has not run in
+        this process (the tables another process set up)."""
+        if self._sql is None:
+            self._sql = await _Statements.read(conn)
+        return self._sql
 
     async def position(self) -> int:
         return await positions.aposition(self.pool, POSITION_NAME)
@@ -227,22 +239,19 @@ class PostgresProjection:
         async with self.pool.acquire() as conn, conn.transaction():
             upto = await positions.aclaim(conn, POSITION_NAME)
             upto = max(upto, max(e.position for e in entries))
-            scored = [e for e in entries if e.kind == "LeadScored"]
+            sql = await self._statements(conn)
             for agg in dict.fromkeys(e.aggregate_id for e in entries if e.kind != "LeadScored"):
                 history = [
                     e for e in await reader.of_aggregate(agg, upto) if e.kind != "LeadScored"
                 ]
                 await conn.execute("DELETE FROM leads WHERE aggregate_id = $1", agg)
                 leads, _scores, _history = await self._rows(conn, history)
-                await _write(conn, self.sql.upsert_lead, leads)
-            if scored:
-                # One row per lead (the newest entry) and per (lead, version).
-                newest = {e.aggregate_id: e for e in sorted(scored, key=lambda e: e.position)}
-                by_version = {(e.aggregate_id, e.version): e for e in scored}
-                await _write(conn, self.sql.upsert_score, [_score_row(e) for e in newest.values()])
-                await _write(
-                    conn, self.sql.insert_history, [_history_row(e) for e in by_version.values()]
-                )
+                await _write(conn, sql.upsert_lead, leads)
+            _leads, scores, history = await self._rows(
+                conn, [e for e in entries if e.kind == "LeadScored"]
+            )
+            await _write(conn, sql.upsert_score, scores)
+            await _write(conn, sql.insert_history, history)
             touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in entries)
             for payload in changes.encode(touched):
                 await conn.execute("SELECT pg_notify($1, $2)", changes.PG_CHANNEL, payload)
@@ -254,10 +263,11 @@ class PostgresProjection:
             fresh = [e for e in entries if e.position > current]
             if not fresh:
                 return
+            sql = await self._statements(conn)
             leads, scores, history = await self._rows(conn, fresh)
-            await _write(conn, self.sql.upsert_lead, leads)
-            await _write(conn, self.sql.upsert_score, scores)
-            await _write(conn, self.sql.insert_history, history)
+            await _write(conn, sql.upsert_lead, leads)
+            await _write(conn, sql.upsert_score, scores)
+            await _write(conn, sql.insert_history, history)
             await positions.aset(conn, POSITION_NAME, fresh[-1].position)
             # Delivered on commit, never for a rolled-back batch: caches evict these leads.
             touched = dict.fromkeys((e.event.org_id, e.event.lead_id) for e in fresh)
@@ -267,7 +277,9 @@ class PostgresProjection:
     async def _rows(
         self, conn: asyncpg.Connection, entries: Sequence[LogEntry]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Fold the batch per lead in memory, then one upsert per touched lead."""
+        """Fold the batch in memory: one lead row per touched lead (from its stored row
+        and the batch's changes), one score row per lead (its newest, by position) and one
+        history row per (lead, version)."""
         touched = {e.aggregate_id for e in entries if e.kind != "LeadScored"}
         state: dict[Any, dict[str, Any]] = {}
         if touched:
@@ -275,13 +287,15 @@ class PostgresProjection:
                 "SELECT * FROM leads WHERE aggregate_id = ANY($1::uuid[])", list(touched)
             )
             state = {r["aggregate_id"]: dict(r) for r in rows}
-        latest_score: dict[Any, tuple[Any, ...]] = {}
-        history: list[tuple[Any, ...]] = []
+        newest: dict[Any, LogEntry] = {}  # per lead, its newest score
+        versions: dict[tuple[Any, int], LogEntry] = {}  # per (lead, version)
         for e in entries:
             ev = e.event
             if e.kind == "LeadScored":
-                history.append(_history_row(e))
-                latest_score[e.aggregate_id] = _score_row(e)
+                versions[(e.aggregate_id, e.version)] = e
+                seen = newest.get(e.aggregate_id)
+                if seen is None or e.position > seen.position:
+                    newest[e.aggregate_id] = e
                 continue
             lead = state.get(e.aggregate_id)
             if lead is None:
@@ -308,7 +322,11 @@ class PostgresProjection:
             for agg, lead in state.items()
             if agg in touched
         ]
-        return lead_rows, list(latest_score.values()), history
+        return (
+            lead_rows,
+            [_score_row(e) for e in newest.values()],
+            [_history_row(e) for e in versions.values()],
+        )
 
 
 def _fold(lead: dict[str, Any], e: LogEntry) -> None:
