@@ -5,7 +5,7 @@ Kafka does not tell a consumer who produced a message, so the producer's identit
 topic it could write to: ``leadscore orgs grant-producer P --org X`` gives the principal
 ``User:P`` an ACL to write ``<lead-events>.org.X`` and nothing else (the shared
 lead-events topic is the engine's own). The gate consumes every such topic (it lists the
-broker's topics every ``metadata_refresh_ms`` and subscribes to the org topics by name,
+broker's topics every ``look_every_s`` and subscribes to the org topics by name,
 so a new grant is picked up within that time) and for each message:
 
 - a lead-event of org X is forwarded, bytes and headers as they came, to lead-events,
@@ -58,7 +58,7 @@ class Gate:
         catalog: Decoder,
         producer: Producer,
         dead_letters: DeadLetterSink,
-        metadata_refresh_ms: int = 15_000,
+        look_every_s: float = 15.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.topic = lead_events_topic
@@ -75,7 +75,7 @@ class Gate:
                 "log_level": 3,
             }
         )
-        self.look_every_s = metadata_refresh_ms / 1000
+        self.look_every_s = look_every_s
         self._looked_at = float("-inf")
         self.subscribed: frozenset[str] = frozenset()
 
@@ -101,7 +101,7 @@ class Gate:
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                self.step(timeout=1.0)
+                self.step(timeout=1.0, stop=stop)
         finally:
             self.close()
 
@@ -109,12 +109,16 @@ class Gate:
         self.consumer.close()
         self.dead_letters.letters_log.close()  # its PostgreSQL connection
 
-    def step(self, timeout: float = 1.0) -> int:
-        """Pass one batch through; return how many messages it held."""
+    def step(self, timeout: float = 1.0, stop: threading.Event | None = None) -> int:
+        """Pass one batch through; return how many messages it held. With no org topic
+        to consume, wait ``timeout`` as a consume would, or until ``stop`` is set."""
         if time.monotonic() - self._looked_at >= self.look_every_s:
             self.look()
-        if not self.subscribed:  # nothing to consume: wait as a consume would
-            time.sleep(timeout)
+        if not self.subscribed:
+            if stop is None:
+                time.sleep(timeout)
+            else:
+                stop.wait(timeout)
             return 0
         messages = [m for m in self.consumer.consume(_BATCH, timeout=timeout) if not self._error(m)]
         if not messages:

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def _gate(engine: Engine) -> Gate:
         catalog=engine.decoder,
         producer=producer,
         dead_letters=DeadLetterSink(producer, s.topic_dlq, payloads=PayloadStore(s.pg_dsn)),
-        metadata_refresh_ms=1000,
+        look_every_s=1.0,
     )
 
 
@@ -192,7 +193,7 @@ def test_the_gate_forwards_its_orgs_events_and_dead_letters_the_rest(
 
 def test_the_gate_picks_up_a_grant_made_while_it_runs(settings: Settings, engine: Engine) -> None:
     """The gate subscribes to org topics by name, listing the broker's topics every
-    ``metadata_refresh_ms`` (1 s here): a topic granted after it started is consumed,
+    ``look_every_s`` (1 s here): a topic granted after it started is consumed,
     from its first message, without a restart."""
     tag = secrets.token_hex(3)
     first, later = f"first-{tag}", f"later-{tag}"
@@ -348,3 +349,27 @@ def certifi_or_system() -> str:
     import ssl
 
     return ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_a_gate_with_no_org_topic_stops_when_told(engine: Engine) -> None:
+    """With no org topic to consume the gate waits as a consume would; a stop ends that
+    wait at once instead of after the step's timeout (here 30 s)."""
+    s = engine.settings
+    producer = kafka_producer(s.kafka)
+    gate = Gate(
+        s.kafka,
+        lead_events_topic=f"no-such-lead-events-{secrets.token_hex(3)}",
+        group=f"{s.consumer_group}-gate-{secrets.token_hex(3)}",
+        catalog=engine.decoder,
+        producer=producer,
+        dead_letters=DeadLetterSink(producer, s.topic_dlq, payloads=PayloadStore(s.pg_dsn)),
+    )
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    try:
+        assert gate.step(timeout=30, stop=stop) == 0
+    finally:
+        gate.close()
+    assert gate.subscribed == frozenset()
+    assert stop.is_set() and time.monotonic() - started < 10
