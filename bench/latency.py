@@ -562,7 +562,13 @@ def report(
     seconds: float,
 ) -> str:
     ours_got, marks = _receipts(ours, "ours", base)
-    received = {"ours": ours_got, "api": ours_got, "peer": _receipts(peer, "peer", base)[0]}
+    # The "api" segments run our engine too (with the API watcher on), so their
+    # score-events arrive in ours' receipts; only the peer has a topic of its own.
+    received = {
+        "ours": ours_got,
+        "api": ours_got,
+        "peer": _receipts(peer, "peer", base)[0],
+    }
     seen_in_api: dict[str, float] = {}
     for eid, at in json.loads(api.read_text()) if api.exists() else []:
         seen_in_api.setdefault(eid, at)
