@@ -202,9 +202,13 @@ class ClickHouseProjection:
     """Projects the log into ``lead_events`` and ``score_history`` (see the module doc)."""
 
     name = "clickhouse"
-    # Every insert is a new part that ClickHouse merges later: at the head of the log,
-    # gather a second of entries per insert rather than a few each poll.
+    # Every insert is a new part that ClickHouse merges later, and embedded chDB spends
+    # about 10 ms of CPU on one whatever its size: at the head of the log, gather a second
+    # of entries per insert rather than a few each poll; behind it, read 20,000 entries
+    # per insert rather than the runner's 2,000 (docs/performance.md, "Cheaper
+    # projections").
     linger_s = 1.0
+    batch_size = 20_000
 
     def __init__(self, client: Client) -> None:
         self.client = client

@@ -39,6 +39,8 @@ class TrackedProjection:
         self.applied = 0
         if hasattr(inner, "linger_s"):  # how long it waits at the head of the log
             self.linger_s: float = inner.linger_s
+        if hasattr(inner, "batch_size"):  # entries per write behind the head
+            self.batch_size: int = inner.batch_size
 
     async def setup(self) -> None:
         await self.inner.setup()

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from adapters.settings import Settings
 from domain.events import LeadEvent
+from domain.lead import lead_aggregate_id
 from leadscore.cli_projections import retry_quarantined
 from projections import quarantine
 from projections.base import ProjectionRunner, SinkUnavailableError
@@ -281,3 +282,70 @@ def test_quarantine_list_shows_the_entries_set_aside(
         assert "released 0, still quarantined 1" in retry.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_refused_batch_is_halved_to_find_its_bad_entry(settings: Settings) -> None:
+    """One entry of 128 that PostgreSQL refuses is found by halving the batch: about
+    2·log2(128) writes, not one per entry, and every other entry is written."""
+    s = dataclasses.replace(settings, require_registered_org=False)
+    events = [created(f"lead-{i:02d}", ORG, T0) for i in range(64)]
+    events[41] = created("lead-41", ORG, T0, title="CEO\x00")
+    store_unvalidated(s, events)
+
+    class Counting(PostgresProjection):
+        writes = 0
+
+        async def project(self, entries):  # type: ignore[no-untyped-def]
+            Counting.writes += 1
+            await super().project(entries)
+
+    async def run() -> tuple[set[str], list[object], int, int]:
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=4)
+        try:
+            p = Counting(pool)
+            await p.setup()
+            runner = ProjectionRunner(pool, [p])
+            assert runner.size_for(p) >= 64  # one batch
+            await runner.catch_up(p, batches=1)
+            leads = {r[0] for r in await pool.fetch("SELECT lead_id FROM leads")}
+            quarantined = [q.aggregate_id for q in await quarantine.entries(pool)]
+            return leads, quarantined, await p.position(), await LogReader(pool).head()
+        finally:
+            await pool.close()
+
+    leads, quarantined, position, head = asyncio.run(run())
+    assert quarantined == [lead_aggregate_id(ORG, "lead-41")]
+    assert leads == {f"lead-{i:02d}" for i in range(64)} - {"lead-41"}
+    assert position == head
+    # The batch (a LeadCreated and a LeadScored per lead), then two halves per level;
+    # entry by entry would have been one write per entry.
+    assert head == 128
+    assert Counting.writes == 1 + 2 * 7
+
+
+def test_each_projection_reads_its_own_batch_size_unless_the_runner_sets_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """ClickHouse pays a fixed cost per insert, so it reads 20,000 entries per write
+    behind the head; PostgreSQL the runner's default; a runner given a size uses it for
+    all. The API's wrapper passes the projection's size on."""
+    from projections.base import DEFAULT_BATCH
+    from query_api.projection_task import TrackedProjection
+
+    async def run() -> tuple[int, int, int, int]:
+        pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=2)
+        ch = connect(f"chdb://{tmp_path / 'chdb'}")
+        try:
+            clickhouse, postgres = ClickHouseProjection(ch), PostgresProjection(pool)
+            default, given = ProjectionRunner(pool, []), ProjectionRunner(pool, [], batch_size=7)
+            return (
+                default.size_for(clickhouse),
+                default.size_for(TrackedProjection(clickhouse)),
+                default.size_for(postgres),
+                given.size_for(clickhouse),
+            )
+        finally:
+            ch.close()
+            await pool.close()
+
+    assert asyncio.run(run()) == (20_000, 20_000, DEFAULT_BATCH, 7)
