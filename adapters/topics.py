@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -117,6 +117,39 @@ def ensure_topics(
             return
         if time.monotonic() >= deadline:
             raise TopicError(f"topics without partition leaders after {timeout:.0f}s: {pending}")
+        time.sleep(0.1)
+
+
+def topics_containing(kafka: Mapping[str, str], fragments: Iterable[str]) -> list[str]:
+    """The broker's topics whose names contain any of ``fragments`` (e.g. a run's tag)."""
+    wanted = [f for f in fragments if f]
+    if not wanted:
+        return []
+    admin = AdminClient({**kafka, **_QUIET})
+    names = _metadata(admin, time.monotonic() + 15.0).topics
+    return sorted(n for n in names if any(f in n for f in wanted))
+
+
+def delete_topics(kafka: Mapping[str, str], names: Iterable[str], *, timeout: float = 30.0) -> None:
+    """Delete the topics and return once the broker no longer lists them; one that is
+    already gone is not an error."""
+    names = list(names)
+    if not names:
+        return
+    admin = AdminClient({**kafka, **_QUIET})
+    deadline = time.monotonic() + timeout
+    failed = []
+    for name, future in admin.delete_topics(names, operation_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                failed.append(f"{name}: {exc}")
+    if failed:
+        raise TopicError(f"could not delete topics: {'; '.join(failed)}")
+    while left := [n for n in names if n in _metadata(admin, deadline).topics]:
+        if time.monotonic() >= deadline:
+            raise TopicError(f"topics still listed {timeout:.0f}s after deletion: {left[:5]}")
         time.sleep(0.1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -29,13 +30,27 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
+# The tags of the tests' own settings (below): their topics go at the end of the session.
+_TAGS: list[str] = []
+
+
 @pytest.fixture(scope="session")
-def services(base_settings: Settings) -> Settings:
-    """Start Kafka, PostgreSQL and Redis (or reuse running ones); fail if they cannot start."""
+def services(base_settings: Settings) -> Iterator[Settings]:
+    """Start Kafka, PostgreSQL and Redis (or reuse running ones); fail if they cannot start.
+
+    At the end of the session, delete every topic a test's settings named (its
+    lead-events, score-events and DLQ, the org topics and Faust's internal topics
+    beside them): left behind, they pile up by the thousand on a developer's broker, and
+    every metadata request and the broker's own timers pay for each of them."""
+    from adapters.topics import TopicError, delete_topics, topics_containing
     from devtools import services as stack
 
     stack.up(base_settings)
-    return base_settings
+    yield base_settings
+    try:
+        delete_topics(base_settings.kafka, topics_containing(base_settings.kafka, _TAGS))
+    except TopicError as exc:  # clean-up only: the tests have passed or failed by now
+        print(f"test topics left on the broker: {exc}", file=sys.stderr)
 
 
 @pytest.fixture
@@ -46,6 +61,7 @@ def settings(services: Settings) -> Iterator[Settings]:
     from devtools import services as stack
 
     tag = secrets.token_hex(4)
+    _TAGS.append(f"-{tag}")
     dbname = f"leadscore_test_{tag}"
     dsn = stack.ensure_database(services, dbname)
     s = dataclasses.replace(

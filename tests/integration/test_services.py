@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner
 
 from adapters.settings import Settings, get_settings
+from adapters.topics import delete_topics
 from devtools import services
 from devtools.services import postgres
 from devtools.services.cli import app
@@ -40,13 +41,7 @@ def stack() -> Settings:
 def topic(stack: Settings) -> Iterator[str]:
     name = f"test-services-{uuid.uuid4().hex[:12]}"
     yield name
-    admin = AdminClient(
-        {
-            **stack.kafka,
-        }
-    )
-    for future in admin.delete_topics([name], operation_timeout=10).values():
-        future.result()
+    delete_topics(stack.kafka, [name], timeout=10)
 
 
 def _pids(settings: Settings) -> dict[str, int | None]:
