@@ -27,10 +27,10 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from adapters import tenancy
-from adapters import topics as adapters_topics
 from adapters.eventstore import SCORED_TOPIC
 from adapters.settings import Settings, settings_env
 from adapters.topics import TopicError
+from adapters.topics import delete_topics as _delete_topics
 from devtools import services
 from devtools.engine_processes import stop_worker
 from domain.events import LeadEvent
@@ -101,7 +101,7 @@ def cleanup(base: Settings, s: Settings) -> None:
 def delete_topics(kafka: Mapping[str, str], topics: Sequence[str]) -> None:
     """Clean-up after a run: a topic that cannot be deleted is left, not an error."""
     with contextlib.suppress(TopicError):
-        adapters_topics.delete_topics(kafka, topics)
+        _delete_topics(kafka, topics)
 
 
 def forget_redis_keys(s: Settings) -> None:
