@@ -19,6 +19,15 @@ consume -> produce loop forwarding the same events (headers included) to a sink 
 timed by the same generator and receiver: the Kafka + Python I/O floor of any consumer
 that answers each event with a message.
 
+CPU per lead-event is measured per process group over each segment (bench/cpu.py), and
+compared like for like with a backlog: a live segment's whole-machine figure holds the
+load itself (the generator process and the broker taking its produce requests, a thousand
+a second at a 1 ms linger), which a backlog produced ahead does not. So the load is also
+sent alone, at the same rate, to a topic nobody reads, and subtracted; and once per run a
+backlog of LEADSCORE_BENCH_LATENCY_BACKLOG lead-events (20,000) is sent unpaced in one
+burst to the same engine, measured until caught up, its own load (the same burst, alone)
+subtracted the same way. Live ÷ backlog is issue 20's "CPU per live event" ratio.
+
 Sizes: LEADSCORE_BENCH_LATENCY_RATES (default "500,1000,2000,5000"),
 LEADSCORE_BENCH_LATENCY_SECONDS per rate and run (10), LEADSCORE_BENCH_RUNS; worker
 processes: LEADSCORE_BENCH_LATENCY_WORKERS (1); one lead in
@@ -64,6 +73,11 @@ WORKERS = stack.env_int("LEADSCORE_BENCH_LATENCY_WORKERS", 1)
 # One lead in this many is watched through the API (LEADSCORE_BENCH_LATENCY_API_SAMPLE).
 API_SAMPLE = stack.env_int("LEADSCORE_BENCH_LATENCY_API_SAMPLE", 10)
 TARGETS_MS = {500: 50.0, 2000: 100.0, 5000: 250.0}  # p99 targets of issues 6 and 20
+# Lead-events in each run's backlog segment (LEADSCORE_BENCH_LATENCY_BACKLOG), sent
+# unpaced; live CPU per event at 2,000/s is to be at most LIVE_TO_BACKLOG times its figure.
+BACKLOG = stack.env_int("LEADSCORE_BENCH_LATENCY_BACKLOG", 20_000)
+UNPACED = 10**9  # the generator's rate for a burst: everything is due at once
+LIVE_TO_BACKLOG = (2000, 1.5)
 ID_HEADER = "bench-event-id"
 CPU_GROUPS = (
     "worker",
@@ -268,10 +282,13 @@ def api_watcher(
 
 @dataclass
 class Segment:
-    who: str  # "ours", "peer" or "api" (ours again, the API watched)
-    rate: int
+    # "ours", "peer", "api" (ours again, the API watched), "load" (the generator alone, to
+    # a topic nobody reads), "backlog" (ours, one unpaced burst) or "backlog load"
+    who: str
+    rate: int  # events/s offered; UNPACED for the bursts
     run: int
     sent_file: Path
+    events: int
     # CPU seconds per process group while the segment was sent and drained (bench/cpu.py)
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -342,10 +359,16 @@ def main() -> None:
 
 
 def measure(
-    base: Settings, rates: list[int], seconds: float, runs: int, warmup_s: float = WARMUP_SECONDS
+    base: Settings,
+    rates: list[int],
+    seconds: float,
+    runs: int,
+    warmup_s: float = WARMUP_SECONDS,
+    backlog: int = BACKLOG,
 ) -> str:
     """Run the latency bench; returns the results body (markdown)."""
-    per_run = 2 * sum(int(r * seconds) for r in rates)  # ours (and the peer), then the API
+    # ours (and the peer, and the load alone), then the API; and the backlog burst
+    per_run = 2 * sum(int(r * seconds) for r in rates) + backlog
     warmup = max(1, int(500 * warmup_s))
     total = warmup + runs * per_run
     console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in rates)} events/s")
@@ -357,12 +380,14 @@ def measure(
         del events, encoded
 
     tag = secrets.token_hex(3)
-    ours_in, peer_in, peer_out = (
+    ours_in, peer_in, peer_out, load_in = (
         f"lead-events-bench-lat-{tag}",
         f"bench-lat-peer-in-{tag}",
         f"bench-lat-peer-out-{tag}",
+        f"bench-lat-load-{tag}",  # nobody reads it: the load alone
     )
-    services.ensure_topics(base.kafka, [ours_in, peer_in, peer_out], base.topic_partitions)
+    topics = [ours_in, peer_in, peer_out, load_in]
+    services.ensure_topics(base.kafka, topics, base.topic_partitions)
     s = dataclasses.replace(
         stack.engine_settings(stack.isolated(base, "lat", ours_in)),
         api_port=stack.free_port(),
@@ -415,7 +440,9 @@ def measure(
         sent = {"ours": 0, "peer": 0}
 
         def drained(who: str) -> bool:
-            if who == "api":
+            if who in ("load", "backlog load"):
+                return True  # nobody reads it: sent is done
+            if who in ("api", "backlog"):
                 return drained("ours")
             if who == "peer":
                 return marks.count() >= sent["peer"]
@@ -425,17 +452,18 @@ def measure(
             return positions.published(s.topic_score_events) >= positions.last_score()
 
         def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
-            topic = peer_in if who == "peer" else ours_in
+            topic = {"peer": peer_in, "load": load_in, "backlog load": load_in}.get(who, ours_in)
             if who == "api":
                 api_on.touch()
             before = cpu.snapshot()
-            out = _send(s, topic, rate, chunk, tmp, f"{who}-{rate}-{run}")
-            sent["peer" if who == "peer" else "ours"] += len(chunk)
+            out = _send(s, topic, rate, chunk, tmp, f"{who.replace(' ', '-')}-{rate}-{run}")
+            if who != "load" and who != "backlog load":
+                sent["peer" if who == "peer" else "ours"] += len(chunk)
             stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
             spent = cpu.spent(before, cpu.snapshot(), named)
             time.sleep(0.5)  # the last score-events reach the receiver (and the API)
             api_on.unlink(missing_ok=True)
-            segments.append(Segment(who, rate, run, out, spent))
+            segments.append(Segment(who, rate, run, out, len(chunk), spent))
 
         with console.status("warming up (worker joining its group, first batches)"):
             stack.wait_for(lambda: stack.scrape(s.metrics_port)["received"] >= 0, 60, "metrics")
@@ -449,17 +477,23 @@ def measure(
                 n = int(rate * seconds)
                 chunk, again = messages[at : at + n], messages[at + n : at + 2 * n]
                 at += 2 * n
-                for who, events in (("ours", chunk), ("peer", chunk), ("api", again)):
+                for who, events in (
+                    ("ours", chunk), ("load", chunk), ("peer", chunk), ("api", again)
+                ):  # fmt: skip
                     with console.status(f"run {run + 1}/{runs}: {who} at {rate:,} events/s"):
                         segment(who, rate, run, events)
                 console.print(f"run {run + 1}/{runs}: {rate:,} events/s done")
+            burst, at = messages[at : at + backlog], at + backlog
+            for who in ("backlog", "backlog load"):
+                with console.status(f"run {run + 1}/{runs}: {who}, {len(burst):,} at once"):
+                    segment(who, UNPACED, run, burst)
         positions.close()
         marks.close()
     finally:
         for p in reversed(procs):
             stack.stop_process(p)
         stack.cleanup(base, s)
-        stack.delete_topics(base.kafka, [ours_in, peer_in, peer_out])
+        stack.delete_topics(base.kafka, topics)
 
     body = report(base, segments, ours_file, peer_file, api_file, runs, rates, seconds)
     for f in tmp.iterdir():
@@ -574,6 +608,8 @@ def report(
         seen_in_api.setdefault(eid, at)
     rows: dict[tuple[str, int], list[dict[str, float]]] = {}
     for seg in segments:
+        if seg.who not in received:
+            continue  # the load alone and the backlog: CPU only (cpu_table)
         data = json.loads(seg.sent_file.read_text())
         got = received[seg.who]
         lat = [(got[eid] - at) * 1000 for eid, at in data["sent"] if eid in got]
@@ -649,18 +685,33 @@ def report(
 
 
 def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list[str]:
-    """CPU µs per offered lead-event by process group, for our segments at each rate."""
-    ours = {rate: [g for g in segments if g.who == "ours" and g.rate == rate] for rate in rates}
-    if not any(g.cpu for gs in ours.values() for g in gs):
+    """CPU µs per offered lead-event by process group, for our segments at each rate; the
+    load alone and ours net of it; and the ratio to the backlog's figure (net the same way)."""
+
+    def of(who: str, rate: int) -> list[Segment]:
+        return [g for g in segments if g.who == who and g.rate == rate and g.cpu]
+
+    shown = [r for r in rates if of("ours", r)]
+    if not shown:
         return []
 
-    def per_event(rate: int, group: str) -> float:
-        return statistics.median(g.cpu.get(group, 0.0) for g in ours[rate]) / (rate * seconds)
+    def per_event(who: str, rate: int, group: str) -> float:
+        """µs per lead-event: the median over the runs."""
+        return 1e6 * statistics.median(g.cpu.get(group, 0.0) / g.events for g in of(who, rate))
+
+    def net(who: str, load: str, rate: int) -> float:
+        """Whole machine, the load alone subtracted, run by run; the median."""
+        pairs = zip(of(who, rate), of(load, rate), strict=False)
+        return 1e6 * statistics.median(
+            o.cpu["all (machine)"] / o.events - x.cpu["all (machine)"] / x.events for o, x in pairs
+        )
 
     def idle(rate: int) -> float:
-        return statistics.median(cpu.idle_share(g.cpu) for g in ours[rate])
+        return statistics.median(cpu.idle_share(g.cpu) for g in of("ours", rate))
 
-    shown = [r for r in rates if ours[r]]
+    def row(name: str, cells: list[str]) -> str:
+        return f"| {name} | " + " | ".join(cells) + " |"
+
     lines = [
         "",
         "Where the machine's CPU went while ours was sent each rate and caught up (bench/cpu.py;"
@@ -671,16 +722,41 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
         "|---|" + "---|" * len(shown),
     ]
     for group in CPU_GROUPS:
-        lines.append(
-            f"| {group} | " + " | ".join(f"{per_event(r, group) * 1e6:,.0f}" for r in shown) + " |"
-        )
-    lines.append(
-        "| **all, whole machine** | "
-        + " | ".join(
-            f"**{per_event(r, 'all (machine)') * 1e6:,.0f}** (idle {idle(r):.0%})" for r in shown
-        )
-        + " |"
-    )
+        lines.append(row(group, [f"{per_event('ours', r, group):,.0f}" for r in shown]))
+    machine = "all (machine)"
+    whole = [f"**{per_event('ours', r, machine):,.0f}** (idle {idle(r):.0%})" for r in shown]
+    lines.append(row("**all, whole machine**", whole))
+    if not all(of("load", r) for r in shown):
+        return lines
+    lines.append(row("the load alone", [f"{per_event('load', r, machine):,.0f}" for r in shown]))
+    live = {r: net("ours", "load", r) for r in shown}
+    lines.append(row("**ours net of the load**", [f"**{live[r]:,.0f}**" for r in shown]))
+    bursts = of("backlog", UNPACED)
+    if not bursts or not of("backlog load", UNPACED):
+        return lines
+    backlog = net("backlog", "backlog load", UNPACED)
+    lines.append(row("live ÷ backlog", [f"{live[r] / backlog:,.1f}×" for r in shown]))
+    rate, most = LIVE_TO_BACKLOG
+    verdict = ""
+    if rate in live:
+        met = "met" if live[rate] / backlog <= most else "not met"
+        verdict = f" Target: at most {most:g}× at {rate:,}/s: {met}."
+    sent = statistics.median(g.events for g in bursts)
+    burst_load = per_event("backlog load", UNPACED, machine)
+    lines += [
+        "",
+        "The load alone: the same lead-events sent by the same generator at the same rate to "
+        "a topic nobody reads, whole machine (the generator process, the broker taking its "
+        "produce requests, the engine idle); ours net of the load: ours' whole machine less "
+        "that, run by run.",
+        "",
+        f"Backlog, the same engine: {sent:,.0f} lead-events sent in one unpaced burst, "
+        f"measured until caught up: **{backlog:,.0f} µs** of whole-machine CPU per lead-event "
+        f"net of the burst's load (the burst alone: {burst_load:,.0f} µs per event; "
+        f"medians of {len(bursts)} runs). Live figures above are net of their load the same "
+        f"way, so live ÷ backlog compares the engine's work at a live rate with the same work "
+        f"on a backlog.{verdict}",
+    ]
     return lines
 
 

@@ -72,7 +72,7 @@ def test_profiled_run_samples_the_event_store_thread(services: Settings, tmp_pat
 
 
 def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
-    body = latency.measure(services, [200, 400], 1.0, 1, warmup_s=0.4)
+    body = latency.measure(services, [200, 400], 1.0, 1, warmup_s=0.4, backlog=600)
     watched = 0
     for rate in ("| 200 |", "| 400 |"):
         row = next(line for line in body.splitlines() if line.startswith(rate))
@@ -96,6 +96,13 @@ def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
     worker = [c.strip() for c in cpu_rows["worker"].strip("|").split("|")[1:]]
     assert len(worker) == 2 and all(float(c.replace(",", "")) > 0 for c in worker), worker
     assert "**all, whole machine**" in cpu_rows
+    # The load alone (its own segment) is measured and subtracted; live ÷ backlog is shown.
+    load = [c.strip() for c in cpu_rows["the load alone"].strip("|").split("|")[1:]]
+    assert len(load) == 2 and all(float(c.replace(",", "")) > 0 for c in load), load
+    assert "**ours net of the load**" in cpu_rows
+    ratios = [c.strip() for c in cpu_rows["live ÷ backlog"].strip("|").split("|")[1:]]
+    assert len(ratios) == 2 and all(c.endswith("×") for c in ratios), ratios
+    assert "Backlog, the same engine: 600 lead-events" in body, body
 
 
 def test_profile_summary_attributes_samples_to_stages() -> None:
