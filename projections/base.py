@@ -121,6 +121,7 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.idle_wait = idle_wait
         self._status_ready = False
+        self._log_ready = False  # the log's table exists (it is never dropped)
 
     def size_for(self, projection: Projection) -> int:
         """Entries per read and write: the runner's ``batch_size`` if it was given, else
@@ -140,14 +141,20 @@ class ProjectionRunner:
     ) -> int:
         """Apply everything after the projection's position (up to ``until``, at most
         ``batches`` reads); returns count."""
-        if not await table_exists(self.pool):
-            return 0
+        if not self._log_ready:
+            if not await table_exists(self.pool):
+                return 0
+            self._log_ready = True
         applied = 0
+        size = self.size_for(projection)
         position = await projection.position()
         while (until is None or position < until) and batches != 0:
             if batches is not None:
                 batches -= 1
-            entries = await self.reader.read(position, self.size_for(projection))
+            entries = await self.reader.read(position, size)
+            # A short read reached the head of the log as it was read: the lag needs no
+            # query (one a batch at a live rate, where batches are short).
+            head = entries[-1].position if 0 < len(entries) < size else None
             if until is not None:
                 entries = [e for e in entries if e.position <= until]
             if not entries:
@@ -157,7 +164,9 @@ class ProjectionRunner:
             position = entries[-1].position
             applied += len(entries)
             await self._report(projection.name, position)
-            quarantine.LAG.labels(projection.name).set(max(0, await self.reader.head() - position))
+            if head is None:
+                head = await self.reader.head()
+            quarantine.LAG.labels(projection.name).set(max(0, head - position))
             if on_progress:
                 on_progress(position)
         return applied

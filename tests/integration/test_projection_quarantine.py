@@ -349,3 +349,35 @@ def test_each_projection_reads_its_own_batch_size_unless_the_runner_sets_one(
             await pool.close()
 
     assert asyncio.run(run()) == (20_000, 20_000, DEFAULT_BATCH, 7)
+
+
+def test_the_lag_gauge_asks_for_the_head_only_after_a_full_batch(settings: Settings) -> None:
+    """A full batch may have more behind it: the lag is the log's head less the position.
+    A short batch reached the head as it was read: its lag is 0 with no query."""
+    s = dataclasses.replace(settings, require_registered_org=False)
+    store_unvalidated(s, [created(f"lag-{i}", ORG, T0) for i in range(5)])  # 10 entries
+
+    class HeadCounting(LogReader):
+        heads = 0
+
+        async def head(self) -> int:
+            HeadCounting.heads += 1
+            return await super().head()
+
+    async def run() -> list[tuple[float, int]]:
+        pool = await asyncpg.create_pool(s.pg_dsn, min_size=1, max_size=4)
+        try:
+            p = PostgresProjection(pool)
+            await p.setup()
+            runner = ProjectionRunner(pool, [p], batch_size=4)
+            runner.reader = HeadCounting(pool)
+            seen = []
+            for _ in range(3):  # 4, 4, then the last 2 entries
+                await runner.catch_up(p, batches=1)
+                lag = counter("leadscore_projection_lag_positions", "postgres")
+                seen.append((lag, HeadCounting.heads))
+            return seen
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == [(6.0, 1), (2.0, 2), (0.0, 2)]
