@@ -694,6 +694,7 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
     shown = [r for r in rates if of("ours", r)]
     if not shown:
         return []
+    burst = bool(of("backlog", UNPACED))
 
     def per_event(who: str, rate: int, group: str) -> float:
         """µs per lead-event: the median over the runs."""
@@ -718,31 +719,44 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
         " µs per lead-event sent, medians of the runs; the generator counts under other "
         "processes, with the bench's own polling):",
         "",
-        "| process group | " + " | ".join(f"{r:,}/s" for r in shown) + " |",
-        "|---|" + "---|" * len(shown),
+        "| process group | "
+        + " | ".join(f"{r:,}/s" for r in shown)
+        + (" | backlog (one burst) |" if burst else " |"),
+        "|---|" + "---|" * (len(shown) + int(burst)),
     ]
-    for group in CPU_GROUPS:
-        lines.append(row(group, [f"{per_event('ours', r, group):,.0f}" for r in shown]))
     machine = "all (machine)"
+    for group in CPU_GROUPS:
+        cells = [f"{per_event('ours', r, group):,.0f}" for r in shown]
+        if burst:
+            cells.append(f"{per_event('backlog', UNPACED, group):,.0f}")
+        lines.append(row(group, cells))
     whole = [f"**{per_event('ours', r, machine):,.0f}** (idle {idle(r):.0%})" for r in shown]
+    if burst:
+        whole.append(f"**{per_event('backlog', UNPACED, machine):,.0f}**")
     lines.append(row("**all, whole machine**", whole))
     if not all(of("load", r) for r in shown):
         return lines
-    lines.append(row("the load alone", [f"{per_event('load', r, machine):,.0f}" for r in shown]))
+    burst = burst and bool(of("backlog load", UNPACED))
+    load = [f"{per_event('load', r, machine):,.0f}" for r in shown]
     live = {r: net("ours", "load", r) for r in shown}
-    lines.append(row("**ours net of the load**", [f"**{live[r]:,.0f}**" for r in shown]))
-    bursts = of("backlog", UNPACED)
-    if not bursts or not of("backlog load", UNPACED):
+    ours_net = [f"**{live[r]:,.0f}**" for r in shown]
+    if not burst:
+        lines.append(row("the load alone", load))
+        lines.append(row("**ours net of the load**", ours_net))
         return lines
+    bursts = of("backlog", UNPACED)
     backlog = net("backlog", "backlog load", UNPACED)
-    lines.append(row("live ÷ backlog", [f"{live[r] / backlog:,.1f}×" for r in shown]))
+    burst_load = per_event("backlog load", UNPACED, machine)
+    lines.append(row("the load alone", [*load, f"{burst_load:,.0f}"]))
+    lines.append(row("**ours net of the load**", [*ours_net, f"**{backlog:,.0f}**"]))
+    ratios = [f"{live[r] / backlog:,.1f}×" for r in shown]
+    lines.append(row("live ÷ backlog", [*ratios, "—"]))
     rate, most = LIVE_TO_BACKLOG
     verdict = ""
     if rate in live:
         met = "met" if live[rate] / backlog <= most else "not met"
         verdict = f" Target: at most {most:g}× at {rate:,}/s: {met}."
     sent = statistics.median(g.events for g in bursts)
-    burst_load = per_event("backlog load", UNPACED, machine)
     lines += [
         "",
         "The load alone: the same lead-events sent by the same generator at the same rate to "
