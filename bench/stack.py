@@ -352,6 +352,7 @@ def scrape(port: int) -> dict[str, float]:
         "leadscore_store_lock_wait_seconds_sum": "lock_wait_s",
         "leadscore_store_lock_held_seconds_sum": "lock_held_s",
         "leadscore_store_lock_held_seconds_count": "saves",
+        "leadscore_batch_events_count": "batches",
     }
     out = dict.fromkeys(wanted.values(), 0.0)
     try:
