@@ -293,6 +293,7 @@ class Segment:
     # CPU seconds per process group while the segment was sent and drained (bench/cpu.py)
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)
     batches: float = 0.0  # the workers' batches in the segment
+    scored: float = 0.0  # and the scores they recorded
 
 
 def _start_receiver(s: Settings, topic: str, tmp: Path, name: str):  # type: ignore[no-untyped-def]
@@ -462,17 +463,18 @@ def measure(
             topic = {"peer": peer_in, "load": load_in, "backlog load": load_in}.get(who, ours_in)
             if who == "api":
                 api_on.touch()
-            batches = stack.scrape_sum(ports)["batches"]
+            counts = stack.scrape_sum(ports)
             before = cpu.snapshot()
             out = _send(s, topic, rate, chunk, tmp, f"{who.replace(' ', '-')}-{rate}-{run}")
             if who != "load" and who != "backlog load":
                 sent["peer" if who == "peer" else "ours"] += len(chunk)
             stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
             spent = cpu.spent(before, cpu.snapshot(), named)
-            batches = stack.scrape_sum(ports)["batches"] - batches
+            after = stack.scrape_sum(ports)
+            batches, scored = (after[k] - counts[k] for k in ("batches", "scored"))
             time.sleep(0.5)  # the last score-events reach the receiver (and the API)
             api_on.unlink(missing_ok=True)
-            segments.append(Segment(who, rate, run, out, len(chunk), spent, batches))
+            segments.append(Segment(who, rate, run, out, len(chunk), spent, batches, scored))
 
         with console.status("warming up (worker joining its group, first batches)"):
             stack.wait_for(lambda: stack.scrape(s.metrics_port)["received"] >= 0, 60, "metrics")
@@ -741,6 +743,9 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
             cells.append(f"{per_event('backlog', UNPACED, group):,.0f}")
         lines.append(row(group, cells))
 
+    def ratio(segs: list[Segment]) -> str:
+        return f"{statistics.median(g.scored / g.events for g in segs):.2f}"
+
     def per_batch(who: str, rate: int) -> str:
         return f"{statistics.median(g.events / max(1.0, g.batches) for g in of(who, rate)):,.0f}"
 
@@ -752,6 +757,10 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
     if burst:
         sizes.append(per_batch("backlog", UNPACED))
     lines.append(row("*the worker's batches: lead-events per batch, mean*", sizes))
+    scores = [ratio(of("ours", r)) for r in shown]
+    if burst:
+        scores.append(ratio(of("backlog", UNPACED)))
+    lines.append(row("*scores recorded per lead-event*", scores))
     if not all(of("load", r) for r in shown):
         return lines
     burst = burst and bool(of("backlog load", UNPACED))

@@ -100,6 +100,8 @@ def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
     sizes = [c.strip() for c in cpu_rows["*the worker's batches: lead-events per batch, mean*"]
              .strip("|").split("|")[1:]]  # fmt: skip
     assert len(sizes) == 3 and all(int(c.replace(",", "")) >= 1 for c in sizes), sizes
+    scores = [c.strip() for c in cpu_rows["*scores recorded per lead-event*"].strip("|").split("|")]
+    assert all(0 < float(c) <= 1 for c in scores[1:]), scores  # a score per lead-event at most
     # The load alone (its own segment) is measured and subtracted; live ÷ backlog is shown.
     load = [c.strip() for c in cpu_rows["the load alone"].strip("|").split("|")[1:]]
     assert len(load) == 3 and all(float(c.replace(",", "")) > 0 for c in load), load
