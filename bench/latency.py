@@ -46,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +79,8 @@ BACKLOG = stack.env_int("LEADSCORE_BENCH_LATENCY_BACKLOG", 20_000)
 UNPACED = 10**9  # the generator's rate for a burst: everything is due at once
 READ_MODELS = 3  # PostgreSQL, Redis, ClickHouse: caught up when all three report the head
 LIVE_TO_BACKLOG = (2000, 1.5)
+LOADS = {"load", "backlog load"}  # segments sent to the topic nobody reads
+MACHINE = "all (machine)"  # bench/cpu.py's whole-machine figure
 ID_HEADER = "bench-event-id"
 CPU_GROUPS = (
     "worker",
@@ -443,7 +445,7 @@ def measure(
         sent = {"ours": 0, "peer": 0}
 
         def drained(who: str) -> bool:
-            if who in ("load", "backlog load"):
+            if who in LOADS:
                 return True  # nobody reads it: sent is done
             if who in ("api", "backlog"):
                 return drained("ours")
@@ -460,13 +462,13 @@ def measure(
             return len(read_models) >= READ_MODELS and min(read_models.values()) >= positions.head()
 
         def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
-            topic = {"peer": peer_in, "load": load_in, "backlog load": load_in}.get(who, ours_in)
+            topic = load_in if who in LOADS else peer_in if who == "peer" else ours_in
             if who == "api":
                 api_on.touch()
             counts = stack.scrape_sum(ports)
             before = cpu.snapshot()
             out = _send(s, topic, rate, chunk, tmp, f"{who.replace(' ', '-')}-{rate}-{run}")
-            if who != "load" and who != "backlog load":
+            if who not in LOADS:
                 sent["peer" if who == "peer" else "ours"] += len(chunk)
             stack.wait_for(lambda: drained(who), 600, f"{who} to catch up", every=0.2)
             spent = cpu.spent(before, cpu.snapshot(), named)
@@ -677,7 +679,7 @@ def report(
             f"{med(api_runs, 'api_samples'):,.0f} |"
         )
     lines += hop_table(segments, rates, ours_got, marks)
-    lines += cpu_table(segments, rates, seconds)
+    lines += cpu_table(segments, rates)
     worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
     lines += [
         "",
@@ -695,9 +697,9 @@ def report(
     return "\n".join(lines)
 
 
-def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list[str]:
-    """CPU µs per offered lead-event by process group, for our segments at each rate; the
-    load alone and ours net of it; and the ratio to the backlog's figure (net the same way)."""
+def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
+    """CPU µs per lead-event by process group for our segments at each rate and for the
+    backlog burst; the load alone, ours net of it, and live ÷ backlog (net the same way)."""
 
     def of(who: str, rate: int) -> list[Segment]:
         return [g for g in segments if g.who == who and g.rate == rate and g.cpu]
@@ -705,24 +707,42 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
     shown = [r for r in rates if of("ours", r)]
     if not shown:
         return []
-    burst = bool(of("backlog", UNPACED))
+    with_load = all(of("load", r) for r in shown)
+    burst = with_load and bool(of("backlog", UNPACED)) and bool(of("backlog load", UNPACED))
+    # (ours' segments, their load's) per column: each rate, then the burst
+    columns = [("ours", "load", r) for r in shown]
+    if burst:
+        columns.append(("backlog", "backlog load", UNPACED))
 
-    def per_event(who: str, rate: int, group: str) -> float:
-        """µs per lead-event: the median over the runs."""
-        return 1e6 * statistics.median(g.cpu.get(group, 0.0) / g.events for g in of(who, rate))
+    def median(segs: list[Segment], value: Callable[[Segment], float]) -> float:
+        return statistics.median(value(g) for g in segs)
+
+    def per_event(segs: list[Segment], group: str) -> float:
+        return 1e6 * median(segs, lambda g: g.cpu.get(group, 0.0) / g.events)
 
     def net(who: str, load: str, rate: int) -> float:
-        """Whole machine, the load alone subtracted, run by run; the median."""
-        pairs = zip(of(who, rate), of(load, rate), strict=False)
+        """Whole machine less the load alone, run by run (µs per lead-event); the median."""
+        loads = {x.run: x for x in of(load, rate)}
         return 1e6 * statistics.median(
-            o.cpu["all (machine)"] / o.events - x.cpu["all (machine)"] / x.events for o, x in pairs
+            o.cpu[MACHINE] / o.events - loads[o.run].cpu[MACHINE] / loads[o.run].events
+            for o in of(who, rate)
         )
 
-    def idle(rate: int) -> float:
-        return statistics.median(cpu.idle_share(g.cpu) for g in of("ours", rate))
+    def row(name: str, cell: Callable[[str, str, int], str]) -> str:
+        return f"| {name} | " + " | ".join(cell(*c) for c in columns) + " |"
 
-    def row(name: str, cells: list[str]) -> str:
-        return f"| {name} | " + " | ".join(cells) + " |"
+    def whole(who: str, _load: str, rate: int) -> str:
+        if who != "ours":
+            idle = ""  # the burst ends as soon as it is caught up: no idle share to speak of
+        else:
+            idle = f" (idle {median(of(who, rate), lambda g: cpu.idle_share(g.cpu)):.0%})"
+        return f"**{per_event(of(who, rate), MACHINE):,.0f}**{idle}"
+
+    def batch_size(who: str, _load: str, rate: int) -> str:
+        return f"{median(of(who, rate), lambda g: g.events / max(1.0, g.batches)):,.0f}"
+
+    def scored(who: str, _load: str, rate: int) -> str:
+        return f"{median(of(who, rate), lambda g: g.scored / g.events):.2f}"
 
     lines = [
         "",
@@ -734,56 +754,36 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
         "| process group | "
         + " | ".join(f"{r:,}/s" for r in shown)
         + (" | backlog (one burst) |" if burst else " |"),
-        "|---|" + "---|" * (len(shown) + int(burst)),
+        "|---|" + "---|" * len(columns),
     ]
-    machine = "all (machine)"
     for group in CPU_GROUPS:
-        cells = [f"{per_event('ours', r, group):,.0f}" for r in shown]
-        if burst:
-            cells.append(f"{per_event('backlog', UNPACED, group):,.0f}")
-        lines.append(row(group, cells))
-
-    def ratio(segs: list[Segment]) -> str:
-        return f"{statistics.median(g.scored / g.events for g in segs):.2f}"
-
-    def per_batch(who: str, rate: int) -> str:
-        return f"{statistics.median(g.events / max(1.0, g.batches) for g in of(who, rate)):,.0f}"
-
-    whole = [f"**{per_event('ours', r, machine):,.0f}** (idle {idle(r):.0%})" for r in shown]
-    if burst:
-        whole.append(f"**{per_event('backlog', UNPACED, machine):,.0f}**")
-    lines.append(row("**all, whole machine**", whole))
-    sizes = [per_batch("ours", r) for r in shown]
-    if burst:
-        sizes.append(per_batch("backlog", UNPACED))
-    lines.append(row("*the worker's batches: lead-events per batch, mean*", sizes))
-    scores = [ratio(of("ours", r)) for r in shown]
-    if burst:
-        scores.append(ratio(of("backlog", UNPACED)))
-    lines.append(row("*scores recorded per lead-event*", scores))
-    if not all(of("load", r) for r in shown):
+        lines.append(row(group, lambda who, _l, r, g=group: f"{per_event(of(who, r), g):,.0f}"))
+    lines += [
+        row("**all, whole machine**", whole),
+        row("*the worker's batches: lead-events per batch, mean*", batch_size),
+        row("*scores recorded per lead-event*", scored),
+    ]
+    if not with_load:
         return lines
-    burst = burst and bool(of("backlog load", UNPACED))
-    load = [f"{per_event('load', r, machine):,.0f}" for r in shown]
-    live = {r: net("ours", "load", r) for r in shown}
-    ours_net = [f"**{live[r]:,.0f}**" for r in shown]
+    lines += [
+        row("the load alone", lambda _w, load, r: f"{per_event(of(load, r), MACHINE):,.0f}"),
+        row("**ours net of the load**", lambda who, load, r: f"**{net(who, load, r):,.0f}**"),
+    ]
     if not burst:
-        lines.append(row("the load alone", load))
-        lines.append(row("**ours net of the load**", ours_net))
         return lines
-    bursts = of("backlog", UNPACED)
     backlog = net("backlog", "backlog load", UNPACED)
-    burst_load = per_event("backlog load", UNPACED, machine)
-    lines.append(row("the load alone", [*load, f"{burst_load:,.0f}"]))
-    lines.append(row("**ours net of the load**", [*ours_net, f"**{backlog:,.0f}**"]))
-    ratios = [f"{live[r] / backlog:,.1f}×" for r in shown]
-    lines.append(row("live ÷ backlog", [*ratios, "—"]))
+    lines.append(
+        row(
+            "live ÷ backlog",
+            lambda who, load, r: "—" if r == UNPACED else f"{net(who, load, r) / backlog:,.1f}×",
+        )
+    )
     rate, most = LIVE_TO_BACKLOG
     verdict = ""
-    if rate in live:
-        met = "met" if live[rate] / backlog <= most else "not met"
+    if rate in shown:
+        met = "met" if net("ours", "load", rate) / backlog <= most else "not met"
         verdict = f" Target: at most {most:g}× at {rate:,}/s: {met}."
-    sent = statistics.median(g.events for g in bursts)
+    bursts = of("backlog", UNPACED)
     lines += [
         "",
         "The load alone: the same lead-events sent by the same generator at the same rate to "
@@ -791,12 +791,13 @@ def cpu_table(segments: list[Segment], rates: list[int], seconds: float) -> list
         "produce requests, the engine idle); ours net of the load: ours' whole machine less "
         "that, run by run.",
         "",
-        f"Backlog, the same engine: {sent:,.0f} lead-events sent in one unpaced burst, "
-        f"measured until caught up: **{backlog:,.0f} µs** of whole-machine CPU per lead-event "
-        f"net of the burst's load (the burst alone: {burst_load:,.0f} µs per event; "
-        f"medians of {len(bursts)} runs). Live figures above are net of their load the same "
-        f"way, so live ÷ backlog compares the engine's work at a live rate with the same work "
-        f"on a backlog.{verdict}",
+        f"Backlog, the same engine: {median(bursts, lambda g: g.events):,.0f} lead-events sent "
+        f"in one unpaced burst, measured until caught up: **{backlog:,.0f} µs** of "
+        "whole-machine CPU per lead-event net of the burst's load (the burst alone: "
+        f"{per_event(of('backlog load', UNPACED), MACHINE):,.0f} µs per event; medians of "
+        f"{len(bursts)} runs). Live figures above are net of their load the same way, so live "
+        "÷ backlog compares the engine's work at a live rate with the same work on a backlog."
+        f"{verdict}",
     ]
     return lines
 
