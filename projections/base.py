@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -114,8 +114,11 @@ class ProjectionRunner:
         *,
         batch_size: int | None = None,
         idle_wait: float = 0.05,
+        on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
         self.pool = pool
+        # Told of each failure before the retry (the API re-grants its role when denied).
+        self.on_failure = on_failure
         self.reader = LogReader(pool)
         self.projections = list(projections)
         self.batch_size = batch_size
@@ -249,6 +252,8 @@ class ProjectionRunner:
                 backoff = 0.5
             except Exception as exc:
                 log.warning("projection retrying", projection=projection.name, error=repr(exc))
+                if self.on_failure is not None:
+                    await self.on_failure(exc)
                 await _wait(stop, backoff)
                 backoff = min(backoff * 2, 30.0)
 

@@ -66,29 +66,41 @@ async def prepare(settings: Settings) -> None:
         if role == owner:
             log.warning("the query API uses the tables' owner role", role=role)
             return
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:
             if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                 raise ApiRoleError(
                     f"PostgreSQL role {role!r} (LEADSCORE_API_PG_DSN) does not exist: create "
                     f"it (CREATE ROLE {role} LOGIN PASSWORD '...'), or run "
                     "`leadscore services up` in dev"
                 )
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK)
             await grant(conn, role)
     finally:
         await pool.close()
 
 
 async def grant(conn: asyncpg.Connection, role: str) -> None:
+    """Grant ``role`` what the API needs, in two transactions (API processes starting
+    together take turns: concurrent GRANTs fail).
+
+    Tables this owner creates later (a worker's first webhook, the event store) take
+    their grant from the default privileges, which a CREATE TABLE sees only once they are
+    committed; so they are committed first, and only then are the tables that exist
+    granted. In one transaction, a worker's table made while it was open had neither.
+    """
     r = _ident(role)
     db = _ident(await conn.fetchval("SELECT current_database()"))
-    await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {r}")
-    await conn.execute(f"GRANT USAGE ON SCHEMA public TO {r}")
-    await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r}")
-    # Tables this owner creates later (a worker's first webhook, the event store).
-    await conn.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r}")
-    for table, privileges, _why in WRITES:
-        await conn.execute(f"GRANT {privileges} ON {_ident(table)} TO {r}")
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK)
+        await conn.execute(
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r}"
+        )
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _LOCK)
+        await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {r}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {r}")
+        await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r}")
+        for table, privileges, _why in WRITES:
+            await conn.execute(f"GRANT {privileges} ON {_ident(table)} TO {r}")
 
 
 def _ident(name: str) -> str:

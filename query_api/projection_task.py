@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import structlog
 
 from projections.base import Projection, ProjectionRunner
@@ -131,9 +132,30 @@ class ProjectionTask:
                 await self.task
 
 
-def start_projection(pool: Any, projection: Projection) -> ProjectionTask:
-    task = ProjectionTask(
-        ProjectionRunner(pool, [], idle_wait=IDLE_WAIT), TrackedProjection(projection)
+def start_projection(
+    pool: Any, projection: Projection, regrant: Callable[[], Awaitable[None]] | None = None
+) -> ProjectionTask:
+    """Start following the log. ``regrant`` gives the API's role its grants again
+    (query_api/db_role.py), run when a read was denied: a table a worker created while
+    the API started may have missed them."""
+    runner = ProjectionRunner(
+        pool, [], idle_wait=IDLE_WAIT, on_failure=_regranting(regrant) if regrant else None
     )
+    task = ProjectionTask(runner, TrackedProjection(projection))
     task.start()
     return task
+
+
+def _regranting(
+    regrant: Callable[[], Awaitable[None]],
+) -> Callable[[BaseException], Awaitable[None]]:
+    async def on_failure(exc: BaseException) -> None:
+        if not isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return
+        log.warning("the API's role was denied a read; granting it again", error=repr(exc))
+        try:
+            await regrant()
+        except Exception as grant_error:  # retried at the next denial
+            log.warning("granting the API's role failed", error=repr(grant_error))
+
+    return on_failure

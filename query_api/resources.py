@@ -80,7 +80,11 @@ async def opened(settings: Settings) -> AsyncIterator[Resources]:
         if embedded_clickhouse(settings):
             await clickhouse.get()  # fail fast: nobody else may hold the chDB directory
             assert clickhouse.client is not None
-            projection = start_projection(pool, ClickHouseProjection(clickhouse.client))
+            projection = start_projection(
+                pool,
+                ClickHouseProjection(clickhouse.client),
+                regrant=lambda: db_role.prepare(settings),
+            )
             stack.push_async_callback(projection.close)
             tracked = projection.projection
             # This process writes ClickHouse: answers stay valid until the next batch lands.

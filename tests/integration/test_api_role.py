@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
@@ -11,8 +12,12 @@ import pytest
 from adapters import tenancy
 from adapters.eventstore import open_store
 from adapters.settings import DEV_API_ROLE, Settings
-from projections.log import EVENTS_TABLE
+from devtools.workload import generate
+from projections.log import EVENTS_TABLE, LogEntry, LogReader
 from query_api import db_role
+from query_api.projection_task import start_projection
+from tests.support.factories import FixedScorer
+from tests.support.pipeline import store_history
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +115,65 @@ async def test_a_missing_role_is_a_clear_error(settings: Settings) -> None:
     )
     with pytest.raises(db_role.ApiRoleError, match="'nobody_here'.*does not exist"):
         await db_role.prepare(missing)
+
+
+class Follower:
+    """A read model that only remembers how far it read (what the API's role may write)."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.applied = 0
+
+    async def setup(self) -> None:
+        pass
+
+    async def position(self) -> int:
+        return self.applied
+
+    async def project(self, entries: Sequence[LogEntry]) -> None:
+        self.applied = max(self.applied, *(e.position for e in entries))
+
+    async def advance(self, position: int) -> None:
+        self.applied = max(self.applied, position)
+
+    async def reapply(self, entries: Sequence[LogEntry]) -> None:
+        pass
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return False
+
+    async def reset(self) -> None:
+        self.applied = 0
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_api_projection_regrants_a_log_it_was_denied(
+    settings: Settings, api: asyncpg.Connection
+) -> None:
+    """A worker's table made while the API started can miss the API's grants (the API's
+    ClickHouse projection then retried 'permission denied' forever): the API's projection
+    grants again when it is denied, and goes on."""
+    store_history(settings, list(generate(1, 10, 60, seed=3)), FixedScorer(), batch=30)
+    owner = await asyncpg.connect(settings.pg_dsn)
+    try:
+        await owner.execute(f"REVOKE SELECT ON {EVENTS_TABLE} FROM {DEV_API_ROLE}")
+        head = await LogReader(owner).head()  # type: ignore[arg-type]
+    finally:
+        await owner.close()
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await api.fetch(f"SELECT 1 FROM {EVENTS_TABLE} LIMIT 1")
+    pool = await asyncpg.create_pool(settings.api_dsn, min_size=1, max_size=3)
+    follower = Follower()
+    task = start_projection(pool, follower, regrant=lambda: db_role.prepare(settings))
+    try:
+        async with asyncio.timeout(30):
+            while follower.applied < head:
+                await asyncio.sleep(0.05)
+    finally:
+        await task.close()
+        await pool.close()
+    assert head > 0 and follower.applied == head
+    assert await api.fetchval(f"SELECT count(*) FROM {EVENTS_TABLE}") > 0
