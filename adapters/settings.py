@@ -143,7 +143,11 @@ class Settings:
     # A snapshot of a lead every this many of its stored events; a lead missing from the
     # cache is rebuilt from its latest one (adapters/eventstore.py). 0: none taken.
     snapshot_interval: int = 100
-    publish_interval_ms: int = 20  # how often the relay looks for new scores to publish
+    # At the head of the log the PostgreSQL and Redis projections read what was stored at
+    # most once per this long (projections/base.py): the first lead-event after a quiet
+    # spell is read at once, a busy stream in fewer, larger writes, so the read models
+    # trail the score-events by up to this much under load (docs/performance.md).
+    projection_linger_ms: int = 200
     # Which projections a worker runs: "auto" = postgres and redis, plus clickhouse
     # when it is a server (embedded chdb belongs to the API process).
     worker_projections: str = "auto"
@@ -192,6 +196,9 @@ class Settings:
     webhook_backoff_cap_ms: int = 3_600_000  # retries never further apart than this
     webhook_timeout_ms: int = 5000  # total deadline of one delivery
     webhook_batch: int = 100  # due deliveries taken per round
+    # Woken by new scores, the dispatcher reads them at most once per this long: the first
+    # after a quiet spell at once, a busy stream's in fewer rounds (docs/performance.md).
+    webhook_linger_ms: int = 200
     webhook_concurrency: int = 8  # POSTs in flight at once
     # No org holds more than this many of those POSTs at once, so one slow receiver
     # cannot take every delivery thread (README, "Webhooks that cannot be aimed inward").

@@ -48,10 +48,11 @@ class Projection(Protocol):
     """A read model that follows the notification log.
 
     At the head of the log the runner sleeps until the event store says it stored more
-    (its NOTIFY; at most ``positions.IDLE_READ_S`` when nothing comes), then waits
-    ``linger_s`` (default: the runner's ``idle_wait``) for more to gather before it
-    reads. Each read at the head is one write of the entries stored since the last one,
-    so a store that prefers few large writes (ClickHouse) lingers longer. Behind the
+    (its NOTIFY; at most ``positions.IDLE_READ_S`` when nothing comes), then reads, but
+    never sooner than ``linger_s`` (default: the runner's ``idle_wait``) after its last
+    read began: the first entry after a quiet spell is read at once, a busy log once per
+    ``linger_s``. Each read at the head is one write of the entries stored since the
+    last one, so a store that prefers few large writes (ClickHouse) lingers longer. Behind the
     head it reads ``batch_size`` entries per write (default: the runner's), which such a
     store also sets larger.
     """
@@ -271,15 +272,19 @@ class ProjectionRunner:
             linger = getattr(projection, "linger_s", self.idle_wait)
             stored = asyncio.Event()  # set by the store's NOTIFY, on the lock's connection
             listener = await positions.alisten(lock_conn, stored)
+            loop = asyncio.get_running_loop()
+            woken_read = -linger  # when the last read that a store woke began
             try:
                 while not stop.is_set():
                     stored.clear()  # before reading: what is stored meanwhile wakes us
                     # A short batch is the head of the log: sleep until more is stored,
-                    # then let more gather rather than write the few entries each moment
-                    # brings.
+                    # then read, at most once per linger: a busy log is written in
+                    # linger's worth of entries, the first entry after a quiet spell at
+                    # once. (The reads on the idle timer find nothing and do not count.)
                     at_head = await self.catch_up(projection, batches=1) < self.size_for(projection)
                     if at_head and await _woken(stored, stop, positions.IDLE_READ_S):
-                        await _wait(stop, linger)
+                        await _wait(stop, woken_read + linger - loop.time())
+                        woken_read = loop.time()
             finally:
                 await positions.aunlisten(lock_conn, listener)
                 await positions.aunlock(lock_conn, key)
@@ -355,5 +360,7 @@ async def _woken(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> b
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0:
+        return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

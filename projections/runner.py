@@ -73,7 +73,8 @@ async def opened(
 
 async def run_projections(settings: Settings, names: Sequence[str], stop: asyncio.Event) -> None:
     async with opened(settings, names) as (pool, projections):
-        await ProjectionRunner(pool, projections).run(stop)
+        linger = settings.projection_linger_ms / 1000
+        await ProjectionRunner(pool, projections, idle_wait=linger).run(stop)
 
 
 def start_projection_thread(

@@ -27,6 +27,7 @@ import functools
 import queue
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,6 +88,8 @@ class DispatchConfig:
     concurrency: int = 8  # POSTs in flight, all orgs together
     org_concurrency: int = 2  # POSTs in flight for one org
     policy: UrlPolicy = field(default_factory=UrlPolicy)
+    # Woken by stored events, it reads the log at most once per this long (0: each time)
+    linger_s: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> DispatchConfig:
@@ -99,6 +102,7 @@ class DispatchConfig:
             concurrency=s.webhook_concurrency,
             org_concurrency=max(1, min(s.webhook_org_concurrency, s.webhook_concurrency)),
             policy=policy_from_settings(s),
+            linger_s=s.webhook_linger_ms / 1000,
         )
 
     @property
@@ -374,7 +378,9 @@ class WebhookDispatcher:
 
         Idle with POSTs in flight, it waits for one to end (at most ``idle_wait``); idle
         with none, until the store stores events (new deliveries) or a second passes
-        (retries come due: a retry is at most a second late)."""
+        (retries come due: a retry is at most a second late). Woken by stored events, it
+        reads them at once after a quiet spell, else ``linger_s`` after its last such
+        read: a busy stream's deliveries are enqueued in fewer, larger rounds."""
         waiter = LogWaiter(self.tracking.dsn)
         try:
             self._run(stop, waiter, idle_wait)
@@ -389,14 +395,16 @@ class WebhookDispatcher:
                     continue
                 log.info("webhook dispatcher elected", position=self.tracking.get())
                 waiter.listen()
+                woken = -self.config.linger_s  # when the last read that a store woke began
                 while not stop.is_set():
                     busy = self.enqueue_once() + self.send_once() + self.record_finished()
                     if busy:
                         continue
                     if self.in_flight:
                         self.record_finished(wait_s=idle_wait)  # until a POST ends
-                    else:
-                        waiter.wait(stop)
+                    elif waiter.wait(stop):
+                        stop.wait(max(0.0, woken + self.config.linger_s - time.monotonic()))
+                        woken = time.monotonic()
             except DATABASE_UNAVAILABLE as exc:
                 # The lock went with the connection: reconnect and stand again.
                 log.warning("webhook dispatcher lost PostgreSQL, reconnecting", error=str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -114,20 +115,22 @@ async def test_reapplying_a_batch_with_a_lead_many_times_changes_nothing(
 
 
 class CountedWrites(PostgresProjection):
-    """The PostgreSQL read model, counting its writes (the entries of each)."""
+    """The PostgreSQL read model, counting its writes (the entries of each, and when)."""
 
-    linger_s = 2.0
+    linger_s = 3.0
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self.writes: list[int] = []
+        self.times: list[float] = []
 
     async def project(self, entries: Sequence[LogEntry]) -> None:
         self.writes.append(len(entries))
+        self.times.append(time.monotonic())
         await super().project(entries)
 
 
-async def test_a_follower_at_the_head_lingers_and_writes_what_gathered_at_once(
+async def test_a_follower_at_the_head_reads_at_most_once_per_linger(
     history: dict[str, Any], settings: Settings, stores: tuple[asyncpg.Pool, aioredis.Redis, str]
 ) -> None:
     pool, _client, _prefix = stores
@@ -135,22 +138,32 @@ async def test_a_follower_at_the_head_lingers_and_writes_what_gathered_at_once(
     runner = ProjectionRunner(pool, [projection], batch_size=100_000)
     await projection.setup()
     engine = bootstrap(settings, scorer=FixedScorer())
+    reader = LogReader(pool)
     stop = asyncio.Event()
     follower = asyncio.create_task(runner.follow(projection, stop))
-    try:
-        async with asyncio.timeout(30):
-            while await projection.position() < history["head"]:
-                await asyncio.sleep(0.05)
-        assert projection.writes == [history["head"]]  # the whole history, one read
-        # Five transactions while the follower lingers at the head...
-        new = list(generate(2, 20, 100, seed=22))
-        await asyncio.to_thread(process_all, engine, new, 20)
-        head = (await LogReader(pool).read(history["head"], 100_000))[-1].position
+
+    async def caught_up(head: int) -> None:
         async with asyncio.timeout(30):
             while await projection.position() < head:
-                await asyncio.sleep(0.05)
-        # ...are one write when it wakes.
-        assert projection.writes == [history["head"], head - history["head"]]
+                await asyncio.sleep(0.02)
+
+    try:
+        await caught_up(history["head"])
+        assert projection.writes == [history["head"]]  # the whole history, one read
+        # After a quiet spell, one transaction is read at once, not a linger later...
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(process_all, engine, list(generate(2, 5, 20, seed=23)), 20)
+        stored = time.monotonic()
+        one = await reader.head()
+        await caught_up(one)
+        assert time.monotonic() - stored < projection.linger_s
+        assert projection.writes == [history["head"], one - history["head"]]
+        # ...then five transactions within the linger are one write, a linger after it.
+        await asyncio.to_thread(process_all, engine, list(generate(2, 20, 100, seed=22)), 20)
+        five = await reader.head()
+        await caught_up(five)
+        assert projection.writes == [history["head"], one - history["head"], five - one]
+        assert projection.times[2] - projection.times[1] >= projection.linger_s - 0.05
     finally:
         stop.set()
         await follower

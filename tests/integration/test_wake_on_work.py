@@ -4,6 +4,7 @@ NOTIFY), instead of reading on a short timer (adapters/positions.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -12,11 +13,14 @@ import asyncpg
 import pytest
 
 from adapters import positions
+from adapters.eventstore import open_store
 from adapters.positions import LogWaiter
 from adapters.settings import Settings
+from adapters.webhook_secrets import SecretBox
 from projections.base import ProjectionRunner
 from projections.postgres import PostgresProjection
 from streams.bootstrap import Engine, bootstrap
+from streams.webhook_dispatcher import DispatchConfig, WebhookDispatcher
 from tests.support.factories import FixedScorer, created
 from tests.support.pipeline import consume_all, process_all
 
@@ -155,3 +159,53 @@ async def test_a_projection_at_the_head_wakes_on_the_stores_notice(
         stop.set()
         await asyncio.wait_for(task, 10)
         await pool.close()
+
+
+class CountedReads(WebhookDispatcher):
+    """The webhook dispatcher, noting when a read of the log brought stored scores."""
+
+    reads: list[float]
+
+    def enqueue_once(self) -> int:
+        n = super().enqueue_once()
+        if n:
+            self.reads.append(time.monotonic())
+        return n
+
+
+def test_the_webhook_dispatcher_reads_a_busy_log_at_most_once_per_linger(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first score after a quiet spell is read at once; scores stored within the
+    linger after it wait for one read a linger later (no webhook is needed: it reads the
+    log either way)."""
+    monkeypatch.setattr(positions, "IDLE_READ_S", 30.0)
+    settings = dataclasses.replace(settings, webhooks_allow_http=True)
+    box = SecretBox.from_settings(settings)
+    config = DispatchConfig(linger_s=2.0)
+    store = open_store(settings.pg_dsn, cache_size=0)
+    stop = threading.Event()
+    try:
+        with CountedReads(store, settings.pg_dsn, box, config) as dispatcher:
+            dispatcher.reads = []
+            thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while not dispatcher.reads and time.monotonic() < deadline:  # "first"
+                time.sleep(0.02)
+            time.sleep(0.5)  # asleep at the head now
+            process_all(engine, [created(lead="after-quiet")])
+            stored = time.monotonic()
+            while len(dispatcher.reads) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert dispatcher.reads[1] - stored < config.linger_s  # at once
+            for lead in ("busy-1", "busy-2", "busy-3"):
+                process_all(engine, [created(lead=lead)])
+            time.sleep(config.linger_s + 1.0)
+            stop.set()
+            thread.join(10)
+    finally:
+        stop.set()
+        store.close()
+    assert len(dispatcher.reads) == 3, dispatcher.reads  # the three stores: one read
+    assert dispatcher.reads[2] - dispatcher.reads[1] >= config.linger_s - 0.05
