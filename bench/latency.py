@@ -81,10 +81,6 @@ READ_MODELS = 3  # PostgreSQL, Redis, ClickHouse: caught up when all three repor
 LIVE_TO_BACKLOG = (2000, 1.5)
 LOADS = {"load", "backlog load"}  # segments sent to the topic nobody reads
 MACHINE = "all (machine)"  # bench/cpu.py's whole-machine figure
-# What a load segment's events make busy: the generator (under other processes), the
-# broker taking its produce requests, the kernel's network threads. The engine's own
-# processes then are idle or finish earlier work (autovacuum, merges): not the load's.
-LOAD_GROUPS = ("Kafka broker", "other processes", "kernel threads")
 ID_HEADER = "bench-event-id"
 CPU_GROUPS = (
     "worker",
@@ -724,14 +720,12 @@ def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
     def per_event(segs: list[Segment], group: str) -> float:
         return 1e6 * median(segs, lambda g: g.cpu.get(group, 0.0) / g.events)
 
-    def load_alone(g: Segment) -> float:
-        return sum(g.cpu.get(k, 0.0) for k in LOAD_GROUPS) / g.events
-
     def net(who: str, load: str, rate: int) -> float:
         """Whole machine less the load alone, run by run (µs per lead-event); the median."""
         loads = {x.run: x for x in of(load, rate)}
         return 1e6 * statistics.median(
-            o.cpu[MACHINE] / o.events - load_alone(loads[o.run]) for o in of(who, rate)
+            o.cpu[MACHINE] / o.events - loads[o.run].cpu[MACHINE] / loads[o.run].events
+            for o in of(who, rate)
         )
 
     def row(name: str, cell: Callable[[str, str, int], str]) -> str:
@@ -772,13 +766,7 @@ def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
     if not with_load:
         return lines
     lines += [
-        row("the load alone", lambda _w, load, r: f"{1e6 * median(of(load, r), load_alone):,.0f}"),
-        row(
-            "*the engine meanwhile, not subtracted*",
-            lambda _w, load, r: (
-                f"{per_event(of(load, r), MACHINE) - 1e6 * median(of(load, r), load_alone):,.0f}"
-            ),
-        ),
+        row("the load alone", lambda _w, load, r: f"{per_event(of(load, r), MACHINE):,.0f}"),
         row("**ours net of the load**", lambda who, load, r: f"**{net(who, load, r):,.0f}**"),
     ]
     if not burst:
@@ -799,16 +787,14 @@ def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
     lines += [
         "",
         "The load alone: the same lead-events sent by the same generator at the same rate to "
-        "a topic nobody reads; the CPU of the generator (under other processes), the broker "
-        "taking its produce requests and the kernel's threads in that segment. The engine's "
-        "processes meanwhile (idle, or finishing the work before: PostgreSQL's autovacuum, "
-        "ClickHouse's merges) are the engine's and not subtracted. Ours net of the load: "
-        "ours' whole machine less the load alone, run by run.",
+        "a topic nobody reads, whole machine (the generator process, the broker taking its "
+        "produce requests, the engine idle); ours net of the load: ours' whole machine less "
+        "that, run by run.",
         "",
         f"Backlog, the same engine: {median(bursts, lambda g: g.events):,.0f} lead-events sent "
         f"in one unpaced burst, measured until caught up: **{backlog:,.0f} µs** of "
         "whole-machine CPU per lead-event net of the burst's load (the burst alone: "
-        f"{1e6 * median(of('backlog load', UNPACED), load_alone):,.0f} µs per event; medians of "
+        f"{per_event(of('backlog load', UNPACED), MACHINE):,.0f} µs per event; medians of "
         f"{len(bursts)} runs). Live figures above are net of their load the same way, so live "
         "÷ backlog compares the engine's work at a live rate with the same work on a backlog."
         f"{verdict}",
