@@ -49,12 +49,12 @@ class Projection(Protocol):
 
     At the head of the log the runner sleeps until the event store says it stored more
     (its NOTIFY; at most ``positions.IDLE_READ_S`` when nothing comes), then reads, but
-    never sooner than ``linger_s`` (default: the runner's ``idle_wait``) after its last
-    read began: the first entry after a quiet spell is read at once, a busy log once per
-    ``linger_s``. Each read at the head is one write of the entries stored since the
-    last one, so a store that prefers few large writes (ClickHouse) lingers longer. Behind the
-    head it reads ``batch_size`` entries per write (default: the runner's), which such a
-    store also sets larger.
+    never sooner than ``linger_s`` (default: the runner's ``idle_wait``) after the last
+    read such a wake-up began: the first entry after a quiet spell is read at once, a
+    busy log once per ``linger_s``. Each read at the head is one write of the entries
+    stored since the last one, so a store that prefers few large writes (ClickHouse)
+    lingers longer. Behind the head it reads ``batch_size`` entries per write (default:
+    the runner's), which such a store also sets larger.
     """
 
     name: str
