@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -13,11 +13,12 @@ from adapters import tenancy
 from adapters.eventstore import open_store
 from adapters.settings import DEV_API_ROLE, Settings
 from devtools.workload import generate
-from projections.log import EVENTS_TABLE, LogEntry, LogReader
+from projections.log import EVENTS_TABLE, LogReader
 from query_api import db_role
 from query_api.projection_task import start_projection
 from tests.support.factories import FixedScorer
 from tests.support.pipeline import store_history
+from tests.support.projections import Recording
 
 pytestmark = pytest.mark.integration
 
@@ -117,39 +118,6 @@ async def test_a_missing_role_is_a_clear_error(settings: Settings) -> None:
         await db_role.prepare(missing)
 
 
-class Follower:
-    """A read model that only remembers how far it read (what the API's role may write)."""
-
-    name = "probe"
-
-    def __init__(self) -> None:
-        self.applied = 0
-
-    async def setup(self) -> None:
-        pass
-
-    async def position(self) -> int:
-        return self.applied
-
-    async def project(self, entries: Sequence[LogEntry]) -> None:
-        self.applied = max(self.applied, *(e.position for e in entries))
-
-    async def advance(self, position: int) -> None:
-        self.applied = max(self.applied, position)
-
-    async def reapply(self, entries: Sequence[LogEntry]) -> None:
-        pass
-
-    def is_data_error(self, exc: BaseException) -> bool:
-        return False
-
-    async def reset(self) -> None:
-        self.applied = 0
-
-    async def close(self) -> None:
-        pass
-
-
 async def test_the_api_projection_regrants_a_log_it_was_denied(
     settings: Settings, api: asyncpg.Connection
 ) -> None:
@@ -166,14 +134,13 @@ async def test_the_api_projection_regrants_a_log_it_was_denied(
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api.fetch(f"SELECT 1 FROM {EVENTS_TABLE} LIMIT 1")
     pool = await asyncpg.create_pool(settings.api_dsn, min_size=1, max_size=3)
-    follower = Follower()
-    task = start_projection(pool, follower, regrant=lambda: db_role.prepare(settings))
+    task = start_projection(pool, Recording(), regrant=lambda: db_role.prepare(settings))
     try:
         async with asyncio.timeout(30):
-            while follower.applied < head:
+            while task.projection.applied < head:
                 await asyncio.sleep(0.05)
     finally:
         await task.close()
         await pool.close()
-    assert head > 0 and follower.applied == head
+    assert head > 0 and task.projection.applied == head
     assert await api.fetchval(f"SELECT count(*) FROM {EVENTS_TABLE}") > 0
