@@ -28,6 +28,14 @@ backlog of LEADSCORE_BENCH_LATENCY_BACKLOG lead-events (20,000) is sent unpaced 
 burst to the same engine, measured until caught up, its own load (the same burst, alone)
 subtracted the same way. Live ÷ backlog is issue 20's "CPU per live event" ratio.
 
+Where a target is not met, the results say what stands in the way, from the figures
+measured: how busy the machine was, the hop that held the p99, the processes that spend
+more per lead-event live than on the backlog; and a profile: one more live segment at
+2,000/s (or the highest rate) and one more burst, with py-spy sampling the worker
+(bench/profile.py), side by side in µs of thread time per lead-event. The profiled
+segments are not in the other tables (sampling costs CPU); LEADSCORE_BENCH_PROFILE=0
+leaves them out.
+
 Sizes: LEADSCORE_BENCH_LATENCY_RATES (default "500,1000,2000,5000"),
 LEADSCORE_BENCH_LATENCY_SECONDS per rate and run (10), LEADSCORE_BENCH_RUNS; worker
 processes: LEADSCORE_BENCH_LATENCY_WORKERS (1); one lead in
@@ -55,6 +63,7 @@ from rich.console import Console
 
 from adapters.settings import Settings
 from bench import cpu, stack
+from bench import profile as profiling
 from bench.harness import RUNS, Spread, write_results
 from devtools import services
 from devtools.workload import generate
@@ -77,6 +86,7 @@ TARGETS_MS = {500: 50.0, 2000: 100.0, 5000: 250.0}  # p99 targets of issues 6 an
 # unpaced; live CPU per event at 2,000/s is to be at most LIVE_TO_BACKLOG times its figure.
 BACKLOG = stack.env_int("LEADSCORE_BENCH_LATENCY_BACKLOG", 20_000)
 UNPACED = 10**9  # the generator's rate for a burst: everything is due at once
+PROFILE = stack.env_int("LEADSCORE_BENCH_PROFILE", 1)
 READ_MODELS = 3  # PostgreSQL, Redis, ClickHouse: caught up when all three report the head
 LIVE_TO_BACKLOG = (2000, 1.5)
 LOADS = {"load", "backlog load"}  # segments sent to the topic nobody reads
@@ -375,7 +385,9 @@ def measure(
     # ours (and the peer, and the load alone), then the API; and the backlog burst
     per_run = 2 * sum(int(r * seconds) for r in rates) + backlog
     warmup = max(1, int(500 * warmup_s))
-    total = warmup + runs * per_run
+    profile_rate = profiled_rate(rates)
+    profiled = int(profile_rate * seconds) + backlog if PROFILE else 0
+    total = warmup + runs * per_run + profiled
     console.rule(f"[bold]latency at {', '.join(f'{r:,}' for r in rates)} events/s")
     with console.status(f"generating and encoding {total:,} lead-events"):
         events = list(generate(20, max(1, total // 10), total, seed=17))
@@ -405,6 +417,7 @@ def measure(
     tmp = Path(tempfile.mkdtemp(prefix="leadscore-bench-latency-"))
     procs = []
     segments: list[Segment] = []
+    profiles: dict[str, tuple[str, int]] = {}  # column -> (py-spy raw text, lead-events)
     try:
         workers, ports = stack.start_workers(s, logs, "latency", WORKERS)
         procs += workers
@@ -461,7 +474,7 @@ def measure(
             read_models = positions.projections()
             return len(read_models) >= READ_MODELS and min(read_models.values()) >= positions.head()
 
-        def segment(who: str, rate: int, run: int, chunk: list) -> None:  # type: ignore[type-arg]
+        def segment(who: str, rate: int, run: int, chunk: list, keep: bool = True) -> None:  # type: ignore[type-arg]
             topic = load_in if who in LOADS else peer_in if who == "peer" else ours_in
             if who == "api":
                 api_on.touch()
@@ -476,7 +489,8 @@ def measure(
             batches, scored = (after[k] - counts[k] for k in ("batches", "scored"))
             time.sleep(0.5)  # the last score-events reach the receiver (and the API)
             api_on.unlink(missing_ok=True)
-            segments.append(Segment(who, rate, run, out, len(chunk), spent, batches, scored))
+            if keep:
+                segments.append(Segment(who, rate, run, out, len(chunk), spent, batches, scored))
 
         with console.status("warming up (worker joining its group, first batches)"):
             stack.wait_for(lambda: stack.scrape(s.metrics_port)["received"] >= 0, 60, "metrics")
@@ -500,6 +514,21 @@ def measure(
             for who in ("backlog", "backlog load"):
                 with console.status(f"run {run + 1}/{runs}: {who}, {len(burst):,} at once"):
                     segment(who, UNPACED, run, burst)
+        if PROFILE:
+            n = int(profile_rate * seconds)
+            live, burst = messages[at : at + n], messages[at + n : at + n + backlog]
+            for column, rate, chunk in (
+                (f"live, {profile_rate:,}/s", profile_rate, live),
+                ("backlog (one burst)", UNPACED, burst),
+            ):
+                with console.status(f"profiling the worker: {column}"):
+                    out = tmp / f"spy-{rate}.txt"
+                    spy = profiling.record(workers[0].pid, out)
+                    try:
+                        segment("ours" if rate != UNPACED else "backlog", rate, runs, chunk, False)
+                    finally:
+                        profiling.stop(spy)
+                    profiles[column] = (out.read_text() if out.exists() else "", len(chunk))
         positions.close()
         marks.close()
     finally:
@@ -508,7 +537,7 @@ def measure(
         stack.cleanup(base, s)
         stack.delete_topics(base.kafka, topics)
 
-    body = report(base, segments, ours_file, peer_file, api_file, runs, rates, seconds)
+    body = report(base, segments, ours_file, peer_file, api_file, runs, rates, seconds, profiles)
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
@@ -551,13 +580,12 @@ HOPS = (
 )
 
 
-def hop_table(
+def hop_medians(
     segments: list[Segment],
-    rates: list[int],
     received: dict[str, float],
     marks: dict[str, tuple[float, float]],
-) -> list[str]:
-    """Where the latency goes: each hop's p50 and p99 (ms, medians of the runs)."""
+) -> dict[int, list[tuple[float, float]]]:
+    """rate -> each hop's (p50, p99) in ms, medians of the runs (HOPS' order)."""
     per_rate: dict[int, list[list[tuple[float, float]]]] = {}
     for seg in segments:
         if seg.who != "ours":
@@ -575,6 +603,20 @@ def hop_table(
         per_rate.setdefault(seg.rate, []).append(
             [(percentiles(h)[0], percentiles(h)[2]) if h else (float("nan"),) * 2 for h in hops]
         )
+    return {
+        rate: [
+            (
+                Spread.of([r[i][0] for r in runs]).median,
+                Spread.of([r[i][1] for r in runs]).median,
+            )
+            for i in range(len(HOPS))
+        ]
+        for rate, runs in per_rate.items()
+    }
+
+
+def hop_table(hops: dict[int, list[tuple[float, float]]], rates: list[int]) -> list[str]:
+    """Where the latency goes: each hop's p50 and p99 (ms, medians of the runs)."""
     lines = [
         "",
         "Where the latency goes, hop by hop (ms, p50 / p99, medians of the runs; the marks are "
@@ -586,15 +628,9 @@ def hop_table(
         "|---|" + "---|" * len(HOPS),
     ]
     for rate in rates:
-        runs = per_rate.get(rate)
-        if not runs:
-            continue
-        cells = []
-        for i in range(len(HOPS)):
-            p50 = Spread.of([r[i][0] for r in runs]).median
-            p99 = Spread.of([r[i][1] for r in runs]).median
-            cells.append(f"{p50:,.1f} / {p99:,.1f}")
-        lines.append(f"| {rate:,} | " + " | ".join(cells) + " |")
+        if rate in hops:
+            cells = [f"{p50:,.1f} / {p99:,.1f}" for p50, p99 in hops[rate]]
+            lines.append(f"| {rate:,} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -607,6 +643,7 @@ def report(
     runs: int,
     rates: list[int],
     seconds: float,
+    profiles: Mapping[str, tuple[str, int]] | None = None,
 ) -> str:
     ours_got, marks = _receipts(ours, "ours", base)
     # The "api" segments run our engine too (with the API watcher on), so their
@@ -678,8 +715,10 @@ def report(
             f"{med(api_runs, 'api_p50'):,.0f} | {med(api_runs, 'api_p99'):,.0f} | "
             f"{med(api_runs, 'api_samples'):,.0f} |"
         )
-    lines += hop_table(segments, rates, ours_got, marks)
-    lines += cpu_table(segments, rates)
+    hops = hop_medians(segments, ours_got, marks)
+    figures = CpuFigures(segments)
+    lines += hop_table(hops, rates)
+    lines += cpu_table(figures, rates)
     worst = max((r["lag"] for rs in rows.values() for r in rs), default=0.0)
     lines += [
         "",
@@ -694,55 +733,172 @@ def report(
         "score-event: produced → visible through the query API (PostgreSQL and Redis read "
         "models, the API's hot cache evicted by their change notices).",
     ]
+    p99s = {rate: Spread.of([r["p99"] for r in rows[("ours", rate)]]).median
+            for rate in rates if rows.get(("ours", rate))}  # fmt: skip
+    lines += obstacles(figures, p99s, hops, profiles or {})
+    if profiles:
+        lines += [
+            "",
+            "### The worker's profile, live against the backlog",
+            "",
+            "py-spy sampling the worker process in one more segment of each kind (not in the "
+            "tables above: sampling costs CPU), µs of thread time per lead-event by stage, "
+            f"{profiling.RATE} samples a second per thread (bench/profile.py; the Kafka "
+            "consumer stage is Faust's and aiokafka's loop on the main thread, the rest the "
+            "event-store thread's work and the threads' waits):",
+            "",
+            profiling.compare(profiles).rstrip("\n"),
+        ]
     return "\n".join(lines)
 
 
-def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
+def profiled_rate(rates: list[int]) -> int:
+    """The live rate the profiled segment runs at: the ratio target's, else the highest."""
+    return LIVE_TO_BACKLOG[0] if LIVE_TO_BACKLOG[0] in rates else max(rates)
+
+
+def obstacles(
+    figures: CpuFigures,
+    p99s: Mapping[int, float],
+    hops: Mapping[int, list[tuple[float, float]]],
+    profiles: Mapping[str, tuple[str, int]],
+) -> list[str]:
+    """For each target not met, what stands in the way, in the figures measured."""
+    found: list[str] = []
+    for rate, target in sorted(TARGETS_MS.items()):
+        p99 = p99s.get(rate)
+        if p99 is None or p99 < target or not figures.of("ours", rate):
+            continue
+        why = (
+            f"- **p99 < {target:,.0f} ms at {rate:,}/s** (measured {p99:,.0f} ms): the machine "
+            f"was {figures.idle('ours', rate):.0%} idle while ours was sent and caught up"
+        )
+        if figures.of("load", rate):
+            net = figures.net("ours", "load", rate)
+            why += (
+                f", and the engine spent {net:,.0f} µs of CPU per lead-event net of the load, "
+                f"{net * rate / 1e6:.2f} of the machine's {os.cpu_count()} cores at this rate"
+            )
+        if rate in hops:
+            slowest = max(range(len(HOPS)), key=lambda i: hops[rate][i][1])
+            why += (
+                f"; the hop with the largest p99 was {HOPS[slowest][0]} "
+                f"({hops[rate][slowest][1]:,.0f} ms; {HOPS[slowest][1]})"
+            )
+        found.append(
+            why + f"; the worker's batches held {figures.batch('ours', rate):,.0f} lead-events."
+        )
+    rate, most = LIVE_TO_BACKLOG
+    if (
+        figures.of("load", rate)
+        and figures.of("backlog", UNPACED)
+        and figures.of("backlog load", UNPACED)
+    ):
+        ratio = figures.net("ours", "load", rate) / figures.net("backlog", "backlog load", UNPACED)
+        if ratio > most:
+
+            def live(group: str) -> float:
+                return figures.per_event("ours", rate, group)
+
+            more = sorted(
+                (
+                    (live(g) - figures.per_event("backlog", UNPACED, g), g)
+                    for g in CPU_GROUPS
+                    if not g.startswith("bench")
+                ),
+                reverse=True,
+            )[:3]
+            why = (
+                f"- **live ÷ backlog ≤ {most:g}× at {rate:,}/s** (measured {ratio:.1f}×): per "
+                "lead-event, live against the burst, "
+                + ", ".join(
+                    f"{g} {figures.per_event('ours', rate, g):,.0f} against "
+                    f"{figures.per_event('backlog', UNPACED, g):,.0f} µs"
+                    for _d, g in more
+                )
+                + f" (the largest differences); the worker's batches held "
+                f"{figures.batch('ours', rate):,.0f} lead-events against "
+                f"{figures.batch('backlog', UNPACED):,.0f}, and "
+                f"{figures.scored('ours', rate):.2f} lead-events in one recorded a score against "
+                f"{figures.scored('backlog', UNPACED):.2f} (a lead's several lead-events in one "
+                "batch make one score)"
+            )
+            if len(profiles) == 2:
+                (live, (lt, ln)), (_b, (bt, bn)) = profiles.items()
+                lc, bc = profiling.per_event(lt, ln), profiling.per_event(bt, bn)
+                grew = sorted(
+                    ((lc.get(st, 0.0) - bc.get(st, 0.0), st) for st in lc
+                     if not st.startswith("waiting")),
+                    reverse=True,
+                )[:3]  # fmt: skip
+                why += "; in the worker's profile the stages that cost more per lead-event " + (
+                    f"{live}: " + ", ".join(f"{st} +{d:,.0f} µs" for d, st in grew if d > 0)
+                )
+            found.append(why + ".")
+    if not found:
+        return []
+    return ["", "### What stands in the way of the targets not met", "", *found]
+
+
+class CpuFigures:
+    """The segments' CPU figures, medians of the runs: µs per lead-event sent, by process
+    group or net of the load; the idle share; the worker's batches and scores."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+
+    def of(self, who: str, rate: int) -> list[Segment]:
+        return [g for g in self.segments if g.who == who and g.rate == rate and g.cpu]
+
+    def _median(self, who: str, rate: int, value: Callable[[Segment], float]) -> float:
+        return statistics.median(value(g) for g in self.of(who, rate))
+
+    def per_event(self, who: str, rate: int, group: str) -> float:
+        return 1e6 * self._median(who, rate, lambda g: g.cpu.get(group, 0.0) / g.events)
+
+    def net(self, who: str, load: str, rate: int) -> float:
+        """Whole machine less the load alone, run by run (µs per lead-event); the median."""
+        loads = {x.run: x for x in self.of(load, rate)}
+        return 1e6 * statistics.median(
+            o.cpu[MACHINE] / o.events - loads[o.run].cpu[MACHINE] / loads[o.run].events
+            for o in self.of(who, rate)
+        )
+
+    def idle(self, who: str, rate: int) -> float:
+        return self._median(who, rate, lambda g: cpu.idle_share(g.cpu))
+
+    def batch(self, who: str, rate: int) -> float:
+        """Lead-events per worker batch, mean."""
+        return self._median(who, rate, lambda g: g.events / max(1.0, g.batches))
+
+    def scored(self, who: str, rate: int) -> float:
+        """Scores recorded per lead-event."""
+        return self._median(who, rate, lambda g: g.scored / g.events)
+
+
+def cpu_table(f: CpuFigures, rates: list[int]) -> list[str]:
     """CPU µs per lead-event by process group for our segments at each rate and for the
     backlog burst; the load alone, ours net of it, and live ÷ backlog (net the same way)."""
-
-    def of(who: str, rate: int) -> list[Segment]:
-        return [g for g in segments if g.who == who and g.rate == rate and g.cpu]
-
-    shown = [r for r in rates if of("ours", r)]
+    shown = [r for r in rates if f.of("ours", r)]
     if not shown:
         return []
-    with_load = all(of("load", r) for r in shown)
-    burst = with_load and bool(of("backlog", UNPACED)) and bool(of("backlog load", UNPACED))
+    with_load = all(f.of("load", r) for r in shown)
+    burst = with_load and bool(f.of("backlog", UNPACED)) and bool(f.of("backlog load", UNPACED))
     # (ours' segments, their load's) per column: each rate, then the burst
     columns = [("ours", "load", r) for r in shown]
     if burst:
         columns.append(("backlog", "backlog load", UNPACED))
 
-    def median(segs: list[Segment], value: Callable[[Segment], float]) -> float:
-        return statistics.median(value(g) for g in segs)
-
-    def per_event(segs: list[Segment], group: str) -> float:
-        return 1e6 * median(segs, lambda g: g.cpu.get(group, 0.0) / g.events)
-
-    def net(who: str, load: str, rate: int) -> float:
-        """Whole machine less the load alone, run by run (µs per lead-event); the median."""
-        loads = {x.run: x for x in of(load, rate)}
-        return 1e6 * statistics.median(
-            o.cpu[MACHINE] / o.events - loads[o.run].cpu[MACHINE] / loads[o.run].events
-            for o in of(who, rate)
-        )
-
     def row(name: str, cell: Callable[[str, str, int], str]) -> str:
         return f"| {name} | " + " | ".join(cell(*c) for c in columns) + " |"
 
     def whole(who: str, _load: str, rate: int) -> str:
-        if who != "ours":
-            idle = ""  # the burst ends as soon as it is caught up: no idle share to speak of
-        else:
-            idle = f" (idle {median(of(who, rate), lambda g: cpu.idle_share(g.cpu)):.0%})"
-        return f"**{per_event(of(who, rate), MACHINE):,.0f}**{idle}"
+        # the burst ends as soon as it is caught up: no idle share to speak of
+        idle = "" if who != "ours" else f" (idle {f.idle(who, rate):.0%})"
+        return f"**{f.per_event(who, rate, MACHINE):,.0f}**{idle}"
 
-    def batch_size(who: str, _load: str, rate: int) -> str:
-        return f"{median(of(who, rate), lambda g: g.events / max(1.0, g.batches)):,.0f}"
-
-    def scored(who: str, _load: str, rate: int) -> str:
-        return f"{median(of(who, rate), lambda g: g.scored / g.events):.2f}"
+    def batch(who: str, _load: str, rate: int) -> str:
+        return f"{f.batch(who, rate):,.0f}"
 
     lines = [
         "",
@@ -757,33 +913,33 @@ def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
         "|---|" + "---|" * len(columns),
     ]
     for group in CPU_GROUPS:
-        lines.append(row(group, lambda who, _l, r, g=group: f"{per_event(of(who, r), g):,.0f}"))
+        lines.append(row(group, lambda who, _l, r, g=group: f"{f.per_event(who, r, g):,.0f}"))
     lines += [
         row("**all, whole machine**", whole),
-        row("*the worker's batches: lead-events per batch, mean*", batch_size),
-        row("*scores recorded per lead-event*", scored),
+        row("*the worker's batches: lead-events per batch, mean*", batch),
+        row("*scores recorded per lead-event*", lambda w, _l, r: f"{f.scored(w, r):.2f}"),
     ]
     if not with_load:
         return lines
     lines += [
-        row("the load alone", lambda _w, load, r: f"{per_event(of(load, r), MACHINE):,.0f}"),
-        row("**ours net of the load**", lambda who, load, r: f"**{net(who, load, r):,.0f}**"),
+        row("the load alone", lambda _w, load, r: f"{f.per_event(load, r, MACHINE):,.0f}"),
+        row("**ours net of the load**", lambda who, load, r: f"**{f.net(who, load, r):,.0f}**"),
     ]
     if not burst:
         return lines
-    backlog = net("backlog", "backlog load", UNPACED)
+    backlog = f.net("backlog", "backlog load", UNPACED)
     lines.append(
         row(
             "live ÷ backlog",
-            lambda who, load, r: "—" if r == UNPACED else f"{net(who, load, r) / backlog:,.1f}×",
+            lambda who, load, r: "—" if r == UNPACED else f"{f.net(who, load, r) / backlog:,.1f}×",
         )
     )
     rate, most = LIVE_TO_BACKLOG
     verdict = ""
     if rate in shown:
-        met = "met" if net("ours", "load", rate) / backlog <= most else "not met"
+        met = "met" if f.net("ours", "load", rate) / backlog <= most else "not met"
         verdict = f" Target: at most {most:g}× at {rate:,}/s: {met}."
-    bursts = of("backlog", UNPACED)
+    bursts = f.of("backlog", UNPACED)
     lines += [
         "",
         "The load alone: the same lead-events sent by the same generator at the same rate to "
@@ -791,10 +947,10 @@ def cpu_table(segments: list[Segment], rates: list[int]) -> list[str]:
         "produce requests, the engine idle); ours net of the load: ours' whole machine less "
         "that, run by run.",
         "",
-        f"Backlog, the same engine: {median(bursts, lambda g: g.events):,.0f} lead-events sent "
-        f"in one unpaced burst, measured until caught up: **{backlog:,.0f} µs** of "
-        "whole-machine CPU per lead-event net of the burst's load (the burst alone: "
-        f"{per_event(of('backlog load', UNPACED), MACHINE):,.0f} µs per event; medians of "
+        f"Backlog, the same engine: {statistics.median(g.events for g in bursts):,.0f} "
+        f"lead-events sent in one unpaced burst, measured until caught up: **{backlog:,.0f} "
+        "µs** of whole-machine CPU per lead-event net of the burst's load (the burst alone: "
+        f"{f.per_event('backlog load', UNPACED, MACHINE):,.0f} µs per event; medians of "
         f"{len(bursts)} runs). Live figures above are net of their load the same way, so live "
         "÷ backlog compares the engine's work at a live rate with the same work on a backlog."
         f"{verdict}",

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,7 @@ WAITS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # The thread that applies batches: its time bounds the worker's throughput.
 CRITICAL_THREAD = "event-store"
+RATE = 97  # samples/s per thread
 
 _LINE = re.compile(r":\d+\)$")
 
@@ -180,15 +181,43 @@ def summarise(text: str, top: int = 12, seconds: float = 0.0, rate: int = 0) -> 
     return "\n".join(lines) + "\n"
 
 
+def per_event(text: str, events: int, rate: int = RATE) -> dict[str, float]:
+    """µs of thread time per lead-event by stage: a sample is ``1/rate`` s of one thread
+    seen running (py-spy leaves out threads blocked in the kernel, GIL waits included)."""
+    if events <= 0:
+        raise ValueError("per_event needs the count of lead-events the profile covers")
+    return {stage: n / rate * 1e6 / events for stage, n in parse(text).stages.items()}
+
+
+def compare(columns: Mapping[str, tuple[str, int]], rate: int = RATE) -> str:
+    """Profiles side by side: each stage's µs of thread time per lead-event in each column
+    (``name -> (py-spy raw text, lead-events it covers)``), the working stages first, by
+    their cost in the first column, then the waits, then the working stages' total."""
+    costs = {name: per_event(text, events, rate) for name, (text, events) in columns.items()}
+    first = next(iter(costs.values()), {})
+    stages = sorted(
+        {stage for c in costs.values() for stage in c},
+        key=lambda st: (st.startswith("waiting"), -first.get(st, 0.0), st),
+    )
+    lines = ["| stage | " + " | ".join(costs) + " |", "|---|" + "---|" * len(costs)]
+    for stage in stages:
+        lines.append(
+            f"| {stage} | " + " | ".join(f"{c.get(stage, 0.0):,.0f}" for c in costs.values()) + " |"
+        )
+    working = [
+        sum(v for st, v in c.items() if not st.startswith("waiting")) for c in costs.values()
+    ]
+    cells = " | ".join(f"**{w:,.0f}**" for w in working)
+    lines.append(f"| **working, all stages** | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 # Frames every sample of a thread passes through: they say nothing about where time goes.
 _ROOTS = (
     "<module> (", "main (leadscore/cli.py)", "worker (leadscore/cli.py)", "run_worker (",
     "<locals>.target (", "ScoreEventRelay.run (", "ScoreEventRelay._follow (",
     "ProjectionRunner.follow (", "ProjectionRunner.run (", "run_projections (",
 )  # fmt: skip
-
-
-RATE = 97  # samples/s per thread
 
 
 def record(

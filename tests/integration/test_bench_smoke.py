@@ -109,6 +109,11 @@ def test_latency_bench_runs_and_reports_every_rate(services: Settings) -> None:
     ratios = [c.strip() for c in cpu_rows["live ÷ backlog"].strip("|").split("|")[1:]]
     assert len(ratios) == 3 and all(c.endswith("×") for c in ratios[:2]), ratios
     assert "Backlog, the same engine: 600 lead-events" in body, body
+    # One more live segment (at the highest rate here) and one more burst, the worker
+    # sampled by py-spy, side by side; not in the tables above.
+    profile = body.split("### The worker's profile, live against the backlog", 1)[1]
+    assert "| stage | live, 400/s | backlog (one burst) |" in profile, profile
+    assert "| **working, all stages** |" in profile, profile
 
 
 def test_profile_summary_attributes_samples_to_stages() -> None:
