@@ -29,7 +29,7 @@ from prometheus_client import Gauge
 from adapters.eventstore import ddl_lock
 from domain import drift
 from domain.features import FEATURE_NAMES
-from domain.processing import BatchOutcome
+from domain.processing import BatchOutcome, Observation
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +127,18 @@ class Reference:
 
     def count(self, rows: Sequence[Sequence[float]] | np.ndarray, scores: Any) -> np.ndarray:
         """Flat bin counts of a batch: rows in the model's feature order, scores 0-100."""
+        return self.count_groups(rows, scores, np.zeros(len(scores), dtype=np.intp), 1)[0]
+
+    def count_groups(
+        self,
+        rows: Sequence[Sequence[float]] | np.ndarray,
+        scores: Any,
+        groups: np.ndarray,
+        n_groups: int,
+    ) -> np.ndarray:
+        """Flat bin counts per group, ``(n_groups, size)``: row ``i`` counts in group
+        ``groups[i]``. One pass over a batch however many orgs it holds: numpy's fixed
+        cost per call (about 45 µs for 20 features) is paid once, not once per org."""
         n, width = len(scores), len(self.names) - 1
         if isinstance(rows, np.ndarray):
             X = np.asarray(rows, dtype=np.float32).reshape(-1, width)
@@ -146,8 +158,9 @@ class Reference:
         idx[width] = np.searchsorted(
             self.edges[width], np.asarray(scores, dtype=np.float64), side="right"
         )
-        idx += self.offsets[:, None]
-        return np.bincount(idx.ravel(), minlength=self.size).astype(np.int64)
+        idx += self.offsets[:, None] + np.asarray(groups, dtype=np.intp)[None, :] * self.size
+        flat = np.bincount(idx.ravel(), minlength=n_groups * self.size)
+        return flat.astype(np.int64).reshape(n_groups, self.size)
 
     def split(self, flat: Sequence[int] | np.ndarray) -> dict[str, list[int]]:
         return {
@@ -205,9 +218,24 @@ class DriftRecorder:
         return self._refs[version]
 
     def __call__(self, outcome: BatchOutcome, scored_at: datetime) -> None:
-        """As a sink of the batch processor: what each model saw in the batch, per org."""
+        """As a sink of the batch processor: what each model saw in the batch, per org,
+        binned in one pass per model (a live batch holds a few leads of many orgs)."""
+        by_model: dict[str, list[Observation]] = {}
         for seen in outcome.observations:
-            self.observe(seen.org_id, seen.model_version, seen.rows, seen.scores)
+            if seen.scores:
+                by_model.setdefault(seen.model_version, []).append(seen)
+        for version, seen_by in by_model.items():
+            ref = self.reference(version)
+            if ref is None:
+                continue
+            groups = np.repeat(np.arange(len(seen_by)), [len(o.scores) for o in seen_by])
+            counts = ref.count_groups(
+                [row for o in seen_by for row in o.rows],
+                [x for o in seen_by for x in o.scores],
+                groups,
+                len(seen_by),
+            )
+            self._add(version, [(o.org_id, c) for o, c in zip(seen_by, counts, strict=True)])
 
     def observe(
         self,
@@ -222,19 +250,22 @@ class DriftRecorder:
         ref = self.reference(model_version)
         if ref is None:
             return
-        counts = ref.count(rows, scores)
+        self._add(model_version, [(org_id, ref.count(rows, scores))])
+
+    def _add(self, model_version: str, counts_by_org: list[tuple[str, np.ndarray]]) -> None:
         hour = _hour(self.clock())
         with self._lock:
-            key = (model_version, org_id, hour)
-            if key in self._pending:
-                self._pending[key] += counts
-            else:
-                self._pending[key] = counts.copy()
             recent = self._recent.setdefault(model_version, {})
-            if hour in recent:
-                recent[hour] += counts
-            else:
-                recent[hour] = counts
+            for org_id, counts in counts_by_org:
+                key = (model_version, org_id, hour)
+                if key in self._pending:
+                    self._pending[key] += counts
+                else:
+                    self._pending[key] = counts.copy()
+                if hour in recent:
+                    recent[hour] += counts
+                else:
+                    recent[hour] = counts.copy()
             due = time.monotonic() >= self._due
         if due:
             self.flush()

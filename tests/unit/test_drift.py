@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import math
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from adapters.drift import DriftRecorder, Reference
 from devtools.workload import generate
 from domain.drift import bin_counts, level, proportions, psi, reference_edges
 from domain.features import FEATURE_NAMES
+from domain.processing import BatchOutcome, Observation
 from leadscore.drift_reference import add_reference
 from leadscore.training import train
 
@@ -147,3 +150,44 @@ def test_training_writes_the_reference_and_an_older_model_can_get_it_back(
     again = add_reference(tmp_path / "t1", history, "regenerated")
     assert again == {**ref, "source": "regenerated"}
     assert json.loads(path.read_text())["reference"] == again
+
+
+# -- the recorder bins a batch of many orgs in one pass (adapters/drift.py) --------------
+
+V1_META = json.loads(Path("models/onnx/v1/metadata.json").read_text())
+feature_value = st.one_of(st.floats(-1e3, 1e6, width=32), st.just(math.nan), st.just(0.0))
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> list[Observation]:
+    width = len(V1_META["feature_names"])
+    seen = []
+    for org in range(draw(st.integers(0, 6))):
+        n = draw(st.integers(0, 4))  # an org with nothing scored is skipped
+        rows = [draw(st.lists(feature_value, min_size=width, max_size=width)) for _ in range(n)]
+        scores = draw(st.lists(st.floats(0, 100), min_size=n, max_size=n))
+        seen.append(Observation(f"org-{org}", "v1", rows, scores))
+    return seen
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(observations())
+def test_one_pass_over_a_batch_counts_as_each_org_alone(seen: list[Observation]) -> None:
+    def recorder() -> DriftRecorder:  # never flushes, so never connects
+        r = DriftRecorder("postgresql://nobody@127.0.0.1:1/none", "unused", 1e9)
+        r._refs["v1"] = Reference.of(V1_META)
+        return r
+
+    alone, together = recorder(), recorder()
+    for o in seen:
+        alone.observe(o.org_id, o.model_version, o.rows, o.scores)
+    together(BatchOutcome(observations=seen), datetime.now(UTC))
+    assert together._pending.keys() == alone._pending.keys()
+    assert {org for _v, org, _h in together._pending} == {o.org_id for o in seen if o.scores}
+    for key, counts in alone._pending.items():
+        assert counts.tolist() == together._pending[key].tolist(), key
+        assert counts.sum() == len(Reference.of(V1_META).names) * sum(
+            len(o.scores) for o in seen if o.org_id == key[1]
+        )
+    for hour, counts in alone._recent.get("v1", {}).items():
+        assert counts.tolist() == together._recent["v1"][hour].tolist()
