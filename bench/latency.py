@@ -809,7 +809,7 @@ def obstacles(
                 reverse=True,
             )[:3]
             why = (
-                f"- **live ÷ backlog ≤ {most:g}× at {rate:,}/s** (measured {ratio:.1f}×): per "
+                f"- **live ÷ backlog ≤ {most:g}× at {rate:,}/s** (measured {ratio:.2f}×): per "
                 "lead-event, live against the burst, "
                 + ", ".join(
                     f"{g} {figures.per_event('ours', rate, g):,.0f} against "
@@ -937,8 +937,9 @@ def cpu_table(f: CpuFigures, rates: list[int]) -> list[str]:
     rate, most = LIVE_TO_BACKLOG
     verdict = ""
     if rate in shown:
-        met = "met" if f.net("ours", "load", rate) / backlog <= most else "not met"
-        verdict = f" Target: at most {most:g}× at {rate:,}/s: {met}."
+        ratio = f.net("ours", "load", rate) / backlog
+        met = "met" if ratio <= most else "not met"
+        verdict = f" Target: at most {most:g}× at {rate:,}/s: {met} ({ratio:.2f}×)."
     bursts = f.of("backlog", UNPACED)
     lines += [
         "",

@@ -52,8 +52,8 @@ def test_obstacles_name_the_missed_p99_its_slowest_hop_and_the_ratio() -> None:
     assert "was 33% idle" in text
     assert "500 µs of CPU per lead-event net of the load" in text
     assert "the hop with the largest p99 was scored → produced (130 ms" in text
-    # 500 / 180 = 2.8x; the worker differs most (400 against 150 µs), then PostgreSQL
-    assert "**live ÷ backlog ≤ 1.5× at 2,000/s** (measured 2.8×)" in text
+    # 500 / 180 = 2.78x; the worker differs most (400 against 150 µs), then PostgreSQL
+    assert "**live ÷ backlog ≤ 1.5× at 2,000/s** (measured 2.78×)" in text
     assert text.index("worker 400 against 150 µs") < text.index("PostgreSQL 200 against 50 µs")
 
 
