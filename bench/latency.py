@@ -797,34 +797,30 @@ def obstacles(
         ratio = figures.net("ours", "load", rate) / figures.net("backlog", "backlog load", UNPACED)
         if ratio > most:
 
-            def live(group: str) -> float:
-                return figures.per_event("ours", rate, group)
+            def net(who: str, load: str, rate: int, group: str) -> float:
+                """A group's µs per lead-event less the same group's in the load alone."""
+                return figures.per_event(who, rate, group) - figures.per_event(load, rate, group)
 
-            more = sorted(
-                (
-                    (live(g) - figures.per_event("backlog", UNPACED, g), g)
-                    for g in CPU_GROUPS
-                    if not g.startswith("bench")
-                ),
-                reverse=True,
-            )[:3]
+            cells = {
+                g: (net("ours", "load", rate, g), net("backlog", "backlog load", UNPACED, g))
+                for g in CPU_GROUPS
+                if not g.startswith("bench")
+            }
+            more = sorted(cells, key=lambda g: cells[g][0] - cells[g][1], reverse=True)[:3]
             why = (
                 f"- **live ÷ backlog ≤ {most:g}× at {rate:,}/s** (measured {ratio:.2f}×): per "
-                "lead-event, live against the burst, "
-                + ", ".join(
-                    f"{g} {figures.per_event('ours', rate, g):,.0f} against "
-                    f"{figures.per_event('backlog', UNPACED, g):,.0f} µs"
-                    for _d, g in more
-                )
+                "lead-event, each net of the same process group's CPU in the load alone, live "
+                "against the burst: "
+                + ", ".join(f"{g} {cells[g][0]:,.0f} against {cells[g][1]:,.0f} µs" for g in more)
                 + f" (the largest differences); the worker's batches held "
                 f"{figures.batch('ours', rate):,.0f} lead-events against "
                 f"{figures.batch('backlog', UNPACED):,.0f}, and "
-                f"{figures.scored('ours', rate):.2f} lead-events in one recorded a score against "
+                f"{figures.scored('ours', rate):.2f} scores were recorded per lead-event against "
                 f"{figures.scored('backlog', UNPACED):.2f} (a lead's several lead-events in one "
                 "batch make one score)"
             )
             if len(profiles) == 2:
-                (live, (lt, ln)), (_b, (bt, bn)) = profiles.items()
+                (column, (lt, ln)), (_b, (bt, bn)) = profiles.items()
                 lc, bc = profiling.per_event(lt, ln), profiling.per_event(bt, bn)
                 grew = sorted(
                     ((lc.get(st, 0.0) - bc.get(st, 0.0), st) for st in lc
@@ -832,7 +828,7 @@ def obstacles(
                     reverse=True,
                 )[:3]  # fmt: skip
                 why += "; in the worker's profile the stages that cost more per lead-event " + (
-                    f"{live}: " + ", ".join(f"{st} +{d:,.0f} µs" for d, st in grew if d > 0)
+                    f"{column}: " + ", ".join(f"{st} +{d:,.0f} µs" for d, st in grew if d > 0)
                 )
             found.append(why + ".")
     if not found:

@@ -57,6 +57,21 @@ def test_obstacles_name_the_missed_p99_its_slowest_hop_and_the_ratio() -> None:
     assert text.index("worker 400 against 150 µs") < text.index("PostgreSQL 200 against 50 µs")
 
 
+def test_obstacles_compare_each_process_net_of_its_own_share_of_the_load() -> None:
+    # The broker is busy live mostly because of the load itself (the generator's produce
+    # requests): net of the load alone it is 10 µs, not 300, and the worker leads.
+    f = CpuFigures(
+        [
+            seg("ours", 2000, 0, 20_000, worker=8.0, Kafka_broker=6.0),
+            seg("load", 2000, 0, 20_000, Kafka_broker=5.8),
+            seg("backlog", UNPACED, 0, 20_000, worker=3.0, other_processes=0.4),
+            seg("backlog load", UNPACED, 0, 20_000, other_processes=0.4),
+        ]
+    )
+    text = "\n".join(latency.obstacles(f, {}, {}, {}))
+    assert "live against the burst: worker 400 against 150 µs, Kafka broker 10 against 0 µs" in text
+
+
 def test_obstacles_say_nothing_of_targets_met() -> None:
     f = CpuFigures(
         [
