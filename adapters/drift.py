@@ -125,29 +125,23 @@ class Reference:
             size=sum(widths),
         )
 
-    def count(self, rows: Sequence[Sequence[float]] | np.ndarray, scores: Any) -> np.ndarray:
-        """Flat bin counts of a batch: rows in the model's feature order, scores 0-100."""
-        return self.count_groups(rows, scores, np.zeros(len(scores), dtype=np.intp), 1)[0]
-
     def count_groups(
         self,
-        rows: Sequence[Sequence[float]] | np.ndarray,
+        rows: Sequence[Sequence[float]],
         scores: Any,
         groups: np.ndarray,
         n_groups: int,
     ) -> np.ndarray:
-        """Flat bin counts per group, ``(n_groups, size)``: row ``i`` counts in group
-        ``groups[i]``. One pass over a batch however many orgs it holds: numpy's fixed
-        cost per call (about 45 µs for 20 features) is paid once, not once per org."""
+        """Flat bin counts per group, ``(n_groups, size)``: rows in the model's feature
+        order, scores 0-100, row ``i`` counted in group ``groups[i]``. One pass over a
+        batch however many orgs it holds: numpy's fixed cost per call (about 45 µs for 20
+        features) is paid once, not once per org."""
         n, width = len(scores), len(self.names) - 1
-        if isinstance(rows, np.ndarray):
-            X = np.asarray(rows, dtype=np.float32).reshape(-1, width)
-        else:
-            if sum(map(len, rows)) != n * width:
-                raise ValueError(f"expected {n} rows of {width} features")
-            # Twice as fast as np.asarray on a list of lists: the bulk of observe()'s cost.
-            X = np.fromiter(itertools.chain.from_iterable(rows), np.float32, n * width)
-            X = X.reshape(n, width)
+        if sum(map(len, rows)) != n * width:
+            raise ValueError(f"expected {n} rows of {width} features")
+        # Twice as fast as np.asarray on a list of lists: the bulk of observe()'s cost.
+        X = np.fromiter(itertools.chain.from_iterable(rows), np.float32, n * width)
+        X = X.reshape(n, width)
         if len(X) != n:
             raise ValueError(f"{len(X)} feature rows for {n} scores")
         # A missing value (NaN) falls below every value, as in the training reference.
@@ -222,20 +216,9 @@ class DriftRecorder:
         binned in one pass per model (a live batch holds a few leads of many orgs)."""
         by_model: dict[str, list[Observation]] = {}
         for seen in outcome.observations:
-            if seen.scores:
-                by_model.setdefault(seen.model_version, []).append(seen)
+            by_model.setdefault(seen.model_version, []).append(seen)
         for version, seen_by in by_model.items():
-            ref = self.reference(version)
-            if ref is None:
-                continue
-            groups = np.repeat(np.arange(len(seen_by)), [len(o.scores) for o in seen_by])
-            counts = ref.count_groups(
-                [row for o in seen_by for row in o.rows],
-                [x for o in seen_by for x in o.scores],
-                groups,
-                len(seen_by),
-            )
-            self._add(version, [(o.org_id, c) for o, c in zip(seen_by, counts, strict=True)])
+            self._observe(version, seen_by)
 
     def observe(
         self,
@@ -245,27 +228,33 @@ class DriftRecorder:
         scores: Sequence[float] | np.ndarray,
     ) -> None:
         """Count one org's scored batch: feature rows (the model's order), scores 0-100."""
-        if len(scores) == 0:
-            return
-        ref = self.reference(model_version)
+        self._observe(model_version, [Observation(org_id, model_version, rows, scores)])
+
+    def _observe(self, model_version: str, seen: list[Observation]) -> None:
+        """Bin one model's observations, of any number of orgs, in one pass."""
+        seen = [o for o in seen if len(o.scores)]
+        ref = self.reference(model_version) if seen else None
         if ref is None:
             return
-        self._add(model_version, [(org_id, ref.count(rows, scores))])
-
-    def _add(self, model_version: str, counts_by_org: list[tuple[str, np.ndarray]]) -> None:
+        counts = ref.count_groups(
+            [row for o in seen for row in o.rows],
+            [x for o in seen for x in o.scores],
+            np.repeat(np.arange(len(seen)), [len(o.scores) for o in seen]),
+            len(seen),
+        )
         hour = _hour(self.clock())
         with self._lock:
             recent = self._recent.setdefault(model_version, {})
-            for org_id, counts in counts_by_org:
-                key = (model_version, org_id, hour)
+            for o, org_counts in zip(seen, counts, strict=True):
+                key = (model_version, o.org_id, hour)
                 if key in self._pending:
-                    self._pending[key] += counts
+                    self._pending[key] += org_counts
                 else:
-                    self._pending[key] = counts.copy()
+                    self._pending[key] = org_counts.copy()
                 if hour in recent:
-                    recent[hour] += counts
+                    recent[hour] += org_counts
                 else:
-                    recent[hour] = counts.copy()
+                    recent[hour] = org_counts.copy()
             due = time.monotonic() >= self._due
         if due:
             self.flush()

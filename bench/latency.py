@@ -796,13 +796,11 @@ def obstacles(
     ):
         ratio = figures.net("ours", "load", rate) / figures.net("backlog", "backlog load", UNPACED)
         if ratio > most:
-
-            def net(who: str, load: str, rate: int, group: str) -> float:
-                """A group's µs per lead-event less the same group's in the load alone."""
-                return figures.per_event(who, rate, group) - figures.per_event(load, rate, group)
-
             cells = {
-                g: (net("ours", "load", rate, g), net("backlog", "backlog load", UNPACED, g))
+                g: (
+                    figures.net("ours", "load", rate, g),
+                    figures.net("backlog", "backlog load", UNPACED, g),
+                )
                 for g in CPU_GROUPS
                 if not g.startswith("bench")
             }
@@ -852,11 +850,13 @@ class CpuFigures:
     def per_event(self, who: str, rate: int, group: str) -> float:
         return 1e6 * self._median(who, rate, lambda g: g.cpu.get(group, 0.0) / g.events)
 
-    def net(self, who: str, load: str, rate: int) -> float:
-        """Whole machine less the load alone, run by run (µs per lead-event); the median."""
+    def net(self, who: str, load: str, rate: int, group: str = MACHINE) -> float:
+        """A process group (the whole machine by default) less the same group in the load
+        alone, run by run (µs per lead-event); the median."""
         loads = {x.run: x for x in self.of(load, rate)}
         return 1e6 * statistics.median(
-            o.cpu[MACHINE] / o.events - loads[o.run].cpu[MACHINE] / loads[o.run].events
+            o.cpu.get(group, 0.0) / o.events
+            - loads[o.run].cpu.get(group, 0.0) / loads[o.run].events
             for o in self.of(who, rate)
         )
 
